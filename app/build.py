@@ -1,0 +1,156 @@
+"""One build job, start to finish: photos -> embeddings -> split -> network -> bundle.
+
+Runs inside a worker; `progress(state, stage, done, total)` reports as it goes.
+Raises BuildError for outcomes the client must hear about (no face anywhere,
+fewer than two people, ...); those fail the job with that code.
+"""
+from __future__ import annotations
+
+import gc
+import platform
+import time
+from collections import Counter, defaultdict
+from datetime import datetime, timezone
+from typing import Callable
+
+import numpy as np
+
+from constants import EXTRACTING, OPTIMIZING, TRAINING, VERSION, Settings
+from features.extract import FeatureCache, cached_photo_features, pipeline_settings
+from modelization.bundle import pack_bundle
+from modelization.dataset import stratified_split
+from modelization.metrics import accuracy, balanced_accuracy
+from modelization.network import NetworkSpec, predict_classes, train_network
+from preprocessor.uploads import Photo
+
+Progress = Callable[[str, str, int, int], None]
+
+
+class BuildError(Exception):
+    def __init__(self, code: str, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.code, self.message, self.details = code, message, details or {}
+
+
+def extract_all(photos: list[Photo], settings: Settings, progress: Progress) -> tuple[list, int]:
+    """Features of every photo, through the cache. Returns (features list, cache hits)."""
+    cache = FeatureCache(settings.cache_dir, settings)
+    results, hits = [], 0
+    for i, photo in enumerate(photos):
+        feats, cached = cached_photo_features(photo.data, settings, cache)
+        results.append(feats)
+        hits += cached
+        progress(EXTRACTING, "extracting", i + 1, len(photos))
+    return results, hits
+
+
+def people_report(photos: list[Photo], feats: list, kept: set[str], too_few: dict[str, int]) -> list[dict]:
+    """Per person: photos uploaded, used, skipped (and why), photos with several faces."""
+    report = defaultdict(lambda: {"photos": 0, "used": 0, "skipped": [], "several_faces": []})
+    for photo, f in zip(photos, feats):
+        r = report[photo.label]
+        r["photos"] += 1
+        if f.usable:
+            r["used"] += 1
+            if f.faces > 1:
+                r["several_faces"].append({"file": photo.filename, "faces": f.faces})
+        else:
+            r["skipped"].append({"file": photo.filename, "reason": f.skipped, "detail": f.detail})
+    out = []
+    for label in sorted(report):
+        r = report[label]
+        entry = {"label": label, **r, "in_model": label in kept}
+        if label in too_few:
+            entry["excluded"] = f"only {too_few[label]} usable photo(s)"
+            entry["used"] = 0
+        out.append(entry)
+    return out
+
+
+def run_build(job: dict, photos: list[Photo], settings: Settings, progress: Progress) -> bytes:
+    """Build the bundle for one job. `job` holds id, name, options {optimize, seed}."""
+    started = time.time()
+    options = job.get("options", {})
+    seed = int(options.get("seed", settings.default_seed))
+
+    feats, hits = extract_all(photos, settings, progress)
+    usable = [i for i, f in enumerate(feats) if f.usable]
+    if not usable:
+        raise BuildError("NO_FACE_FOUND", "no face was found in any photo",
+                         {"files": [{"file": p.filename, "reason": f.skipped, "detail": f.detail}
+                                    for p, f in zip(photos, feats)][:1000]})
+    labels = [photos[i].label for i in usable]
+    split = stratified_split(labels, min_photos=settings.min_photos_per_person,
+                             test_fraction=settings.test_fraction, val_fraction=settings.val_fraction, seed=seed)
+    people = people_report(photos, feats, set(split.people), split.too_few)
+    if len(split.people) < 2:
+        raise BuildError("TOO_FEW_PEOPLE",
+                         f"a recognizer needs at least 2 people with {max(3, settings.min_photos_per_person)} "
+                         f"or more usable photos each; got {len(split.people)}",
+                         {"people": [{k: p[k] for k in ("label", "photos", "used", "skipped")} for p in people]})
+
+    x = np.asarray([feats[i].embedding for i in usable], dtype=np.float32)
+    index = {person: k for k, person in enumerate(split.people)}
+    y = np.asarray([index.get(label, -1) for label in labels], dtype=np.int64)
+
+    spec, optimization = NetworkSpec(learning_rate=settings.learning_rate, batch_size=settings.batch_size), None
+    if options.get("optimize"):
+        from optimization.search import choose_network
+        progress(OPTIMIZING, "optimizing", 0, 1)
+        spec, optimization = choose_network(len(split.people), seed)
+
+    progress(TRAINING, "training", 0, settings.max_epochs)
+    t0 = time.time()
+    model, epochs = train_network(
+        x[split.train], y[split.train], x[split.val], y[split.val], len(split.people), spec,
+        max_epochs=settings.max_epochs, patience=settings.patience, seed=seed,
+        on_epoch=lambda e: progress(TRAINING, "training", e, settings.max_epochs))
+    train_seconds = time.time() - t0
+
+    y_test = y[split.test]
+    pred = predict_classes(model, x[split.test])
+    val_pred = predict_classes(model, x[split.val])
+    manifest = {
+        "format": "api-facial-recognition bundle",
+        "format_version": 1,
+        "service_version": VERSION,
+        "model_id": job["id"],
+        "name": job.get("name"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "software": software_versions(),
+        "pipeline": pipeline_settings(settings),
+        "input": {"photos": len(photos), "usable": len(usable), "skipped": len(photos) - len(usable),
+                  "several_faces": sum(1 for f in feats if f.usable and f.faces > 1),
+                  "features_cached": hits, "skipped_by_reason": dict(Counter(f.skipped for f in feats if not f.usable))},
+        "people": people,
+        "labels": split.people,
+        "split": {"method": "per-person stratified, at least one photo per person in each part",
+                  "seed": seed, "test_fraction": settings.test_fraction,
+                  "validation_fraction": settings.val_fraction, **split.summary()},
+        "network": {**spec.__dict__, "hidden": list(spec.hidden), "params": int(model.count_params())},
+        "training": {"epochs": epochs, "max_epochs": settings.max_epochs, "patience": settings.patience,
+                     "seconds": round(train_seconds, 2), "trained_on": "train split (validation for early stopping)"},
+        "metrics": {"test_accuracy": accuracy(y_test, pred), "balanced_accuracy": balanced_accuracy(y_test, pred),
+                    "validation_accuracy": accuracy(y[split.val], val_pred), "test_photos": int(len(y_test))},
+        "optimization": optimization,
+        "build_seconds": None,
+    }
+    manifest["build_seconds"] = round(time.time() - started, 2)
+    bundle = pack_bundle(model, split.people, manifest)
+    release_keras()
+    return bundle
+
+
+def software_versions() -> dict:
+    import dlib
+    import keras
+    import tensorflow as tf
+    return {"python": platform.python_version(), "dlib": dlib.__version__, "keras": keras.__version__,
+            "tensorflow": tf.__version__, "numpy": np.__version__}
+
+
+def release_keras() -> None:
+    """Free the graph and weights of the last build so a long-lived worker stays flat in memory."""
+    import keras
+    keras.backend.clear_session()
+    gc.collect()

@@ -1,0 +1,50 @@
+"""JSON errors: `{"status": 1, "error": {"code", "message"[, "details"]}}`, registered on the app."""
+from __future__ import annotations
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from logger import logger
+from preprocessor.errors import InputError
+
+
+class ApiError(Exception):
+    def __init__(self, http_status: int, code: str, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.http_status, self.code, self.message, self.details = http_status, code, message, details
+
+
+# HTTP status for the input error codes the preprocessor raises.
+INPUT_STATUS = {"ZIP_BOMB": 413, "ARCHIVE_TOO_LARGE": 413, "TOO_MANY_FILES": 413}
+
+
+def error_response(http_status: int, code: str, message: str, details: dict | None = None):
+    error = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return jsonify({"status": 1, "error": error}), http_status
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api(e: ApiError):
+        return error_response(e.http_status, e.code, e.message, e.details)
+
+    @app.errorhandler(InputError)
+    def _input(e: InputError):
+        return error_response(INPUT_STATUS.get(e.code, 400), e.code, e.message, e.details)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def _too_large(e):
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        return error_response(413, "REQUEST_TOO_LARGE", f"the request is larger than the limit of {limit} bytes")
+
+    @app.errorhandler(HTTPException)
+    def _http(e: HTTPException):
+        code = (e.name or "error").upper().replace(" ", "_")
+        return error_response(e.code or 500, code, e.description or e.name)
+
+    @app.errorhandler(Exception)
+    def _internal(e: Exception):
+        logger.exception("unhandled error")
+        return error_response(500, "INTERNAL", "internal error; see the service log")

@@ -1,0 +1,44 @@
+"""The ZeroMQ wire format: a command frame, a JSON header frame, then binary frames.
+
+Front (REQ) -> broker ROUTER:  SUBMIT {job} photo...     -> OK {} | ERR {code, message}
+                               STATUS                      -> OK {workers, idle, busy, queued}
+Worker (DEALER) -> broker ROUTER:
+    READY                    idle and asking for work
+    HEARTBEAT {job|null}     alive; which job it is running, if any
+    PROGRESS {job, attempt, state, stage, done, total}
+    DONE {job, attempt} bundle
+    FAILED {job, attempt, code, message, details}
+Broker -> worker:  JOB {job, attempt, name, options, files} photo...  |  HEARTBEAT
+"""
+from __future__ import annotations
+
+import json
+
+import zmq
+
+SUBMIT, STATUS, OK, ERR = b"SUBMIT", b"STATUS", b"OK", b"ERR"
+READY, HEARTBEAT, PROGRESS, DONE, FAILED, JOB = b"READY", b"HEARTBEAT", b"PROGRESS", b"DONE", b"FAILED", b"JOB"
+
+
+def pack(command: bytes, header: dict | None = None, blobs: list[bytes] = ()) -> list[bytes]:
+    frames = [command]
+    if header is not None or blobs:
+        frames.append(json.dumps(header or {}, ensure_ascii=False).encode())
+    frames.extend(blobs)
+    return frames
+
+
+def unpack(frames: list[bytes]) -> tuple[bytes, dict, list[bytes]]:
+    """-> (command, header, blobs). Tolerates a missing header."""
+    command = frames[0] if frames else b""
+    header = json.loads(frames[1]) if len(frames) > 1 and frames[1] else {}
+    return command, header, list(frames[2:])
+
+
+def tune(sock: zmq.Socket, heartbeat_s: float) -> None:
+    """Transport-level heartbeats catch half-open TCP links that app heartbeats would only see late."""
+    ms = int(heartbeat_s * 1000)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, ms)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ms * 5)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, ms * 5)

@@ -1,0 +1,163 @@
+"""Durable job state in SQLite (WAL) and the uploaded photos on disk.
+
+The broker is the only writer; the HTTP front only reads. A job row is the
+truth about a job: after a crash or restart, every job that is not finished is
+put back in the queue (see `requeue_unfinished`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+
+from constants import DONE, FAILED, QUEUED, RUNNING_STATES
+from preprocessor.uploads import Photo
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    state TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    options TEXT NOT NULL,          -- JSON: optimize, seed, ...
+    n_photos INTEGER NOT NULL,
+    n_people INTEGER NOT NULL,
+    stage TEXT, done INTEGER, total INTEGER,
+    error_code TEXT, error_message TEXT, error_details TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    worker TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created);
+"""
+
+
+def connect(db_path: Path, readonly: bool = False) -> sqlite3.Connection:
+    db_path = Path(db_path)
+    if readonly:
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10, check_same_thread=False)
+    else:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(db_path, timeout=10, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(SCHEMA)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def job_view(row: sqlite3.Row) -> dict:
+    """A job row as the API shows it."""
+    error = None
+    if row["error_code"]:
+        error = {"code": row["error_code"], "message": row["error_message"]}
+        if row["error_details"]:
+            error["details"] = json.loads(row["error_details"])
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "state": row["state"],
+        "available": 1 if row["state"] == DONE else 0,
+        "progress": {"stage": row["stage"] or row["state"], "done": row["done"] or 0, "total": row["total"] or 0},
+        "error": error,
+        "created": row["created"],
+        "updated": row["updated"],
+        "attempts": row["attempts"],
+        "photos": row["n_photos"],
+        "people": row["n_people"],
+    }
+
+
+class JobStore:
+    """Jobs table + upload folders. Methods are small and each commits on its own."""
+
+    def __init__(self, db_path: Path, uploads_dir: Path):
+        self.db = connect(db_path)
+        self.uploads_dir = Path(uploads_dir)
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- uploads -------------------------------------------------------------
+    def _upload_dir(self, job_id: str) -> Path:
+        return self.uploads_dir / job_id
+
+    def save_uploads(self, job_id: str, photos: list[Photo]) -> None:
+        """Write photos to `uploads/<id>/` (fsynced, then renamed into place)."""
+        tmp = self.uploads_dir / f".{job_id}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        index = []
+        for i, p in enumerate(photos):
+            fname = f"{i:06d}.bin"
+            with open(tmp / fname, "wb") as fh:
+                fh.write(p.data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            index.append({"label": p.label, "filename": p.filename, "file": fname})
+        (tmp / "index.json").write_text(json.dumps(index, ensure_ascii=False))
+        os.rename(tmp, self._upload_dir(job_id))
+
+    def load_uploads(self, job_id: str) -> list[Photo]:
+        d = self._upload_dir(job_id)
+        index = json.loads((d / "index.json").read_text())
+        return [Photo(e["label"], e["filename"], (d / e["file"]).read_bytes()) for e in index]
+
+    def delete_uploads(self, job_id: str) -> None:
+        shutil.rmtree(self._upload_dir(job_id), ignore_errors=True)
+
+    def has_uploads(self, job_id: str) -> bool:
+        return (self._upload_dir(job_id) / "index.json").exists()
+
+    # --- jobs ----------------------------------------------------------------
+    def create(self, job_id: str, name: str | None, options: dict, n_photos: int, n_people: int) -> None:
+        now = time.time()
+        self.db.execute(
+            "INSERT INTO jobs (id, name, state, created, updated, options, n_photos, n_people, stage, done, total)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            (job_id, name, QUEUED, now, now, json.dumps(options), n_photos, n_people, QUEUED, n_photos))
+
+    def get(self, job_id: str) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+
+    def options(self, job_id: str) -> dict:
+        row = self.get(job_id)
+        return json.loads(row["options"]) if row else {}
+
+    def assign(self, job_id: str, worker: str) -> int:
+        """Mark a job as handed to `worker`; returns the attempt number."""
+        self.db.execute("UPDATE jobs SET worker = ?, attempts = attempts + 1, updated = ? WHERE id = ?",
+                        (worker, time.time(), job_id))
+        return self.get(job_id)["attempts"]
+
+    def progress(self, job_id: str, state: str, stage: str, done: int, total: int) -> None:
+        self.db.execute("UPDATE jobs SET state = ?, stage = ?, done = ?, total = ?, updated = ?"
+                        " WHERE id = ? AND state NOT IN (?, ?)",
+                        (state, stage, done, total, time.time(), job_id, DONE, FAILED))
+
+    def finish(self, job_id: str) -> None:
+        self.db.execute("UPDATE jobs SET state = ?, stage = ?, done = total, worker = NULL, updated = ?"
+                        " WHERE id = ?", (DONE, DONE, time.time(), job_id))
+
+    def fail(self, job_id: str, code: str, message: str, details: dict | None = None) -> None:
+        self.db.execute("UPDATE jobs SET state = ?, stage = ?, error_code = ?, error_message = ?,"
+                        " error_details = ?, worker = NULL, updated = ? WHERE id = ?",
+                        (FAILED, FAILED, code, message, json.dumps(details) if details else None,
+                         time.time(), job_id))
+
+    def requeue(self, job_id: str) -> None:
+        self.db.execute("UPDATE jobs SET state = ?, stage = ?, done = 0, worker = NULL, updated = ?"
+                        " WHERE id = ? AND state NOT IN (?, ?)",
+                        (QUEUED, QUEUED, time.time(), job_id, DONE, FAILED))
+
+    def requeue_unfinished(self) -> list[str]:
+        """After a (re)start: every running job goes back to the queue. Returns queued ids, oldest first."""
+        marks = ",".join("?" * len(RUNNING_STATES))
+        self.db.execute(f"UPDATE jobs SET state = ?, stage = ?, worker = NULL WHERE state IN ({marks})",
+                        (QUEUED, QUEUED, *RUNNING_STATES))
+        rows = self.db.execute("SELECT id FROM jobs WHERE state = ? ORDER BY created", (QUEUED,)).fetchall()
+        return [r["id"] for r in rows]
+
+    def count(self, state: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (state,)).fetchone()[0]

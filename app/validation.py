@@ -1,0 +1,104 @@
+"""Request -> validated (photos, options), or an ApiError/InputError naming what is wrong."""
+from __future__ import annotations
+
+import re
+import uuid
+
+from flask import Request
+
+from app.errors import ApiError
+from constants import Settings
+from preprocessor.errors import InputError
+from preprocessor.images import inspect_image
+from preprocessor.uploads import Photo, label_from_path, read_zip
+
+_UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+MAX_SEED = 2**31 - 1
+
+
+def parse_job_id(raw: str | None) -> str:
+    """A canonical lower-case uuid4, or 400 BAD_ID."""
+    if not raw:
+        raise ApiError(400, "BAD_ID", "missing model id")
+    value = raw.strip().lower()
+    if not _UUID4.match(value):
+        raise ApiError(400, "BAD_ID", f"{raw[:80]!r} is not a model id (a uuid4)")
+    return str(uuid.UUID(value))
+
+
+def _flag(name: str, raw: str | None) -> bool:
+    if raw is None or raw == "":
+        return False
+    if raw.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ApiError(400, "BAD_PARAMETER", f"{name} must be 0 or 1, got {raw[:40]!r}")
+
+
+def parse_options(form, settings: Settings) -> tuple[str | None, dict]:
+    """-> (name, options {optimize, seed}) from the form fields."""
+    optimize = _flag("optimize", form.get("optimize"))
+    raw_seed = form.get("seed")
+    seed = settings.default_seed
+    if raw_seed not in (None, ""):
+        try:
+            seed = int(raw_seed)
+        except ValueError:
+            raise ApiError(400, "BAD_PARAMETER", f"seed must be an integer, got {raw_seed[:40]!r}") from None
+        if not 0 <= seed <= MAX_SEED:
+            raise ApiError(400, "BAD_PARAMETER", f"seed must be between 0 and {MAX_SEED}")
+    name = form.get("name")
+    if name is not None:
+        name = name.strip() or None
+        if name and (len(name) > settings.max_name_length or any(ord(c) < 32 for c in name)):
+            raise ApiError(400, "BAD_PARAMETER",
+                           f"name must be at most {settings.max_name_length} printable characters")
+    return name, {"optimize": optimize, "seed": seed}
+
+
+def collect_photos(request: Request, settings: Settings) -> tuple[list[Photo], list[str]]:
+    """All labelled photos of the request (multipart `images` parts and `archive` zips). -> (photos, ignored)."""
+    photos: list[Photo] = []
+    ignored: list[str] = []
+    for part in request.files.getlist("images"):
+        if not part.filename:
+            continue
+        label = label_from_path(part.filename, settings.max_label_length)
+        photos.append(Photo(label, part.filename, part.read()))
+    for part in request.files.getlist("archive"):
+        got, skipped = read_zip(part.stream, max_total=settings.max_zip_uncompressed_bytes,
+                                max_ratio=settings.max_zip_ratio, max_entries=settings.max_zip_entries,
+                                max_label_length=settings.max_label_length)
+        photos.extend(got)
+        ignored.extend(skipped)
+    unknown = sorted(set(request.files) - {"images", "archive"})
+    if not photos:
+        hint = f" (got file field(s) {', '.join(unknown)})" if unknown else ""
+        raise ApiError(400, "NO_FILES", "no photos: send multipart 'images' parts named '<person>/<file>' "
+                       "or an 'archive' zip with one folder per person" + hint)
+    if len(photos) > settings.max_files:
+        raise ApiError(413, "TOO_MANY_FILES", f"{len(photos)} photos, limit {settings.max_files}")
+    return photos, ignored
+
+
+def check_images(photos: list[Photo], settings: Settings) -> None:
+    """Every photo must be a readable image within the pixel limit; one error lists all bad files."""
+    bad = []
+    for photo in photos:
+        try:
+            inspect_image(photo.data, settings.max_image_pixels)
+        except InputError as exc:
+            bad.append({"file": photo.filename, "code": exc.code, "message": exc.message})
+    if bad:
+        first = bad[0]
+        raise InputError(first["code"], f"{len(bad)} file(s) are not usable images; first: "
+                         f"{first['file']!r}: {first['message']}", {"files": bad[:200]})
+
+
+def check_people(photos: list[Photo]) -> int:
+    people = {p.label for p in photos}
+    if len(people) < 2:
+        raise ApiError(400, "TOO_FEW_PEOPLE", f"a recognizer tells people apart: it needs photos of at least "
+                       f"2 people, got {len(people)} ({', '.join(sorted(people))})")
+    return len(people)

@@ -1,0 +1,24 @@
+"""Flask app factory: config from `constants.Settings`, one blueprint, JSON errors."""
+from __future__ import annotations
+
+from flask import Flask
+
+from app.errors import register_error_handlers
+from constants import Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    settings.ensure_dirs()
+    app = Flask("api-facial-recognition")
+    app.config.update(
+        SETTINGS=settings,
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        MAX_FORM_PARTS=settings.max_files + 100,  # werkzeug's default (1000) is below a real upload
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False
+    from app.routes import bp
+    app.register_blueprint(bp)
+    register_error_handlers(app)
+    return app

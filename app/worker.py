@@ -1,0 +1,99 @@
+"""A worker: one loop that talks to the broker while a thread runs the current job.
+
+The loop never blocks on work, so heartbeats keep flowing during a long build;
+the job thread reports through a queue that the loop forwards to the broker.
+Killing a worker (even with -9) loses nothing: the broker stops hearing its
+heartbeats and gives the job to another worker.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import traceback
+import uuid
+
+import zmq
+
+from app import protocol as p
+from constants import Settings
+from logger import logger
+from preprocessor.uploads import Photo
+
+
+class Worker:
+    def __init__(self, settings: Settings, connect: str, ctx: zmq.Context | None = None):
+        self.s = settings
+        self.connect = connect
+        self.ctx = ctx or zmq.Context.instance()
+        self.identity = f"w-{uuid.uuid4().hex[:8]}".encode()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, self.identity)
+        p.tune(self.sock, settings.heartbeat_s)
+        self.sock.connect(connect)
+        self.events: queue.Queue = queue.Queue()  # (command, header, blobs) from the job thread
+        self.job: dict | None = None
+        self.running = True
+
+    def run(self) -> None:
+        logger.info("worker {} connecting to {}", self.identity.decode(), self.connect)
+        self.sock.send_multipart(p.pack(p.READY))
+        next_beat = 0.0
+        while self.running:
+            if self.sock.poll(timeout=100):  # short: progress from the job thread waits at most this
+                command, header, blobs = p.unpack(self.sock.recv_multipart())
+                if command == p.JOB:
+                    self.start(header, blobs)
+            self.forward_events()
+            if time.monotonic() >= next_beat:
+                job = self.job and {"job": self.job["job"], "attempt": self.job["attempt"]}
+                self.sock.send_multipart(p.pack(p.HEARTBEAT, job or {}))
+                next_beat = time.monotonic() + self.s.heartbeat_s
+
+    def start(self, header: dict, blobs: list[bytes]) -> None:
+        if self.job is not None:
+            logger.error("got job {} while busy with {}; ignoring", header["job"], self.job["job"])
+            return
+        self.job = header
+        photos = [Photo(f["label"], f["filename"], b) for f, b in zip(header["files"], blobs)]
+        logger.info("job {} attempt {}: {} photos", header["job"], header["attempt"], len(photos))
+        threading.Thread(target=self.work, args=(header, photos), daemon=True, name="job").start()
+
+    def work(self, header: dict, photos: list[Photo]) -> None:
+        """Runs in the job thread: build, then post DONE or FAILED."""
+        from app.build import BuildError, run_build
+        ids = {"job": header["job"], "attempt": header["attempt"]}
+        last = [0.0]
+
+        def progress(state: str, stage: str, done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.5 or done == total or done == 0:  # rate-limit store writes
+                last[0] = now
+                self.events.put((p.PROGRESS, {**ids, "state": state, "stage": stage, "done": done, "total": total}, []))
+
+        try:
+            job = {"id": header["job"], "name": header.get("name"), "options": header.get("options", {})}
+            bundle = run_build(job, photos, self.s, progress)
+            self.events.put((p.DONE, ids, [bundle]))
+        except BuildError as exc:
+            self.events.put((p.FAILED, {**ids, "code": exc.code, "message": exc.message, "details": exc.details}, []))
+        except Exception as exc:
+            logger.error("job {} crashed:\n{}", header["job"], traceback.format_exc())
+            self.events.put((p.FAILED, {**ids, "code": "BUILD_ERROR", "message": f"{type(exc).__name__}: {exc}"}, []))
+
+    def forward_events(self) -> None:
+        while True:
+            try:
+                command, header, blobs = self.events.get_nowait()
+            except queue.Empty:
+                return
+            self.sock.send_multipart(p.pack(command, header, blobs))
+            if command in (p.DONE, p.FAILED):
+                logger.info("job {} {}", header["job"], command.decode().lower())
+                self.job = None
+                self.sock.send_multipart(p.pack(p.READY))
+
+
+def run_worker(settings: Settings, connect: str) -> None:
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    Worker(settings, connect).run()

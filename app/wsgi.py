@@ -1,0 +1,8 @@
+"""WSGI entry point for uWSGI (`module = app.wsgi:application` in app.ini)."""
+from app.web import create_app
+from constants import Settings
+from logger import setup_logging
+
+_settings = Settings.from_env()
+setup_logging("web", _settings.log_dir, _settings.log_level, _settings.log_rotation, _settings.log_retention)
+application = create_app(_settings)

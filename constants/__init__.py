@@ -1,0 +1,128 @@
+"""Settings and limits, each overridable by an environment variable.
+
+Every knob of the service lives here so that operators find them in one place.
+`Settings.from_env()` reads `FR_*` variables; nothing else in the code reads the
+environment.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+VERSION = "0.1.0"
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Job states, in the order a job walks through them.
+QUEUED, EXTRACTING, TRAINING, OPTIMIZING, DONE, FAILED = (
+    "queued", "extracting", "training", "optimizing", "done", "failed")
+RUNNING_STATES = (EXTRACTING, TRAINING, OPTIMIZING)
+TERMINAL_STATES = (DONE, FAILED)
+
+ALLOWED_IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+def _env(name: str, default, cast=None):
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    cast = cast or type(default)
+    if cast is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return cast(raw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All tunables. Field `x` is read from env var `FR_X` (upper case)."""
+
+    data_dir: Path = ROOT
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 2
+    # ZeroMQ endpoints of the broker: the front (HTTP app) and the back (workers).
+    broker_front: str = "tcp://127.0.0.1:5555"
+    broker_back: str = "tcp://127.0.0.1:5556"
+    broker_timeout_s: float = 10.0
+
+    heartbeat_s: float = 1.0          # interval between heartbeats, both ways
+    heartbeat_liveness: int = 5       # missed heartbeats before a peer is dead
+    max_attempts: int = 3             # a job that kills this many workers fails
+
+    # Upload limits.
+    max_request_bytes: int = 512 * 1024 * 1024
+    max_files: int = 20_000
+    max_image_pixels: int = 40_000_000          # decompression-bomb guard
+    max_zip_uncompressed_bytes: int = 2 * 1024 * 1024 * 1024
+    max_zip_ratio: float = 200.0                # per entry and overall
+    max_zip_entries: int = 50_000
+    max_label_length: int = 100
+    max_name_length: int = 200
+
+    # Face pipeline.
+    detect_max_side: int = 1600       # larger photos are detected on a downscaled copy
+    upsample_max_side: int = 1000     # photos up to this side get one upsampled retry
+    chip_size: int = 150
+    chip_padding: float = 0.25
+
+    # Training.
+    min_photos_per_person: int = 3
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    default_seed: int = 42
+    max_epochs: int = 300
+    patience: int = 20
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+
+    keep_uploads: bool = False        # keep uploaded photos after a successful build
+
+    log_level: str = "INFO"
+    log_rotation: str = "20 MB"
+    log_retention: int = 5
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        values = {}
+        for f in fields(cls):
+            default = f.default
+            cast = Path if f.name == "data_dir" else type(default)
+            values[f.name] = _env("FR_" + f.name.upper(), default, cast)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        values["data_dir"] = Path(values["data_dir"]).resolve()
+        return cls(**values)
+
+    # Layout of the data directory: everything the service writes lives below it.
+    @property
+    def dumps_dir(self) -> Path:
+        return self.data_dir / "dumps"
+
+    @property
+    def var_dir(self) -> Path:
+        return self.data_dir / "var"
+
+    @property
+    def db_path(self) -> Path:
+        return self.var_dir / "jobs.sqlite"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.var_dir / "uploads"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.var_dir / "cache"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.var_dir / "logs"
+
+    @property
+    def heartbeat_expiry_s(self) -> float:
+        return self.heartbeat_s * self.heartbeat_liveness
+
+    def ensure_dirs(self) -> None:
+        for d in (self.dumps_dir, self.uploads_dir, self.cache_dir, self.log_dir):
+            d.mkdir(parents=True, exist_ok=True)

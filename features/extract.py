@@ -1,0 +1,114 @@
+"""Photo bytes -> what the photo gives a classifier: an embedding, or why not.
+
+Results are cached on disk by sha256(photo bytes) + pipeline settings, so a
+rebuild with the same photos skips decoding, detection and embedding.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from constants import Settings
+from features.embeddings import embed_chips, resnet_model_path
+from preprocessor.errors import InputError
+from preprocessor.faces import Box, align_face, detect_faces, file_sha256, landmarks_model_path, largest
+from preprocessor.images import decode_image
+
+PIPELINE_VERSION = 1
+
+# Why a photo gave no embedding.
+NO_FACE, CORRUPT = "no_face", "corrupt_image"
+
+
+@dataclass
+class PhotoFeatures:
+    """What one photo gave: `embedding` (128 floats) or a `skipped` reason."""
+    faces: int = 0
+    box: list[int] | None = None
+    embedding: list[float] | None = None
+    skipped: str | None = None
+    detail: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.embedding is not None
+
+
+def pipeline_settings(settings: Settings) -> dict:
+    """Everything that changes an embedding; part of the cache key and of the manifest."""
+    return {
+        "pipeline_version": PIPELINE_VERSION,
+        "detector": "dlib HOG frontal_face_detector",
+        "detect_max_side": settings.detect_max_side,
+        "upsample_max_side": settings.upsample_max_side,
+        "upsample_policy": "0, then 1 if no face and the photo fits upsample_max_side",
+        "chip_size": settings.chip_size,
+        "chip_padding": settings.chip_padding,
+        "max_image_pixels": settings.max_image_pixels,
+        "models": {
+            "shape_predictor_5_face_landmarks.dat": file_sha256(landmarks_model_path()),
+            "dlib_face_recognition_resnet_model_v1.dat": file_sha256(resnet_model_path()),
+        },
+    }
+
+
+class FeatureCache:
+    """One small JSON file per (photo, settings) key under `root/<2 hex>/<key>.json`."""
+
+    def __init__(self, root: Path, settings: Settings):
+        self.root = Path(root)
+        self.salt = hashlib.sha256(json.dumps(pipeline_settings(settings), sort_keys=True).encode()).hexdigest()
+
+    def key(self, data: bytes) -> str:
+        return hashlib.sha256(self.salt.encode() + hashlib.sha256(data).digest()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> PhotoFeatures | None:
+        try:
+            return PhotoFeatures(**json.loads(self._path(key).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def put(self, key: str, value: PhotoFeatures) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(asdict(value), fh)
+        os.replace(tmp, path)  # atomic: readers never see half a file
+
+
+def photo_features(data: bytes, settings: Settings) -> PhotoFeatures:
+    """Decode, detect, align and embed one training photo (the largest face if several)."""
+    try:
+        image = decode_image(data, settings.max_image_pixels)
+    except InputError as exc:
+        return PhotoFeatures(skipped=CORRUPT, detail=exc.message)
+    boxes = detect_faces(image, settings.detect_max_side, settings.upsample_max_side)
+    if not boxes:
+        return PhotoFeatures(skipped=NO_FACE, detail="no face found")
+    box: Box = largest(boxes)
+    chip = align_face(image, box, settings.chip_size, settings.chip_padding)
+    vector = embed_chips([chip])[0]
+    return PhotoFeatures(faces=len(boxes), box=box.as_list(), embedding=[float(x) for x in vector])
+
+
+def cached_photo_features(data: bytes, settings: Settings, cache: FeatureCache | None) -> tuple[PhotoFeatures, bool]:
+    """`photo_features` through the cache. Returns (features, was_cached)."""
+    if cache is None:
+        return photo_features(data, settings), False
+    key = cache.key(data)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit, True
+    result = photo_features(data, settings)
+    cache.put(key, result)
+    return result, False

@@ -1,0 +1,1 @@
+"""Embeddings -> a trained Keras classifier, its held-out metrics and its bundle."""

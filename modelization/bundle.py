@@ -1,0 +1,72 @@
+"""The model bundle: a zip holding `model.keras`, `labels.json` and `manifest.json`.
+
+`pack_bundle` runs in the worker (which may be on another host); the broker
+receives the bytes and `save_bundle` writes them atomically to `dumps/<id>/`.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+BUNDLE_FILE = "model.zip"
+MANIFEST_FILE = "manifest.json"
+MODEL_FILE = "model.keras"
+LABELS_FILE = "labels.json"
+
+
+def pack_bundle(model, labels: list[str], manifest: dict) -> bytes:
+    """Serialise a Keras model, its class labels and manifest into zip bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = Path(tmp) / MODEL_FILE
+        model.save(model_path)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.write(model_path, MODEL_FILE)
+            zf.writestr(LABELS_FILE, json.dumps(labels, ensure_ascii=False, indent=1))
+            zf.writestr(MANIFEST_FILE, json.dumps(manifest, ensure_ascii=False, indent=1))
+    return buf.getvalue()
+
+
+def read_manifest(bundle: bytes | Path) -> dict:
+    """The manifest inside bundle bytes or a bundle file."""
+    src = io.BytesIO(bundle) if isinstance(bundle, bytes) else bundle
+    with zipfile.ZipFile(src) as zf:
+        return json.loads(zf.read(MANIFEST_FILE))
+
+
+def save_bundle(dumps_dir: Path, model_id: str, bundle: bytes) -> Path:
+    """Write `dumps/<id>/{model.zip, manifest.json}` atomically (rename of a finished folder)."""
+    dumps_dir = Path(dumps_dir)
+    dumps_dir.mkdir(parents=True, exist_ok=True)
+    final = dumps_dir / model_id
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_id}.", dir=dumps_dir))
+    try:
+        (tmp / BUNDLE_FILE).write_bytes(bundle)
+        (tmp / MANIFEST_FILE).write_text(json.dumps(read_manifest(bundle), ensure_ascii=False, indent=1))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():  # a re-delivered result: keep the first, it is complete
+            shutil.rmtree(tmp)
+            return final
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def load_bundle_model(path: Path):
+    """(keras model, labels, manifest) from a bundle file."""
+    import keras
+    with zipfile.ZipFile(path) as zf, tempfile.TemporaryDirectory() as tmp:
+        zf.extract(MODEL_FILE, tmp)
+        model = keras.models.load_model(Path(tmp) / MODEL_FILE)
+        labels = json.loads(zf.read(LABELS_FILE))
+        manifest = json.loads(zf.read(MANIFEST_FILE))
+    return model, labels, manifest

@@ -1,0 +1,1 @@
+"""Choosing the classifier's topology. The DEAP genetic search (issue #3) plugs in here."""

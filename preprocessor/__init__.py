@@ -1,0 +1,1 @@
+"""Photos in, aligned face chips out: decoding, upload parsing, detection, alignment."""

@@ -1,0 +1,93 @@
+"""RGB array -> face boxes (dlib HOG) -> aligned face chips (dlib 5-point landmarks).
+
+Detection policy, chosen for speed (see README, Performance):
+- photos larger than `detect_max_side` are detected on a downscaled copy and the
+  boxes mapped back, while landmarks and chips come from the full-size photo;
+- the detector runs without upsampling first (upsampling costs ~4x) and retries
+  with one upsampling only when nothing was found on a photo small enough for
+  faces to have been missed.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import dlib
+import face_recognition_models
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Box:
+    """A face box in photo pixels: left, top, right, bottom (right/bottom exclusive)."""
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def area(self) -> int:
+        return max(0, self.right - self.left) * max(0, self.bottom - self.top)
+
+    def as_list(self) -> list[int]:
+        return [self.left, self.top, self.right, self.bottom]
+
+
+def landmarks_model_path() -> str:
+    """Path of dlib's 5-point landmark model, shipped by `face_recognition_models`."""
+    return face_recognition_models.pose_predictor_five_point_model_location()
+
+
+@lru_cache(maxsize=None)
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=1)
+def _detector():
+    return dlib.get_frontal_face_detector()
+
+
+@lru_cache(maxsize=1)
+def _shape_predictor():
+    return dlib.shape_predictor(landmarks_model_path())
+
+
+def detect_faces(image: np.ndarray, max_side: int = 1600, upsample_max_side: int = 1000) -> list[Box]:
+    """Find faces in an RGB image; returns boxes in the image's own pixel coordinates."""
+    h, w = image.shape[:2]
+    scale = 1.0
+    small = image
+    if max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                           interpolation=cv2.INTER_AREA)
+    rects = _detector()(small, 0)
+    if len(rects) == 0 and max(small.shape[:2]) <= upsample_max_side:
+        rects = _detector()(small, 1)
+    boxes = []
+    for r in rects:
+        box = Box(int(r.left() / scale), int(r.top() / scale),
+                  int(r.right() / scale), int(r.bottom() / scale))
+        box = Box(max(0, box.left), max(0, box.top), min(w, box.right), min(h, box.bottom))
+        if box.area > 0:
+            boxes.append(box)
+    return boxes
+
+
+def largest(boxes: list[Box]) -> Box:
+    """The biggest box: in a training photo of one person, the person is the largest face."""
+    return max(boxes, key=lambda b: b.area)
+
+
+def align_face(image: np.ndarray, box: Box, size: int = 150, padding: float = 0.25) -> np.ndarray:
+    """Cut the face in `box` out of `image`, aligned on its 5 landmarks: (size, size, 3) uint8."""
+    rect = dlib.rectangle(box.left, box.top, box.right, box.bottom)
+    shape = _shape_predictor()(image, rect)
+    return dlib.get_face_chip(image, shape, size=size, padding=padding)

@@ -1,0 +1,133 @@
+"""Uploads -> a flat list of labelled photos, refusing unsafe archives.
+
+Labels come from folders: a multipart part named `alice/1.jpg` or a zip entry
+`team/alice/1.jpg` both belong to `alice` (the photo's immediate folder).
+"""
+from __future__ import annotations
+
+import posixpath
+import re
+import stat
+import unicodedata
+import zipfile
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from constants import IMAGE_EXTENSIONS
+from preprocessor.errors import InputError
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One uploaded photo: who it shows (label), where it came from (filename), its bytes."""
+    label: str
+    filename: str
+    data: bytes
+
+
+def clean_label(raw: str, max_length: int = 100) -> str:
+    """Normalise a person's label (NFC, trimmed); raise InputError if unusable."""
+    label = unicodedata.normalize("NFC", raw).strip()
+    if not label or label in (".", ".."):
+        raise InputError("BAD_LABEL", f"empty or reserved label {raw!r}")
+    if _CONTROL.search(label) or "/" in label or "\\" in label:
+        raise InputError("BAD_LABEL", f"label {raw!r} contains control characters or slashes")
+    if len(label) > max_length:
+        raise InputError("BAD_LABEL", f"label {label[:20]!r}... is longer than {max_length} characters")
+    return label
+
+
+def label_from_path(path: str, max_length: int = 100) -> str:
+    """`alice/1.jpg` -> `alice`; `a/b/alice/1.jpg` -> `alice`. Backslashes count as slashes."""
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    if len(parts) < 2:
+        raise InputError("MISSING_LABEL",
+                         f"{path!r} has no folder: name each photo '<person>/<file>' "
+                         "(e.g. filename=alice/1.jpg) or zip one folder per person")
+    return clean_label(parts[-2], max_length)
+
+
+def _unsafe_reason(name: str, info: zipfile.ZipInfo) -> str | None:
+    if name.startswith("/") or name.startswith("\\") or _DRIVE.match(name):
+        return "absolute path"
+    if ".." in name.replace("\\", "/").split("/"):
+        return "'..' in path"
+    if "\x00" in name:
+        return "NUL in name"
+    mode = info.external_attr >> 16
+    if info.create_system == 3 and stat.S_ISLNK(mode):  # 3 = Unix
+        return "symbolic link"
+    return None
+
+
+def _skippable(name: str) -> bool:
+    """Folders, macOS resource forks and hidden files are not photos and not errors."""
+    if name.endswith("/"):
+        return True
+    parts = name.replace("\\", "/").split("/")
+    return parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts if p)
+
+
+def read_zip(fileobj: BinaryIO, *, max_total: int, max_ratio: float, max_entries: int,
+             max_label_length: int = 100) -> tuple[list[Photo], list[str]]:
+    """Read a zip of `<person>/<photo>` entries. Returns (photos, ignored names).
+
+    Refuses (InputError) archives that are corrupt, hold unsafe paths or symlinks,
+    or would inflate past `max_total` bytes or `max_ratio` compression ratio; the
+    sizes are enforced while reading, not just trusted from the headers.
+    """
+    try:
+        zf = zipfile.ZipFile(fileobj)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise InputError("BAD_ARCHIVE", f"not a readable zip archive ({exc})") from None
+    with zf:
+        infos = zf.infolist()
+        if len(infos) > max_entries:
+            raise InputError("ARCHIVE_TOO_LARGE", f"archive has {len(infos)} entries, limit {max_entries}")
+        unsafe = [f"{i.filename} ({r})" for i in infos if (r := _unsafe_reason(i.filename, i))]
+        if unsafe:
+            raise InputError("UNSAFE_ARCHIVE", "archive holds unsafe entries: " + ", ".join(unsafe[:10]),
+                             {"entries": unsafe[:100]})
+        wanted, ignored = [], []
+        for info in infos:
+            if _skippable(info.filename):
+                continue
+            if posixpath.splitext(info.filename.lower())[1] not in IMAGE_EXTENSIONS:
+                ignored.append(info.filename)
+                continue
+            wanted.append(info)
+        declared = sum(i.file_size for i in wanted)
+        compressed = sum(i.compress_size for i in wanted)
+        if declared > max_total:
+            raise InputError("ZIP_BOMB", f"archive would inflate to {declared} bytes, limit {max_total}")
+        if compressed and declared / compressed > max_ratio:
+            raise InputError("ZIP_BOMB", f"archive compression ratio {declared / compressed:.0f} "
+                             f"is over the limit of {max_ratio:.0f}")
+        photos, total = [], 0
+        for info in wanted:
+            label = label_from_path(info.filename, max_label_length)
+            limit = min(info.file_size, max_ratio * max(info.compress_size, 1))
+            data = _read_bounded(zf, info, int(limit), max_total - total)
+            total += len(data)
+            photos.append(Photo(label, info.filename, data))
+    return photos, ignored
+
+
+def _read_bounded(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, budget: int) -> bytes:
+    """Read one entry, failing as soon as it inflates past what its header or the budget allow."""
+    chunks, size = [], 0
+    try:
+        with zf.open(info) as fh:
+            while chunk := fh.read(1 << 16):
+                size += len(chunk)
+                if size > limit or size > budget:
+                    raise InputError("ZIP_BOMB", f"entry {info.filename!r} inflates past its limit")
+                chunks.append(chunk)
+    except InputError:
+        raise
+    except Exception as exc:  # bad CRC, unsupported compression, truncated data
+        raise InputError("BAD_ARCHIVE", f"cannot read {info.filename!r} from the archive ({exc})") from None
+    return b"".join(chunks)
