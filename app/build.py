@@ -104,6 +104,7 @@ def run_build(job: dict, photos: list[Photo], settings: Settings, progress: Prog
     model, epochs = train_network(
         x[split.train], y[split.train], x[split.val], y[split.val], len(split.people), spec,
         max_epochs=settings.max_epochs, patience=settings.patience, seed=seed,
+        min_delta=settings.min_delta, min_epoch_samples=settings.min_epoch_samples,
         on_epoch=lambda e: progress(TRAINING, "training", e, settings.max_epochs))
     train_seconds = time.time() - t0
 

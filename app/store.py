@@ -66,6 +66,7 @@ def job_view(row: sqlite3.Row) -> dict:
         "created": row["created"],
         "updated": row["updated"],
         "attempts": row["attempts"],
+        "worker": row["worker"],
         "photos": row["n_photos"],
         "people": row["n_people"],
     }

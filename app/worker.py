@@ -7,7 +7,9 @@ heartbeats and gives the job to another worker.
 """
 from __future__ import annotations
 
+import os
 import queue
+import socket
 import threading
 import time
 import traceback
@@ -26,7 +28,8 @@ class Worker:
         self.s = settings
         self.connect = connect
         self.ctx = ctx or zmq.Context.instance()
-        self.identity = f"w-{uuid.uuid4().hex[:8]}".encode()
+        # host:pid in the identity makes `worker` in the job store point at a real process
+        self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}".encode()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, self.identity)
         p.tune(self.sock, settings.heartbeat_s)

@@ -1,0 +1,34 @@
+# Two commands: `make serve` (set up, then start the service) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PORT    ?= 8080
+WORKERS ?= 2
+DATA_DIR ?= .
+
+.PHONY: serve test setup setup-dev bench clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+setup: $(VENV)/.installed
+setup-dev: $(VENV)/.installed-dev
+
+serve: setup
+	$(PY) run.py serve --port $(PORT) --workers $(WORKERS) --data-dir $(DATA_DIR)
+
+test: setup-dev
+	$(PY) -m pytest
+
+bench: setup-dev
+	$(PY) bench/build_lfw.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis

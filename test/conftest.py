@@ -1,0 +1,36 @@
+"""Shared fixtures: where the real photos are, and small picks from them."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FACES = Path(os.environ.get("FR_FACES_DIR", ROOT.parent / "shared" / "faces")).resolve()
+
+
+def pytest_report_header(config):
+    return f"faces: {FACES} ({'present' if FACES.exists() else 'MISSING'})"
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    if not FACES.exists():
+        pytest.fail(f"real photos not found at {FACES}; set FR_FACES_DIR")
+    return FACES
+
+
+def pick_people(faces: Path, n_people: int, n_photos: int, subset: str = "lfw62") -> dict[str, list[Path]]:
+    """The first `n_people` (alphabetically) with at least `n_photos` photos, `n_photos` each (sorted)."""
+    out = {}
+    for person in sorted((faces / subset).iterdir()):
+        photos = sorted(person.glob("*.jpg"))
+        if len(photos) >= n_photos:
+            out[person.name] = photos[:n_photos]
+        if len(out) == n_people:
+            break
+    return out

@@ -1,0 +1,119 @@
+"""Start and drive the real service (uWSGI + broker + workers) for end-to-end tests."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_port_pair() -> int:
+    """A port p such that p and p+1 are free (broker front and back)."""
+    for _ in range(50):
+        p = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", p + 1))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair")
+
+
+class Stack:
+    """`python run.py serve` on free ports with its own data dir."""
+
+    def __init__(self, data_dir: Path, workers: int = 2, env: dict | None = None):
+        self.data_dir = Path(data_dir)
+        self.workers = workers
+        self.port = free_port()
+        self.broker_port = free_port_pair()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "FR_HEARTBEAT_S": "0.5", "FR_HEARTBEAT_LIVENESS": "4",
+                    "FR_LOG_LEVEL": "INFO", **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.log = self.data_dir / "serve.out"
+
+    def start(self, timeout: float = 60) -> "Stack":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", str(self.workers), "--data-dir", str(self.data_dir), "--broker-port", str(self.broker_port)],
+            env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_alive(self.workers, timeout)
+        return self
+
+    def wait_alive(self, workers: int, timeout: float = 60) -> dict:
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited early; see {self.log}:\n{self.tail()}")
+            try:
+                r = requests.get(self.url + "/is_alive", timeout=5)
+                last = r.json()
+                if r.status_code == 200 and last["workers"] >= workers:
+                    return last
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"service not alive with {workers} workers (last: {last}):\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc:  # leave no orphans (uWSGI workers, dlib workers) behind
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    # --- API helpers -------------------------------------------------------------
+    def build(self, files: list[tuple[str, bytes]], **form) -> requests.Response:
+        """files: (filename with person folder, bytes)."""
+        parts = [("images", (name, data, "application/octet-stream")) for name, data in files]
+        return requests.post(self.url + "/build_recognizer", files=parts, data=form, timeout=120)
+
+    def status(self, job_id: str) -> dict:
+        return requests.get(f"{self.url}/is_available/{job_id}", timeout=10).json()
+
+    def wait_state(self, job_id: str, states: tuple[str, ...], timeout: float = 300, pred=None) -> dict:
+        deadline = time.time() + timeout
+        st = None
+        while time.time() < deadline:
+            st = self.status(job_id)
+            if st.get("state") in states and (pred is None or pred(st)):
+                return st
+            if st.get("state") in ("done", "failed") and st["state"] not in states:
+                raise AssertionError(f"job ended {st['state']}: {st}")
+            time.sleep(0.25)
+        raise TimeoutError(f"job {job_id} not in {states} after {timeout}s: {st}\n{self.tail()}")
+
+
+def photo_files(people: dict[str, list[Path]]) -> list[tuple[str, bytes]]:
+    return [(f"{person}/{p.name}", p.read_bytes()) for person, paths in people.items() for p in paths]

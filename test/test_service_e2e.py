@@ -1,0 +1,130 @@
+"""End to end on the real stack: uWSGI + ZeroMQ broker + 2 worker processes, real photos."""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import requests
+
+from constants import Settings
+from test.conftest import pick_people
+from test.stack import Stack, photo_files
+
+N_PEOPLE, N_UPLOAD, N_HELD_OUT = 5, 6, 3
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("e2e"), workers=2).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def people(faces_dir):
+    return pick_people(faces_dir, N_PEOPLE, N_UPLOAD + N_HELD_OUT)
+
+
+def test_is_alive_reports_workers(stack):
+    r = requests.get(stack.url + "/is_alive", timeout=10)
+    body = r.json()
+    assert r.status_code == 200
+    assert body["status"] == 0 and body["alive"] is True and body["workers"] == 2
+    assert body["queued"] == 0 and body["version"]
+
+
+def test_build_poll_download_and_recognize_held_out_photos(stack, people, tmp_path):
+    upload = {p: paths[:N_UPLOAD] for p, paths in people.items()}
+    r = stack.build(photo_files(upload), name="e2e", seed="7")
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["status"] == 0 and len(body["id"]) == 36 and body["photos"] == N_PEOPLE * N_UPLOAD
+
+    job_id = body["id"]
+    first = stack.status(job_id)
+    assert first["state"] in ("queued", "extracting", "training")
+    assert first["available"] == 0 and first["error"] is None
+    assert set(first["progress"]) == {"stage", "done", "total"}
+
+    # not ready yet -> 409 (the build takes seconds; the check runs right after the upload)
+    if first["state"] != "done":
+        early = requests.get(f"{stack.url}/models/{job_id}", timeout=10)
+        assert early.status_code == 409 and early.json()["error"]["code"] == "NOT_READY"
+
+    done = stack.wait_state(job_id, ("done",))
+    assert done["available"] == 1 and done["progress"]["stage"] == "done"
+    assert requests.get(f"{stack.url}/is_available?id={job_id}", timeout=10).json()["state"] == "done"
+
+    r = requests.get(f"{stack.url}/models/{job_id}", timeout=30)
+    assert r.status_code == 200 and r.headers["Content-Type"] == "application/zip"
+    bundle = tmp_path / "model.zip"
+    bundle.write_bytes(r.content)
+    with zipfile.ZipFile(bundle) as zf:
+        assert {"model.keras", "labels.json", "manifest.json"} <= set(zf.namelist())
+        manifest = json.loads(zf.read("manifest.json"))
+    assert manifest["model_id"] == job_id and manifest["name"] == "e2e"
+    assert sorted(manifest["labels"]) == sorted(people)
+    assert manifest["split"]["seed"] == 7
+    assert set(manifest["pipeline"]["models"]) == {"shape_predictor_5_face_landmarks.dat",
+                                                  "dlib_face_recognition_resnet_model_v1.dat"}
+    assert all(len(h) == 64 for h in manifest["pipeline"]["models"].values())
+    assert {p["label"]: p["photos"] for p in manifest["people"]} == {p: N_UPLOAD for p in people}
+    for key in ("test_accuracy", "balanced_accuracy"):
+        assert 0.0 <= manifest["metrics"][key] <= 1.0
+    # uploads are deleted once the model is built (default)
+    assert not (stack.data_dir / "var" / "uploads" / job_id).exists()
+    assert (stack.data_dir / "dumps" / job_id / "model.zip").exists()
+
+    # The downloaded bundle, used offline, names photos it never saw.
+    from app.build import release_keras
+    from features.extract import photo_features
+    from modelization.bundle import load_bundle_model
+    model, labels, _ = load_bundle_model(bundle)
+    settings = Settings.from_env()
+    truth, vectors = [], []
+    for person, paths in people.items():
+        for path in paths[N_UPLOAD:]:
+            feats = photo_features(path.read_bytes(), settings)
+            if feats.usable:
+                truth.append(person)
+                vectors.append(feats.embedding)
+    pred = [labels[i] for i in np.argmax(model.predict(np.asarray(vectors, np.float32), verbose=0), axis=1)]
+    release_keras()
+    correct = sum(p == t for p, t in zip(pred, truth))
+    assert len(truth) >= N_PEOPLE * N_HELD_OUT - 1
+    assert correct >= len(truth) - 1, list(zip(truth, pred))
+
+
+def test_zip_archive_upload_and_rebuild_uses_the_feature_cache(stack, people):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for person, paths in people.items():
+            for p in paths[:4]:
+                zf.writestr(f"team/{person}/{p.name}", p.read_bytes())
+        zf.writestr("team/README.txt", "not a photo")
+        zf.writestr("__MACOSX/._junk", "resource fork")
+    for attempt in range(2):
+        r = requests.post(stack.url + "/build_recognizer", files={"archive": ("team.zip", buf.getvalue())},
+                          timeout=60)
+        assert r.status_code == 202, r.text
+        assert r.json()["photos"] == N_PEOPLE * 4 and r.json()["ignored"] == ["team/README.txt"]
+        stack.wait_state(r.json()["id"], ("done",))
+        manifest = json.loads(zipfile.ZipFile(io.BytesIO(
+            requests.get(f"{stack.url}/models/{r.json()['id']}", timeout=30).content)).read("manifest.json"))
+        if attempt == 1:  # second build of the same photos: every embedding from the cache
+            assert manifest["input"]["features_cached"] == N_PEOPLE * 4
+
+
+def test_photo_with_several_faces_uses_the_largest_and_is_recorded(stack, people, faces_dir):
+    files = photo_files({p: paths[:3] for p, paths in list(people.items())[:2]})
+    files.append((f"{next(iter(people))}/group.jpg", (faces_dir / "wild" / "two_people.jpg").read_bytes()))
+    r = stack.build(files)
+    assert r.status_code == 202, r.text
+    stack.wait_state(r.json()["id"], ("done",))
+    manifest = json.loads(zipfile.ZipFile(io.BytesIO(
+        requests.get(f"{stack.url}/models/{r.json()['id']}", timeout=30).content)).read("manifest.json"))
+    several = [e for person in manifest["people"] for e in person["several_faces"]]
+    assert several == [{"file": f"{next(iter(people))}/group.jpg", "faces": 2}]
