@@ -1,0 +1,64 @@
+"""Crash recovery on the real stack: a worker killed with -9 mid-job; the whole service
+stopped mid-build and started again. In both cases the job completes."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+
+import requests
+
+from test.conftest import pick_people
+from test.stack import Stack, photo_files
+
+
+def _people(faces_dir, skip: int, n_people: int = 3, n_photos: int = 8):
+    """People not used by other tests, so the feature cache can't shortcut the build."""
+    chosen = pick_people(faces_dir, n_people + skip, n_photos)
+    return dict(list(chosen.items())[skip:])
+
+
+def test_worker_killed_mid_job_is_replaced_and_the_job_finishes(tmp_path, faces_dir):
+    stack = Stack(tmp_path / "kill", workers=2).start()
+    try:
+        r = stack.build(photo_files(_people(faces_dir, skip=5)))
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        st = stack.wait_state(job_id, ("extracting",), timeout=60, pred=lambda s: s["progress"]["done"] >= 2)
+        host, pid, _ = st["worker"].split(":")
+        os.kill(int(pid), signal.SIGKILL)
+
+        done = stack.wait_state(job_id, ("done",), timeout=300)
+        assert done["attempts"] >= 2, done
+        assert requests.get(f"{stack.url}/models/{job_id}", timeout=30).status_code == 200
+        # the supervisor replaced the killed worker
+        assert stack.wait_alive(2, timeout=60)["workers"] == 2
+    finally:
+        stack.stop()
+
+
+def test_service_stopped_mid_build_finishes_the_job_after_restart(tmp_path, faces_dir):
+    data = tmp_path / "restart"
+    stack = Stack(data, workers=1).start()
+    try:
+        r = stack.build(photo_files(_people(faces_dir, skip=8)))
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        stack.wait_state(job_id, ("extracting",), timeout=60, pred=lambda s: s["progress"]["done"] >= 2)
+    finally:
+        stack.stop()
+
+    db = sqlite3.connect(data / "var" / "jobs.sqlite")
+    state = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
+    db.close()
+    assert state not in ("done", "failed")
+    assert (data / "var" / "uploads" / job_id / "index.json").exists(), "uploads must survive a stop"
+
+    stack = Stack(data, workers=1).start()
+    try:
+        done = stack.wait_state(job_id, ("done",), timeout=300)
+        assert done["available"] == 1
+        assert requests.get(f"{stack.url}/models/{job_id}", timeout=30).status_code == 200
+        assert not (data / "var" / "uploads" / job_id).exists()
+    finally:
+        stack.stop()
