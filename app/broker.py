@@ -1,33 +1,52 @@
-"""The load-balancing broker: the front submits jobs, idle workers get them.
+"""The load-balancing broker: the front submits jobs, idle workers get tasks.
 
-One loop, one thread, the only writer of the job store. Crash recovery is part
-of the design: a job is durable (SQLite + files) before the front gets its id;
-a worker that misses its heartbeats loses its job back to the head of the
-queue; a broker that starts requeues every unfinished job.
+A job is cut into tasks so that every worker can help with one build:
+`extract` tasks (a chunk of photos -> their embeddings), then one `train` task
+(all embeddings -> the model bundle). One loop, one thread, the only writer of
+the job store.
+
+Crash recovery is part of the design: a job is durable (SQLite + files) before
+the front gets its id; each finished chunk's embeddings are written to disk; a
+worker that misses its heartbeats loses its task back to the head of the queue;
+a broker that starts queues again whatever is unfinished.
 """
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import zmq
 
 from app import protocol as p
 from app.store import JobStore
-from constants import DONE, FAILED, TERMINAL_STATES, Settings
+from constants import EXTRACTING, TERMINAL_STATES, TRAINING, Settings
 from logger import logger
 from modelization.bundle import save_bundle
 from preprocessor.uploads import Photo
+
+EXTRACT, TRAIN = "extract", "train"
+
+
+@dataclass(frozen=True)
+class Task:
+    job: str
+    kind: str          # EXTRACT or TRAIN
+    chunk: int = 0     # which slice of the photos (extract only)
+    attempt: int = 1
 
 
 @dataclass
 class WorkerState:
     identity: bytes
     last_seen: float
-    job: str | None = None
-    attempt: int = 0
+    task: Task | None = None
+
+    @property
+    def name(self) -> str:
+        return self.identity.decode(errors="replace")
 
 
 class Broker:
@@ -42,16 +61,19 @@ class Broker:
             p.tune(sock, settings.heartbeat_s)
             sock.bind(endpoint)
         self.workers: dict[bytes, WorkerState] = {}
-        self.queue: deque[str] = deque(self.store.requeue_unfinished())
+        self.queue: deque[Task] = deque()
         self.running = True
-        if self.queue:
-            logger.info("requeued {} unfinished job(s) from the store", len(self.queue))
+        unfinished = self.store.unfinished()
+        for job_id in unfinished:
+            self.plan(job_id)
+        if unfinished:
+            logger.info("queued {} unfinished job(s) again from the store", len(unfinished))
 
     # --- inspection ----------------------------------------------------------
     def status(self) -> dict:
-        busy = sum(1 for w in self.workers.values() if w.job)
+        busy = sum(1 for w in self.workers.values() if w.task)
         return {"workers": len(self.workers), "busy": busy, "idle": len(self.workers) - busy,
-                "queued": len(self.queue)}
+                "queued": len({t.job for t in self.queue})}
 
     # --- the loop --------------------------------------------------------------
     def run(self) -> None:
@@ -76,6 +98,28 @@ class Broker:
         self.back.close(0)
         self.store.db.close()
 
+    # --- planning: which tasks a job still needs ----------------------------------
+    def n_chunks(self, n_photos: int) -> int:
+        return -(-n_photos // self.s.chunk_photos)
+
+    def plan(self, job_id: str) -> None:
+        """Queue the job's missing work: extract tasks for chunks without results, else training."""
+        row = self.store.get(job_id)
+        if row is None or row["state"] in TERMINAL_STATES:
+            return
+        if not self.store.has_uploads(job_id):
+            self.store.fail(job_id, "UPLOAD_LOST", "the uploaded photos of this job are gone")
+            return
+        n = row["n_photos"]
+        missing = [k for k in range(self.n_chunks(n)) if not self.store.chunk_done(job_id, k)]
+        if missing:
+            self.queue.extend(Task(job_id, EXTRACT, k) for k in missing)
+            done = n - sum(min(self.s.chunk_photos, n - k * self.s.chunk_photos) for k in missing)
+            if done:
+                self.store.progress(job_id, EXTRACTING, EXTRACTING, done, n)
+        else:
+            self.queue.appendleft(Task(job_id, TRAIN))  # finish started jobs first
+
     # --- front -----------------------------------------------------------------
     def on_front(self, frames: list[bytes]) -> None:
         identity, _empty, *msg = frames
@@ -99,10 +143,10 @@ class Broker:
             raise ValueError("file list and photo frames differ in length")
         photos = [Photo(f["label"], f["filename"], b) for f, b in zip(files, blobs)]
         self.store.save_uploads(job_id, photos)  # durable before we answer
-        self.store.create(job_id, header.get("name"), header.get("options", {}),
-                          len(photos), len({ph.label for ph in photos}))
-        self.queue.append(job_id)
-        logger.info("job {} queued: {} photos of {} people", job_id, len(photos), len({ph.label for ph in photos}))
+        n_people = len({ph.label for ph in photos})
+        self.store.create(job_id, header.get("name"), header.get("options", {}), len(photos), n_people)
+        self.plan(job_id)
+        logger.info("job {} queued: {} photos of {} people", job_id, len(photos), n_people)
         return {"id": job_id}
 
     # --- workers -----------------------------------------------------------------
@@ -112,107 +156,124 @@ class Broker:
         worker = self.workers.get(identity)
         if worker is None:
             worker = self.workers[identity] = WorkerState(identity, time.monotonic())
-            logger.info("worker {} joined ({} connected)", identity.decode(errors="replace"), len(self.workers))
+            logger.info("worker {} joined ({} connected)", worker.name, len(self.workers))
         worker.last_seen = time.monotonic()
         if command == p.READY:
-            worker.job = None
+            worker.task = None
         elif command == p.HEARTBEAT:
             # Only READY/DONE/FAILED make a worker idle: a heartbeat sent before it received
-            # a job must not free it again. A worker met mid-job (we restarted) is busy.
-            if header.get("job") and not worker.job:
-                worker.job, worker.attempt = header["job"], header.get("attempt", 0)
+            # a task must not free it again. A worker met mid-task (we restarted) is busy.
+            if header.get("task") and worker.task is None:
+                worker.task = Task(**header["task"])
         elif command == p.PROGRESS:
             self.store.progress(header["job"], header["state"], header["stage"], header["done"], header["total"])
-        elif command == p.DONE:
-            self.on_done(worker, header, blobs[0])
-        elif command == p.FAILED:
-            self.on_failed(worker, header)
+        elif command in (p.DONE, p.FAILED):
+            task = Task(**header["task"])
+            if worker.task == task:
+                worker.task = None
+            row = self.store.get(task.job)
+            if row is None or row["state"] in TERMINAL_STATES:
+                logger.info("ignoring a late result for job {}", task.job)
+            elif command == p.FAILED:
+                self.fail(task.job, header["code"], header["message"], header.get("details"))
+            elif task.kind == EXTRACT:
+                self.on_chunk(task, row, blobs[0])
+            else:
+                self.on_bundle(task, blobs[0])
 
-    def on_done(self, worker: WorkerState, header: dict, bundle: bytes) -> None:
-        job_id = header["job"]
-        row = self.store.get(job_id)
-        if worker.job == job_id:
-            worker.job = None
-        if row is None or row["state"] in TERMINAL_STATES:
-            logger.info("ignoring late result for job {}", job_id)
+    def on_chunk(self, task: Task, row, features: bytes) -> None:
+        if not self.store.chunk_done(task.job, task.chunk):
+            self.store.save_chunk(task.job, task.chunk, features)
+        n = row["n_photos"]
+        chunks = self.n_chunks(n)
+        done = sum(1 for k in range(chunks) if self.store.chunk_done(task.job, k))
+        if done < chunks:
+            self.store.progress(task.job, EXTRACTING, EXTRACTING, min(n, done * self.s.chunk_photos), n)
             return
+        self.store.progress(task.job, TRAINING, TRAINING, 0, self.s.max_epochs)
+        self.queue.appendleft(Task(task.job, TRAIN))
+
+    def on_bundle(self, task: Task, bundle: bytes) -> None:
         try:
-            save_bundle(self.s.dumps_dir, job_id, bundle)
+            save_bundle(self.s.dumps_dir, task.job, bundle)
         except Exception as exc:
-            logger.exception("could not save the bundle of job {}", job_id)
-            self.store.fail(job_id, "INTERNAL", f"could not save the model: {exc}")
+            logger.exception("could not save the bundle of job {}", task.job)
+            self.fail(task.job, "INTERNAL", f"could not save the model: {exc}")
             return
-        self.store.finish(job_id)
-        self._drop(job_id)
+        self.store.finish(task.job)
         if not self.s.keep_uploads:
-            self.store.delete_uploads(job_id)
-        logger.info("job {} done", job_id)
+            self.store.delete_uploads(task.job)
+        logger.info("job {} done", task.job)
 
-    def on_failed(self, worker: WorkerState, header: dict) -> None:
-        job_id = header["job"]
-        if worker.job == job_id:
-            worker.job = None
-        row = self.store.get(job_id)
-        if row is None or row["state"] in TERMINAL_STATES:
-            return
-        self.store.fail(job_id, header["code"], header["message"], header.get("details"))
-        self._drop(job_id)
-        logger.info("job {} failed: {} {}", job_id, header["code"], header["message"])
-
-    def _drop(self, job_id: str) -> None:
-        try:
-            self.queue.remove(job_id)
-        except ValueError:
-            pass
+    def fail(self, job_id: str, code: str, message: str, details: dict | None = None) -> None:
+        self.store.fail(job_id, code, message, details)
+        self.queue = deque(t for t in self.queue if t.job != job_id)
+        logger.info("job {} failed: {} {}", job_id, code, message)
 
     def beat(self) -> None:
-        """Heartbeat live workers; declare silent ones dead and put their jobs back first in line."""
+        """Heartbeat live workers; declare silent ones dead and put their tasks back first in line."""
         now = time.monotonic()
         for identity, worker in list(self.workers.items()):
             if now - worker.last_seen > self.s.heartbeat_expiry_s:
                 del self.workers[identity]
-                logger.warning("worker {} lost ({} left)", identity.decode(errors="replace"), len(self.workers))
-                if worker.job:
-                    self.recover(worker.job)
+                logger.warning("worker {} lost ({} left)", worker.name, len(self.workers))
+                if worker.task:
+                    self.recover(worker.task)
             else:
                 self.back.send_multipart([identity, p.HEARTBEAT])
 
-    def recover(self, job_id: str) -> None:
-        row = self.store.get(job_id)
+    def recover(self, task: Task) -> None:
+        row = self.store.get(task.job)
         if row is None or row["state"] in TERMINAL_STATES:
             return
-        if any(w.job == job_id for w in self.workers.values()):
-            return  # another worker has it (we met it mid-job after a restart)
-        if row["attempts"] >= self.s.max_attempts:
-            self.store.fail(job_id, "WORKER_LOST",
-                            f"the job was lost with its worker {row['attempts']} times; giving up")
+        if task.kind == EXTRACT and self.store.chunk_done(task.job, task.chunk):
             return
-        self.store.requeue(job_id)
-        if job_id not in self.queue:
-            self.queue.appendleft(job_id)
-        logger.warning("job {} requeued after losing its worker", job_id)
+        if any(w.task and (w.task.job, w.task.kind, w.task.chunk) == (task.job, task.kind, task.chunk)
+               for w in self.workers.values()):
+            return  # another worker has it (we met it mid-task after a restart)
+        if task.attempt >= self.s.max_attempts:
+            self.fail(task.job, "WORKER_LOST", f"a {task.kind} task was lost with its worker "
+                      f"{task.attempt} times; giving up")
+            return
+        self.queue.appendleft(Task(task.job, task.kind, task.chunk, task.attempt + 1))
+        logger.warning("job {}: {} task {} requeued after losing its worker", task.job, task.kind, task.chunk)
 
     def dispatch(self) -> None:
-        """Hand queued jobs to idle workers (least recently seen first is not needed: any idle one)."""
+        """Hand queued tasks to idle workers."""
         while self.queue:
-            idle = next((w for w in self.workers.values() if w.job is None), None)
+            idle = next((w for w in self.workers.values() if w.task is None), None)
             if idle is None:
                 return
-            job_id = self.queue.popleft()
-            row = self.store.get(job_id)
+            task = self.queue.popleft()
+            row = self.store.get(task.job)
             if row is None or row["state"] in TERMINAL_STATES:
                 continue
-            if not self.store.has_uploads(job_id):
-                self.store.fail(job_id, "UPLOAD_LOST", "the uploaded photos of this job are gone")
+            if task.kind == EXTRACT and self.store.chunk_done(task.job, task.chunk):
                 continue
-            photos = self.store.load_uploads(job_id)
-            attempt = self.store.assign(job_id, idle.identity.decode(errors="replace"))
-            idle.job, idle.attempt = job_id, attempt
-            header = {"job": job_id, "attempt": attempt, "name": row["name"],
-                      "options": self.store.options(job_id),
-                      "files": [{"label": ph.label, "filename": ph.filename} for ph in photos]}
-            self.back.send_multipart([idle.identity, *p.pack(p.JOB, header, [ph.data for ph in photos])])
-            logger.info("job {} (attempt {}) -> worker {}", job_id, attempt, idle.identity.decode(errors="replace"))
+            frames = self.task_frames(task, row)
+            if frames is None:
+                continue
+            self.store.assign(task.job, idle.name, task.attempt)
+            if row["state"] == "queued":
+                self.store.progress(task.job, EXTRACTING, EXTRACTING, 0, row["n_photos"])
+            idle.task = task
+            self.back.send_multipart([idle.identity, *frames])
+            logger.debug("job {} {} {} (attempt {}) -> {}", task.job, task.kind, task.chunk, task.attempt, idle.name)
+
+    def task_frames(self, task: Task, row) -> list[bytes] | None:
+        try:
+            index = self.store.load_index(task.job)
+        except OSError:
+            self.fail(task.job, "UPLOAD_LOST", "the uploaded photos of this job are gone")
+            return None
+        header = {"task": asdict(task), "name": row["name"], "options": json.loads(row["options"])}
+        if task.kind == EXTRACT:
+            part = index[task.chunk * self.s.chunk_photos:(task.chunk + 1) * self.s.chunk_photos]
+            header["files"] = [{"label": e["label"], "filename": e["filename"]} for e in part]
+            return p.pack(p.JOB, header, self.store.load_photos(task.job, part))
+        header["files"] = [{"label": e["label"], "filename": e["filename"]} for e in index]
+        features = self.store.load_chunks(task.job, self.n_chunks(len(index)))
+        return p.pack(p.JOB, header, [json.dumps(features).encode()])
 
 
 def new_job_id() -> str:

@@ -1,6 +1,8 @@
-"""One build job, start to finish: photos -> embeddings -> split -> network -> bundle.
+"""The two kinds of work a worker does for a build.
 
-Runs inside a worker; `progress(state, stage, done, total)` reports as it goes.
+`extract_chunk`: a slice of the photos -> their features (many run in parallel).
+`train_bundle`: every photo's features -> split -> network -> bundle bytes;
+`progress(state, stage, done, total)` reports as it goes.
 Raises BuildError for outcomes the client must hear about (no face anywhere,
 fewer than two people, ...); those fail the job with that code.
 """
@@ -9,14 +11,15 @@ from __future__ import annotations
 import gc
 import platform
 import time
+from dataclasses import asdict
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 from typing import Callable
 
 import numpy as np
 
-from constants import EXTRACTING, OPTIMIZING, TRAINING, VERSION, Settings
-from features.extract import FeatureCache, cached_photo_features, pipeline_settings
+from constants import OPTIMIZING, TRAINING, VERSION, Settings
+from features.extract import FeatureCache, PhotoFeatures, cached_photo_features, pipeline_settings
 from modelization.bundle import pack_bundle
 from modelization.dataset import stratified_split
 from modelization.metrics import accuracy, balanced_accuracy
@@ -32,30 +35,29 @@ class BuildError(Exception):
         self.code, self.message, self.details = code, message, details or {}
 
 
-def extract_all(photos: list[Photo], settings: Settings, progress: Progress) -> tuple[list, int]:
-    """Features of every photo, through the cache. Returns (features list, cache hits)."""
+def extract_chunk(photos: list[Photo], settings: Settings) -> list[dict]:
+    """Features of a slice of a job's photos, through the cache: one dict per photo."""
     cache = FeatureCache(settings.cache_dir, settings)
-    results, hits = [], 0
-    for i, photo in enumerate(photos):
+    out = []
+    for photo in photos:
         feats, cached = cached_photo_features(photo.data, settings, cache)
-        results.append(feats)
-        hits += cached
-        progress(EXTRACTING, "extracting", i + 1, len(photos))
-    return results, hits
+        out.append({**asdict(feats), "cached": cached})
+    return out
 
 
-def people_report(photos: list[Photo], feats: list, kept: set[str], too_few: dict[str, int]) -> list[dict]:
+def people_report(files: list[dict], feats: list[PhotoFeatures], kept: set[str],
+                  too_few: dict[str, int]) -> list[dict]:
     """Per person: photos uploaded, used, skipped (and why), photos with several faces."""
     report = defaultdict(lambda: {"photos": 0, "used": 0, "skipped": [], "several_faces": []})
-    for photo, f in zip(photos, feats):
-        r = report[photo.label]
+    for file, f in zip(files, feats):
+        r = report[file["label"]]
         r["photos"] += 1
         if f.usable:
             r["used"] += 1
             if f.faces > 1:
-                r["several_faces"].append({"file": photo.filename, "faces": f.faces})
+                r["several_faces"].append({"file": file["filename"], "faces": f.faces})
         else:
-            r["skipped"].append({"file": photo.filename, "reason": f.skipped, "detail": f.detail})
+            r["skipped"].append({"file": file["filename"], "reason": f.skipped, "detail": f.detail})
     out = []
     for label in sorted(report):
         r = report[label]
@@ -67,22 +69,27 @@ def people_report(photos: list[Photo], feats: list, kept: set[str], too_few: dic
     return out
 
 
-def run_build(job: dict, photos: list[Photo], settings: Settings, progress: Progress) -> bytes:
-    """Build the bundle for one job. `job` holds id, name, options {optimize, seed}."""
+def train_bundle(job: dict, files: list[dict], features: list[dict], settings: Settings,
+                 progress: Progress) -> bytes:
+    """Build the bundle from every photo's features. `job`: id, name, options {optimize, seed}.
+
+    `files[i]` ({label, filename}) and `features[i]` (from `extract_chunk`) describe photo i.
+    """
     started = time.time()
     options = job.get("options", {})
     seed = int(options.get("seed", settings.default_seed))
+    hits = sum(1 for f in features if f.pop("cached", False))
+    feats = [PhotoFeatures(**f) for f in features]
 
-    feats, hits = extract_all(photos, settings, progress)
     usable = [i for i, f in enumerate(feats) if f.usable]
     if not usable:
         raise BuildError("NO_FACE_FOUND", "no face was found in any photo",
-                         {"files": [{"file": p.filename, "reason": f.skipped, "detail": f.detail}
-                                    for p, f in zip(photos, feats)][:1000]})
-    labels = [photos[i].label for i in usable]
+                         {"files": [{"file": file["filename"], "reason": f.skipped, "detail": f.detail}
+                                    for file, f in zip(files, feats)][:1000]})
+    labels = [files[i]["label"] for i in usable]
     split = stratified_split(labels, min_photos=settings.min_photos_per_person,
                              test_fraction=settings.test_fraction, val_fraction=settings.val_fraction, seed=seed)
-    people = people_report(photos, feats, set(split.people), split.too_few)
+    people = people_report(files, feats, set(split.people), split.too_few)
     if len(split.people) < 2:
         raise BuildError("TOO_FEW_PEOPLE",
                          f"a recognizer needs at least 2 people with {max(3, settings.min_photos_per_person)} "
@@ -120,23 +127,23 @@ def run_build(job: dict, photos: list[Photo], settings: Settings, progress: Prog
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "software": software_versions(),
         "pipeline": pipeline_settings(settings),
-        "input": {"photos": len(photos), "usable": len(usable), "skipped": len(photos) - len(usable),
+        "input": {"photos": len(files), "usable": len(usable), "skipped": len(files) - len(usable),
                   "several_faces": sum(1 for f in feats if f.usable and f.faces > 1),
-                  "features_cached": hits, "skipped_by_reason": dict(Counter(f.skipped for f in feats if not f.usable))},
+                  "features_cached": hits,
+                  "skipped_by_reason": dict(Counter(f.skipped for f in feats if not f.usable))},
         "people": people,
         "labels": split.people,
         "split": {"method": "per-person stratified, at least one photo per person in each part",
                   "seed": seed, "test_fraction": settings.test_fraction,
                   "validation_fraction": settings.val_fraction, **split.summary()},
-        "network": {**spec.__dict__, "hidden": list(spec.hidden), "params": int(model.count_params())},
+        "network": {**asdict(spec), "params": int(model.count_params())},
         "training": {"epochs": epochs, "max_epochs": settings.max_epochs, "patience": settings.patience,
                      "seconds": round(train_seconds, 2), "trained_on": "train split (validation for early stopping)"},
         "metrics": {"test_accuracy": accuracy(y_test, pred), "balanced_accuracy": balanced_accuracy(y_test, pred),
                     "validation_accuracy": accuracy(y[split.val], val_pred), "test_photos": int(len(y_test))},
         "optimization": optimization,
-        "build_seconds": None,
+        "training_task_seconds": round(time.time() - started, 2),
     }
-    manifest["build_seconds"] = round(time.time() - started, 2)
     bundle = pack_bundle(model, split.people, manifest)
     release_keras()
     return bundle

@@ -1,14 +1,17 @@
 """The ZeroMQ wire format: a command frame, a JSON header frame, then binary frames.
 
-Front (REQ) -> broker ROUTER:  SUBMIT {job} photo...     -> OK {} | ERR {code, message}
-                               STATUS                      -> OK {workers, idle, busy, queued}
+Front (REQ) -> broker ROUTER:  SUBMIT {id, name, options, files} photo...  -> OK {id} | ERR {code, message}
+                               STATUS                                       -> OK {workers, busy, idle, queued}
 Worker (DEALER) -> broker ROUTER:
-    READY                    idle and asking for work
-    HEARTBEAT {job|null}     alive; which job it is running, if any
-    PROGRESS {job, attempt, state, stage, done, total}
-    DONE {job, attempt} bundle
-    FAILED {job, attempt, code, message, details}
-Broker -> worker:  JOB {job, attempt, name, options, files} photo...  |  HEARTBEAT
+    READY                           idle and asking for work
+    HEARTBEAT {task?}               alive; the task it is running, if any
+    PROGRESS {job, state, stage, done, total}
+    DONE {task} result              result: features JSON (extract) or bundle zip (train)
+    FAILED {task, code, message, details}
+Broker -> worker:
+    JOB {task, name, options, files} photo...     task = {job, kind: extract, chunk, attempt}
+    JOB {task, name, options, files} features     task = {job, kind: train, chunk: 0, attempt}
+    HEARTBEAT
 """
 from __future__ import annotations
 

@@ -100,16 +100,41 @@ class JobStore:
         (tmp / "index.json").write_text(json.dumps(index, ensure_ascii=False))
         os.rename(tmp, self._upload_dir(job_id))
 
-    def load_uploads(self, job_id: str) -> list[Photo]:
+    def load_index(self, job_id: str) -> list[dict]:
+        """[{label, filename, file}] of a job's photos, in upload order."""
+        return json.loads((self._upload_dir(job_id) / "index.json").read_text())
+
+    def load_photos(self, job_id: str, index: list[dict]) -> list[bytes]:
         d = self._upload_dir(job_id)
-        index = json.loads((d / "index.json").read_text())
-        return [Photo(e["label"], e["filename"], (d / e["file"]).read_bytes()) for e in index]
+        return [(d / e["file"]).read_bytes() for e in index]
 
     def delete_uploads(self, job_id: str) -> None:
         shutil.rmtree(self._upload_dir(job_id), ignore_errors=True)
 
     def has_uploads(self, job_id: str) -> bool:
         return (self._upload_dir(job_id) / "index.json").exists()
+
+    # --- extracted features, one file per chunk of photos ---------------------
+    def _chunk_path(self, job_id: str, chunk: int) -> Path:
+        return self._upload_dir(job_id) / f"features-{chunk:05d}.json"
+
+    def save_chunk(self, job_id: str, chunk: int, data: bytes) -> None:
+        path = self._chunk_path(job_id, chunk)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    def chunk_done(self, job_id: str, chunk: int) -> bool:
+        return self._chunk_path(job_id, chunk).exists()
+
+    def load_chunks(self, job_id: str, n_chunks: int) -> list[dict]:
+        out = []
+        for k in range(n_chunks):
+            out.extend(json.loads(self._chunk_path(job_id, k).read_bytes()))
+        return out
 
     # --- jobs ----------------------------------------------------------------
     def create(self, job_id: str, name: str | None, options: dict, n_photos: int, n_people: int) -> None:
@@ -126,11 +151,10 @@ class JobStore:
         row = self.get(job_id)
         return json.loads(row["options"]) if row else {}
 
-    def assign(self, job_id: str, worker: str) -> int:
-        """Mark a job as handed to `worker`; returns the attempt number."""
-        self.db.execute("UPDATE jobs SET worker = ?, attempts = attempts + 1, updated = ? WHERE id = ?",
-                        (worker, time.time(), job_id))
-        return self.get(job_id)["attempts"]
+    def assign(self, job_id: str, worker: str, attempt: int) -> None:
+        """Record that a task of the job went to `worker`; `attempts` keeps the highest attempt."""
+        self.db.execute("UPDATE jobs SET worker = ?, attempts = MAX(attempts, ?), updated = ? WHERE id = ?",
+                        (worker, attempt, time.time(), job_id))
 
     def progress(self, job_id: str, state: str, stage: str, done: int, total: int) -> None:
         self.db.execute("UPDATE jobs SET state = ?, stage = ?, done = ?, total = ?, updated = ?"
@@ -147,17 +171,12 @@ class JobStore:
                         (FAILED, FAILED, code, message, json.dumps(details) if details else None,
                          time.time(), job_id))
 
-    def requeue(self, job_id: str) -> None:
-        self.db.execute("UPDATE jobs SET state = ?, stage = ?, done = 0, worker = NULL, updated = ?"
-                        " WHERE id = ? AND state NOT IN (?, ?)",
-                        (QUEUED, QUEUED, time.time(), job_id, DONE, FAILED))
-
-    def requeue_unfinished(self) -> list[str]:
-        """After a (re)start: every running job goes back to the queue. Returns queued ids, oldest first."""
+    def unfinished(self) -> list[str]:
+        """Ids of jobs not done nor failed, oldest first: after a (re)start, all go back to the queue."""
         marks = ",".join("?" * len(RUNNING_STATES))
-        self.db.execute(f"UPDATE jobs SET state = ?, stage = ?, worker = NULL WHERE state IN ({marks})",
-                        (QUEUED, QUEUED, *RUNNING_STATES))
-        rows = self.db.execute("SELECT id FROM jobs WHERE state = ? ORDER BY created", (QUEUED,)).fetchall()
+        self.db.execute(f"UPDATE jobs SET worker = NULL WHERE state IN ({marks})", RUNNING_STATES)
+        rows = self.db.execute("SELECT id FROM jobs WHERE state NOT IN (?, ?) ORDER BY created",
+                               (DONE, FAILED)).fetchall()
         return [r["id"] for r in rows]
 
     def count(self, state: str) -> int:

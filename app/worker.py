@@ -1,12 +1,13 @@
-"""A worker: one loop that talks to the broker while a thread runs the current job.
+"""A worker: one loop that talks to the broker while a thread runs the current task.
 
-The loop never blocks on work, so heartbeats keep flowing during a long build;
-the job thread reports through a queue that the loop forwards to the broker.
+The loop never blocks on work, so heartbeats keep flowing during a long task;
+the task thread reports through a queue that the loop forwards to the broker.
 Killing a worker (even with -9) loses nothing: the broker stops hearing its
-heartbeats and gives the job to another worker.
+heartbeats and gives the task to another worker.
 """
 from __future__ import annotations
 
+import json
 import os
 import queue
 import socket
@@ -35,7 +36,7 @@ class Worker:
         p.tune(self.sock, settings.heartbeat_s)
         self.sock.connect(connect)
         self.events: queue.Queue = queue.Queue()  # (command, header, blobs) from the job thread
-        self.job: dict | None = None
+        self.task: dict | None = None  # the task being worked on
         self.running = True
 
     def run(self) -> None:
@@ -49,40 +50,46 @@ class Worker:
                     self.start(header, blobs)
             self.forward_events()
             if time.monotonic() >= next_beat:
-                job = self.job and {"job": self.job["job"], "attempt": self.job["attempt"]}
-                self.sock.send_multipart(p.pack(p.HEARTBEAT, job or {}))
+                self.sock.send_multipart(p.pack(p.HEARTBEAT, {"task": self.task} if self.task else {}))
                 next_beat = time.monotonic() + self.s.heartbeat_s
 
     def start(self, header: dict, blobs: list[bytes]) -> None:
-        if self.job is not None:
-            logger.error("got job {} while busy with {}; ignoring", header["job"], self.job["job"])
+        if self.task is not None:
+            logger.error("got a task of job {} while busy; ignoring", header["task"]["job"])
             return
-        self.job = header
-        photos = [Photo(f["label"], f["filename"], b) for f, b in zip(header["files"], blobs)]
-        logger.info("job {} attempt {}: {} photos", header["job"], header["attempt"], len(photos))
-        threading.Thread(target=self.work, args=(header, photos), daemon=True, name="job").start()
+        self.task = header["task"]
+        threading.Thread(target=self.work, args=(header, blobs), daemon=True, name="task").start()
 
-    def work(self, header: dict, photos: list[Photo]) -> None:
-        """Runs in the job thread: build, then post DONE or FAILED."""
-        from app.build import BuildError, run_build
-        ids = {"job": header["job"], "attempt": header["attempt"]}
+    def work(self, header: dict, blobs: list[bytes]) -> None:
+        """Runs in the task thread: do the task, then post DONE or FAILED."""
+        from app.build import BuildError, extract_chunk, train_bundle
+        task = header["task"]
+        job_id = task["job"]
         last = [0.0]
 
         def progress(state: str, stage: str, done: int, total: int) -> None:
             now = time.monotonic()
-            if now - last[0] >= 0.5 or done == total or done == 0:  # rate-limit store writes
+            if now - last[0] >= 0.5 or done == 0:  # rate-limit store writes
                 last[0] = now
-                self.events.put((p.PROGRESS, {**ids, "state": state, "stage": stage, "done": done, "total": total}, []))
+                self.events.put((p.PROGRESS, {"job": job_id, "state": state, "stage": stage,
+                                              "done": done, "total": total}, []))
 
         try:
-            job = {"id": header["job"], "name": header.get("name"), "options": header.get("options", {})}
-            bundle = run_build(job, photos, self.s, progress)
-            self.events.put((p.DONE, ids, [bundle]))
+            if task["kind"] == "extract":
+                photos = [Photo(f["label"], f["filename"], b) for f, b in zip(header["files"], blobs)]
+                result = json.dumps(extract_chunk(photos, self.s)).encode()
+            else:
+                logger.info("job {}: training on {} photos", job_id, len(header["files"]))
+                job = {"id": job_id, "name": header.get("name"), "options": header.get("options", {})}
+                result = train_bundle(job, header["files"], json.loads(blobs[0]), self.s, progress)
+            self.events.put((p.DONE, {"task": task}, [result]))
         except BuildError as exc:
-            self.events.put((p.FAILED, {**ids, "code": exc.code, "message": exc.message, "details": exc.details}, []))
+            self.events.put((p.FAILED, {"task": task, "code": exc.code, "message": exc.message,
+                                        "details": exc.details}, []))
         except Exception as exc:
-            logger.error("job {} crashed:\n{}", header["job"], traceback.format_exc())
-            self.events.put((p.FAILED, {**ids, "code": "BUILD_ERROR", "message": f"{type(exc).__name__}: {exc}"}, []))
+            logger.error("job {} {} task crashed:\n{}", job_id, task["kind"], traceback.format_exc())
+            self.events.put((p.FAILED, {"task": task, "code": "BUILD_ERROR",
+                                        "message": f"{type(exc).__name__}: {exc}"}, []))
 
     def forward_events(self) -> None:
         while True:
@@ -92,8 +99,7 @@ class Worker:
                 return
             self.sock.send_multipart(p.pack(command, header, blobs))
             if command in (p.DONE, p.FAILED):
-                logger.info("job {} {}", header["job"], command.decode().lower())
-                self.job = None
+                self.task = None
                 self.sock.send_multipart(p.pack(p.READY))
 
 

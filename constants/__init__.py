@@ -49,7 +49,8 @@ class Settings:
 
     heartbeat_s: float = 1.0          # interval between heartbeats, both ways
     heartbeat_liveness: int = 5       # missed heartbeats before a peer is dead
-    max_attempts: int = 3             # a job that kills this many workers fails
+    max_attempts: int = 3             # a task that loses this many workers fails its job
+    chunk_photos: int = 16            # photos per extract task: how a build spreads over workers
 
     # Upload limits.
     max_request_bytes: int = 512 * 1024 * 1024

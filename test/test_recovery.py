@@ -21,10 +21,12 @@ def _people(faces_dir, skip: int, n_people: int = 3, n_photos: int = 8):
 def test_worker_killed_mid_job_is_replaced_and_the_job_finishes(tmp_path, faces_dir):
     stack = Stack(tmp_path / "kill", workers=2).start()
     try:
-        r = stack.build(photo_files(_people(faces_dir, skip=5)))
+        r = stack.build(photo_files(_people(faces_dir, skip=5, n_photos=12)))
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
-        st = stack.wait_state(job_id, ("extracting",), timeout=60, pred=lambda s: s["progress"]["done"] >= 2)
+        # `worker` names the process that got the job's latest task: still extracting it
+        # (a 16-photo chunk takes seconds) when we look right after extraction starts.
+        st = stack.wait_state(job_id, ("extracting",), timeout=60, pred=lambda s: s["worker"] is not None)
         host, pid, _ = st["worker"].split(":")
         os.kill(int(pid), signal.SIGKILL)
 

@@ -1,0 +1,95 @@
+#!/usr/bin/env python
+"""Build a recognizer from a whole folder of people through the real service, and time it.
+
+    python bench/build_lfw.py [--faces ../shared/faces/lfw62] [--workers 2] [--ref-photos 200]
+
+Prints: the reference (the raw dlib loop, single process, same photos sample, same
+run), the service's wall time from upload to `available`, photos/s, the ratio
+to the reference, and the model's held-out metrics from its manifest.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import requests  # noqa: E402
+
+from test.stack import Stack  # noqa: E402
+
+
+def reference(paths: list[Path]) -> float:
+    """Photos/s of the plain dlib loop: decode, HOG, 5 landmarks, chip, ResNet embedding."""
+    import cv2
+    import dlib
+    import face_recognition_models as frm
+    det = dlib.get_frontal_face_detector()
+    sp = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
+    net = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+    t0 = time.perf_counter()
+    for p in paths:
+        img = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB)
+        rects = det(img, 0) or det(img, 1)
+        if rects:
+            r = max(rects, key=lambda r: r.area())
+            chip = dlib.get_face_chip(img, sp(img, r), size=150, padding=0.25)
+            net.compute_face_descriptor(chip)
+    return len(paths) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    default_faces = Path(os.environ.get("FR_FACES_DIR", ROOT.parent / "shared" / "faces")) / "lfw62"
+    ap.add_argument("--faces", type=Path, default=default_faces)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--ref-photos", type=int, default=200)
+    args = ap.parse_args()
+
+    paths = sorted(args.faces.glob("*/*.jpg"))
+    sample = paths[:: max(1, len(paths) // args.ref_photos)][: args.ref_photos]
+    ref = reference(sample)
+    print(f"reference (raw dlib loop, 1 process, {len(sample)} photos): {ref:.2f} photos/s")
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for p in paths:
+            zf.write(p, f"{p.parent.name}/{p.name}")
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = Stack(Path(tmp), workers=args.workers).start()
+        try:
+            t0 = time.perf_counter()
+            r = requests.post(stack.url + "/build_recognizer", files={"archive": ("lfw.zip", buf.getvalue())},
+                              timeout=600)
+            r.raise_for_status()
+            t_upload = time.perf_counter() - t0
+            job_id = r.json()["id"]
+            st = stack.wait_state(job_id, ("done",), timeout=3600)
+            wall = time.perf_counter() - t0
+            manifest = json.loads(zipfile.ZipFile(io.BytesIO(
+                requests.get(f"{stack.url}/models/{job_id}", timeout=60).content)).read("manifest.json"))
+        finally:
+            stack.stop()
+    n = len(paths)
+    print(f"service ({args.workers} worker(s)): {n} photos of {len({p.parent for p in paths})} people")
+    print(f"  upload answered in {t_upload:.2f} s; available after {wall:.1f} s "
+          f"({n / wall:.2f} photos/s, {n / wall / ref:.2f}x the reference)")
+    print(f"  usable {manifest['input']['usable']}, skipped {manifest['input']['skipped_by_reason']}, "
+          f"several faces {manifest['input']['several_faces']}")
+    print(f"  training {manifest['training']['seconds']} s, {manifest['training']['epochs']} epochs, "
+          f"{manifest['network']['params']} params")
+    m = manifest["metrics"]
+    print(f"  held-out test ({m['test_photos']} photos): accuracy {m['test_accuracy']:.4f}, "
+          f"balanced accuracy {m['balanced_accuracy']:.4f}")
+
+
+if __name__ == "__main__":
+    main()
