@@ -160,6 +160,10 @@ class Broker:
         worker.last_seen = time.monotonic()
         if command == p.READY:
             worker.task = None
+        elif command == p.REJECT:
+            task = Task(**header["task"])
+            worker.task = Task(**header["busy_with"])
+            self.queue.appendleft(task)
         elif command == p.HEARTBEAT:
             # Only READY/DONE/FAILED make a worker idle: a heartbeat sent before it received
             # a task must not free it again. A worker met mid-task (we restarted) is busy.

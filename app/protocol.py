@@ -3,11 +3,12 @@
 Front (REQ) -> broker ROUTER:  SUBMIT {id, name, options, files} photo...  -> OK {id} | ERR {code, message}
                                STATUS                                       -> OK {workers, busy, idle, queued}
 Worker (DEALER) -> broker ROUTER:
-    READY                           idle and asking for work
+    READY                           idle and asking for work (sent once, on start)
     HEARTBEAT {task?}               alive; the task it is running, if any
     PROGRESS {job, state, stage, done, total}
     DONE {task} result              result: features JSON (extract) or bundle zip (train)
-    FAILED {task, code, message, details}
+    FAILED {task, code, message, details}   DONE and FAILED also mean "ready for more"
+    REJECT {task, busy_with}        got a task while busy: the broker takes it back
 Broker -> worker:
     JOB {task, name, options, files} photo...     task = {job, kind: extract, chunk, attempt}
     JOB {task, name, options, files} features     task = {job, kind: train, chunk: 0, attempt}
@@ -21,6 +22,7 @@ import zmq
 
 SUBMIT, STATUS, OK, ERR = b"SUBMIT", b"STATUS", b"OK", b"ERR"
 READY, HEARTBEAT, PROGRESS, DONE, FAILED, JOB = b"READY", b"HEARTBEAT", b"PROGRESS", b"DONE", b"FAILED", b"JOB"
+REJECT = b"REJECT"
 
 
 def pack(command: bytes, header: dict | None = None, blobs: list[bytes] = ()) -> list[bytes]:

@@ -54,8 +54,9 @@ class Worker:
                 next_beat = time.monotonic() + self.s.heartbeat_s
 
     def start(self, header: dict, blobs: list[bytes]) -> None:
-        if self.task is not None:
-            logger.error("got a task of job {} while busy; ignoring", header["task"]["job"])
+        if self.task is not None:  # should not happen; hand it back rather than lose it
+            logger.warning("got a task of job {} while busy; handing it back", header["task"]["job"])
+            self.sock.send_multipart(p.pack(p.REJECT, {"task": header["task"], "busy_with": self.task}))
             return
         self.task = header["task"]
         threading.Thread(target=self.work, args=(header, blobs), daemon=True, name="task").start()
@@ -98,9 +99,8 @@ class Worker:
             except queue.Empty:
                 return
             self.sock.send_multipart(p.pack(command, header, blobs))
-            if command in (p.DONE, p.FAILED):
+            if command in (p.DONE, p.FAILED):  # the broker takes these as "ready for more"
                 self.task = None
-                self.sock.send_multipart(p.pack(p.READY))
 
 
 def run_worker(settings: Settings, connect: str) -> None:

@@ -97,7 +97,6 @@ def test_job_is_durable_then_split_into_extract_tasks_then_one_train_task(broker
         assert [f["label"] for f in header["files"]] == labels
         assert blobs == [f"photo{label[1]}".encode() for label in labels]
         w.send(p.DONE, {"task": header["task"]}, [json.dumps([{"chunk": chunk}] * len(labels)).encode()])
-        w.send(p.READY)
     header, blobs = w.recv_job()
     assert header["task"]["kind"] == "train" and len(header["files"]) == 5
     assert [f["chunk"] for f in json.loads(blobs[0])] == [0, 0, 1, 1, 2]  # features in photo order
@@ -164,3 +163,23 @@ def test_is_alive_503_without_workers_and_without_broker(broker, settings, tmp_p
     client = create_app(dead).test_client()
     r = client.get("/is_alive")
     assert r.status_code == 503 and r.json["error"]["code"] == "BROKER_UNAVAILABLE"
+
+
+def test_one_task_per_worker_at_a_time_and_a_rejected_task_is_not_lost(broker, settings):
+    w = FakeWorker(settings.broker_back)
+    w.send(p.READY)
+    job_id = submit(settings, n_people=6)  # 3 chunks
+    first, _ = w.recv_job()
+    assert w.recv_job(timeout=0.5) is None, "no second task before DONE"
+    w.send(p.DONE, {"task": first["task"]}, [b"[{}, {}]"])
+    second, _ = w.recv_job()
+    assert second["task"]["chunk"] == 1
+    # pretend the worker was still busy with chunk 1 when chunk 2 came: it hands chunk 2 back
+    w.send(p.DONE, {"task": second["task"]}, [b"[{}, {}]"])
+    third, _ = w.recv_job()
+    w.send(p.REJECT, {"task": third["task"], "busy_with": second["task"]})
+    assert wait_for(lambda: [t.chunk for t in broker.queue] == [2])
+    w.send(p.DONE, {"task": second["task"]}, [b"[{}, {}]"])  # busy_with is done: ready again
+    again, _ = w.recv_job()
+    assert again["task"] == third["task"]
+    w.close()
