@@ -20,7 +20,8 @@ QUEUED, EXTRACTING, TRAINING, OPTIMIZING, DONE, FAILED = (
 RUNNING_STATES = (EXTRACTING, TRAINING, OPTIMIZING)
 TERMINAL_STATES = (DONE, FAILED)
 
-ALLOWED_IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "TIFF", "GIF")
+# MPO: JPEGs with extra pictures (many phone photos); PIL decodes the first.
+ALLOWED_IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF", "GIF")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 

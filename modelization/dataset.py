@@ -36,6 +36,11 @@ def stratified_split(labels: list[str], *, min_photos: int, test_fraction: float
         n = len(idx)
         n_test = max(1, int(round(n * test_fraction)))
         n_val = max(1, int(round(n * val_fraction)))
+        while n_test + n_val > n - 1:  # large fractions: keep at least one training photo
+            if n_test >= n_val:
+                n_test -= 1
+            else:
+                n_val -= 1
         test.extend(idx[:n_test])
         val.extend(idx[n_test:n_test + n_val])
         train.extend(idx[n_test + n_val:])

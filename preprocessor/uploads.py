@@ -16,7 +16,8 @@ from typing import BinaryIO
 from constants import IMAGE_EXTENSIONS
 from preprocessor.errors import InputError
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+SAFE_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -30,11 +31,15 @@ class Photo:
 
 def clean_label(raw: str, max_length: int = 100) -> str:
     """Normalise a person's label (NFC, trimmed); raise InputError if unusable."""
-    label = unicodedata.normalize("NFC", raw).strip()
+    # Look for control characters inside before trimming: str.strip() would drop \x1c-\x1f silently.
+    label = unicodedata.normalize("NFC", raw)
+    if _CONTROL.search(label.strip(" \t\r\n\f\v")):
+        raise InputError("BAD_LABEL", f"label {raw!r} contains control or bidi-override characters")
+    label = label.strip()
     if not label or label in (".", ".."):
         raise InputError("BAD_LABEL", f"empty or reserved label {raw!r}")
-    if _CONTROL.search(label) or "/" in label or "\\" in label:
-        raise InputError("BAD_LABEL", f"label {raw!r} contains control characters or slashes")
+    if "/" in label or "\\" in label:
+        raise InputError("BAD_LABEL", f"label {raw!r} contains slashes")
     if len(label) > max_length:
         raise InputError("BAD_LABEL", f"label {label[:20]!r}... is longer than {max_length} characters")
     return label
@@ -98,6 +103,11 @@ def read_zip(fileobj: BinaryIO, *, max_total: int, max_ratio: float, max_entries
             if posixpath.splitext(info.filename.lower())[1] not in IMAGE_EXTENSIONS:
                 ignored.append(info.filename)
                 continue
+            if info.compress_type not in SAFE_COMPRESSION:
+                # zipfile inflates bzip2/LZMA a whole input chunk at a time, with no output cap:
+                # a lying header would let one read blow up in memory before our size check.
+                raise InputError("BAD_ARCHIVE", f"{info.filename!r} uses compression method "
+                                 f"{info.compress_type}; only stored and deflate entries are accepted")
             wanted.append(info)
         declared = sum(i.file_size for i in wanted)
         compressed = sum(i.compress_size for i in wanted)

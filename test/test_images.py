@@ -1,0 +1,252 @@
+"""`inspect_image` / `decode_image` on real photos and on hand-made bad input."""
+from __future__ import annotations
+
+import io
+import struct
+import time
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from constants import ALLOWED_IMAGE_FORMATS
+from preprocessor.errors import InputError
+from preprocessor.images import decode_image, inspect_image
+from test.conftest import pick_people
+
+LIMIT = 40_000_000
+
+
+@pytest.fixture(scope="module")
+def jpeg_path(faces_dir):
+    (photos,) = pick_people(faces_dir, 1, 1).values()
+    return photos[0]
+
+
+@pytest.fixture(scope="module")
+def jpeg_bytes(jpeg_path) -> bytes:
+    return jpeg_path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def png_path(faces_dir):
+    return faces_dir / "wild" / "alex-lacamoire.png"
+
+
+def _save(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "MPO":  # a one-picture MPO reads back as plain JPEG: add a second picture
+        kw = {"save_all": True, "append_images": [im], **kw}
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A ~60-byte PNG whose IHDR claims width x height RGB pixels."""
+    return (b"\x89PNG\r\n\x1a\n"
+            + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + _png_chunk(b"IEND", b""))
+
+
+def _code(fn, *args) -> str:
+    with pytest.raises(InputError) as e:
+        fn(*args)
+    return e.value.code
+
+
+# --------------------------------------------------------------------------- real photos
+
+def test_real_jpeg(jpeg_path, jpeg_bytes):
+    with Image.open(jpeg_path) as ref:
+        ref_size = ref.size
+        ref_pixels = np.asarray(ref.convert("RGB"))
+    assert ref_size == (250, 250)  # lfw62 is documented as 250x250
+    assert inspect_image(jpeg_bytes, LIMIT) == ("JPEG", *ref_size)
+    arr = decode_image(jpeg_bytes, LIMIT)
+    assert arr.dtype == np.uint8 and arr.shape == (ref_size[1], ref_size[0], 3)
+    assert np.array_equal(arr, ref_pixels)
+
+
+def test_real_png(png_path):
+    data = png_path.read_bytes()
+    with Image.open(png_path) as ref:
+        w, h = ref.size
+        ref_rgb = np.asarray(ref.convert("RGB"))
+    assert inspect_image(data, LIMIT) == ("PNG", w, h)
+    arr = decode_image(data, LIMIT)
+    assert arr.dtype == np.uint8 and arr.shape == (h, w, 3)
+    assert np.array_equal(arr, ref_rgb)
+    assert w != h  # so that the (h, w) order above is really checked
+
+
+def test_pixel_limit_is_inclusive(jpeg_bytes):
+    w, h = inspect_image(jpeg_bytes, LIMIT)[1:]
+    assert inspect_image(jpeg_bytes, w * h)[0] == "JPEG"
+    assert decode_image(jpeg_bytes, w * h).shape[:2] == (h, w)
+    assert _code(inspect_image, jpeg_bytes, w * h - 1) == "IMAGE_TOO_LARGE"
+    assert _code(decode_image, jpeg_bytes, w * h - 1) == "IMAGE_TOO_LARGE"
+
+
+@pytest.mark.parametrize("fmt", ALLOWED_IMAGE_FORMATS)
+def test_every_allowed_format(jpeg_path, fmt):
+    with Image.open(jpeg_path) as im:
+        crop = im.convert("RGB").crop((0, 0, 120, 90))
+    data = _save(crop, fmt)
+    assert inspect_image(data, LIMIT) == (fmt, 120, 90)
+    arr = decode_image(data, LIMIT)
+    assert arr.shape == (90, 120, 3) and arr.dtype == np.uint8
+
+
+@pytest.mark.parametrize("mode, fmt", [("L", "PNG"), ("LA", "PNG"), ("RGBA", "PNG"), ("P", "PNG"), ("1", "PNG"),
+                                       ("CMYK", "JPEG"), ("L", "JPEG"), ("I", "TIFF"), ("F", "TIFF")])
+def test_other_modes_become_rgb(jpeg_path, mode, fmt):
+    with Image.open(jpeg_path) as im:
+        data = _save(im.convert(mode), fmt)
+    arr = decode_image(data, LIMIT)
+    assert arr.shape == (250, 250, 3) and arr.dtype == np.uint8
+
+
+# --------------------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("data", [b"", b"hello, I am a text file\n" * 20, b"\x89PNG\r\n\x1a\n", b"\xff\xd8", bytes(1000)])
+def test_not_an_image(data):
+    assert _code(inspect_image, data, LIMIT) == "NOT_AN_IMAGE"
+    assert _code(decode_image, data, LIMIT) == "NOT_AN_IMAGE"
+
+
+def test_text_file_named_jpg(tmp_path):
+    fake = tmp_path / "alice" / "1.jpg"
+    fake.parent.mkdir()
+    fake.write_text("definitely not a JPEG\n")
+    assert _code(inspect_image, fake.read_bytes(), LIMIT) == "NOT_AN_IMAGE"
+    assert _code(decode_image, fake.read_bytes(), LIMIT) == "NOT_AN_IMAGE"
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.5, 0.8])
+def test_truncated_jpeg_is_corrupt(jpeg_bytes, keep):
+    cut = jpeg_bytes[: int(len(jpeg_bytes) * keep)]
+    assert _code(inspect_image, cut, LIMIT) == "CORRUPT_IMAGE"
+    assert _code(decode_image, cut, LIMIT) == "CORRUPT_IMAGE"
+
+
+def test_truncated_png_is_corrupt(png_path):
+    data = png_path.read_bytes()
+    cut = data[: len(data) // 2]
+    assert _code(inspect_image, cut, LIMIT) == "CORRUPT_IMAGE"
+    assert _code(decode_image, cut, LIMIT) == "CORRUPT_IMAGE"
+
+
+@settings(max_examples=60, deadline=None)
+@given(frac=st.floats(0.0, 1.0))
+def test_any_prefix_of_a_jpeg_is_an_image_or_an_input_error(jpeg_bytes, frac):
+    cut = jpeg_bytes[: int(len(jpeg_bytes) * frac)]
+    try:
+        assert inspect_image(cut, LIMIT) == ("JPEG", 250, 250)
+    except InputError as exc:
+        assert exc.code in ("NOT_AN_IMAGE", "CORRUPT_IMAGE")
+    try:
+        assert decode_image(cut, LIMIT).shape == (250, 250, 3)
+    except InputError as exc:
+        assert exc.code in ("NOT_AN_IMAGE", "CORRUPT_IMAGE")
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(max_size=2000))
+def test_random_bytes_never_crash(data):
+    for fn in (inspect_image, decode_image):
+        try:
+            fn(data, LIMIT)
+        except InputError as exc:
+            assert exc.code in ("NOT_AN_IMAGE", "CORRUPT_IMAGE", "UNSUPPORTED_FORMAT", "IMAGE_TOO_LARGE")
+
+
+def test_header_claimed_huge_png_is_refused_fast():
+    data = huge_png(50_000, 50_000)
+    assert len(data) < 200
+    with Image.open(io.BytesIO(data)) as im:  # the premise: PIL believes the header
+        assert im.size == (50_000, 50_000)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        for fn in (inspect_image, decode_image):
+            with pytest.raises(InputError) as e:
+                fn(data, LIMIT)
+            assert e.value.code == "IMAGE_TOO_LARGE"
+            assert "50000x50000" in e.value.message
+        elapsed = time.perf_counter() - t0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 1.0
+    assert peak < 5_000_000
+
+
+def test_huge_png_just_over_limit_is_refused():
+    assert _code(inspect_image, huge_png(1001, 1000), 1_000_000) == "IMAGE_TOO_LARGE"
+    assert _code(inspect_image, huge_png(1, 1_000_001), 1_000_000) == "IMAGE_TOO_LARGE"
+
+
+@pytest.mark.parametrize("fmt, kw", [("ICO", {}), ("PPM", {}), ("TGA", {}), ("PCX", {})])
+def test_unsupported_formats(jpeg_path, fmt, kw):
+    with Image.open(jpeg_path) as im:
+        data = _save(im.convert("RGB").resize((32, 32)), fmt, **kw)
+    with Image.open(io.BytesIO(data)) as check:
+        assert check.format == fmt  # the premise: PIL can read it, the service must not take it
+    for fn in (inspect_image, decode_image):
+        with pytest.raises(InputError) as e:
+            fn(data, LIMIT)
+        assert e.value.code == "UNSUPPORTED_FORMAT"
+        assert fmt in e.value.message
+
+
+# --------------------------------------------------------------------------- EXIF orientation
+
+@pytest.fixture(scope="module")
+def landscape(jpeg_path) -> Image.Image:
+    with Image.open(jpeg_path) as im:
+        return im.convert("RGB").crop((0, 30, 250, 210))  # 250 x 180: not square
+
+
+def _with_orientation(im: Image.Image, orientation: int | None) -> bytes:
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    return _save(im, "JPEG", quality=90, exif=exif.tobytes())
+
+
+def test_exif_orientation_6_rotates(landscape):
+    plain = decode_image(_with_orientation(landscape, None), LIMIT)
+    assert plain.shape == (180, 250, 3)
+    rotated_bytes = _with_orientation(landscape, 6)
+    assert Image.open(io.BytesIO(rotated_bytes)).getexif()[0x0112] == 6
+    rotated = decode_image(rotated_bytes, LIMIT)
+    assert rotated.shape == (250, 180, 3)
+    # orientation 6 = "rotate 90 degrees clockwise to display"
+    assert np.array_equal(rotated, np.rot90(plain, k=-1))
+
+
+@pytest.mark.parametrize("orientation, transform", [
+    (1, lambda a: a),
+    (3, lambda a: np.rot90(a, 2)),
+    (8, lambda a: np.rot90(a, 1)),
+    (2, lambda a: a[:, ::-1]),
+])
+def test_other_exif_orientations(landscape, orientation, transform):
+    plain = decode_image(_with_orientation(landscape, None), LIMIT)
+    out = decode_image(_with_orientation(landscape, orientation), LIMIT)
+    assert np.array_equal(out, transform(plain))
+
+
+def test_broken_exif_does_not_cost_the_photo(landscape):
+    data = _save(landscape, "JPEG", exif=b"Exif\x00\x00" + b"\xde\xad\xbe\xef" * 8)
+    arr = decode_image(data, LIMIT)
+    assert arr.shape == (180, 250, 3)
