@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Command line: `serve` (everything), `broker`, `worker`, `web` (uWSGI only).
+"""Command line: `serve` (everything), `broker`, `worker`, `web` (uWSGI only), `predict` (offline).
 
     python run.py serve --port 8080 --workers 2 --data-dir .
     python run.py worker --connect tcp://HOST:5556
@@ -117,6 +117,28 @@ def cmd_web(args) -> None:
     os.execvpe(uwsgi_command()[0], uwsgi_command(), env)
 
 
+def cmd_predict(args) -> None:
+    """Name the faces in photos with a downloaded bundle; prints JSON. No service needed."""
+    import json
+    from modelization.recognizer import load_bundle
+    from preprocessor.errors import InputError
+    s = Settings.from_env()
+    setup_logging("predict", None, "WARNING")
+    recognizer = load_bundle(args.model, s)
+    results = []
+    for photo in args.photos:
+        try:
+            faces = recognizer.predict(Path(photo).read_bytes(), args.threshold)
+            results.append({"photo": photo, "count": len(faces), "faces": [f.as_dict() for f in faces]})
+        except (OSError, InputError) as exc:
+            code = getattr(exc, "code", "UNREADABLE")
+            results.append({"photo": photo, "error": {"code": code, "message": str(exc)}})
+    threshold = recognizer.threshold if args.threshold is None else args.threshold
+    print(json.dumps({"model": args.model, "threshold": threshold, "results": results}, ensure_ascii=False,
+                     indent=1))
+    sys.exit(1 if any("error" in r for r in results) else 0)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +164,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int)
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser("predict", help="name the faces in photos with a model bundle (offline)")
+    p.add_argument("--model", required=True, help="a bundle downloaded from /models/<id>")
+    p.add_argument("--threshold", type=float, help="open-set distance threshold (default: the bundle's)")
+    p.add_argument("photos", nargs="+")
+    p.set_defaults(func=cmd_predict)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -129,6 +129,8 @@ class Broker:
                 reply = p.pack(p.OK, self.submit(header, blobs))
             elif command == p.STATUS:
                 reply = p.pack(p.OK, self.status())
+            elif command == p.DELETE:
+                reply = p.pack(p.OK, self.delete(header["id"]))
             else:
                 reply = p.pack(p.ERR, {"code": "BAD_COMMAND", "message": f"unknown command {command!r}"})
         except Exception as exc:  # never let one bad request take the broker down
@@ -148,6 +150,31 @@ class Broker:
         self.plan(job_id)
         logger.info("job {} queued: {} photos of {} people", job_id, len(photos), n_people)
         return {"id": job_id}
+
+    def delete(self, job_id: str) -> dict:
+        """Erase a job: its queued tasks, row, uploads, model folder and cached features."""
+        self.queue = deque(t for t in self.queue if t.job != job_id)
+        row = self.store.get(job_id)
+        keys = self.cache_keys(job_id, row["n_photos"] if row else 0)
+        removed = {"job": row is not None,
+                   "model": self.store.delete_model(self.s.dumps_dir, job_id),
+                   "uploads": self.store.has_uploads(job_id),
+                   "cached_features": self.store.delete_cache_entries(self.s.cache_dir, keys)}
+        self.store.delete_uploads(job_id)
+        self.store.delete(job_id)
+        logger.info("job {} deleted: {}", job_id, removed)
+        return {"id": job_id, "removed": removed}
+
+    def cache_keys(self, job_id: str, n_photos: int) -> list[str]:
+        """Feature-cache keys of a job's photos: from its model folder, or from its extracted chunks."""
+        saved = self.s.dumps_dir / job_id / "cache_keys.json"
+        if saved.exists():
+            return json.loads(saved.read_text())
+        keys = []
+        for k in range(self.n_chunks(n_photos)):
+            if self.store.chunk_done(job_id, k):
+                keys.extend(f.get("key") for f in self.store.load_chunk(job_id, k))
+        return [k for k in keys if k]
 
     # --- workers -----------------------------------------------------------------
     def on_worker(self, frames: list[bytes]) -> None:
@@ -204,6 +231,8 @@ class Broker:
             logger.exception("could not save the bundle of job {}", task.job)
             self.fail(task.job, "INTERNAL", f"could not save the model: {exc}")
             return
+        keys = self.cache_keys(task.job, self.store.get(task.job)["n_photos"])
+        (self.s.dumps_dir / task.job / "cache_keys.json").write_text(json.dumps(keys))  # for DELETE
         self.store.finish(task.job)
         if not self.s.keep_uploads:
             self.store.delete_uploads(task.job)

@@ -24,6 +24,7 @@ from modelization.bundle import pack_bundle
 from modelization.dataset import stratified_split
 from modelization.metrics import accuracy, balanced_accuracy
 from modelization.network import NetworkSpec, predict_classes, train_network
+from modelization.openset import calibrate, class_scores, pairwise_distances
 from preprocessor.uploads import Photo
 
 Progress = Callable[[str, str, int, int], None]
@@ -41,7 +42,7 @@ def extract_chunk(photos: list[Photo], settings: Settings) -> list[dict]:
     out = []
     for photo in photos:
         feats, cached = cached_photo_features(photo.data, settings, cache)
-        out.append({**asdict(feats), "cached": cached})
+        out.append({**asdict(feats), "cached": cached, "key": cache.key(photo.data)})
     return out
 
 
@@ -78,8 +79,8 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
     started = time.time()
     options = job.get("options", {})
     seed = int(options.get("seed", settings.default_seed))
-    hits = sum(1 for f in features if f.pop("cached", False))
-    feats = [PhotoFeatures(**f) for f in features]
+    hits = sum(1 for f in features if f.get("cached"))
+    feats = [PhotoFeatures(**{k: v for k, v in f.items() if k not in ("cached", "key")}) for f in features]
 
     usable = [i for i, f in enumerate(feats) if f.usable]
     if not usable:
@@ -118,9 +119,19 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
     y_test = y[split.test]
     pred = predict_classes(model, x[split.test])
     val_pred = predict_classes(model, x[split.val])
+
+    # Open set: the gallery (train + validation) ships in the bundle; the threshold comes from it alone.
+    gallery = np.concatenate([split.train, split.val])
+    open_set = calibrate(x[gallery], y[gallery], len(split.people), settings.target_far, settings.open_set_k,
+                         settings.max_threshold)
+    test_scores = class_scores(pairwise_distances(x[split.test], x[gallery]), y[gallery], len(split.people),
+                               settings.open_set_k)[np.arange(len(pred)), pred]
+    accepted = test_scores <= open_set["threshold"]
+    open_set["test_dir"] = float(np.mean(accepted & (pred == y_test)))
+    open_set["test_accepted"] = float(np.mean(accepted))
     manifest = {
         "format": "api-facial-recognition bundle",
-        "format_version": 1,
+        "format_version": 2,
         "service_version": VERSION,
         "model_id": job["id"],
         "name": job.get("name"),
@@ -141,10 +152,11 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
                      "seconds": round(train_seconds, 2), "trained_on": "train split (validation for early stopping)"},
         "metrics": {"test_accuracy": accuracy(y_test, pred), "balanced_accuracy": balanced_accuracy(y_test, pred),
                     "validation_accuracy": accuracy(y[split.val], val_pred), "test_photos": int(len(y_test))},
+        "open_set": open_set,
         "optimization": optimization,
         "training_task_seconds": round(time.time() - started, 2),
     }
-    bundle = pack_bundle(model, split.people, manifest)
+    bundle = pack_bundle(model, split.people, manifest, gallery_x=x[gallery], gallery_y=y[gallery])
     release_keras()
     return bundle
 

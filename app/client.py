@@ -32,3 +32,7 @@ def submit(endpoint: str, header: dict, blobs: list[bytes], timeout_s: float) ->
 
 def status(endpoint: str, timeout_s: float) -> dict:
     return call(endpoint, p.pack(p.STATUS), timeout_s)
+
+
+def delete(endpoint: str, job_id: str, timeout_s: float) -> dict:
+    return call(endpoint, p.pack(p.DELETE, {"id": job_id}), timeout_s)

@@ -2,6 +2,7 @@
 
 Front (REQ) -> broker ROUTER:  SUBMIT {id, name, options, files} photo...  -> OK {id} | ERR {code, message}
                                STATUS                                       -> OK {workers, busy, idle, queued}
+                               DELETE {id}                                  -> OK {id, removed}
 Worker (DEALER) -> broker ROUTER:
     READY                           idle and asking for work (sent once, on start)
     HEARTBEAT {task?}               alive; the task it is running, if any
@@ -20,7 +21,7 @@ import json
 
 import zmq
 
-SUBMIT, STATUS, OK, ERR = b"SUBMIT", b"STATUS", b"OK", b"ERR"
+SUBMIT, STATUS, DELETE, OK, ERR = b"SUBMIT", b"STATUS", b"DELETE", b"OK", b"ERR"
 READY, HEARTBEAT, PROGRESS, DONE, FAILED, JOB = b"READY", b"HEARTBEAT", b"PROGRESS", b"DONE", b"FAILED", b"JOB"
 REJECT = b"REJECT"
 

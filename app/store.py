@@ -133,8 +133,33 @@ class JobStore:
     def load_chunks(self, job_id: str, n_chunks: int) -> list[dict]:
         out = []
         for k in range(n_chunks):
-            out.extend(json.loads(self._chunk_path(job_id, k).read_bytes()))
+            out.extend(self.load_chunk(job_id, k))
         return out
+
+    def load_chunk(self, job_id: str, chunk: int) -> list[dict]:
+        return json.loads(self._chunk_path(job_id, chunk).read_bytes())
+
+    # --- erasing ---------------------------------------------------------------
+    @staticmethod
+    def delete_model(dumps_dir: Path, job_id: str) -> bool:
+        folder = Path(dumps_dir) / job_id
+        existed = folder.exists()
+        shutil.rmtree(folder, ignore_errors=True)
+        return existed
+
+    @staticmethod
+    def delete_cache_entries(cache_dir: Path, keys: list[str]) -> int:
+        n = 0
+        for key in keys:
+            try:
+                (Path(cache_dir) / key[:2] / f"{key}.json").unlink()
+                n += 1
+            except FileNotFoundError:
+                pass
+        return n
+
+    def delete(self, job_id: str) -> None:
+        self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     # --- jobs ----------------------------------------------------------------
     def create(self, job_id: str, name: str | None, options: dict, n_photos: int, n_people: int) -> None:

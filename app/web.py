@@ -18,7 +18,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False
+    from app.recognizers import RecognizerCache
     from app.routes import bp
+    app.extensions["recognizers"] = RecognizerCache(settings.model_cache_size)
     app.register_blueprint(bp)
     register_error_handlers(app)
     return app

@@ -81,6 +81,12 @@ class Settings:
     batch_size: int = 64
     learning_rate: float = 3e-3
 
+    # Open set ("unknown"): rejection rule calibrated at build time (modelization/openset.py).
+    target_far: float = 0.01          # fraction of strangers the threshold lets through
+    open_set_k: int = 3               # gallery photos averaged in a face's distance score
+    max_threshold: float = 0.5        # cap on the calibrated threshold (small galleries run lenient)
+    model_cache_size: int = 8         # loaded recognizers kept per web process (LRU)
+
     keep_uploads: bool = False        # keep uploaded photos after a successful build
 
     log_level: str = "INFO"

@@ -13,20 +13,28 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
+
 BUNDLE_FILE = "model.zip"
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.json"
+GALLERY_FILE = "gallery.npz"
 
 
-def pack_bundle(model, labels: list[str], manifest: dict) -> bytes:
-    """Serialise a Keras model, its class labels and manifest into zip bytes."""
+def pack_bundle(model, labels: list[str], manifest: dict, gallery_x=None, gallery_y=None) -> bytes:
+    """Serialise a Keras model, its class labels, manifest and gallery embeddings into zip bytes."""
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / MODEL_FILE
         model.save(model_path)
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
             zf.write(model_path, MODEL_FILE)
+            if gallery_x is not None:
+                g = io.BytesIO()
+                np.savez_compressed(g, embeddings=np.asarray(gallery_x, np.float32),
+                                    labels=np.asarray(gallery_y, np.int32))
+                zf.writestr(GALLERY_FILE, g.getvalue())
             zf.writestr(LABELS_FILE, json.dumps(labels, ensure_ascii=False, indent=1))
             zf.writestr(MANIFEST_FILE, json.dumps(manifest, ensure_ascii=False, indent=1))
     return buf.getvalue()

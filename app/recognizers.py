@@ -1,0 +1,41 @@
+"""Loaded recognizers, kept per web process with a bound (LRU), so predictions don't reload."""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from modelization.recognizer import Recognizer, load_bundle
+
+
+class RecognizerCache:
+    """id -> Recognizer; an entry is dropped when its bundle file changes or disappears."""
+
+    def __init__(self, size: int):
+        self.size = max(1, size)
+        self._items: OrderedDict[str, tuple[float, Recognizer]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads = 0  # how many times a bundle was read from disk (for tests and metrics)
+
+    def get(self, model_id: str, path: Path, settings) -> Recognizer:
+        mtime = path.stat().st_mtime  # FileNotFoundError if deleted: the caller answers 404
+        with self._lock:
+            hit = self._items.get(model_id)
+            if hit and hit[0] == mtime:
+                self._items.move_to_end(model_id)
+                return hit[1]
+        recognizer = load_bundle(path, settings)  # outside the lock: loading takes a while
+        with self._lock:
+            self.loads += 1
+            self._items[model_id] = (mtime, recognizer)
+            self._items.move_to_end(model_id)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return recognizer
+
+    def evict(self, model_id: str) -> None:
+        with self._lock:
+            self._items.pop(model_id, None)
+
+    def __contains__(self, model_id: str) -> bool:
+        return model_id in self._items
