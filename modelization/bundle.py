@@ -52,6 +52,8 @@ def save_bundle(dumps_dir: Path, model_id: str, bundle: bytes) -> Path:
     dumps_dir = Path(dumps_dir)
     dumps_dir.mkdir(parents=True, exist_ok=True)
     final = dumps_dir / model_id
+    if final.exists():  # a re-delivered result: keep the first, it is complete
+        return final
     tmp = Path(tempfile.mkdtemp(prefix=f".{model_id}.", dir=dumps_dir))
     try:
         (tmp / BUNDLE_FILE).write_bytes(bundle)
@@ -59,9 +61,6 @@ def save_bundle(dumps_dir: Path, model_id: str, bundle: bytes) -> Path:
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if final.exists():  # a re-delivered result: keep the first, it is complete
-            shutil.rmtree(tmp)
-            return final
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

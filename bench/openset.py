@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Open-set benchmark: known people named, strangers refused, against a 1-NN baseline.
+
+    python bench/openset.py [--subset lfw62 lfw62-150px] [--procs 2]
+
+For each subset: a per-person 70/30 split (fixed seed; 10 points of the 70 serve as
+validation for early stopping), a model built by the service's own code
+(`app.build.train_bundle`), then on the 30% test photos and on `strangers/`
+(never seen at build time): top-1 and balanced accuracy, the false-accept rate
+(FAR) on strangers at the bundle's automatic threshold, and the detection-and-
+identification rate (DIR: test photos accepted with the right name). Beside it,
+1-nearest-neighbour on the same gallery with its threshold set by peeking at the
+strangers to reach the same FAR. Embeddings are cached in var/bench-cache.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from constants import Settings  # noqa: E402
+
+FACES = Path(os.environ.get("FR_FACES_DIR", ROOT.parent / "shared" / "faces"))
+SETTINGS = Settings.from_env(data_dir=ROOT, test_fraction=0.3, val_fraction=0.1)
+CACHE = ROOT / "var" / "bench-cache"
+
+
+def _features(path: str):
+    from features.extract import FeatureCache, cached_photo_features
+    feats, _ = cached_photo_features(Path(path).read_bytes(), SETTINGS, FeatureCache(CACHE, SETTINGS))
+    return feats
+
+
+def extract(paths: list[Path], procs: int) -> list:
+    with Pool(procs) as pool:
+        return pool.map(_features, [str(p) for p in paths], chunksize=16)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--subset", nargs="+", default=["lfw62", "lfw62-150px"])
+    ap.add_argument("--procs", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=42)
+    args = ap.parse_args()
+
+    from dataclasses import asdict
+
+    from app.build import train_bundle
+    from modelization.dataset import stratified_split
+    from modelization.metrics import accuracy, balanced_accuracy
+    from modelization.openset import pairwise_distances
+    from modelization.recognizer import load_bundle
+
+    strangers = sorted((FACES / "strangers").glob("*.jpg"))
+    s_feats = extract(strangers, args.procs)
+    s_x = np.asarray([f.embedding for f in s_feats if f.usable], np.float32)
+    print(f"strangers: {len(strangers)} photos, {len(s_x)} with a face")
+
+    for subset in args.subset:
+        paths = sorted((FACES / subset).glob("*/*.jpg"))
+        t0 = time.perf_counter()
+        feats = extract(paths, args.procs)
+        t_extract = time.perf_counter() - t0
+        files = [{"label": p.parent.name, "filename": f"{p.parent.name}/{p.name}"} for p in paths]
+        no_face = [f for f, ft in zip(files, feats) if not ft.usable]
+        t0 = time.perf_counter()
+        bundle = train_bundle({"id": f"bench-{subset}", "options": {"seed": args.seed}}, files,
+                              [asdict(f) for f in feats], SETTINGS, lambda *a: None)
+        t_train = time.perf_counter() - t0
+        rec = load_bundle(bundle, SETTINGS)
+
+        # the same split the build used (same function, labels, seed)
+        usable = [i for i, f in enumerate(feats) if f.usable]
+        labels = [files[i]["label"] for i in usable]
+        x = np.asarray([feats[i].embedding for i in usable], np.float32)
+        split = stratified_split(labels, min_photos=SETTINGS.min_photos_per_person, seed=args.seed,
+                                 test_fraction=SETTINGS.test_fraction, val_fraction=SETTINGS.val_fraction)
+        index = {p: k for k, p in enumerate(split.people)}
+        y = np.asarray([index.get(lab, -1) for lab in labels])
+        gallery = np.concatenate([split.train, split.val])
+        tx, ty = x[split.test], y[split.test]
+
+        known = rec.identify(tx)
+        pred = np.asarray([index[c] for _, _, _, c in known])
+        accepted = np.asarray([lab is not None for lab, _, _, _ in known])
+        far = float(np.mean([lab is not None for lab, _, _, _ in rec.identify(s_x)]))
+        dir_ = float(np.mean(accepted & (pred == ty)))
+
+        # baseline: 1-NN distance on the same gallery, threshold peeked from the strangers at the same FAR
+        d_test = pairwise_distances(tx, x[gallery])
+        nn_pred, nn_dist = y[gallery][d_test.argmin(1)], d_test.min(1)
+        s_dist = pairwise_distances(s_x, x[gallery]).min(1)
+        nn_tau = float(np.quantile(s_dist, max(far, 1e-9)))
+        nn_dir = float(np.mean((nn_dist <= nn_tau) & (nn_pred == ty)))
+        nn_far = float(np.mean(s_dist <= nn_tau))
+        tau_1pct = float(np.quantile(s_dist, 0.01))
+        nn_dir_1pct = float(np.mean((nn_dist <= tau_1pct) & (nn_pred == ty)))
+
+        print(f"\n{subset}: {len(paths)} photos, {len(no_face)} without a detected face "
+              f"(extract {t_extract:.0f} s, build {t_train:.0f} s); test {len(ty)} photos, gallery {len(gallery)}")
+        print(f"  model   top-1 {accuracy(ty, pred):.4f}  balanced {balanced_accuracy(ty, pred):.4f}  "
+              f"threshold {rec.threshold:.3f} (calibrated {rec.open_set['calibrated_threshold']:.3f})  "
+              f"FAR {far:.4f}  DIR {dir_:.4f}")
+        print(f"  1-NN    top-1 {accuracy(ty, nn_pred):.4f}  balanced {balanced_accuracy(ty, nn_pred):.4f}  "
+              f"threshold {nn_tau:.3f} (peeked)  FAR {nn_far:.4f}  DIR {nn_dir:.4f}   "
+              f"[at 1% FAR: DIR {nn_dir_1pct:.4f}]")
+        print(f"  DIR ratio model / 1-NN at the same FAR: {dir_ / nn_dir:.3f}")
+        if no_face:
+            print("  no face found in: " + ", ".join(f["filename"] for f in no_face[:20])
+                  + (" ..." if len(no_face) > 20 else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Recognizer and its cache on a bundle built by the real training code from synthetic embeddings."""
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from app.build import train_bundle
+from app.recognizers import RecognizerCache
+from constants import Settings
+from features.extract import PhotoFeatures
+from modelization.bundle import GALLERY_FILE, read_manifest, save_bundle
+from modelization.recognizer import load_bundle
+
+PEOPLE = ["ann", "bob", "cy"]
+
+
+def clusters(seed: int, per_person: int = 12) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Three tight, well separated groups of unit-ish 128-d vectors (like dlib embeddings)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(len(PEOPLE), 128))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    x, labels = [], []
+    for c, person in enumerate(PEOPLE):
+        x.append(centers[c] + rng.normal(scale=0.01, size=(per_person, 128)))
+        labels += [person] * per_person
+    return np.concatenate(x).astype(np.float32), labels, centers
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> bytes:
+    x, labels, _ = clusters(0)
+    files = [{"label": lab, "filename": f"{lab}/{i}.jpg"} for i, lab in enumerate(labels)]
+    feats = [asdict(PhotoFeatures(faces=1, box=[0, 0, 1, 1], embedding=[float(v) for v in row])) for row in x]
+    settings = Settings.from_env(data_dir=tmp_path_factory.mktemp("rec"))
+    return train_bundle({"id": "synthetic", "options": {"seed": 1}}, files, feats, settings, lambda *a: None)
+
+
+def test_bundle_holds_gallery_and_calibration(bundle, tmp_path):
+    path = tmp_path / "m.zip"
+    path.write_bytes(bundle)
+    with zipfile.ZipFile(path) as zf:
+        assert GALLERY_FILE in zf.namelist()
+    manifest = read_manifest(bundle)
+    assert manifest["format_version"] == 2 and manifest["labels"] == PEOPLE
+    o = manifest["open_set"]
+    assert 0 < o["threshold"] <= o["cap"] and o["pseudo_stranger_identities"] == 3
+
+
+def test_identify_names_members_and_refuses_far_vectors(bundle):
+    rec = load_bundle(bundle)
+    x, labels, centers = clusters(0)
+    got = rec.identify(x)
+    assert [g[0] for g in got] == labels
+    assert all(0.5 < g[1] <= 1.0 for g in got)
+    far = -centers  # opposite directions: nobody's face
+    assert [g[0] for g in rec.identify(far)] == [None, None, None]
+    assert all(g[3] in PEOPLE for g in rec.identify(far))  # the candidate is still reported
+    assert rec.identify(np.zeros((0, 128), np.float32)) == []
+
+
+def test_numpy_forward_matches_keras(bundle):
+    rec = load_bundle(bundle)
+    x = np.random.default_rng(3).normal(scale=0.2, size=(20, 128)).astype(np.float32)
+    assert rec._steps is not None, "the default network should run as numpy"
+    np.testing.assert_allclose(rec.probabilities(x), np.asarray(rec._model(x, training=False)), atol=1e-5)
+
+
+def test_threshold_override(bundle):
+    rec = load_bundle(bundle)
+    _, _, centers = clusters(0)
+    assert all(g[0] is not None for g in rec.identify(-centers, threshold=4.0))
+
+
+def test_cache_reuses_reloads_on_change_and_is_bounded(bundle, tmp_path):
+    a, b = tmp_path / "a.zip", tmp_path / "b.zip"
+    a.write_bytes(bundle)
+    b.write_bytes(bundle)
+    cache = RecognizerCache(size=1)
+    settings = Settings.from_env()
+    first = cache.get("a", a, settings)
+    assert cache.get("a", a, settings) is first and cache.loads == 1
+    os.utime(a, (a.stat().st_atime, a.stat().st_mtime + 10))  # a rebuilt bundle
+    assert cache.get("a", a, settings) is not first and cache.loads == 2
+    cache.get("b", b, settings)
+    assert "b" in cache and "a" not in cache  # size 1: a was evicted
+    cache.evict("b")
+    assert "b" not in cache
+    a.unlink()
+    with pytest.raises(FileNotFoundError):
+        cache.get("a", a, settings)
+
+
+def test_save_bundle_is_atomic_and_keeps_the_first_result(bundle, tmp_path):
+    folder = save_bundle(tmp_path, "m1", bundle)
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model.zip"]
+    again = save_bundle(tmp_path, "m1", b"PK-not-used")  # a re-delivered result is ignored
+    assert again == folder and (folder / "model.zip").read_bytes() == bundle
+    assert [p.name for p in tmp_path.iterdir()] == ["m1"]  # no temporary folders left
+
+
+def test_readme_documents_the_dlib_weights_bundles_expect():
+    """The README's sha256 table must match the weights this install ships (and manifests record)."""
+    import re
+    from pathlib import Path
+
+    from features.extract import pipeline_settings
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    documented = dict(re.findall(r"\| `([\w.]+\.dat)` \| `([0-9a-f]{64})` \|", readme))
+    assert documented == pipeline_settings(Settings.from_env())["models"]
