@@ -3,6 +3,7 @@ stopped mid-build and started again. In both cases the job completes."""
 from __future__ import annotations
 
 import os
+import time
 import signal
 import sqlite3
 
@@ -63,4 +64,31 @@ def test_service_stopped_mid_build_finishes_the_job_after_restart(tmp_path, face
         assert requests.get(f"{stack.url}/models/{job_id}", timeout=30).status_code == 200
         assert not (data / "var" / "uploads" / job_id).exists()
     finally:
+        stack.stop()
+
+
+def test_a_worker_can_join_and_leave_a_running_service(tmp_path, faces_dir):
+    import subprocess
+    import sys
+
+    from test.stack import ROOT
+    stack = Stack(tmp_path / "join", workers=1).start()
+    extra = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "worker", "--data-dir", str(tmp_path / "w2"),
+                              "--connect", f"tcp://127.0.0.1:{stack.broker_port + 1}"], env=stack.env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert stack.wait_alive(2, timeout=60)["workers"] == 2
+        r = stack.build(photo_files(_people(faces_dir, skip=11, n_photos=6)))
+        job_id = r.json()["id"]
+        stack.wait_state(job_id, ("done",), timeout=300)
+        # the remote-style worker (own data dir, so its own feature cache) took part in the build
+        assert any((tmp_path / "w2" / "var" / "cache").glob("*/*.json"))
+        extra.send_signal(signal.SIGKILL)
+        extra.wait(10)
+        deadline = time.time() + 30
+        while requests.get(stack.url + "/is_alive", timeout=10).json()["workers"] != 1:
+            assert time.time() < deadline, "the broker should notice the worker left"
+            time.sleep(0.3)
+    finally:
+        extra.kill()
         stack.stop()
