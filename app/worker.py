@@ -35,7 +35,7 @@ class Worker:
         self.sock.setsockopt(zmq.IDENTITY, self.identity)
         p.tune(self.sock, settings.heartbeat_s)
         self.sock.connect(connect)
-        self.events: queue.Queue = queue.Queue()  # (command, header, blobs) from the job thread
+        self.events: queue.Queue = queue.Queue()  # (command, header, blobs) from the task thread
         self.task: dict | None = None  # the task being worked on
         self.running = True
 
@@ -44,13 +44,17 @@ class Worker:
         self.sock.send_multipart(p.pack(p.READY))
         next_beat = 0.0
         while self.running:
-            if self.sock.poll(timeout=100):  # short: progress from the job thread waits at most this
+            if self.sock.poll(timeout=100):  # short: events from the task thread wait at most this
                 command, header, blobs = p.unpack(self.sock.recv_multipart())
                 if command == p.JOB:
                     self.start(header, blobs)
             self.forward_events()
             if time.monotonic() >= next_beat:
-                self.sock.send_multipart(p.pack(p.HEARTBEAT, {"task": self.task} if self.task else {}))
+                try:  # never block on a heartbeat: with the broker away they would pile up to the HWM
+                    self.sock.send_multipart(p.pack(p.HEARTBEAT, {"task": self.task} if self.task else {}),
+                                             flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
                 next_beat = time.monotonic() + self.s.heartbeat_s
 
     def start(self, header: dict, blobs: list[bytes]) -> None:

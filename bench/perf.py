@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""Speed of building and serving, against the raw dlib loop measured in the same run.
+
+    python bench/perf.py [--people 62] [--requests 1000] [--clients 8]
+
+1. Reference: the raw dlib pipeline (decode, HOG, 5 landmarks, chip, ResNet) in one
+   process over a sample of the same photos: photos/s, and ms for the predict photo.
+2. Service: the build from upload to `available` with 1 and with 2 workers, photos/s
+   and ratio to the reference; then a second build of the same photos (feature cache).
+3. Serving: POST /models/<id>/predict on a 250 px photo with 1 client, then with
+   `--clients` concurrent clients (bounded request count, localhost only): p50/p95
+   latency, requests/s, errors; p50 over the raw per-photo pipeline cost.
+4. Memory: RSS of the web and worker processes before and after the requests, and the
+   workers' peak RSS (VmHWM) after building.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import requests  # noqa: E402
+
+from bench.build_lfw import reference  # noqa: E402
+from test.stack import Stack  # noqa: E402
+
+FACES = Path(os.environ.get("FR_FACES_DIR", ROOT.parent / "shared" / "faces"))
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process below `pid`."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            try:
+                cmd = (Path("/proc") / str(c) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            out.append((c, cmd))
+            todo.append(c)
+    return out
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def memory(stack: Stack, field: str = "VmRSS") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for pid, cmd in descendants(stack.proc.pid):
+        kind = "worker" if " worker" in cmd else "web" if "uwsgi" in cmd else "broker" if " broker" in cmd else None
+        if kind:
+            out[kind] = out.get(kind, 0.0) + rss_mb(pid, field)
+    return out
+
+
+def build(stack: Stack, archive: bytes) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    r = requests.post(stack.url + "/build_recognizer", files={"archive": ("a.zip", archive)}, timeout=600)
+    r.raise_for_status()
+    stack.wait_state(r.json()["id"], ("done",), timeout=7200)
+    return time.perf_counter() - t0, r.json()["id"]
+
+
+def latencies(url: str, photo: bytes, n: int, clients: int) -> tuple[list[float], int, float]:
+    def one(_):
+        t0 = time.perf_counter()
+        try:
+            ok = requests.post(url, files={"image": ("p.jpg", photo)}, timeout=60).status_code == 200
+        except requests.RequestException:
+            ok = False
+        return time.perf_counter() - t0, ok
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(one, range(n)))
+    wall = time.perf_counter() - t0
+    return [t for t, ok in results if ok], sum(1 for _, ok in results if not ok), wall
+
+
+def pct(xs: list[float], q: float) -> float:
+    return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--people", type=int, default=62)
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--ref-photos", type=int, default=200)
+    args = ap.parse_args()
+
+    people = sorted((FACES / "lfw62").iterdir())[: args.people]
+    paths = [p for d in people for p in sorted(d.glob("*.jpg"))]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for p in paths:
+            zf.write(p, f"{p.parent.name}/{p.name}")
+    archive = buf.getvalue()
+    probe_path = FACES / "lfw62" / "Tony_Blair" / "Tony_Blair_0001.jpg"
+    probe = probe_path.read_bytes()
+
+    sample = paths[:: max(1, len(paths) // args.ref_photos)][: args.ref_photos]
+    ref = reference(sample)
+    ref_one = 1000 / reference([probe_path] * 20)
+    print(f"reference: raw dlib loop, 1 process: {ref:.2f} photos/s; one 250 px photo: {ref_one:.0f} ms")
+    print(f"build set: {len(paths)} photos of {len(people)} people")
+
+    for workers in (1, 2):
+        with tempfile.TemporaryDirectory() as tmp:
+            stack = Stack(Path(tmp), workers=workers).start()
+            try:
+                wall, model_id = build(stack, archive)
+                print(f"service, {workers} worker(s): {wall:.1f} s, {len(paths) / wall:.2f} photos/s, "
+                      f"{len(paths) / wall / ref:.2f}x the reference; worker peak RSS "
+                      f"{memory(stack, 'VmHWM').get('worker', 0) / workers:.0f} MB each")
+                if workers == 1:
+                    continue
+                cached, _ = build(stack, archive)
+                print(f"cached rebuild: {cached:.1f} s ({100 * cached / wall:.1f}% of the first build)")
+                url = f"{stack.url}/models/{model_id}/predict"
+                latencies(url, probe, 4, 1)  # load the model in the web processes
+                before = memory(stack)
+                lat, err, w = latencies(url, probe, max(20, args.requests // 10), 1)
+                print(f"predict, 1 client: p50 {pct(lat, .5):.0f} ms, p95 {pct(lat, .95):.0f} ms, "
+                      f"{len(lat) / w:.1f} req/s, {err} errors; p50 / raw pipeline {pct(lat, .5) / ref_one:.2f}")
+                lat, err, w = latencies(url, probe, args.requests, args.clients)
+                print(f"predict, {args.clients} clients, {args.requests} requests: p50 {pct(lat, .5):.0f} ms, "
+                      f"p95 {pct(lat, .95):.0f} ms, {len(lat) / w:.1f} req/s, {err} errors")
+                after = memory(stack)
+                print("memory RSS before -> after the requests (MB): " + ", ".join(
+                    f"{k} {before.get(k, 0):.0f} -> {after.get(k, 0):.0f}" for k in ("web", "worker", "broker")))
+            finally:
+                stack.stop()
+
+
+if __name__ == "__main__":
+    main()
