@@ -11,8 +11,8 @@ from __future__ import annotations
 import gc
 import platform
 import time
-from dataclasses import asdict
 from collections import Counter, defaultdict
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Callable
 
