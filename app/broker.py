@@ -22,7 +22,7 @@ import zmq
 
 from app import protocol as p
 from app.store import JobStore
-from constants import EXTRACTING, TERMINAL_STATES, TRAINING, Settings
+from constants import EXTRACTING, QUEUED, TERMINAL_STATES, TRAINING, Settings
 from logger import logger
 from modelization.bundle import save_bundle
 from preprocessor.uploads import Photo
@@ -102,6 +102,14 @@ class Broker:
     def n_chunks(self, n_photos: int) -> int:
         return -(-n_photos // self.s.chunk_photos)
 
+    def missing_chunks(self, job_id: str, n_photos: int) -> list[int]:
+        return [k for k in range(self.n_chunks(n_photos)) if not self.store.chunk_done(job_id, k)]
+
+    def photos_extracted(self, n_photos: int, missing: list[int]) -> int:
+        """Photos in finished chunks (the last chunk may be short)."""
+        size = self.s.chunk_photos
+        return n_photos - sum(min(size, n_photos - k * size) for k in missing)
+
     def plan(self, job_id: str) -> None:
         """Queue the job's missing work: extract tasks for chunks without results, else training."""
         row = self.store.get(job_id)
@@ -111,10 +119,10 @@ class Broker:
             self.store.fail(job_id, "UPLOAD_LOST", "the uploaded photos of this job are gone")
             return
         n = row["n_photos"]
-        missing = [k for k in range(self.n_chunks(n)) if not self.store.chunk_done(job_id, k)]
+        missing = self.missing_chunks(job_id, n)
         if missing:
             self.queue.extend(Task(job_id, EXTRACT, k) for k in missing)
-            done = n - sum(min(self.s.chunk_photos, n - k * self.s.chunk_photos) for k in missing)
+            done = self.photos_extracted(n, missing)
             if done:
                 self.store.progress(job_id, EXTRACTING, EXTRACTING, done, n)
         else:
@@ -216,10 +224,9 @@ class Broker:
         if not self.store.chunk_done(task.job, task.chunk):
             self.store.save_chunk(task.job, task.chunk, features)
         n = row["n_photos"]
-        chunks = self.n_chunks(n)
-        done = sum(1 for k in range(chunks) if self.store.chunk_done(task.job, k))
-        if done < chunks:
-            self.store.progress(task.job, EXTRACTING, EXTRACTING, min(n, done * self.s.chunk_photos), n)
+        missing = self.missing_chunks(task.job, n)
+        if missing:
+            self.store.progress(task.job, EXTRACTING, EXTRACTING, self.photos_extracted(n, missing), n)
             return
         self.store.progress(task.job, TRAINING, TRAINING, 0, self.s.max_epochs)
         self.queue.appendleft(Task(task.job, TRAIN))
@@ -287,7 +294,7 @@ class Broker:
             if frames is None:
                 continue
             self.store.assign(task.job, idle.name, task.attempt)
-            if row["state"] == "queued":
+            if row["state"] == QUEUED:
                 self.store.progress(task.job, EXTRACTING, EXTRACTING, 0, row["n_photos"])
             idle.task = task
             self.back.send_multipart([idle.identity, *frames])

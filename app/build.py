@@ -24,7 +24,7 @@ from modelization.bundle import pack_bundle
 from modelization.dataset import stratified_split
 from modelization.metrics import accuracy, balanced_accuracy
 from modelization.network import NetworkSpec, predict_classes, train_network
-from modelization.openset import calibrate, class_scores, pairwise_distances
+from modelization.openset import calibrate, scores_for
 from preprocessor.uploads import Photo
 
 Progress = Callable[[str, str, int, int], None]
@@ -124,8 +124,7 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
     gallery = np.concatenate([split.train, split.val])
     open_set = calibrate(x[gallery], y[gallery], len(split.people), settings.target_far, settings.open_set_k,
                          settings.max_threshold)
-    test_scores = class_scores(pairwise_distances(x[split.test], x[gallery]), y[gallery], len(split.people),
-                               settings.open_set_k)[np.arange(len(pred)), pred]
+    test_scores = scores_for(x[split.test], pred, x[gallery], y[gallery], len(split.people), settings.open_set_k)
     accepted = test_scores <= open_set["threshold"]
     open_set["test_dir"] = float(np.mean(accepted & (pred == y_test)))
     open_set["test_accepted"] = float(np.mean(accepted))

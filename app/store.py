@@ -172,9 +172,6 @@ class JobStore:
     def get(self, job_id: str) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
 
-    def options(self, job_id: str) -> dict:
-        row = self.get(job_id)
-        return json.loads(row["options"]) if row else {}
 
     def assign(self, job_id: str, worker: str, attempt: int) -> None:
         """Record that a task of the job went to `worker`; `attempts` keeps the highest attempt."""
@@ -203,6 +200,3 @@ class JobStore:
         rows = self.db.execute("SELECT id FROM jobs WHERE state NOT IN (?, ?) ORDER BY created",
                                (DONE, FAILED)).fetchall()
         return [r["id"] for r in rows]
-
-    def count(self, state: str) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (state,)).fetchone()[0]

@@ -67,13 +67,3 @@ def save_bundle(dumps_dir: Path, model_id: str, bundle: bytes) -> Path:
         raise
     return final
 
-
-def load_bundle_model(path: Path):
-    """(keras model, labels, manifest) from a bundle file."""
-    import keras
-    with zipfile.ZipFile(path) as zf, tempfile.TemporaryDirectory() as tmp:
-        zf.extract(MODEL_FILE, tmp)
-        model = keras.models.load_model(Path(tmp) / MODEL_FILE)
-        labels = json.loads(zf.read(LABELS_FILE))
-        manifest = json.loads(zf.read(MANIFEST_FILE))
-    return model, labels, manifest

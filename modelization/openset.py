@@ -40,6 +40,13 @@ def class_scores(dist: np.ndarray, gallery_y: np.ndarray, n_classes: int, k: int
     return out
 
 
+def scores_for(x: np.ndarray, classes: np.ndarray, gallery_x: np.ndarray, gallery_y: np.ndarray,
+               n_classes: int, k: int = DEFAULT_K) -> np.ndarray:
+    """(n,): the score of each embedding `x[i]` for the person `classes[i]` (accept when <= threshold)."""
+    scores = class_scores(pairwise_distances(x, gallery_x), gallery_y, n_classes, k)
+    return scores[np.arange(len(classes)), classes]
+
+
 def stranger_scores(gallery_x: np.ndarray, gallery_y: np.ndarray, n_classes: int, k: int = DEFAULT_K) -> np.ndarray:
     """Each gallery photo scored as a stranger: its best score among the other people."""
     scores = class_scores(pairwise_distances(gallery_x, gallery_x), gallery_y, n_classes, k)

@@ -18,7 +18,7 @@ import numpy as np
 from constants import Settings
 from features.embeddings import embed_chips
 from modelization.bundle import GALLERY_FILE, LABELS_FILE, MANIFEST_FILE, MODEL_FILE
-from modelization.openset import class_scores, pairwise_distances
+from modelization.openset import scores_for
 from preprocessor.faces import align_face, detect_faces
 from preprocessor.images import decode_image
 
@@ -117,8 +117,7 @@ class Recognizer:
         threshold = self.threshold if threshold is None else float(threshold)
         probs = self.probabilities(embeddings)
         best = probs.argmax(1)
-        scores = class_scores(pairwise_distances(np.asarray(embeddings), self.gallery_x), self.gallery_y,
-                              len(self.labels), self.k)[np.arange(len(best)), best]
+        scores = scores_for(np.asarray(embeddings), best, self.gallery_x, self.gallery_y, len(self.labels), self.k)
         return [(self.labels[c] if s <= threshold else None, float(probs[i, c]), float(s), self.labels[c])
                 for i, (c, s) in enumerate(zip(best, scores))]
 

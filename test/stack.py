@@ -73,6 +73,12 @@ class Stack:
             time.sleep(0.3)
         raise TimeoutError(f"service not alive with {workers} workers (last: {last}):\n{self.tail()}")
 
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

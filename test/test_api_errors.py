@@ -19,10 +19,8 @@ MAX_REQUEST = 8 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("errors"), workers=1,
-              env={"FR_MAX_REQUEST_BYTES": str(MAX_REQUEST)}).start()
-    yield s
-    s.stop()
+    with Stack(tmp_path_factory.mktemp("errors"), workers=1, env={"FR_MAX_REQUEST_BYTES": str(MAX_REQUEST)}) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,8 @@ N_PEOPLE, N_UPLOAD, N_HELD_OUT = 5, 6, 3
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("e2e"), workers=2).start()
-    yield s
-    s.stop()
+    with Stack(tmp_path_factory.mktemp("e2e"), workers=2) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +80,9 @@ def test_build_poll_download_and_recognize_held_out_photos(stack, people, tmp_pa
     # The downloaded bundle, used offline, names photos it never saw.
     from app.build import release_keras
     from features.extract import photo_features
-    from modelization.bundle import load_bundle_model
-    model, labels, _ = load_bundle_model(bundle)
+    from modelization.recognizer import load_bundle
+    recognizer = load_bundle(bundle)
+    labels = recognizer.labels
     settings = Settings.from_env()
     truth, vectors = [], []
     for person, paths in people.items():
@@ -91,7 +91,7 @@ def test_build_poll_download_and_recognize_held_out_photos(stack, people, tmp_pa
             if feats.usable:
                 truth.append(person)
                 vectors.append(feats.embedding)
-    pred = [labels[i] for i in np.argmax(model.predict(np.asarray(vectors, np.float32), verbose=0), axis=1)]
+    pred = [labels[i] for i in np.argmax(recognizer.probabilities(np.asarray(vectors, np.float32)), axis=1)]
     release_keras()
     correct = sum(p == t for p, t in zip(pred, truth))
     assert len(truth) >= N_PEOPLE * N_HELD_OUT - 1

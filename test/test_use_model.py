@@ -16,9 +16,8 @@ N_PEOPLE, N_UPLOAD = 12, 8
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("use"), workers=2).start()
-    yield s
-    s.stop()
+    with Stack(tmp_path_factory.mktemp("use"), workers=2) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
