@@ -50,8 +50,10 @@ def _numpy_layers(model) -> list | None:
         elif kind == "UnitNormalization":
             steps.append(("unit",))
         elif kind == "Dense":
-            w, b = (np.asarray(v) for v in layer.get_weights())
-            steps.append(("dense", w, b, layer.activation.__name__))
+            w, *b = (np.asarray(v) for v in layer.get_weights())
+            steps.append(("dense", w, b[0] if b else np.zeros(w.shape[1], w.dtype), layer.activation.__name__))
+        elif kind == "Activation":
+            steps.append(("dense", None, None, layer.activation.__name__))
         else:
             return None
     return steps
@@ -106,7 +108,8 @@ class Recognizer:
                 x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
             else:
                 _, w, b, act = step
-                x = x @ w + b
+                if w is not None:
+                    x = x @ w + b
                 x = _softmax(x) if act == "softmax" else _ACTIVATIONS[act](x)
         return x
 
