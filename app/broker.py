@@ -1,14 +1,17 @@
 """The load-balancing broker: the front submits jobs, idle workers get tasks.
 
 A job is cut into tasks so that every worker can help with one build:
-`extract` tasks (a chunk of photos -> their embeddings), then one `train` task
-(all embeddings -> the model bundle). One loop, one thread, the only writer of
-the job store.
+`extract` tasks (a chunk of photos -> their embeddings), then, with optimize=1,
+`evaluate` tasks (one genome of the genetic search each: the broker runs the
+NSGA-II state machine of optimization/evolution.py, workers train candidates),
+then one `train` task (all embeddings -> the model bundle). One loop, one
+thread, the only writer of the job store.
 
 Crash recovery is part of the design: a job is durable (SQLite + files) before
 the front gets its id; each finished chunk's embeddings are written to disk; a
 worker that misses its heartbeats loses its task back to the head of the queue;
-a broker that starts queues again whatever is unfinished.
+a broker that starts queues again whatever is unfinished. The search is
+checkpointed after every result and resumes from its last state.
 """
 from __future__ import annotations
 
@@ -22,20 +25,27 @@ import zmq
 
 from app import protocol as p
 from app.store import JobStore
-from constants import EXTRACTING, QUEUED, TERMINAL_STATES, TRAINING, Settings
+from constants import EXTRACTING, OPTIMIZING, QUEUED, TERMINAL_STATES, TRAINING, Settings
 from logger import logger
 from modelization.bundle import save_bundle
+from optimization.evolution import Controls, Evolution
 from preprocessor.uploads import Photo
 
-EXTRACT, TRAIN = "extract", "train"
+EXTRACT, EVALUATE, TRAIN = "extract", "evaluate", "train"
 
 
 @dataclass(frozen=True)
 class Task:
     job: str
-    kind: str          # EXTRACT or TRAIN
+    kind: str          # EXTRACT, EVALUATE or TRAIN
     chunk: int = 0     # which slice of the photos (extract only)
     attempt: int = 1
+    genome: str = ""   # the genome's key (evaluate only)
+
+    @property
+    def what(self) -> tuple:
+        """The work itself, whatever the attempt."""
+        return self.job, self.kind, self.chunk, self.genome
 
 
 @dataclass
@@ -62,6 +72,8 @@ class Broker:
             sock.bind(endpoint)
         self.workers: dict[bytes, WorkerState] = {}
         self.queue: deque[Task] = deque()
+        self.searches: dict[str, Evolution] = {}   # jobs in or past their genetic search
+        self.payloads: dict[str, bytes] = {}       # job -> all its features (JSON), for evaluate/train tasks
         self.running = True
         unfinished = self.store.unfinished()
         for job_id in unfinished:
@@ -73,7 +85,8 @@ class Broker:
     def status(self) -> dict:
         busy = sum(1 for w in self.workers.values() if w.task)
         return {"workers": len(self.workers), "busy": busy, "idle": len(self.workers) - busy,
-                "queued": len({t.job for t in self.queue})}
+                "queued": len({t.job for t in self.queue}), "tasks_queued": len(self.queue),
+                "searches": len([e for e in self.searches.values() if not e.done])}
 
     # --- the loop --------------------------------------------------------------
     def run(self) -> None:
@@ -126,7 +139,68 @@ class Broker:
             if done:
                 self.store.progress(job_id, EXTRACTING, EXTRACTING, done, n)
         else:
+            self.after_extraction(job_id, row)
+
+    def after_extraction(self, job_id: str, row) -> None:
+        """All features are in: search first (optimize=1), else train."""
+        options = json.loads(row["options"])
+        if options.get("optimize"):
+            self.start_search(job_id, options)
+        else:
+            self.store.progress(job_id, TRAINING, TRAINING, 0, self.s.max_epochs)
             self.queue.appendleft(Task(job_id, TRAIN))  # finish started jobs first
+
+    # --- the genetic search --------------------------------------------------------
+    def start_search(self, job_id: str, options: dict) -> None:
+        """Resume the job's search from its checkpoint, or begin it."""
+        state = self.store.load_search(job_id)
+        if state is not None:
+            evolution = Evolution.from_json(state)
+            logger.info("job {}: search resumed at generation {} ({} evaluations)", job_id,
+                        evolution.generation, evolution.evaluations)
+        else:
+            evolution = Evolution(Controls(
+                population=int(options.get("population", self.s.search_population)),
+                generations=int(options.get("generations", self.s.search_generations)),
+                budget_s=float(options.get("time_budget", self.s.search_budget_s)),
+                seed=int(options.get("seed", self.s.default_seed)), epsilon=self.s.search_epsilon))
+        self.searches[job_id] = evolution
+        self.search_step(job_id)
+
+    def search_step(self, job_id: str) -> None:
+        """Advance the search as far as results allow, checkpoint it, queue what it needs next."""
+        evolution = self.searches[job_id]
+        while not evolution.done and not evolution.needed():
+            evolution.advance()  # a batch fully answered from the fitness cache moves on at once
+        self.store.save_search(job_id, evolution.to_json())
+        progress = evolution.progress()
+        if evolution.done:
+            self.queue = deque(t for t in self.queue if not (t.job == job_id and t.kind == EVALUATE))
+            self.store.progress(job_id, TRAINING, TRAINING, 0, 1, progress)
+            if not any(t.job == job_id and t.kind == TRAIN for t in self.queue):
+                self.queue.appendleft(Task(job_id, TRAIN))
+            logger.info("job {}: search finished ({}), {} evaluations in {:.1f} s", job_id,
+                        evolution.stop_reason, evolution.evaluations, evolution.seconds())
+            return
+        pending = {t.genome for t in self.queue if t.job == job_id} | {
+            w.task.genome for w in self.workers.values() if w.task and w.task.job == job_id}
+        self.queue.extend(Task(job_id, EVALUATE, genome=k) for k in evolution.needed() if k not in pending)
+        n = evolution.controls.generations
+        self.store.progress(job_id, OPTIMIZING, f"generation {progress['generation']} of {n}",
+                            progress["generation"], n, progress)
+
+    def on_evaluation(self, task: Task, result: bytes) -> None:
+        evolution = self.searches.get(task.job)
+        if evolution is None or evolution.done:
+            return  # a late answer after the budget ran out
+        evolution.tell(task.genome, json.loads(result))
+        self.search_step(task.job)
+
+    def check_budgets(self) -> None:
+        for job_id, evolution in self.searches.items():
+            if not evolution.done and evolution.seconds() >= evolution.controls.budget_s:
+                evolution.finish("time budget")
+                self.search_step(job_id)
 
     # --- front -----------------------------------------------------------------
     def on_front(self, frames: list[bytes]) -> None:
@@ -162,6 +236,7 @@ class Broker:
     def delete(self, job_id: str) -> dict:
         """Erase a job: its queued tasks, row, uploads, model folder and cached features."""
         self.queue = deque(t for t in self.queue if t.job != job_id)
+        self.forget(job_id)
         row = self.store.get(job_id)
         keys = self.cache_keys(job_id, row["n_photos"] if row else 0)
         removed = {"job": row is not None,
@@ -217,6 +292,8 @@ class Broker:
                 self.fail(task.job, header["code"], header["message"], header.get("details"))
             elif task.kind == EXTRACT:
                 self.on_chunk(task, row, blobs[0])
+            elif task.kind == EVALUATE:
+                self.on_evaluation(task, blobs[0])
             else:
                 self.on_bundle(task, blobs[0])
 
@@ -228,8 +305,7 @@ class Broker:
         if missing:
             self.store.progress(task.job, EXTRACTING, EXTRACTING, self.photos_extracted(n, missing), n)
             return
-        self.store.progress(task.job, TRAINING, TRAINING, 0, self.s.max_epochs)
-        self.queue.appendleft(Task(task.job, TRAIN))
+        self.after_extraction(task.job, row)
 
     def on_bundle(self, task: Task, bundle: bytes) -> None:
         try:
@@ -241,6 +317,7 @@ class Broker:
         keys = self.cache_keys(task.job, self.store.get(task.job)["n_photos"])
         (self.s.dumps_dir / task.job / "cache_keys.json").write_text(json.dumps(keys))  # for DELETE
         self.store.finish(task.job)
+        self.forget(task.job)
         if not self.s.keep_uploads:
             self.store.delete_uploads(task.job)
         logger.info("job {} done", task.job)
@@ -248,7 +325,13 @@ class Broker:
     def fail(self, job_id: str, code: str, message: str, details: dict | None = None) -> None:
         self.store.fail(job_id, code, message, details)
         self.queue = deque(t for t in self.queue if t.job != job_id)
+        self.forget(job_id)
         logger.info("job {} failed: {} {}", job_id, code, message)
+
+    def forget(self, job_id: str) -> None:
+        """Drop what the broker holds in memory for a finished, failed or deleted job."""
+        self.searches.pop(job_id, None)
+        self.payloads.pop(job_id, None)
 
     def beat(self) -> None:
         """Heartbeat live workers; declare silent ones dead and put their tasks back first in line."""
@@ -261,6 +344,7 @@ class Broker:
                     self.recover(worker.task)
             else:
                 self.back.send_multipart([identity, p.HEARTBEAT])
+        self.check_budgets()
 
     def recover(self, task: Task) -> None:
         row = self.store.get(task.job)
@@ -268,14 +352,15 @@ class Broker:
             return
         if task.kind == EXTRACT and self.store.chunk_done(task.job, task.chunk):
             return
-        if any(w.task and (w.task.job, w.task.kind, w.task.chunk) == (task.job, task.kind, task.chunk)
-               for w in self.workers.values()):
+        if task.kind == EVALUATE and not self.search_wants(task):
+            return
+        if any(w.task and w.task.what == task.what for w in self.workers.values()):
             return  # another worker has it (we met it mid-task after a restart)
         if task.attempt >= self.s.max_attempts:
             self.fail(task.job, "WORKER_LOST", f"a {task.kind} task was lost with its worker "
                       f"{task.attempt} times; giving up")
             return
-        self.queue.appendleft(Task(task.job, task.kind, task.chunk, task.attempt + 1))
+        self.queue.appendleft(Task(task.job, task.kind, task.chunk, task.attempt + 1, task.genome))
         logger.warning("job {}: {} task {} requeued after losing its worker", task.job, task.kind, task.chunk)
 
     def dispatch(self) -> None:
@@ -289,6 +374,8 @@ class Broker:
             if row is None or row["state"] in TERMINAL_STATES:
                 continue
             if task.kind == EXTRACT and self.store.chunk_done(task.job, task.chunk):
+                continue
+            if task.kind == EVALUATE and not self.search_wants(task):
                 continue
             frames = self.task_frames(task, row)
             if frames is None:
@@ -312,8 +399,17 @@ class Broker:
             header["files"] = [{"label": e["label"], "filename": e["filename"]} for e in part]
             return p.pack(p.JOB, header, self.store.load_photos(task.job, part))
         header["files"] = [{"label": e["label"], "filename": e["filename"]} for e in index]
-        features = self.store.load_chunks(task.job, self.n_chunks(len(index)))
-        return p.pack(p.JOB, header, [json.dumps(features).encode()])
+        if task.job not in self.payloads:  # read once per job, not once per candidate
+            features = self.store.load_chunks(task.job, self.n_chunks(len(index)))
+            self.payloads[task.job] = json.dumps(features).encode()
+        if task.kind == TRAIN and task.job in self.searches:
+            header["search"] = self.searches[task.job].report()
+        return p.pack(p.JOB, header, [self.payloads[task.job]])
+
+    def search_wants(self, task: Task) -> bool:
+        """An evaluate task is still useful: its search runs and has no result for that genome."""
+        evolution = self.searches.get(task.job)
+        return evolution is not None and not evolution.done and task.genome not in evolution.results
 
 
 def new_job_id() -> str:

@@ -1,6 +1,8 @@
-"""The two kinds of work a worker does for a build.
+"""The three kinds of work a worker does for a build.
 
 `extract_chunk`: a slice of the photos -> their features (many run in parallel).
+`evaluate_genome`: every photo's features + one genome of the search -> its scores
+(many run in parallel, see optimization/).
 `train_bundle`: every photo's features -> split -> network -> bundle bytes;
 `progress(state, stage, done, total)` reports as it goes.
 Raises BuildError for outcomes the client must hear about (no face anywhere,
@@ -9,21 +11,24 @@ fewer than two people, ...); those fail the job with that code.
 from __future__ import annotations
 
 import gc
+import json
 import platform
 import time
+import zlib
 from collections import Counter, defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
 import numpy as np
 
-from constants import OPTIMIZING, TRAINING, VERSION, Settings
+from constants import TRAINING, VERSION, Settings
 from features.extract import FeatureCache, PhotoFeatures, cached_photo_features, pipeline_settings
+from modelization import lean
 from modelization.bundle import pack_bundle
-from modelization.dataset import stratified_split
+from modelization.dataset import Split, stratified_split
 from modelization.metrics import accuracy, balanced_accuracy
-from modelization.network import NetworkSpec, predict_classes, train_network
+from modelization.network import NetworkSpec, predict_classes, to_keras, train_network
 from modelization.openset import calibrate, scores_for
 from preprocessor.uploads import Photo
 
@@ -70,15 +75,23 @@ def people_report(files: list[dict], feats: list[PhotoFeatures], kept: set[str],
     return out
 
 
-def train_bundle(job: dict, files: list[dict], features: list[dict], settings: Settings,
-                 progress: Progress) -> bytes:
-    """Build the bundle from every photo's features. `job`: id, name, options {optimize, seed}.
+@dataclass
+class Prepared:
+    """A build's usable embeddings, their classes (-1: person left out) and the split."""
+    feats: list[PhotoFeatures]
+    usable: list[int]
+    x: np.ndarray
+    y: np.ndarray
+    split: Split
+    people: list[dict]
+    hits: int
+
+
+def prepare(files: list[dict], features: list[dict], settings: Settings, seed: int) -> Prepared:
+    """Features -> training data. Raises BuildError when no model can be built from them.
 
     `files[i]` ({label, filename}) and `features[i]` (from `extract_chunk`) describe photo i.
     """
-    started = time.time()
-    options = job.get("options", {})
-    seed = int(options.get("seed", settings.default_seed))
     hits = sum(1 for f in features if f.get("cached"))
     feats = [PhotoFeatures(**{k: v for k, v in f.items() if k not in ("cached", "key")}) for f in features]
 
@@ -100,20 +113,69 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
     x = np.asarray([feats[i].embedding for i in usable], dtype=np.float32)
     index = {person: k for k, person in enumerate(split.people)}
     y = np.asarray([index.get(label, -1) for label in labels], dtype=np.int64)
+    return Prepared(feats, usable, x, y, split, people, hits)
 
-    spec, optimization = NetworkSpec(learning_rate=settings.learning_rate, batch_size=settings.batch_size), None
-    if options.get("optimize"):
-        from optimization.search import choose_network
-        progress(OPTIMIZING, "optimizing", 0, 1)
-        spec, optimization = choose_network(len(split.people), seed)
 
-    progress(TRAINING, "training", 0, settings.max_epochs)
+def evaluate_genome(job: dict, files: list[dict], features: bytes, genome_key: str, settings: Settings) -> dict:
+    """One candidate of the search, scored on validation data (optimization/evaluate.py).
+
+    `features`: the JSON list of every photo's features, as the broker sends it.
+    """
+    from optimization.evaluate import evaluate
+    from optimization.genome import from_key
+    seed = int(job.get("options", {}).get("seed", settings.default_seed))
+    data = search_data_for(job["id"], files, features, settings, seed)
+    return evaluate(from_key(genome_key), data, seed=seed, max_epochs=settings.search_max_epochs,
+                    patience=settings.search_patience, target_far=settings.target_far, k=settings.open_set_k)
+
+
+_search_data: dict[tuple, object] = {}
+
+
+def search_data_for(job_id: str, files: list[dict], features: bytes, settings: Settings, seed: int):
+    """The search's data for a job, kept for the job's next candidate (parsing costs ~0.1 s per 3,000 photos)."""
+    from optimization.evaluate import search_data
+    cache_key = (job_id, seed, len(features), zlib.crc32(features))
+    if cache_key not in _search_data:
+        _search_data.clear()
+        prepared = prepare(files, json.loads(features), settings, seed)
+        _search_data[cache_key] = search_data(prepared.x, prepared.y, prepared.split,
+                                              settings.search_holdout_fraction, seed)
+    return _search_data[cache_key]
+
+
+def train_bundle(job: dict, files: list[dict], features: list[dict], settings: Settings,
+                 progress: Progress, search: dict | None = None) -> bytes:
+    """Build the bundle from every photo's features. `job`: id, name, options {optimize, seed, ...}.
+
+    `search`: the finished search's report (optimize=1): its chosen network is retrained on
+    train + validation and compared with the baselines; without it, the fixed default network.
+    """
+    started = time.time()
+    options = job.get("options", {})
+    seed = int(options.get("seed", settings.default_seed))
+    data = prepare(files, features, settings, seed)
+    feats, usable, x, y, split, people, hits = (data.feats, data.usable, data.x, data.y, data.split,
+                                                data.people, data.hits)
+
+    optimization = None
     t0 = time.time()
-    model, epochs = train_network(
-        x[split.train], y[split.train], x[split.val], y[split.val], len(split.people), spec,
-        max_epochs=settings.max_epochs, patience=settings.patience, seed=seed,
-        min_delta=settings.min_delta, min_epoch_samples=settings.min_epoch_samples,
-        on_epoch=lambda e: progress(TRAINING, "training", e, settings.max_epochs))
+    if search is not None and search.get("chosen"):
+        progress(TRAINING, "training the chosen network", 0, 1)
+        spec, model, epochs, optimization = train_chosen(search, x, y, split, settings, seed)
+        trained_on = "train + validation splits, for the epochs early stopping kept during the search"
+    else:
+        spec = NetworkSpec(learning_rate=settings.learning_rate, batch_size=settings.batch_size)
+        if search is not None:  # the budget ran out before any candidate was evaluated
+            optimization = {**search, "note": "no candidate was evaluated in the time budget: "
+                                              "the fixed default network was trained"}
+        progress(TRAINING, "training", 0, settings.max_epochs)
+        model, epochs = train_network(
+            x[split.train], y[split.train], x[split.val], y[split.val], len(split.people), spec,
+            max_epochs=settings.max_epochs, patience=settings.patience, seed=seed,
+            min_delta=settings.min_delta, min_epoch_samples=settings.min_epoch_samples,
+            on_epoch=lambda e: progress(TRAINING, "training", e, settings.max_epochs))
+        trained_on = "train split (validation for early stopping)"
     train_seconds = time.time() - t0
 
     y_test = y[split.test]
@@ -148,16 +210,48 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
                   "validation_fraction": settings.val_fraction, **split.summary()},
         "network": {**asdict(spec), "params": int(model.count_params())},
         "training": {"epochs": epochs, "max_epochs": settings.max_epochs, "patience": settings.patience,
-                     "seconds": round(train_seconds, 2), "trained_on": "train split (validation for early stopping)"},
+                     "seconds": round(train_seconds, 2), "trained_on": trained_on},
         "metrics": {"test_accuracy": accuracy(y_test, pred), "balanced_accuracy": balanced_accuracy(y_test, pred),
                     "validation_accuracy": accuracy(y[split.val], val_pred), "test_photos": int(len(y_test))},
         "open_set": open_set,
         "optimization": optimization,
         "training_task_seconds": round(time.time() - started, 2),
     }
+    if optimization and optimization.get("baselines"):
+        optimization["baselines"]["closed_set"]["chosen network"] = {
+            "test_accuracy": manifest["metrics"]["test_accuracy"],
+            "balanced_accuracy": manifest["metrics"]["balanced_accuracy"]}
     bundle = pack_bundle(model, split.people, manifest, gallery_x=x[gallery], gallery_y=y[gallery])
     release_keras()
     return bundle
+
+
+def train_chosen(search: dict, x: np.ndarray, y: np.ndarray, split: Split, settings: Settings, seed: int):
+    """The search's pick retrained on train + validation, and the baselines beside it.
+
+    -> (spec, Keras model, epochs, the manifest's `optimization` section).
+    """
+    from optimization import baselines
+    from optimization.evaluate import eval_seed, search_data
+    from optimization.genome import decode, key
+    chosen = search["chosen"]
+    spec, epochs = decode(chosen["genome"]), int(chosen["epochs"])
+    fit_idx = np.concatenate([split.train, split.val])
+    n = len(split.people)
+    fit = lean.fit(spec, x[fit_idx], y[fit_idx], n, seed=eval_seed(seed, key(chosen["genome"])),
+                   max_epochs=max(1, epochs))
+    model = to_keras(spec, fit.weights, x.shape[1], n)
+    data = search_data(x, y, split, settings.search_holdout_fraction, seed)
+    lr_epochs = baselines.logistic_epochs(data, seed, settings.search_max_epochs, settings.search_patience)
+    compared = {
+        "protocol": baselines.__doc__.strip(),
+        "closed_set": baselines.closed_set(x[fit_idx], y[fit_idx], x[split.test], y[split.test], n,
+                                           logistic_epochs=lr_epochs, seed=seed),
+        "open_set": baselines.open_set(data, spec, epochs, logistic_epochs=lr_epochs, seed=seed,
+                                       target_far=settings.target_far, k=settings.open_set_k),
+        "held_out_people": [split.people[i] for i in data.held_out],
+    }
+    return spec, model, epochs, {**search, "baselines": compared}
 
 
 def software_versions() -> dict:

@@ -100,7 +100,7 @@ def list_models():
             db.close()
     except sqlite3.OperationalError:
         rows, total = [], 0
-    models = [{k: v for k, v in job_view(r).items() if k not in ("progress", "error", "attempts", "worker")}
+    models = [{k: v for k, v in job_view(r).items() if k not in ("progress", "search", "error", "attempts", "worker")}
               for r in rows]
     return jsonify({"status": 0, "models": models, "total": total, "limit": limit, "offset": offset})
 

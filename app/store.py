@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     stage TEXT, done INTEGER, total INTEGER,
     error_code TEXT, error_message TEXT, error_details TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
-    worker TEXT
+    worker TEXT,
+    detail TEXT                     -- JSON: what the current stage shows (the search's progress)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created);
 """
@@ -45,6 +46,8 @@ def connect(db_path: Path, readonly: bool = False) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(SCHEMA)
+        if "detail" not in {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}:  # stores from 0.1.0
+            conn.execute("ALTER TABLE jobs ADD COLUMN detail TEXT")
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -62,6 +65,7 @@ def job_view(row: sqlite3.Row) -> dict:
         "state": row["state"],
         "available": 1 if row["state"] == DONE else 0,
         "progress": {"stage": row["stage"] or row["state"], "done": row["done"] or 0, "total": row["total"] or 0},
+        "search": json.loads(row["detail"]) if "detail" in row.keys() and row["detail"] else None,
         "error": error,
         "created": row["created"],
         "updated": row["updated"],
@@ -139,6 +143,21 @@ class JobStore:
     def load_chunk(self, job_id: str, chunk: int) -> list[dict]:
         return json.loads(self._chunk_path(job_id, chunk).read_bytes())
 
+    # --- the genetic search's checkpoint ------------------------------------------
+    def _search_path(self, job_id: str) -> Path:
+        return self._upload_dir(job_id) / "search.json"
+
+    def save_search(self, job_id: str, state: dict) -> None:
+        """Atomic write: a crash leaves the previous checkpoint whole."""
+        path = self._search_path(job_id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path)
+
+    def load_search(self, job_id: str) -> dict | None:
+        path = self._search_path(job_id)
+        return json.loads(path.read_text()) if path.exists() else None
+
     # --- erasing ---------------------------------------------------------------
     @staticmethod
     def delete_model(dumps_dir: Path, job_id: str) -> bool:
@@ -178,10 +197,13 @@ class JobStore:
         self.db.execute("UPDATE jobs SET worker = ?, attempts = MAX(attempts, ?), updated = ? WHERE id = ?",
                         (worker, attempt, time.time(), job_id))
 
-    def progress(self, job_id: str, state: str, stage: str, done: int, total: int) -> None:
-        self.db.execute("UPDATE jobs SET state = ?, stage = ?, done = ?, total = ?, updated = ?"
-                        " WHERE id = ? AND state NOT IN (?, ?)",
-                        (state, stage, done, total, time.time(), job_id, DONE, FAILED))
+    def progress(self, job_id: str, state: str, stage: str, done: int, total: int,
+                 detail: dict | None = None) -> None:
+        """Move a running job on. `detail` (the search's progress) is kept until a new one is given."""
+        self.db.execute("UPDATE jobs SET state = ?, stage = ?, done = ?, total = ?, updated = ?,"
+                        " detail = COALESCE(?, detail) WHERE id = ? AND state NOT IN (?, ?)",
+                        (state, stage, done, total, time.time(), json.dumps(detail) if detail else None,
+                         job_id, DONE, FAILED))
 
     def finish(self, job_id: str) -> None:
         self.db.execute("UPDATE jobs SET state = ?, stage = ?, done = total, worker = NULL, updated = ?"

@@ -36,25 +36,45 @@ def _flag(name: str, raw: str | None) -> bool:
     raise ApiError(400, "BAD_PARAMETER", f"{name} must be 0 or 1, got {raw[:40]!r}")
 
 
+def _number(form, name: str, default, low, high, cast=int):
+    """A numeric form field within [low, high], its default when absent, or 400 BAD_PARAMETER."""
+    raw = form.get(name)
+    if raw in (None, ""):
+        return default
+    kind = "an integer" if cast is int else "a number"
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ApiError(400, "BAD_PARAMETER", f"{name} must be {kind}, got {raw[:40]!r}") from None
+    if not low <= value <= high:  # also refuses nan
+        raise ApiError(400, "BAD_PARAMETER", f"{name} must be between {low} and {high}, got {raw[:40]}",
+                       {"field": name, "min": low, "max": high})
+    return value
+
+
 def parse_options(form, settings: Settings) -> tuple[str | None, dict]:
-    """-> (name, options {optimize, seed}) from the form fields."""
+    """-> (name, options {optimize, seed[, population, generations, time_budget]}) from the form fields."""
     optimize = _flag("optimize", form.get("optimize"))
-    raw_seed = form.get("seed")
-    seed = settings.default_seed
-    if raw_seed not in (None, ""):
-        try:
-            seed = int(raw_seed)
-        except ValueError:
-            raise ApiError(400, "BAD_PARAMETER", f"seed must be an integer, got {raw_seed[:40]!r}") from None
-        if not 0 <= seed <= MAX_SEED:
-            raise ApiError(400, "BAD_PARAMETER", f"seed must be between 0 and {MAX_SEED}")
+    seed = _number(form, "seed", settings.default_seed, 0, MAX_SEED)
+    search = {"population": _number(form, "population", settings.search_population, 4,
+                                    settings.search_max_population),
+              "generations": _number(form, "generations", settings.search_generations, 1,
+                                     settings.search_max_generations),
+              "time_budget": _number(form, "time_budget", settings.search_budget_s, 1.0,
+                                     settings.search_max_budget_s, float)}
+    given = [k for k in search if form.get(k) not in (None, "")]
+    if given and not optimize:
+        raise ApiError(400, "BAD_PARAMETER", f"{', '.join(given)} only apply with optimize=1")
     name = form.get("name")
     if name is not None:
         name = name.strip() or None
         if name and (len(name) > settings.max_name_length or any(ord(c) < 32 for c in name)):
             raise ApiError(400, "BAD_PARAMETER",
                            f"name must be at most {settings.max_name_length} printable characters")
-    return name, {"optimize": optimize, "seed": seed}
+    options = {"optimize": optimize, "seed": seed}
+    if optimize:
+        options.update(search)
+    return name, options
 
 
 def collect_photos(request: Request, settings: Settings) -> tuple[list[Photo], list[str]]:

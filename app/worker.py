@@ -67,7 +67,7 @@ class Worker:
 
     def work(self, header: dict, blobs: list[bytes]) -> None:
         """Runs in the task thread: do the task, then post DONE or FAILED."""
-        from app.build import BuildError, extract_chunk, train_bundle
+        from app.build import BuildError, evaluate_genome, extract_chunk, train_bundle
         task = header["task"]
         job_id = task["job"]
         last = [0.0]
@@ -83,10 +83,15 @@ class Worker:
             if task["kind"] == "extract":
                 photos = [Photo(f["label"], f["filename"], b) for f, b in zip(header["files"], blobs)]
                 result = json.dumps(extract_chunk(photos, self.s)).encode()
+            elif task["kind"] == "evaluate":
+                job = {"id": job_id, "options": header.get("options", {})}
+                result = json.dumps(evaluate_genome(job, header["files"], blobs[0], task["genome"],
+                                                    self.s)).encode()
             else:
                 logger.info("job {}: training on {} photos", job_id, len(header["files"]))
                 job = {"id": job_id, "name": header.get("name"), "options": header.get("options", {})}
-                result = train_bundle(job, header["files"], json.loads(blobs[0]), self.s, progress)
+                result = train_bundle(job, header["files"], json.loads(blobs[0]), self.s, progress,
+                                      header.get("search"))
             self.events.put((p.DONE, {"task": task}, [result]))
         except BuildError as exc:
             self.events.put((p.FAILED, {"task": task, "code": exc.code, "message": exc.message,

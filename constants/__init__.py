@@ -81,6 +81,18 @@ class Settings:
     batch_size: int = 64
     learning_rate: float = 3e-3
 
+    # Genetic architecture search (optimize=1, optimization/): form-field defaults, then their limits.
+    search_population: int = 32       # rounded up to a multiple of 4 (NSGA-II's tournament draws in fours)
+    search_generations: int = 6       # offspring generations after the initial population
+    search_budget_s: float = 300.0    # the search stops here and keeps the best found so far
+    search_max_population: int = 256
+    search_max_generations: int = 100
+    search_max_budget_s: float = 86_400.0
+    search_max_epochs: int = 60       # per candidate (early stopping usually ends it sooner)
+    search_patience: int = 6
+    search_epsilon: float = 0.005     # final pick: smallest network within this of the best score
+    search_holdout_fraction: float = 0.2  # people held out of candidates' training to play strangers
+
     # Open set ("unknown"): rejection rule calibrated at build time (modelization/openset.py).
     target_far: float = 0.01          # fraction of strangers the threshold lets through
     open_set_k: int = 3               # gallery photos averaged in a face's distance score

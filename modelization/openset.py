@@ -77,3 +77,13 @@ def calibrate(gallery_x: np.ndarray, gallery_y: np.ndarray, n_classes: int, targ
         "pseudo_strangers": int(len(pseudo)),
         "pseudo_stranger_identities": int(n_classes),
     }
+
+
+def rate_at_far(known_scores: np.ndarray, known_correct: np.ndarray, stranger_scores: np.ndarray,
+                target_far: float) -> tuple[float, float]:
+    """Detection-and-identification rate when the threshold lets `target_far` of the strangers through.
+
+    -> (rate of known faces accepted with the right name, threshold). Lower scores are accepted.
+    """
+    threshold = float(np.quantile(stranger_scores, target_far))
+    return float(np.mean((known_scores <= threshold) & known_correct)), threshold

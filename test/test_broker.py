@@ -93,7 +93,7 @@ def test_job_is_durable_then_split_into_extract_tasks_then_one_train_task(broker
     w.send(p.READY)
     for chunk, labels in enumerate((["p0", "p1"], ["p2", "p3"], ["p4"])):
         header, blobs = w.recv_job()
-        assert header["task"] == {"job": job_id, "kind": "extract", "chunk": chunk, "attempt": 1}
+        assert header["task"] == {"job": job_id, "kind": "extract", "chunk": chunk, "attempt": 1, "genome": ""}
         assert [f["label"] for f in header["files"]] == labels
         assert blobs == [f"photo{label[1]}".encode() for label in labels]
         w.send(p.DONE, {"task": header["task"]}, [json.dumps([{"chunk": chunk}] * len(labels)).encode()])
@@ -119,7 +119,7 @@ def test_silent_worker_loses_its_job_to_another_then_the_job_gives_up(broker, se
     second = FakeWorker(settings.broker_back)
     second.send(p.READY)
     header, _ = second.recv_job(timeout=5)  # after ~0.6 s of silence the task moves
-    assert header["task"] == {"job": job_id, "kind": "extract", "chunk": 0, "attempt": 2}
+    assert header["task"] == {"job": job_id, "kind": "extract", "chunk": 0, "attempt": 2, "genome": ""}
     second.close()  # dies too: max_attempts = 2 -> the job fails for good
     assert wait_for(lambda: broker.store.get(job_id)["state"] == "failed", timeout=5)
     assert broker.store.get(job_id)["error_code"] == "WORKER_LOST"
@@ -134,7 +134,7 @@ def test_heartbeat_sent_before_a_job_arrives_does_not_free_the_worker(broker, se
     w.send(p.HEARTBEAT, {})  # a heartbeat without a job
     time.sleep(0.3)
     assert w.recv_job(timeout=0.5) is None, "a busy worker must not get a second job"
-    assert broker.status() == {"workers": 1, "busy": 1, "idle": 0, "queued": 1}
+    assert broker.status() == {"workers": 1, "busy": 1, "idle": 0, "queued": 1, "tasks_queued": 1, "searches": 0}
     w.close()
 
 

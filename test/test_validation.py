@@ -47,7 +47,12 @@ def test_default_options():
 @given(st.integers(0, MAX_SEED), st.sampled_from(["1", "true", "yes", "0", "false", "no"]))
 def test_valid_seed_and_optimize(seed, flag):
     _, opts = parse_options(MultiDict({"seed": str(seed), "optimize": flag}), SETTINGS)
-    assert opts == {"seed": seed, "optimize": flag in ("1", "true", "yes")}
+    optimize = flag in ("1", "true", "yes")
+    assert {k: opts[k] for k in ("seed", "optimize")} == {"seed": seed, "optimize": optimize}
+    # an optimized build carries the search's controls, with their defaults
+    search = {"population": SETTINGS.search_population, "generations": SETTINGS.search_generations,
+              "time_budget": SETTINGS.search_budget_s}
+    assert {k: v for k, v in opts.items() if k in search} == (search if optimize else {})
 
 
 @given(st.one_of(st.integers(max_value=-1), st.integers(min_value=MAX_SEED + 1)))
