@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""The genetic architecture search on a whole folder of people, through the real service.
+
+    python bench/search_lfw.py [--faces ../shared/faces/lfw62] [--workers 2]
+                               [--population N] [--generations N] [--budget S] [--seed N] [--repeat N]
+
+One run, one service (uWSGI + broker + workers), data in var/bench-search (its
+feature cache makes later runs skip the ~5 min of face extraction):
+1. the baseline: a build with the fixed default network (optimize=0), which also
+   fills the feature cache;
+2. builds with optimize=1 (the defaults of constants/ unless overridden; `--repeat`
+   builds more with the next seeds).
+Prints per search: wall time of the search, evaluations, evaluations/s,
+evaluations done within 120 s (from the per-generation logbook), the chosen
+network beside the baselines on the same split (closed set on test photos; open
+set with the held-out people as strangers), parameters against the fixed
+network, and worker memory before/after.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import requests  # noqa: E402
+
+from bench.perf import memory  # noqa: E402
+from test.stack import Stack  # noqa: E402
+
+DATA = ROOT / "var" / "bench-search"
+
+
+def build(stack: Stack, archive: bytes, **form) -> tuple[dict, float]:
+    t0 = time.perf_counter()
+    r = requests.post(stack.url + "/build_recognizer", files={"archive": ("people.zip", archive)}, data=form,
+                      timeout=600)
+    r.raise_for_status()
+    job_id = r.json()["id"]
+    stack.wait_state(job_id, ("done",), timeout=7200)
+    wall = time.perf_counter() - t0
+    bundle = requests.get(f"{stack.url}/models/{job_id}", timeout=60).content
+    return json.loads(zipfile.ZipFile(io.BytesIO(bundle)).read("manifest.json")), wall
+
+
+def evaluations_within(logbook: list[dict], seconds: float) -> int:
+    """Evaluations finished by `seconds` into the search (at generation boundaries, a lower bound)."""
+    return max([line["evaluations"] for line in logbook if line["seconds"] <= seconds], default=0)
+
+
+def report(manifest: dict, fixed: dict, wall: float) -> None:
+    opt = manifest["optimization"]
+    chosen = opt["chosen"]
+    seconds, evals = opt["seconds"], opt["evaluations"]
+    print(f"  search: {seconds:.1f} s, {evals} evaluations ({evals / seconds:.2f}/s), "
+          f"{opt['cache_hits']} answered by the fitness cache, {opt['generations_run']} generations "
+          f"(stop: {opt['stop_reason']}); {evaluations_within(opt['logbook'], 120)} evaluations within 120 s")
+    print(f"  build wall time {wall:.1f} s (upload to available; features from the cache), "
+          f"final training {manifest['training']['seconds']} s")
+    print(f"  chosen: {chosen['network']} -> {chosen['params']} params "
+          f"({chosen['params'] / fixed['network']['params']:.2f}x the fixed network's {fixed['network']['params']}); "
+          f"validation balanced accuracy {chosen['balanced_accuracy']:.4f}, open set {chosen['open_set']}")
+    print(f"  pareto front: {len(opt['pareto_front'])} networks, "
+          f"params {min(p['params'] for p in opt['pareto_front'])}..{max(p['params'] for p in opt['pareto_front'])}")
+    closed = opt["baselines"]["closed_set"]
+    closed["fixed network (same run)"] = {"test_accuracy": fixed["metrics"]["test_accuracy"],
+                                          "balanced_accuracy": fixed["metrics"]["balanced_accuracy"]}
+    print("  closed set, test photos of all people:")
+    for name, m in closed.items():
+        print(f"    {name:26s} accuracy {m['test_accuracy']:.4f}  balanced {m['balanced_accuracy']:.4f}")
+    best = max(m["test_accuracy"] for name, m in closed.items() if name not in ("chosen network",
+                                                                                "fixed network (same run)"))
+    print(f"    chosen - best baseline: {100 * (closed['chosen network']['test_accuracy'] - best):+.2f} points")
+    open_set = opt["baselines"]["open_set"]
+    if open_set:
+        print(f"  open set ({len(opt['baselines']['held_out_people'])} held-out people as strangers, "
+              "threshold at 1% of their train+validation photos):")
+        for name, m in open_set.items():
+            print(f"    {name:26s} known test photos accepted with the right name {m['test_rate']:.4f}, "
+                  f"held-out test photos accepted {m['test_far']:.4f}")
+        print(f"    chosen / 1-NN: {open_set['chosen network']['test_rate'] / open_set['1-nearest-neighbour']['test_rate']:.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--faces", type=Path,
+                    default=Path(os.environ.get("FR_FACES_DIR", ROOT.parent / "shared" / "faces")) / "lfw62")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--population", type=int)
+    ap.add_argument("--generations", type=int)
+    ap.add_argument("--budget", type=float)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--repeat", type=int, default=1)
+    args = ap.parse_args()
+
+    paths = sorted(args.faces.glob("*/*.jpg"))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for p in paths:
+            zf.write(p, f"{p.parent.name}/{p.name}")
+    archive = buf.getvalue()
+    form = {k: str(v) for k, v in (("population", args.population), ("generations", args.generations),
+                                   ("time_budget", args.budget)) if v is not None}
+    print(f"{len(paths)} photos of {len({p.parent for p in paths})} people; {args.workers} worker(s); "
+          f"controls {form or 'defaults'}")
+    with Stack(DATA, workers=args.workers) as stack:
+        fixed, wall = build(stack, archive, seed=str(args.seed))
+        print(f"fixed network (optimize=0): {wall:.1f} s, {fixed['network']['params']} params, test accuracy "
+              f"{fixed['metrics']['test_accuracy']:.4f}, features cached {fixed['input']['features_cached']}")
+        before = memory(stack)
+        for i in range(args.repeat):
+            seed = args.seed + i
+            manifest, wall = build(stack, archive, optimize="1", seed=str(seed), **form)
+            print(f"search with seed {seed}:")
+            report(manifest, fixed, wall)
+        after = memory(stack)
+        print(f"worker memory (MB, all workers): {before.get('worker', 0):.0f} before the searches, "
+              f"{after.get('worker', 0):.0f} after")
+
+
+if __name__ == "__main__":
+    main()

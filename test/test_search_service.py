@@ -1,0 +1,167 @@
+"""The genetic search (optimize=1) through the real service: uWSGI, broker, ZeroMQ workers,
+real photos, real training. Tiny controls keep each search to seconds."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import zipfile
+
+import pytest
+import requests
+
+from modelization.recognizer import load_bundle
+from optimization.genome import decode
+from test.conftest import pick_people
+from test.stack import Stack, photo_files
+
+TINY = {"population": "8", "generations": "2"}
+LOGBOOK_KEYS = {"generation", "evaluations", "cache_hits", "seconds", "balanced_accuracy", "open_set", "params"}
+METHODS = {"chosen network", "1-nearest-neighbour", "nearest centroid", "logistic regression"}
+
+
+@pytest.fixture(scope="module")
+def people(faces_dir):
+    """6 people x 9 photos: the first 8 upload, the 9th stays out for a prediction check."""
+    return pick_people(faces_dir, 6, 9)
+
+
+@pytest.fixture(scope="module")
+def upload(people):
+    return photo_files({name: paths[:8] for name, paths in people.items()})
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with Stack(tmp_path_factory.mktemp("search"), workers=2) as s:
+        yield s
+
+
+def manifest_of(stack: Stack, job_id: str) -> dict:
+    bundle = requests.get(f"{stack.url}/models/{job_id}", timeout=60).content
+    return json.loads(zipfile.ZipFile(io.BytesIO(bundle)).read("manifest.json"))
+
+
+def build_done(stack: Stack, upload, **form) -> tuple[str, dict]:
+    r = stack.build(upload, optimize="1", **form)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    return job_id, stack.wait_state(job_id, ("done",), timeout=600)
+
+
+def without_seconds(logbook: list[dict]) -> list[dict]:
+    return [{k: v for k, v in line.items() if k != "seconds"} for line in logbook]
+
+
+def test_a_tiny_search_builds_a_model_and_shows_what_it_did(stack, upload, people):
+    job_id, status = build_done(stack, upload, seed="5", **TINY)
+    search = status["search"]
+    assert search["generation"] == 2 and search["generations"] == 2 and search["done"]
+    assert search["evaluations"] >= 8 and set(search["best"]) == {"balanced_accuracy", "open_set", "smallest_params"}
+
+    m = manifest_of(stack, job_id)
+    opt = m["optimization"]
+    assert opt["performed"] and opt["stop_reason"] == "generations done"
+    assert [line["generation"] for line in opt["logbook"]] == [0, 1, 2]
+    assert all(LOGBOOK_KEYS <= set(line) for line in opt["logbook"])
+    assert all(set(line["params"]) == {"max", "mean", "min"} for line in opt["logbook"])
+    assert opt["evaluations"] == opt["logbook"][-1]["evaluations"] == search["evaluations"]
+    assert opt["pareto_front"] and all({"genome", "network", "balanced_accuracy", "open_set", "params"} <= set(p)
+                                       for p in opt["pareto_front"])
+
+    # the shipped network is the chosen genome, retrained on train + validation
+    chosen = opt["chosen"]
+    spec = decode(chosen["genome"])
+    assert m["network"]["hidden"] == list(spec.hidden) and m["network"]["cosine"] == spec.cosine
+    assert m["network"]["params"] == chosen["params"]
+    assert m["training"]["epochs"] == chosen["epochs"]
+    assert "train + validation" in m["training"]["trained_on"]
+    assert "smallest" in opt["choice_rule"] or "fewest" in opt["choice_rule"]
+
+    baselines = opt["baselines"]
+    assert set(baselines["closed_set"]) == METHODS
+    assert baselines["closed_set"]["chosen network"]["test_accuracy"] == m["metrics"]["test_accuracy"]
+    assert set(baselines["open_set"]) == METHODS and len(baselines["held_out_people"]) == 1
+
+    # and it is a working recognizer: a photo it never saw gets the right name offline
+    rec = load_bundle(requests.get(f"{stack.url}/models/{job_id}", timeout=60).content)
+    name, paths = next(iter(people.items()))
+    faces = rec.predict(paths[8].read_bytes())
+    assert faces and faces[0].candidate == name
+
+
+def test_same_seed_and_photos_choose_the_same_network(stack, upload):
+    first, _ = build_done(stack, upload, seed="11", **TINY)
+    second, _ = build_done(stack, upload, seed="11", **TINY)
+    a, b = manifest_of(stack, first)["optimization"], manifest_of(stack, second)["optimization"]
+    assert a["chosen"]["genome"] == b["chosen"]["genome"]
+    assert [p["genome"] for p in a["pareto_front"]] == [p["genome"] for p in b["pareto_front"]]
+    assert without_seconds(a["logbook"]) == without_seconds(b["logbook"])
+
+
+def test_the_time_budget_stops_the_search_with_the_best_so_far(stack, upload):
+    r = stack.build(upload, optimize="1", seed="3", population="64", generations="100", time_budget="4")
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    # while it runs, /is_available shows the generation, evaluations and best scores so far
+    running = stack.wait_state(job_id, ("optimizing",), timeout=120,
+                               pred=lambda s: (s["search"] or {}).get("evaluations", 0) > 0)
+    assert running["progress"]["stage"].startswith("generation ") and running["progress"]["stage"].endswith("of 100")
+    assert running["search"]["budget_s"] == 4 and running["search"]["best"]["balanced_accuracy"] > 0
+
+    stack.wait_state(job_id, ("done",), timeout=300)
+    opt = manifest_of(stack, job_id)["optimization"]
+    assert opt["stop_reason"] == "time budget"
+    assert opt["generations_run"] < 100
+    # stopped at the budget (checked once per heartbeat), not after finishing the generations
+    assert 4 <= opt["seconds"] < 4 + 30
+    assert opt["chosen"] is not None
+
+
+@pytest.mark.parametrize("field, value", [
+    ("population", "-1"), ("population", "0"), ("population", "1000000"), ("population", "many"),
+    ("generations", "1000000"), ("generations", "0"), ("generations", "2.5"),
+    ("time_budget", "0"), ("time_budget", "-5"), ("time_budget", "nan"), ("time_budget", "1e12"),
+])
+def test_an_invalid_control_gets_a_clear_400(stack, upload, field, value):
+    r = stack.build(upload[:6], optimize="1", **{field: value})
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert body["error"]["code"] == "BAD_PARAMETER" and field in body["error"]["message"]
+
+
+def test_search_controls_without_optimize_are_refused(stack, upload):
+    r = stack.build(upload[:6], population="8")
+    assert r.status_code == 400 and "optimize=1" in r.json()["error"]["message"]
+
+
+def test_a_search_resumes_from_its_checkpoint_after_a_restart(tmp_path, upload):
+    data = tmp_path / "resume"
+    with Stack(data, workers=1) as stack:
+        r = stack.build(upload, optimize="1", seed="9", population="16", generations="40")
+        job_id = r.json()["id"]
+        stack.wait_state(job_id, ("optimizing",), timeout=300,
+                         pred=lambda s: (s["search"] or {}).get("generation", 0) >= 2)
+    checkpoint = json.loads((data / "var" / "uploads" / job_id / "search.json").read_text())
+    assert not checkpoint["done"] and checkpoint["generation"] >= 2
+
+    with Stack(data, workers=1) as stack:
+        stack.wait_state(job_id, ("done",), timeout=600)
+        opt = manifest_of(stack, job_id)["optimization"]
+    # the generations from before the stop are kept, not run again
+    assert opt["logbook"][:len(checkpoint["logbook"])] == checkpoint["logbook"]
+    assert opt["evaluations"] >= checkpoint["evaluations"]
+    assert [line["generation"] for line in opt["logbook"]] == list(range(41))
+
+
+def test_a_worker_killed_mid_search_does_not_stop_it(stack, upload):
+    r = stack.build(upload, optimize="1", seed="21", population="16", generations="12")
+    job_id = r.json()["id"]
+    st = stack.wait_state(job_id, ("optimizing",), timeout=300,
+                          pred=lambda s: s["worker"] is not None and (s["search"] or {}).get("generation", 0) >= 1)
+    os.kill(int(st["worker"].split(":")[1]), signal.SIGKILL)
+    stack.wait_state(job_id, ("done",), timeout=600)
+    opt = manifest_of(stack, job_id)["optimization"]
+    assert opt["stop_reason"] == "generations done" and len(opt["logbook"]) == 13
+    assert stack.wait_alive(2, timeout=60)["workers"] == 2
