@@ -37,8 +37,12 @@ def cmd_broker(args) -> None:
 
 
 def cmd_worker(args) -> None:
-    from app.worker import run_worker
     s = _settings(args)
+    # Before numpy loads: with one worker per core, OpenBLAS' own threads only fight over the
+    # cores (measured: search candidates 3.3x slower with 2 workers x 2 BLAS threads).
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(s.worker_threads))
+    from app.worker import run_worker
     setup_logging("worker", s.log_dir, s.log_level, s.log_rotation, s.log_retention)
     run_worker(s, args.connect or s.broker_back.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1"))
 

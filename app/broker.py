@@ -335,6 +335,8 @@ class Broker:
 
     def beat(self) -> None:
         """Heartbeat live workers; declare silent ones dead and put their tasks back first in line."""
+        while self.back.poll(0):  # after a long step (a big upload) read what workers sent meanwhile
+            self.on_worker(self.back.recv_multipart())
         now = time.monotonic()
         for identity, worker in list(self.workers.items()):
             if now - worker.last_seen > self.s.heartbeat_expiry_s:

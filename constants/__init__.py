@@ -43,6 +43,7 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8080
     workers: int = 2
+    worker_threads: int = 1           # BLAS threads per worker process (one worker per core)
     # ZeroMQ endpoints of the broker: the front (HTTP app) and the back (workers).
     broker_front: str = "tcp://127.0.0.1:5555"
     broker_back: str = "tcp://127.0.0.1:5556"

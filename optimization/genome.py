@@ -50,7 +50,8 @@ def decode(genome: Genome) -> NetworkSpec:
         raise ValueError(f"invalid genome {genome!r}")
     v = {name: CHOICES[name][i] for name, i in zip(NAMES, genome)}
     hidden = tuple(v[f"units{k + 1}"] for k in range(v["layers"]))
-    return NetworkSpec(hidden=hidden, activation=v["activation"], dropout=v["dropout"] if hidden else 0.0,
+    return NetworkSpec(hidden=hidden, activation=v["activation"] if hidden else CHOICES["activation"][0],
+                       dropout=v["dropout"] if hidden else 0.0,
                        learning_rate=v["learning_rate"], batch_size=v["batch_size"], l2=v["l2"],
                        cosine=v["cosine"])
 
