@@ -91,7 +91,7 @@ class Settings:
     search_max_budget_s: float = 86_400.0
     search_max_epochs: int = 60       # per candidate (early stopping usually ends it sooner)
     search_patience: int = 6
-    search_epsilon: float = 0.005     # final pick: smallest network within this of the best score
+    search_epsilon: float = 0.001     # final pick: smallest network within this of the best score
     search_holdout_fraction: float = 0.2  # people held out of candidates' training to play strangers
 
     # Open set ("unknown"): rejection rule calibrated at build time (modelization/openset.py).

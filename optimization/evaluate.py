@@ -92,7 +92,10 @@ def open_set_rate(data: SearchData, classes_val: np.ndarray, classes_strangers: 
 
 def evaluate(genome: Genome, data: SearchData, *, seed: int, max_epochs: int, patience: int,
              target_far: float, k: int) -> dict:
-    """Train the genome's network and score it. -> {balanced_accuracy, open_set, params, epochs, seconds}."""
+    """Train the genome's network and score it.
+
+    -> {balanced_accuracy, open_set, params, epochs (kept by early stopping), val_loss, seconds}.
+    """
     started = time.perf_counter()
     spec = decode(genome)
     fit = lean.fit(spec, data.x_train, data.y_train, data.n_known, seed=eval_seed(seed, key(genome)),
@@ -104,4 +107,5 @@ def evaluate(genome: Genome, data: SearchData, *, seed: int, max_epochs: int, pa
             "open_set": None if open_set is None else round(open_set, 6),
             "params": lean.count_params(spec, data.x_train.shape[1], data.n_people),  # as shipped
             "epochs": fit.best_epoch,
+            "val_loss": round(fit.val_loss, 6),  # breaks ties in the final pick
             "seconds": round(time.perf_counter() - started, 3)}

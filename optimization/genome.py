@@ -22,7 +22,7 @@ GENES: tuple[tuple[str, tuple], ...] = (
     ("activation", ("relu", "elu", "tanh", "silu")),
     ("dropout", (0.0, 0.1, 0.2, 0.3, 0.5)),
     ("l2", (0.0, 1e-5, 1e-4, 1e-3)),
-    ("learning_rate", (3e-4, 1e-3, 3e-3, 1e-2)),
+    ("learning_rate", (5e-4, 1e-3, 3e-3, 1e-2)),
     ("batch_size", (32, 64, 128, 256)),
     ("cosine", (False, True)),
 )

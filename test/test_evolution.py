@@ -79,7 +79,8 @@ def test_full_run_logbook_and_fitness_cache():
     assert len(evo.logbook) == CONTROLS.generations + 1
     assert evo.evaluations == len(told) == len(evo.results)
     assert set(evo.results) == told
-    assert all(set(r) == {"balanced_accuracy", "open_set", "params", "epochs", "seconds"} for r in evo.results.values())
+    assert all(set(r) == {"balanced_accuracy", "open_set", "params", "epochs", "val_loss", "seconds"}
+               for r in evo.results.values())
     for generation, line in enumerate(evo.logbook):
         assert line["generation"] == generation
         assert {"generation", "evaluations", "cache_hits", "seconds", *OBJECTIVES} <= set(line)
@@ -241,7 +242,7 @@ def test_choose_prefers_a_much_better_bigger_network():
 
 
 def test_choose_without_open_set_uses_balanced_accuracy_and_ties_go_to_the_higher_score():
-    slow, fast, tiny = genome_key((64,), 3e-4), genome_key((64,), 1e-2), genome_key(())
+    slow, fast, tiny = genome_key((64,), 5e-4), genome_key((64,), 1e-2), genome_key(())
     assert score(result(0.9, None, 1)) == 0.9
     # same size (same params): the higher score wins
     chosen = choose_from({slow: result(0.901, None, 9_000), fast: result(0.903, None, 9_000),
@@ -363,7 +364,7 @@ def test_evaluate_scores_a_genome(spec):
     _, _, _, data = build_data(1)
     genome = encode(spec)
     r = run_evaluate(data, genome)
-    assert set(r) == {"balanced_accuracy", "open_set", "params", "epochs", "seconds"}
+    assert set(r) == {"balanced_accuracy", "open_set", "params", "epochs", "val_loss", "seconds"}
     assert 0.0 <= r["balanced_accuracy"] <= 1.0 and 0.0 <= r["open_set"] <= 1.0
     assert r["balanced_accuracy"] > 0.9  # well-separated clusters
     assert r["params"] == lean.count_params(spec, 128, 6)  # the shipped network has everybody's classes
