@@ -6,10 +6,10 @@
 
 One run, one service (uWSGI + broker + workers), data in var/bench-search (its
 feature cache makes later runs skip the ~5 min of face extraction):
-1. the baseline: a build with the fixed default network (optimize=0), which also
-   fills the feature cache;
-2. builds with optimize=1 (the defaults of constants/ unless overridden; `--repeat`
-   builds more with the next seeds).
+per seed (`--seed`, and the next ones with `--repeat`):
+1. a build with the fixed default network (optimize=0; the first also fills the
+   feature cache), same seed so same split;
+2. a build with optimize=1 (the defaults of constants/ unless overridden).
 Prints per search: wall time of the search, evaluations, evaluations/s,
 evaluations done within 120 s (from the per-generation logbook), the chosen
 network beside the baselines on the same split (closed set on test photos; open
@@ -111,15 +111,18 @@ def main() -> None:
     print(f"{len(paths)} photos of {len({p.parent for p in paths})} people; {args.workers} worker(s); "
           f"controls {form or 'defaults'}")
     with Stack(DATA, workers=args.workers) as stack:
-        fixed, wall = build(stack, archive, seed=str(args.seed))
-        print(f"fixed network (optimize=0): {wall:.1f} s, {fixed['network']['params']} params, test accuracy "
-              f"{fixed['metrics']['test_accuracy']:.4f}, features cached {fixed['input']['features_cached']}")
-        before = memory(stack)
+        before = None
         for i in range(args.repeat):
             seed = args.seed + i
+            fixed, wall = build(stack, archive, seed=str(seed))
+            print(f"fixed network (optimize=0, seed {seed}): {wall:.1f} s, {fixed['network']['params']} params, "
+                  f"test accuracy {fixed['metrics']['test_accuracy']:.4f}, "
+                  f"features cached {fixed['input']['features_cached']}")
+            before = before or memory(stack)
             manifest, wall = build(stack, archive, optimize="1", seed=str(seed), **form)
             print(f"search with seed {seed}:")
             report(manifest, fixed, wall)
+            print(f"  worker memory after this search: {memory(stack).get('worker', 0):.0f} MB (all workers)")
         after = memory(stack)
         print(f"worker memory (MB, all workers): {before.get('worker', 0):.0f} before the searches, "
               f"{after.get('worker', 0):.0f} after")
