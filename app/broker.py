@@ -75,6 +75,9 @@ class Broker:
         self.searches: dict[str, Evolution] = {}   # jobs in or past their genetic search
         self.payloads: dict[str, bytes] = {}       # job -> all its features (JSON), for evaluate/train tasks
         self.running = True
+        swept = self.store.sweep_uploads(keep_done=settings.keep_uploads)
+        if swept:
+            logger.info("removed {} upload folder(s) left behind by a stop: {}", len(swept), swept[:5])
         unfinished = self.store.unfinished()
         for job_id in unfinished:
             self.plan(job_id)

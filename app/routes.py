@@ -50,7 +50,9 @@ def build_recognizer():
     job_id = new_job_id()
     header = {"id": job_id, "name": name, "options": options,
               "files": [{"label": p.label, "filename": p.filename} for p in photos]}
-    client.submit(s.broker_front, header, [p.data for p in photos], s.broker_timeout_s)
+    # the broker fsyncs every photo before it answers: a big upload gets time for that
+    timeout = s.broker_timeout_s + len(photos) * s.broker_submit_s_per_photo
+    client.submit(s.broker_front, header, [p.data for p in photos], timeout)
     logger.info("accepted job {}: {} photos, {} people", job_id, len(photos), n_people)
     body = {"status": 0, "id": job_id, "photos": len(photos), "people": n_people}
     if ignored:

@@ -115,6 +115,21 @@ class JobStore:
     def delete_uploads(self, job_id: str) -> None:
         shutil.rmtree(self._upload_dir(job_id), ignore_errors=True)
 
+    def sweep_uploads(self, keep_done: bool) -> list[str]:
+        """Remove upload folders a crash left behind: half-written ones (`.<id>.tmp`), those of
+        deleted jobs, and (unless `keep_done`) those of finished jobs. -> the names removed."""
+        removed = []
+        for folder in self.uploads_dir.iterdir():
+            if folder.name.startswith(".") and folder.name.endswith(".tmp"):
+                stale = True
+            else:
+                row = self.get(folder.name)
+                stale = row is None or (row["state"] == DONE and not keep_done)
+            if stale:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder.name)
+        return removed
+
     def has_uploads(self, job_id: str) -> bool:
         return (self._upload_dir(job_id) / "index.json").exists()
 

@@ -48,6 +48,7 @@ class Settings:
     broker_front: str = "tcp://127.0.0.1:5555"
     broker_back: str = "tcp://127.0.0.1:5556"
     broker_timeout_s: float = 10.0
+    broker_submit_s_per_photo: float = 0.02   # added to the timeout of a submit (the broker fsyncs each photo)
 
     heartbeat_s: float = 1.0          # interval between heartbeats, both ways
     heartbeat_liveness: int = 5       # missed heartbeats before a peer is dead

@@ -183,3 +183,21 @@ def test_one_task_per_worker_at_a_time_and_a_rejected_task_is_not_lost(broker, s
     again, _ = w.recv_job()
     assert again["task"] == third["task"]
     w.close()
+
+
+def test_a_starting_broker_sweeps_upload_folders_a_stop_left_behind(settings):
+    b1 = Broker(settings, zmq.Context())
+    files = [{"label": f"p{i}", "filename": f"p{i}/1.jpg"} for i in range(2)]
+    done = b1.submit({"id": str(uuid.uuid4()), "files": files}, [b"x"] * 2)["id"]
+    running = b1.submit({"id": str(uuid.uuid4()), "files": files}, [b"x"] * 2)["id"]
+    b1.store.finish(done)  # stopped before its uploads were erased
+    b1.close()
+    uploads = settings.uploads_dir
+    (uploads / ".half-written.tmp").mkdir()             # stopped mid-save, before the job existed
+    (uploads / str(uuid.uuid4())).mkdir()               # a job deleted from the store
+    b2 = Broker(settings, zmq.Context())
+    try:
+        assert sorted(d.name for d in uploads.iterdir()) == [running]  # the unfinished job keeps its photos
+        assert [t.job for t in b2.queue] == [running]
+    finally:
+        b2.close()

@@ -165,3 +165,31 @@ def test_a_worker_killed_mid_search_does_not_stop_it(stack, upload):
     opt = manifest_of(stack, job_id)["optimization"]
     assert opt["stop_reason"] == "generations done" and len(opt["logbook"]) == 13
     assert stack.wait_alive(2, timeout=60)["workers"] == 2
+
+
+def test_an_optimized_build_without_faces_fails_clearly(stack):
+    from test.test_api_errors import _blank_jpeg
+    files = [(f"{p}/{i}.jpg", _blank_jpeg(500 + 10 * k + i)) for k, p in enumerate(("ann", "ben", "cy"))
+             for i in range(3)]
+    r = stack.build(files, optimize="1", **TINY)
+    assert r.status_code == 202, r.text
+    st = stack.wait_state(r.json()["id"], ("failed",), timeout=120)
+    assert st["error"]["code"] == "NO_FACE_FOUND"  # from the first candidate's task, not a crash
+
+
+def test_an_optimized_build_with_too_few_people_left_fails_clearly(stack, faces_dir):
+    from test.test_api_errors import _blank_jpeg
+    people = pick_people(faces_dir, 1, 3)
+    files = photo_files(people) + [(f"nobody/{i}.jpg", _blank_jpeg(600 + i)) for i in range(3)]
+    r = stack.build(files, optimize="1", **TINY)
+    st = stack.wait_state(r.json()["id"], ("failed",), timeout=120)
+    assert st["error"]["code"] == "TOO_FEW_PEOPLE"
+
+
+def test_two_people_search_without_an_open_set_objective(stack, upload):
+    """Nobody can be held out as a stranger with 2 people: the search ranks on accuracy alone."""
+    two = [f for f in upload if f[0].split("/")[0] in sorted({g[0].split("/")[0] for g in upload})[:2]]
+    job_id, _ = build_done(stack, two, seed="2", **TINY)
+    opt = manifest_of(stack, job_id)["optimization"]
+    assert opt["chosen"]["open_set"] is None and opt["baselines"]["open_set"] is None
+    assert opt["baselines"]["held_out_people"] == []
