@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from deap import base, creator, tools
@@ -112,24 +113,21 @@ class Evolution:
             return self.seconds_before
         return self.seconds_before + time.monotonic() - self.resumed_at
 
+    @contextmanager
     def _rng(self):
         """Run DEAP's operators (which use the `random` module) on this search's own RNG state."""
-        evolution = self
-
-        class _Scope:
-            def __enter__(self):
-                self.outer = random.getstate()
-                if evolution.rng_state is None:
-                    random.seed(evolution.controls.seed)
-                else:
-                    version, internal, gauss = evolution.rng_state
-                    random.setstate((version, tuple(internal), gauss))
-
-            def __exit__(self, *exc):
-                evolution.rng_state = list(random.getstate())
-                evolution.rng_state[1] = list(evolution.rng_state[1])
-                random.setstate(self.outer)
-        return _Scope()
+        outer = random.getstate()
+        if self.rng_state is None:
+            random.seed(self.controls.seed)
+        else:
+            version, internal, gauss = self.rng_state
+            random.setstate((version, tuple(internal), gauss))
+        try:
+            yield
+        finally:
+            version, internal, gauss = random.getstate()
+            self.rng_state = [version, list(internal), gauss]  # JSON-ready
+            random.setstate(outer)
 
     # --- the loop ----------------------------------------------------------------
     def start(self) -> None:
