@@ -28,7 +28,7 @@ from modelization import lean
 from modelization.bundle import pack_bundle
 from modelization.dataset import Split, stratified_split
 from modelization.metrics import accuracy, balanced_accuracy
-from modelization.network import NetworkSpec, predict_classes, to_keras, train_network
+from modelization.network import NetworkSpec, predict_classes, to_keras
 from modelization.openset import calibrate, scores_for
 from preprocessor.uploads import Photo
 
@@ -170,11 +170,11 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
             optimization = {**search, "note": "no candidate was evaluated in the time budget: "
                                               "the fixed default network was trained"}
         progress(TRAINING, "training", 0, settings.max_epochs)
-        model, epochs = train_network(
-            x[split.train], y[split.train], x[split.val], y[split.val], len(split.people), spec,
-            max_epochs=settings.max_epochs, patience=settings.patience, seed=seed,
-            min_delta=settings.min_delta, min_epoch_samples=settings.min_epoch_samples,
-            on_epoch=lambda e: progress(TRAINING, "training", e, settings.max_epochs))
+        fit = lean.fit(spec, x[split.train], y[split.train], len(split.people), seed=seed,
+                       max_epochs=settings.max_epochs, x_val=x[split.val], y_val=y[split.val],
+                       patience=settings.patience, min_delta=settings.min_delta,
+                       on_epoch=lambda e: progress(TRAINING, "training", e, settings.max_epochs))
+        model, epochs = to_keras(spec, fit.weights, x.shape[1], len(split.people)), fit.epochs
         trained_on = "train split (validation for early stopping)"
     train_seconds = time.time() - t0
 

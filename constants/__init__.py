@@ -79,7 +79,6 @@ class Settings:
     max_epochs: int = 200
     patience: int = 10
     min_delta: float = 1e-3           # smaller val-loss gains don't count as progress
-    min_epoch_samples: int = 1024     # small sets are repeated up to this per epoch
     batch_size: int = 64
     learning_rate: float = 3e-3
 

@@ -15,6 +15,7 @@ unused (zeros) and its kernel columns are normalised in the forward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -140,9 +141,10 @@ def _loss(spec: NetworkSpec, weights: Weights, x: np.ndarray, y: np.ndarray) -> 
 
 def fit(spec: NetworkSpec, x: np.ndarray, y: np.ndarray, n_classes: int, *, seed: int, max_epochs: int,
         x_val: np.ndarray | None = None, y_val: np.ndarray | None = None, patience: int = 6,
-        min_delta: float = 1e-3) -> LeanFit:
+        min_delta: float = 1e-3, on_epoch: Callable[[int], None] | None = None) -> LeanFit:
     """Train with Adam on minibatches. With validation data: early stopping on its loss, best weights
-    kept; without: exactly `max_epochs` epochs (the final retrain on train + validation)."""
+    kept; without: exactly `max_epochs` epochs (the final retrain on train + validation).
+    `on_epoch(epoch)` is called after each epoch (progress reports)."""
     rng = np.random.default_rng(seed)
     x = np.asarray(x, F32)
     weights = init_weights(spec, x.shape[1], n_classes, rng)
@@ -174,6 +176,8 @@ def fit(spec: NetworkSpec, x: np.ndarray, y: np.ndarray, n_classes: int, *, seed
                     vj *= beta2
                     vj += (1 - beta2) * grad * grad
                     weights[layer][j][...] -= lr * mj / (np.sqrt(vj) + F32(eps))
+        if on_epoch is not None:
+            on_epoch(epoch)
         if x_val is None:
             continue
         loss = _loss(spec, weights, x_val, y_val)

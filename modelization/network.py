@@ -1,8 +1,9 @@
-"""The fixed default classifier on 128-d embeddings, and how it is trained.
+"""The classifier family on 128-d embeddings, as Keras models (what the bundle ships).
 
 A small MLP is enough: dlib's embeddings already separate identities (a 1-NN
 reaches ~99.5% on our lfw62 split), so the network's job is a calibrated softmax over the
-people, not feature learning.
+people, not feature learning. Training happens in `modelization.lean` (numpy); `to_keras`
+turns its weights into the model.
 """
 from __future__ import annotations
 
@@ -69,37 +70,6 @@ def to_keras(spec: NetworkSpec, weights: list, n_inputs: int, n_classes: int):
         else:  # cosine head: store unit columns, as its constraint keeps them
             layer.set_weights([w / np.maximum(np.linalg.norm(w, axis=0, keepdims=True), 1e-12)])
     return model
-
-
-def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
-    """Inverse-frequency weights so a person with 500 photos doesn't drown one with 5."""
-    counts = np.bincount(y, minlength=n_classes).astype(float)
-    weights = len(y) / (n_classes * np.maximum(counts, 1))
-    return {i: float(w) for i, w in enumerate(weights)}
-
-
-def train_network(x_train, y_train, x_val, y_val, n_classes: int, spec: NetworkSpec, *,
-                  max_epochs: int, patience: int, seed: int, min_delta: float = 1e-3,
-                  min_epoch_samples: int = 1024, on_epoch=None):
-    """Fit with early stopping on validation loss (best weights kept). Returns (model, epochs run).
-
-    Keras pays ~150 ms of fixed cost per epoch here, so a small training set is
-    repeated until an epoch holds `min_epoch_samples`: fewer, fuller epochs.
-    """
-    import keras
-    keras.utils.set_random_seed(seed)
-    weights = class_weights(y_train, n_classes)
-    reps = max(1, -(-min_epoch_samples // max(1, len(x_train))))
-    x_train, y_train = np.tile(x_train, (reps, 1)), np.tile(y_train, reps)
-    model = build_network(x_train.shape[1], n_classes, spec)
-    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, min_delta=min_delta,
-                                               restore_best_weights=True)]
-    if on_epoch is not None:
-        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: on_epoch(epoch + 1)))
-    history = model.fit(x_train, y_train, validation_data=(x_val, y_val), epochs=max_epochs,
-                        batch_size=spec.batch_size, class_weight=weights,
-                        callbacks=callbacks, verbose=0, shuffle=True)
-    return model, len(history.history["loss"])
 
 
 def predict_classes(model, x: np.ndarray) -> np.ndarray:
