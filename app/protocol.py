@@ -7,12 +7,14 @@ Worker (DEALER) -> broker ROUTER:
     READY                           idle and asking for work (sent once, on start)
     HEARTBEAT {task?}               alive; the task it is running, if any
     PROGRESS {job, state, stage, done, total}
-    DONE {task} result              result: features JSON (extract) or bundle zip (train)
+    DONE {task} result              result: features JSON (extract), scores JSON (evaluate) or bundle zip (train)
     FAILED {task, code, message, details}   DONE and FAILED also mean "ready for more"
     REJECT {task, busy_with}        got a task while busy: the broker takes it back
 Broker -> worker:
     JOB {task, name, options, files} photo...     task = {job, kind: extract, chunk, attempt}
-    JOB {task, name, options, files} features     task = {job, kind: train, chunk: 0, attempt}
+    JOB {task, name, options, files} features     task = {job, kind: evaluate, genome, attempt}
+    JOB {task, name, options, files, search?} features  task = {job, kind: train, chunk: 0, attempt}
+                                                  (search: the finished search's report, optimize=1)
     HEARTBEAT
 """
 from __future__ import annotations
