@@ -135,6 +135,9 @@ def main() -> None:
                       f"{len(paths) / wall / ref:.2f}x the reference; worker peak RSS "
                       f"{memory(stack, 'VmHWM').get('worker', 0) / workers:.0f} MB each")
                 if workers == 1:
+                    plain = len(paths) / ref  # the raw loop over the same photos
+                    print(f"service overhead with 1 worker (upload, queue, cache writes, training): "
+                          f"{wall - plain:.1f} s, {100 * (wall - plain) / plain:.1f}% of the plain loop's {plain:.0f} s")
                     continue
                 cached, _ = build(stack, archive)
                 print(f"cached rebuild: {cached:.1f} s ({100 * cached / wall:.1f}% of the first build)")
