@@ -34,3 +34,12 @@ def pick_people(faces: Path, n_people: int, n_photos: int, subset: str = "lfw62"
         if len(out) == n_people:
             break
     return out
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, request):
+    """The real service (2 workers) shared by a module's tests, in a data folder of its own.
+    A module that needs other settings defines its own `stack`."""
+    from test.stack import Stack
+    with Stack(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]), workers=2) as s:
+        yield s

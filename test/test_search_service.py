@@ -32,12 +32,6 @@ def upload(people):
     return photo_files({name: paths[:8] for name, paths in people.items()})
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with Stack(tmp_path_factory.mktemp("search"), workers=2) as s:
-        yield s
-
-
 def manifest_of(stack: Stack, job_id: str) -> dict:
     bundle = requests.get(f"{stack.url}/models/{job_id}", timeout=60).content
     return json.loads(zipfile.ZipFile(io.BytesIO(bundle)).read("manifest.json"))

@@ -11,15 +11,9 @@ import requests
 
 from constants import Settings
 from test.conftest import pick_people
-from test.stack import Stack, photo_files
+from test.stack import photo_files
 
 N_PEOPLE, N_UPLOAD, N_HELD_OUT = 5, 6, 3
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with Stack(tmp_path_factory.mktemp("e2e"), workers=2) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

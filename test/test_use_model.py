@@ -9,15 +9,9 @@ import pytest
 import requests
 
 from test.conftest import pick_people
-from test.stack import Stack, photo_files
+from test.stack import photo_files
 
 N_PEOPLE, N_UPLOAD = 12, 8
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with Stack(tmp_path_factory.mktemp("use"), workers=2) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
