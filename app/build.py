@@ -24,6 +24,7 @@ import numpy as np
 
 from constants import TRAINING, VERSION, Settings
 from features.extract import FeatureCache, PhotoFeatures, cached_photo_features, pipeline_settings
+from features.select import choose_faces
 from modelization import lean
 from modelization.bundle import pack_bundle
 from modelization.dataset import Split, stratified_split
@@ -52,16 +53,19 @@ def extract_chunk(photos: list[Photo], settings: Settings) -> list[dict]:
 
 
 def people_report(files: list[dict], feats: list[PhotoFeatures], kept: set[str],
-                  too_few: dict[str, int]) -> list[dict]:
-    """Per person: photos uploaded, used, skipped (and why), photos with several faces."""
+                  too_few: dict[str, int], choices: dict[int, dict]) -> list[dict]:
+    """Per person: photos uploaded, used, skipped (and why), photos with several faces (and which was used)."""
     report = defaultdict(lambda: {"photos": 0, "used": 0, "skipped": [], "several_faces": []})
-    for file, f in zip(files, feats):
+    for i, (file, f) in enumerate(zip(files, feats)):
         r = report[file["label"]]
         r["photos"] += 1
         if f.usable:
             r["used"] += 1
             if f.faces > 1:
-                r["several_faces"].append({"file": file["filename"], "faces": f.faces})
+                choice = choices.get(i, {})
+                r["several_faces"].append({"file": file["filename"], "faces": f.faces,
+                                           "face_used": choice.get("face", 0), "box": f.box,
+                                           "distance": choice.get("distance")})
         else:
             r["skipped"].append({"file": file["filename"], "reason": f.skipped, "detail": f.detail})
     out = []
@@ -94,6 +98,7 @@ def prepare(files: list[dict], features: list[dict], settings: Settings, seed: i
     """
     hits = sum(1 for f in features if f.get("cached"))
     feats = [PhotoFeatures(**{k: v for k, v in f.items() if k not in ("cached", "key")}) for f in features]
+    feats, choices = choose_faces([file["label"] for file in files], feats, settings.same_person_distance)
 
     usable = [i for i, f in enumerate(feats) if f.usable]
     if not usable:
@@ -103,7 +108,7 @@ def prepare(files: list[dict], features: list[dict], settings: Settings, seed: i
     labels = [files[i]["label"] for i in usable]
     split = stratified_split(labels, min_photos=settings.min_photos_per_person,
                              test_fraction=settings.test_fraction, val_fraction=settings.val_fraction, seed=seed)
-    people = people_report(files, feats, set(split.people), split.too_few)
+    people = people_report(files, feats, set(split.people), split.too_few, choices)
     if len(split.people) < 2:
         raise BuildError("TOO_FEW_PEOPLE",
                          f"a recognizer needs at least 2 people with {max(3, settings.min_photos_per_person)} "

@@ -70,6 +70,8 @@ class Settings:
     upsample_max_side: int = 1000     # photos up to this side get one upsampled retry
     chip_size: int = 150
     chip_padding: float = 0.25
+    max_faces_per_photo: int = 8      # faces embedded in a training photo (largest first), see features/select.py
+    same_person_distance: float = 0.6  # dlib's tolerance: a group photo's face must be this close to the person
 
     # Training.
     min_photos_per_person: int = 3

@@ -17,10 +17,10 @@ import numpy as np
 from constants import Settings
 from features.embeddings import embed_chips, resnet_model_path
 from preprocessor.errors import InputError
-from preprocessor.faces import Box, align_face, detect_faces, file_sha256, landmarks_model_path, largest
+from preprocessor.faces import align_face, detect_faces, file_sha256, landmarks_model_path
 from preprocessor.images import decode_image
 
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: every face of a photo is embedded (up to max_faces_per_photo)
 
 # Why a photo gave no embedding.
 NO_FACE, CORRUPT = "no_face", "corrupt_image"
@@ -28,12 +28,18 @@ NO_FACE, CORRUPT = "no_face", "corrupt_image"
 
 @dataclass
 class PhotoFeatures:
-    """What one photo gave: `embedding` (128 floats) or a `skipped` reason."""
+    """What one photo gave: `embedding` (128 floats) or a `skipped` reason.
+
+    `box`/`embedding` are the largest face; with several faces, `others` holds the
+    next ones ({"box", "embedding"}, by size) so that the build can take the face
+    that looks like the person (features/select.py), which is not always the largest.
+    """
     faces: int = 0
     box: list[int] | None = None
     embedding: list[float] | None = None
     skipped: str | None = None
     detail: str | None = None
+    others: list[dict] | None = None
 
     @property
     def usable(self) -> bool:
@@ -50,6 +56,7 @@ def pipeline_settings(settings: Settings) -> dict:
         "upsample_policy": "0, then 1 if no face and the photo fits upsample_max_side",
         "chip_size": settings.chip_size,
         "chip_padding": settings.chip_padding,
+        "max_faces_per_photo": settings.max_faces_per_photo,
         "max_image_pixels": settings.max_image_pixels,
         "models": {
             "shape_predictor_5_face_landmarks.dat": file_sha256(landmarks_model_path()),
@@ -87,7 +94,7 @@ class FeatureCache:
 
 
 def photo_features(data: bytes, settings: Settings) -> PhotoFeatures:
-    """Decode, detect, align and embed one training photo (the largest face if several)."""
+    """Decode, detect, align and embed one training photo: every face, largest first (up to a cap)."""
     try:
         image = decode_image(data, settings.max_image_pixels)
     except InputError as exc:
@@ -95,10 +102,12 @@ def photo_features(data: bytes, settings: Settings) -> PhotoFeatures:
     boxes = detect_faces(image, settings.detect_max_side, settings.upsample_max_side)
     if not boxes:
         return PhotoFeatures(skipped=NO_FACE, detail="no face found")
-    box: Box = largest(boxes)
-    chip = align_face(image, box, settings.chip_size, settings.chip_padding)
-    vector = embed_chips([chip])[0]
-    return PhotoFeatures(faces=len(boxes), box=box.as_list(), embedding=[float(x) for x in vector])
+    found = len(boxes)
+    boxes = sorted(boxes, key=lambda b: -b.area)[:max(1, settings.max_faces_per_photo)]
+    chips = [align_face(image, box, settings.chip_size, settings.chip_padding) for box in boxes]
+    vectors = [[float(x) for x in v] for v in embed_chips(chips)]
+    others = [{"box": b.as_list(), "embedding": v} for b, v in zip(boxes[1:], vectors[1:])] or None
+    return PhotoFeatures(faces=found, box=boxes[0].as_list(), embedding=vectors[0], others=others)
 
 
 def cached_photo_features(data: bytes, settings: Settings, cache: FeatureCache | None) -> tuple[PhotoFeatures, bool]:

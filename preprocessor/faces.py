@@ -82,7 +82,7 @@ def detect_faces(image: np.ndarray, max_side: int = 1600, upsample_max_side: int
 
 
 def largest(boxes: list[Box]) -> Box:
-    """The biggest box: in a training photo of one person, the person is the largest face."""
+    """The biggest box (the face nearest the camera)."""
     return max(boxes, key=lambda b: b.area)
 
 

@@ -36,6 +36,19 @@ def pick_people(faces: Path, n_people: int, n_photos: int, subset: str = "lfw62"
     return out
 
 
+def side_by_side(small: Path, large: Path) -> bytes:
+    """A JPEG of two real photos: `large` on the left at 320 px, `small` on the right at 200 px."""
+    import io
+
+    from PIL import Image
+    canvas = Image.new("RGB", (560, 340), "white")
+    canvas.paste(Image.open(large).convert("RGB").resize((320, 320)), (0, 10))
+    canvas.paste(Image.open(small).convert("RGB").resize((200, 200)), (340, 70))
+    buf = io.BytesIO()
+    canvas.save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, request):
     """The real service (2 workers) shared by a module's tests, in a data folder of its own.

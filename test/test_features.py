@@ -113,6 +113,22 @@ def test_photo_features_on_a_real_photo(people, embedded, one_photo):
     assert np.allclose(result.embedding, vectors[0], atol=1e-5)
 
 
+def test_photo_features_embeds_every_face_largest_first(faces_dir):
+    image = decode_image((faces_dir / "wild" / "two_people.jpg").read_bytes(), SETTINGS.max_image_pixels)
+    boxes = sorted(detect_faces(image), key=lambda b: -b.area)
+    result = photo_features((faces_dir / "wild" / "two_people.jpg").read_bytes(), SETTINGS)
+    assert result.faces == 2 and len(result.others) == 1
+    assert result.box == boxes[0].as_list() and result.others[0]["box"] == boxes[1].as_list()
+    expected = embed_chips([align_face(image, b) for b in boxes])
+    got = np.asarray([result.embedding, result.others[0]["embedding"]])
+    assert np.allclose(got, expected, atol=1e-5)
+    assert np.linalg.norm(got[0] - got[1]) > 0.6  # two different people
+    # the cap bounds the work on a crowd photo, but the count stays true
+    capped = photo_features((faces_dir / "wild" / "two_people.jpg").read_bytes(),
+                            dataclasses.replace(SETTINGS, max_faces_per_photo=1))
+    assert capped.faces == 2 and capped.others is None and capped.box == boxes[0].as_list()
+
+
 def test_photo_features_no_face(no_face_png):
     result = photo_features(no_face_png, SETTINGS)
     assert result.skipped == NO_FACE == "no_face"
@@ -159,7 +175,7 @@ def test_cache_key_depends_on_data_and_settings(tmp_path, one_photo):
     assert key == FeatureCache(tmp_path, Settings()).key(one_photo)
     assert key != base.key(one_photo + b"\x00")
     for change in (dict(chip_padding=0.3), dict(chip_size=160), dict(detect_max_side=800),
-                   dict(upsample_max_side=500), dict(max_image_pixels=1_000_000)):
+                   dict(upsample_max_side=500), dict(max_image_pixels=1_000_000), dict(max_faces_per_photo=2)):
         assert FeatureCache(tmp_path, dataclasses.replace(SETTINGS, **change)).key(one_photo) != key, change
     # settings outside the pipeline do not invalidate the cache
     assert FeatureCache(tmp_path, dataclasses.replace(SETTINGS, port=1234, batch_size=8)).key(one_photo) == key

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from constants import Settings
-from test.conftest import pick_people
+from test.conftest import pick_people, side_by_side
 from test.stack import photo_files
 
 N_PEOPLE, N_UPLOAD, N_HELD_OUT = 5, 6, 3
@@ -112,13 +112,24 @@ def test_zip_archive_upload_and_rebuild_uses_the_feature_cache(stack, people):
             assert manifest["input"]["features_cached"] == N_PEOPLE * 4
 
 
-def test_photo_with_several_faces_uses_the_largest_and_is_recorded(stack, people, faces_dir):
+def test_group_photo_without_the_person_is_skipped_and_recorded(stack, people, faces_dir):
+    """A two-face photo labelled as someone who is in neither face (features/select.py)."""
     files = photo_files({p: paths[:3] for p, paths in list(people.items())[:2]})
-    files.append((f"{next(iter(people))}/group.jpg", (faces_dir / "wild" / "two_people.jpg").read_bytes()))
+    (first, photos), (second, theirs) = list(people.items())[:2]
+    files.append((f"{first}/group.jpg", (faces_dir / "wild" / "two_people.jpg").read_bytes()))
+    # the second person, smaller, beside a larger photo of the first: the second person's face is used
+    files.append((f"{second}/pair.jpg", side_by_side(theirs[3], photos[4])))
     r = stack.build(files)
     assert r.status_code == 202, r.text
     stack.wait_state(r.json()["id"], ("done",))
     manifest = json.loads(zipfile.ZipFile(io.BytesIO(
         requests.get(f"{stack.url}/models/{r.json()['id']}", timeout=30).content)).read("manifest.json"))
-    several = [e for person in manifest["people"] for e in person["several_faces"]]
-    assert several == [{"file": f"{next(iter(people))}/group.jpg", "faces": 2}]
+    person = next(p for p in manifest["people"] if p["label"] == next(iter(people)))
+    assert person["several_faces"] == [] and person["used"] == 3
+    assert [(s["file"], s["reason"]) for s in person["skipped"]] == [
+        (f"{next(iter(people))}/group.jpg", "no_matching_face")]
+    assert "2 faces" in person["skipped"][0]["detail"]
+    assert manifest["input"]["skipped_by_reason"] == {"no_matching_face": 1}
+    pair = next(p for p in manifest["people"] if p["label"] == second)["several_faces"]
+    assert [(e["file"], e["faces"], e["face_used"]) for e in pair] == [(f"{second}/pair.jpg", 2, 1)]
+    assert pair[0]["box"][0] >= 340 and pair[0]["distance"] < 0.6
