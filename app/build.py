@@ -30,7 +30,7 @@ from modelization.bundle import pack_bundle
 from modelization.dataset import Split, stratified_split
 from modelization.metrics import accuracy, balanced_accuracy
 from modelization.network import NetworkSpec, predict_classes, to_keras
-from modelization.openset import calibrate, scores_for
+from modelization.openset import calibrate, name_faces
 from preprocessor.uploads import Photo
 
 Progress = Callable[[str, str, int, int], None]
@@ -131,7 +131,8 @@ def evaluate_genome(job: dict, files: list[dict], features: bytes, genome_key: s
     seed = int(job.get("options", {}).get("seed", settings.default_seed))
     data = search_data_for(job["id"], files, features, settings, seed)
     return evaluate(from_key(genome_key), data, seed=seed, max_epochs=settings.search_max_epochs,
-                    patience=settings.search_patience, target_far=settings.target_far, k=settings.open_set_k)
+                    patience=settings.search_patience, target_far=settings.target_far, k=settings.open_set_k,
+                    temperature=settings.fusion_temperature)
 
 
 _search_data: dict[tuple, object] = {}
@@ -183,21 +184,26 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
         trained_on = "train split (validation for early stopping)"
     train_seconds = time.time() - t0
 
+    # The gallery (train + validation) ships in the bundle: it helps name a face and sets the threshold.
     y_test = y[split.test]
-    pred = predict_classes(model, x[split.test])
+    gallery = np.concatenate([split.train, split.val])
+    probs_test = model.predict(x[split.test], verbose=0, batch_size=1024)
+    network_pred = probs_test.argmax(1)
+    pred, test_scores = name_faces(probs_test, x[split.test], x[gallery], y[gallery], settings.open_set_k,
+                                   settings.fusion_temperature)
     val_pred = predict_classes(model, x[split.val])
 
-    # Open set: the gallery (train + validation) ships in the bundle; the threshold comes from it alone.
-    gallery = np.concatenate([split.train, split.val])
     open_set = calibrate(x[gallery], y[gallery], len(split.people), settings.target_far, settings.open_set_k,
                          settings.max_threshold)
-    test_scores = scores_for(x[split.test], pred, x[gallery], y[gallery], len(split.people), settings.open_set_k)
+    open_set["temperature"] = settings.fusion_temperature
+    open_set["decision"] = ("the person maximising log p (classifier) - distance / temperature"
+                            if settings.fusion_temperature > 0 else "the classifier's most probable person")
     accepted = test_scores <= open_set["threshold"]
     open_set["test_dir"] = float(np.mean(accepted & (pred == y_test)))
     open_set["test_accepted"] = float(np.mean(accepted))
     manifest = {
         "format": "api-facial-recognition bundle",
-        "format_version": 2,
+        "format_version": 3,
         "service_version": VERSION,
         "model_id": job["id"],
         "name": job.get("name"),
@@ -217,6 +223,8 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
         "training": {"epochs": epochs, "max_epochs": settings.max_epochs, "patience": settings.patience,
                      "seconds": round(train_seconds, 2), "trained_on": trained_on},
         "metrics": {"test_accuracy": accuracy(y_test, pred), "balanced_accuracy": balanced_accuracy(y_test, pred),
+                    "network_test_accuracy": accuracy(y_test, network_pred),
+                    "network_balanced_accuracy": balanced_accuracy(y_test, network_pred),
                     "validation_accuracy": accuracy(y[split.val], val_pred), "test_photos": int(len(y_test))},
         "open_set": open_set,
         "optimization": optimization,
@@ -224,6 +232,9 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
     }
     if optimization and optimization.get("baselines"):
         optimization["baselines"]["closed_set"]["chosen network"] = {
+            "test_accuracy": manifest["metrics"]["network_test_accuracy"],
+            "balanced_accuracy": manifest["metrics"]["network_balanced_accuracy"]}
+        optimization["baselines"]["closed_set"]["chosen network + gallery (the bundle)"] = {
             "test_accuracy": manifest["metrics"]["test_accuracy"],
             "balanced_accuracy": manifest["metrics"]["balanced_accuracy"]}
     bundle = pack_bundle(model, split.people, manifest, gallery_x=x[gallery], gallery_y=y[gallery])
@@ -253,7 +264,8 @@ def train_chosen(search: dict, x: np.ndarray, y: np.ndarray, split: Split, setti
         "closed_set": baselines.closed_set(x[fit_idx], y[fit_idx], x[split.test], y[split.test], n,
                                            logistic_epochs=lr_epochs, seed=seed),
         "open_set": baselines.open_set(data, spec, epochs, logistic_epochs=lr_epochs, seed=seed,
-                                       target_far=settings.target_far, k=settings.open_set_k),
+                                       target_far=settings.target_far, k=settings.open_set_k,
+                                       temperature=settings.fusion_temperature),
         "held_out_people": [split.people[i] for i in data.held_out],
     }
     return spec, model, epochs, {**search, "baselines": compared}

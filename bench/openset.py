@@ -54,6 +54,7 @@ def main() -> None:
     from dataclasses import asdict
 
     from app.build import train_bundle
+    from features.select import choose_faces
     from modelization.dataset import stratified_split
     from modelization.metrics import accuracy, balanced_accuracy
     from modelization.openset import pairwise_distances
@@ -70,14 +71,15 @@ def main() -> None:
         feats = extract(paths, args.procs)
         t_extract = time.perf_counter() - t0
         files = [{"label": p.parent.name, "filename": f"{p.parent.name}/{p.name}"} for p in paths]
-        no_face = [f for f, ft in zip(files, feats) if not ft.usable]
+        no_face = [f for f, ft in zip(files, feats) if not ft.usable]  # before a group photo can be skipped
         t0 = time.perf_counter()
         bundle = train_bundle({"id": f"bench-{subset}", "options": {"seed": args.seed}}, files,
                               [asdict(f) for f in feats], SETTINGS, lambda *a: None)
         t_train = time.perf_counter() - t0
         rec = load_bundle(bundle, SETTINGS)
 
-        # the same split the build used (same function, labels, seed)
+        # the same faces and split the build used (same functions, labels, seed)
+        feats, _ = choose_faces([f["label"] for f in files], feats, SETTINGS.same_person_distance)
         usable = [i for i, f in enumerate(feats) if f.usable]
         labels = [files[i]["label"] for i in usable]
         x = np.asarray([feats[i].embedding for i in usable], np.float32)
@@ -113,6 +115,10 @@ def main() -> None:
               f"threshold {nn_tau:.3f} (peeked)  FAR {nn_far:.4f}  DIR {nn_dir:.4f}   "
               f"[at 1% FAR: DIR {nn_dir_1pct:.4f}]")
         print(f"  DIR ratio model / 1-NN at the same FAR: {dir_ / nn_dir:.3f}")
+        net = rec.probabilities(tx).argmax(1)
+        print(f"  classifier alone: top-1 {accuracy(ty, net):.4f}  balanced {balanced_accuracy(ty, net):.4f}   "
+              f"group photos: {sum(1 for f in feats if f.faces > 1)} used, "
+              f"{sum(1 for f in feats if f.skipped == 'no_matching_face')} skipped (no face like the person)")
         if no_face:
             print("  no face found in: " + ", ".join(f["filename"] for f in no_face[:20])
                   + (" ..." if len(no_face) > 20 else ""))

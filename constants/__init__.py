@@ -99,6 +99,7 @@ class Settings:
     # Open set ("unknown"): rejection rule calibrated at build time (modelization/openset.py).
     target_far: float = 0.01          # fraction of strangers the threshold lets through
     open_set_k: int = 3               # gallery photos averaged in a face's distance score
+    fusion_temperature: float = 0.02  # who a face is: argmax log p - distance / T (openset.name_faces; 0 = classifier alone)
     max_threshold: float = 0.5        # cap on the calibrated threshold (small galleries run lenient)
     model_cache_size: int = 8         # loaded recognizers kept per web process (LRU)
 

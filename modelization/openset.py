@@ -47,6 +47,24 @@ def scores_for(x: np.ndarray, classes: np.ndarray, gallery_x: np.ndarray, galler
     return scores[np.arange(len(classes)), classes]
 
 
+def name_faces(probs: np.ndarray, x: np.ndarray, gallery_x: np.ndarray, gallery_y: np.ndarray,
+               k: int = DEFAULT_K, temperature: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Who each embedding is, and its open-set score. -> (classes, scores), both (n,).
+
+    The classifier and the gallery vote together: the person named maximises
+    log p_c(x) - d_c(x) / temperature, where p is the classifier's output and d_c the
+    mean distance to c's `k` nearest gallery photos (the open-set score). A small
+    temperature lets the gallery's distance lead and the classifier break near-ties;
+    temperature <= 0 leaves the classifier alone (bundles before format 3).
+    """
+    d = class_scores(pairwise_distances(x, gallery_x), gallery_y, probs.shape[1], k)
+    if temperature > 0:
+        classes = (np.log(np.maximum(probs, 1e-30)) - d / temperature).argmax(1)
+    else:
+        classes = probs.argmax(1)
+    return classes, d[np.arange(len(classes)), classes]
+
+
 def stranger_scores(gallery_x: np.ndarray, gallery_y: np.ndarray, n_classes: int, k: int = DEFAULT_K) -> np.ndarray:
     """Each gallery photo scored as a stranger: its best score among the other people."""
     scores = class_scores(pairwise_distances(gallery_x, gallery_x), gallery_y, n_classes, k)

@@ -18,7 +18,7 @@ import numpy as np
 from constants import Settings
 from features.embeddings import embed_chips
 from modelization.bundle import GALLERY_FILE, LABELS_FILE, MANIFEST_FILE, MODEL_FILE
-from modelization.openset import scores_for
+from modelization.openset import name_faces
 from preprocessor.faces import align_face, detect_faces
 from preprocessor.images import decode_image
 
@@ -90,6 +90,7 @@ class Recognizer:
         self.open_set = manifest.get("open_set") or {}
         self.threshold = float(self.open_set.get("threshold", 0.6))
         self.k = int(self.open_set.get("k", 3))
+        self.temperature = float(self.open_set.get("temperature", 0.0))  # format 2: the classifier alone
         self._model = model
         self._steps = _numpy_layers(model)
         if self._steps is not None and any(s[0] == "dense" and s[3] not in _ACTIVATIONS | {"softmax": 0}
@@ -119,8 +120,8 @@ class Recognizer:
             return []
         threshold = self.threshold if threshold is None else float(threshold)
         probs = self.probabilities(embeddings)
-        best = probs.argmax(1)
-        scores = scores_for(np.asarray(embeddings), best, self.gallery_x, self.gallery_y, len(self.labels), self.k)
+        best, scores = name_faces(probs, np.asarray(embeddings), self.gallery_x, self.gallery_y, self.k,
+                                  self.temperature)
         return [(self.labels[c] if s <= threshold else None, float(probs[i, c]), float(s), self.labels[c])
                 for i, (c, s) in enumerate(zip(best, scores))]
 

@@ -11,8 +11,9 @@ known people's training photos, its threshold set so that `target_far` of the
 held-out people's train + validation photos are accepted, then the rate of
 known test photos accepted with the right name and the false-accept rate on
 the held-out people's test photos. Scores: 1-NN its nearest distance, nearest
-centroid its centroid distance, the networks the bundle's rule (distance to the
-named person's `k` nearest photos).
+centroid its centroid distance, logistic regression the distance to the named
+person's `k` nearest photos, the chosen network the bundle's own rule
+(`openset.name_faces`: classifier and gallery name the person together).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 from modelization import lean
 from modelization.metrics import accuracy, balanced_accuracy
 from modelization.network import NetworkSpec
-from modelization.openset import pairwise_distances, rate_at_far, scores_for
+from modelization.openset import name_faces, pairwise_distances, rate_at_far, scores_for
 from optimization.evaluate import SearchData
 
 LOGISTIC = NetworkSpec(hidden=(), dropout=0.0, learning_rate=1e-2, batch_size=64, l2=1e-4)
@@ -68,7 +69,7 @@ def logistic_epochs(data: SearchData, seed: int, max_epochs: int, patience: int)
 
 
 def open_set(data: SearchData, chosen: NetworkSpec, chosen_epochs: int, *, logistic_epochs: int, seed: int,
-             target_far: float, k: int) -> dict | None:
+             target_far: float, k: int, temperature: float = 0.0) -> dict | None:
     """Open-set rates of each method with the held-out people as strangers (None if nobody was held out)."""
     if not len(data.x_strangers) or not len(data.x_strangers_test):
         return None
@@ -77,8 +78,13 @@ def open_set(data: SearchData, chosen: NetworkSpec, chosen_epochs: int, *, logis
     def knn_rule(predict):
         return lambda q: (lambda c: (c, scores_for(q, c, gx, gy, n, k)))(predict(q))
 
+    fit = lean.fit(chosen, gx, gy, n, seed=seed, max_epochs=max(1, chosen_epochs))
+
+    def bundle_rule(q):  # the chosen network with its gallery, as the bundle names faces
+        return name_faces(lean.predict_proba(chosen, fit.weights, q), q, gx, gy, k, temperature)
+
     methods = {
-        "chosen network": knn_rule(network(chosen, gx, gy, n, seed, chosen_epochs)),
+        "chosen network": bundle_rule,
         "1-nearest-neighbour": lambda q: nearest_neighbour(gx, gy, q),
         "nearest centroid": lambda q: nearest_centroid(gx, gy, n, q),
         "logistic regression": knn_rule(network(LOGISTIC, gx, gy, n, seed, logistic_epochs)),

@@ -5,11 +5,12 @@ Selection sees validation data only. Some people are held out entirely
 strangers: a candidate network is trained on the other people's training
 photos and scored on
 
-- balanced accuracy on those people's validation photos (max);
+- balanced accuracy on those people's validation photos (max), each named as
+  the bundle would name it (`openset.name_faces`: classifier and gallery together);
 - open-set rate: validation photos accepted with the right name when the
   threshold lets only `target_far` of the held-out people's (non-test) photos
   through; the score is the bundle's own rejection rule
-  (`openset.scores_for`: distance to the named person's nearest photos) (max);
+  (distance to the named person's nearest photos) (max);
 - parameter count (min).
 
 The test photos of everybody are never used here; `baselines` measures the
@@ -26,7 +27,7 @@ import numpy as np
 from modelization import lean
 from modelization.dataset import Split
 from modelization.metrics import balanced_accuracy
-from modelization.openset import rate_at_far, scores_for
+from modelization.openset import name_faces, rate_at_far
 from optimization.genome import Genome, decode, key
 
 
@@ -80,18 +81,16 @@ def eval_seed(seed: int, genome_key: str) -> int:
     return zlib.crc32(f"{seed}:{genome_key}".encode())
 
 
-def open_set_rate(data: SearchData, classes_val: np.ndarray, classes_strangers: np.ndarray,
-                  target_far: float, k: int) -> float | None:
-    """The open-set objective for predicted classes of the validation and stranger photos."""
-    if not len(data.x_strangers):
+def open_set_rate(data: SearchData, classes_val: np.ndarray, scores_val: np.ndarray,
+                  scores_strangers: np.ndarray | None, target_far: float) -> float | None:
+    """The open-set objective from the validation photos' named classes and scores and the strangers' scores."""
+    if scores_strangers is None or not len(scores_strangers):
         return None
-    known = scores_for(data.x_val, classes_val, data.x_train, data.y_train, data.n_known, k)
-    strangers = scores_for(data.x_strangers, classes_strangers, data.x_train, data.y_train, data.n_known, k)
-    return rate_at_far(known, classes_val == data.y_val, strangers, target_far)[0]
+    return rate_at_far(scores_val, classes_val == data.y_val, scores_strangers, target_far)[0]
 
 
 def evaluate(genome: Genome, data: SearchData, *, seed: int, max_epochs: int, patience: int,
-             target_far: float, k: int) -> dict:
+             target_far: float, k: int, temperature: float = 0.0) -> dict:
     """Train the genome's network and score it.
 
     -> {balanced_accuracy, open_set, params, epochs (kept by early stopping), val_loss, seconds}.
@@ -100,9 +99,11 @@ def evaluate(genome: Genome, data: SearchData, *, seed: int, max_epochs: int, pa
     spec = decode(genome)
     fit = lean.fit(spec, data.x_train, data.y_train, data.n_known, seed=eval_seed(seed, key(genome)),
                    max_epochs=max_epochs, x_val=data.x_val, y_val=data.y_val, patience=patience)
-    pred_val = lean.predict_proba(spec, fit.weights, data.x_val).argmax(1)
-    pred_str = lean.predict_proba(spec, fit.weights, data.x_strangers).argmax(1) if len(data.x_strangers) else None
-    open_set = open_set_rate(data, pred_val, pred_str, target_far, k)
+    gallery = (data.x_train, data.y_train, k, temperature)  # the candidate named faces as its bundle would
+    pred_val, scores_val = name_faces(lean.predict_proba(spec, fit.weights, data.x_val), data.x_val, *gallery)
+    scores_str = (name_faces(lean.predict_proba(spec, fit.weights, data.x_strangers), data.x_strangers, *gallery)[1]
+                  if len(data.x_strangers) else None)
+    open_set = open_set_rate(data, pred_val, scores_val, scores_str, target_far)
     return {"balanced_accuracy": round(balanced_accuracy(data.y_val, pred_val), 6),
             "open_set": None if open_set is None else round(open_set, 6),
             "params": lean.count_params(spec, data.x_train.shape[1], data.n_people),  # as shipped

@@ -13,7 +13,8 @@ from app.recognizers import RecognizerCache
 from constants import Settings
 from features.extract import PhotoFeatures
 from modelization.bundle import GALLERY_FILE, read_manifest, save_bundle
-from modelization.recognizer import load_bundle
+from modelization.openset import class_scores, name_faces, pairwise_distances
+from modelization.recognizer import Recognizer, load_bundle
 
 PEOPLE = ["ann", "bob", "cy"]
 
@@ -45,7 +46,7 @@ def test_bundle_holds_gallery_and_calibration(bundle, tmp_path):
     with zipfile.ZipFile(path) as zf:
         assert GALLERY_FILE in zf.namelist()
     manifest = read_manifest(bundle)
-    assert manifest["format_version"] == 2 and manifest["labels"] == PEOPLE
+    assert manifest["format_version"] == 3 and manifest["labels"] == PEOPLE
     o = manifest["open_set"]
     assert 0 < o["threshold"] <= o["cap"] and o["pseudo_stranger_identities"] == 3
 
@@ -111,3 +112,49 @@ def test_readme_documents_the_dlib_weights_bundles_expect():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     documented = dict(re.findall(r"\| `([\w.]+\.dat)` \| `([0-9a-f]{64})` \|", readme))
     assert documented == pipeline_settings(Settings.from_env())["models"]
+
+
+# --------------------------------------------------------------------------- naming a face: classifier + gallery
+
+def gallery_two_people():
+    """Person 0 around e0, person 1 around e1 (3 photos each), unit-ish 128-d vectors."""
+    e = np.eye(128, dtype=np.float32)
+    gx = np.stack([e[0], e[0] + 0.01 * e[2], e[0] - 0.01 * e[2], e[1], e[1] + 0.01 * e[3], e[1] - 0.01 * e[3]])
+    return gx, np.array([0, 0, 0, 1, 1, 1])
+
+
+def test_name_faces_classifier_alone_when_temperature_is_zero():
+    gx, gy = gallery_two_people()
+    x = gx[[0, 3]]
+    probs = np.array([[0.2, 0.8], [0.9, 0.1]])  # the classifier contradicts the gallery
+    classes, scores = name_faces(probs, x, gx, gy, k=3, temperature=0.0)
+    assert classes.tolist() == [1, 0]
+    np.testing.assert_allclose(scores, class_scores(pairwise_distances(x, gx), gy, 2, 3)[[0, 1], [1, 0]])
+
+
+def test_name_faces_gallery_leads_and_classifier_breaks_near_ties():
+    gx, gy = gallery_two_people()
+    e = np.eye(128, dtype=np.float32)
+    on_0 = gx[0:1]                                   # on person 0's photos: ~1.41 from person 1
+    halfway = ((e[0] + e[1]) / 2)[None, :]           # equally far from both
+    # a mildly wrong classifier does not outvote a clear distance
+    assert name_faces(np.array([[0.3, 0.7]]), on_0, gx, gy, 3, 0.02)[0].tolist() == [0]
+    # on a tie in distance, the classifier decides
+    assert name_faces(np.array([[0.3, 0.7]]), halfway, gx, gy, 3, 0.02)[0].tolist() == [1]
+    assert name_faces(np.array([[0.7, 0.3]]), halfway, gx, gy, 3, 0.02)[0].tolist() == [0]
+    # the score is always the named person's distance
+    classes, scores = name_faces(np.array([[0.3, 0.7]]), on_0, gx, gy, 3, 0.02)
+    assert scores[0] == pytest.approx(np.mean([0.0, 0.01, 0.01]), abs=1e-4)  # float32 distances
+
+
+def test_bundle_records_its_decision_rule_and_older_bundles_keep_the_classifier_alone(bundle):
+    manifest = read_manifest(bundle)
+    assert manifest["open_set"]["temperature"] == Settings().fusion_temperature > 0
+    assert "log p" in manifest["open_set"]["decision"]
+    rec = load_bundle(bundle)
+    assert rec.temperature == Settings().fusion_temperature
+    rec.open_set = {k: v for k, v in rec.open_set.items() if k != "temperature"}  # as a format-2 manifest
+    old = Recognizer(rec._model, rec.labels, {**rec.manifest, "open_set": rec.open_set}, rec.gallery_x, rec.gallery_y)
+    assert old.temperature == 0.0
+    x = clusters(0)[0]
+    assert [g[3] for g in old.identify(x)] == [rec.labels[c] for c in old.probabilities(x).argmax(1)]
