@@ -131,8 +131,7 @@ def evaluate_genome(job: dict, files: list[dict], features: bytes, genome_key: s
     seed = int(job.get("options", {}).get("seed", settings.default_seed))
     data = search_data_for(job["id"], files, features, settings, seed)
     return evaluate(from_key(genome_key), data, seed=seed, max_epochs=settings.search_max_epochs,
-                    patience=settings.search_patience, target_far=settings.target_far, k=settings.open_set_k,
-                    temperature=settings.fusion_temperature)
+                    patience=settings.search_patience, target_far=settings.target_far, k=settings.open_set_k)
 
 
 _search_data: dict[tuple, object] = {}

@@ -11,9 +11,9 @@ known people's training photos, its threshold set so that `target_far` of the
 held-out people's train + validation photos are accepted, then the rate of
 known test photos accepted with the right name and the false-accept rate on
 the held-out people's test photos. Scores: 1-NN its nearest distance, nearest
-centroid its centroid distance, logistic regression the distance to the named
-person's `k` nearest photos, the chosen network the bundle's own rule
-(`openset.name_faces`: classifier and gallery name the person together).
+centroid its centroid distance, the networks the distance to the named person's
+`k` nearest photos; the chosen network is measured naming the person alone and,
+as the bundle does, together with its gallery (`openset.name_faces`).
 """
 from __future__ import annotations
 
@@ -80,11 +80,12 @@ def open_set(data: SearchData, chosen: NetworkSpec, chosen_epochs: int, *, logis
 
     fit = lean.fit(chosen, gx, gy, n, seed=seed, max_epochs=max(1, chosen_epochs))
 
-    def bundle_rule(q):  # the chosen network with its gallery, as the bundle names faces
-        return name_faces(lean.predict_proba(chosen, fit.weights, q), q, gx, gy, k, temperature)
+    def rule(t: float):  # t = 0: the classifier names the face; t > 0: with its gallery, as the bundle does
+        return lambda q: name_faces(lean.predict_proba(chosen, fit.weights, q), q, gx, gy, k, t)
 
     methods = {
-        "chosen network": bundle_rule,
+        "chosen network": rule(0.0),
+        "chosen network + gallery (the bundle)": rule(temperature),
         "1-nearest-neighbour": lambda q: nearest_neighbour(gx, gy, q),
         "nearest centroid": lambda q: nearest_centroid(gx, gy, n, q),
         "logistic regression": knn_rule(network(LOGISTIC, gx, gy, n, seed, logistic_epochs)),

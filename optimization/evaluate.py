@@ -5,8 +5,10 @@ Selection sees validation data only. Some people are held out entirely
 strangers: a candidate network is trained on the other people's training
 photos and scored on
 
-- balanced accuracy on those people's validation photos (max), each named as
-  the bundle would name it (`openset.name_faces`: classifier and gallery together);
+- balanced accuracy on those people's validation photos (max), each named by the
+  classifier alone: the bundle also lets its gallery vote (`openset.name_faces`), but
+  the gallery would mask the differences between candidates (measured: with the vote,
+  every network tied and the smallest always won);
 - open-set rate: validation photos accepted with the right name when the
   threshold lets only `target_far` of the held-out people's (non-test) photos
   through; the score is the bundle's own rejection rule
@@ -90,7 +92,7 @@ def open_set_rate(data: SearchData, classes_val: np.ndarray, scores_val: np.ndar
 
 
 def evaluate(genome: Genome, data: SearchData, *, seed: int, max_epochs: int, patience: int,
-             target_far: float, k: int, temperature: float = 0.0) -> dict:
+             target_far: float, k: int) -> dict:
     """Train the genome's network and score it.
 
     -> {balanced_accuracy, open_set, params, epochs (kept by early stopping), val_loss, seconds}.
@@ -99,7 +101,7 @@ def evaluate(genome: Genome, data: SearchData, *, seed: int, max_epochs: int, pa
     spec = decode(genome)
     fit = lean.fit(spec, data.x_train, data.y_train, data.n_known, seed=eval_seed(seed, key(genome)),
                    max_epochs=max_epochs, x_val=data.x_val, y_val=data.y_val, patience=patience)
-    gallery = (data.x_train, data.y_train, k, temperature)  # the candidate named faces as its bundle would
+    gallery = (data.x_train, data.y_train, k, 0.0)  # temperature 0: the classifier names the face
     pred_val, scores_val = name_faces(lean.predict_proba(spec, fit.weights, data.x_val), data.x_val, *gallery)
     scores_str = (name_faces(lean.predict_proba(spec, fit.weights, data.x_strangers), data.x_strangers, *gallery)[1]
                   if len(data.x_strangers) else None)
