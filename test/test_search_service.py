@@ -18,7 +18,8 @@ from test.stack import Stack, photo_files
 
 TINY = {"population": "8", "generations": "2"}
 LOGBOOK_KEYS = {"generation", "evaluations", "cache_hits", "seconds", "balanced_accuracy", "open_set", "params"}
-METHODS = {"chosen network", "1-nearest-neighbour", "nearest centroid", "logistic regression"}
+METHODS = {"chosen network", "chosen network + gallery (the bundle)", "1-nearest-neighbour", "nearest centroid",
+           "logistic regression"}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,9 @@ def test_a_tiny_search_builds_a_model_and_shows_what_it_did(stack, upload, peopl
 
     baselines = opt["baselines"]
     assert set(baselines["closed_set"]) == METHODS
-    assert baselines["closed_set"]["chosen network"]["test_accuracy"] == m["metrics"]["test_accuracy"]
+    assert baselines["closed_set"]["chosen network"]["test_accuracy"] == m["metrics"]["network_test_accuracy"]
+    assert (baselines["closed_set"]["chosen network + gallery (the bundle)"]["test_accuracy"]
+            == m["metrics"]["test_accuracy"])
     assert set(baselines["open_set"]) == METHODS and len(baselines["held_out_people"]) == 1
 
     # and it is a working recognizer: a photo it never saw gets the right name offline
