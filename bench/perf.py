@@ -148,7 +148,8 @@ def main() -> None:
                 cached, _ = build(stack, archive)
                 print(f"cached rebuild: {cached:.1f} s ({100 * cached / wall:.1f}% of the first build)")
                 url = f"{stack.url}/models/{model_id}/predict"
-                latencies(url, probe, 4, 1)  # load the model in the web processes
+                # load the model in every web process: concurrent requests reach them all
+                latencies(url, probe, 4 * args.clients, args.clients)
                 before = memory(stack)
                 lat, err, w = latencies(url, probe, max(20, args.requests // 10), 1)
                 print(f"predict, 1 client: p50 {pct(lat, .5):.0f} ms, p95 {pct(lat, .95):.0f} ms, "
