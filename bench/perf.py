@@ -123,7 +123,7 @@ def main() -> None:
     probe = probe_path.read_bytes()
 
     sample = paths[:: max(1, len(paths) // args.ref_photos)][: args.ref_photos]
-    # the sample is short (~30 s), so the machine's noise shows: median of 3 runs, spread printed
+    # a 200-photo sample is short (~30 s) and the machine is noisy: median of --ref-repeats runs, spread printed
     runs = [reference(sample) for _ in range(args.ref_repeats)]
     runs_every = [reference(sample, every_face=True) for _ in range(args.ref_repeats)]
     ref, ref_every = statistics.median(runs), statistics.median(runs_every)
