@@ -57,7 +57,7 @@ def main() -> None:
     from features.select import choose_faces
     from modelization.dataset import stratified_split
     from modelization.metrics import accuracy, balanced_accuracy
-    from modelization.openset import pairwise_distances
+    from features.embeddings import pairwise_distances
     from modelization.recognizer import load_bundle
 
     strangers = sorted((FACES / "strangers").glob("*.jpg"))

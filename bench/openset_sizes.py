@@ -23,7 +23,8 @@ import numpy as np  # noqa: E402
 
 from constants import Settings  # noqa: E402
 from features.extract import FeatureCache, cached_photo_features  # noqa: E402
-from modelization.openset import calibrate, class_scores, pairwise_distances  # noqa: E402
+from features.embeddings import pairwise_distances  # noqa: E402
+from modelization.openset import calibrate, class_scores  # noqa: E402
 
 FACES = Path(os.environ.get("FR_FACES_DIR", ROOT.parent / "shared" / "faces"))
 

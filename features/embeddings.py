@@ -30,3 +30,11 @@ def embed_chips(chips: list[np.ndarray]) -> np.ndarray:
         return np.zeros((0, EMBEDDING_SIZE), np.float32)
     vectors = _resnet().compute_face_descriptor(chips)
     return np.asarray([np.asarray(v) for v in vectors], dtype=np.float32)
+
+
+def pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distances (len(a), len(b)) without a (n, m, 128) temporary."""
+    a = a.astype(np.float32)
+    b = b.astype(np.float32)
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.sqrt(np.maximum(sq, 0.0))

@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from features.embeddings import pairwise_distances
 from features.extract import PhotoFeatures
 
 NO_MATCH = "no_matching_face"
@@ -43,14 +44,16 @@ def choose_faces(labels: list[str], feats: list[PhotoFeatures],
         if f.usable:
             photos[label].append(i)
     for idx in photos.values():
+        faces = {i: faces_of(feats[i]) for i in idx}  # built once per person, not once per group photo
         singles = [i for i in idx if not feats[i].others]
         for i in (i for i in idx if feats[i].others):
             refs = singles if len(singles) >= 2 else [j for j in idx if j != i]
             if not refs:  # the person's only photo: nothing to compare with (too few photos anyway)
                 continue
-            candidates = faces_of(feats[i])
-            nearest = np.stack([_distances(candidates, faces_of(feats[j])).min(1) for j in refs], axis=1)
-            score = np.median(nearest, axis=1)
+            # distance of each candidate face to the nearest face of each reference photo
+            starts = np.cumsum([0] + [len(faces[j]) for j in refs[:-1]])
+            dist = pairwise_distances(faces[i], np.concatenate([faces[j] for j in refs]))
+            score = np.median(np.minimum.reduceat(dist, starts, axis=1), axis=1)
             best = int(score.argmin())
             choices[i] = {"face": best, "distance": round(float(score[best]), 4)}
             f = feats[i]
@@ -63,7 +66,3 @@ def choose_faces(labels: list[str], feats: list[PhotoFeatures],
                 rest = [{"box": f.box, "embedding": f.embedding}] + [o for o in f.others if o is not face]
                 out[i] = replace(f, box=face["box"], embedding=face["embedding"], others=rest)
     return out, choices
-
-
-def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sqrt(np.maximum(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1), 0.0))

@@ -18,15 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from features.embeddings import pairwise_distances
+
 DEFAULT_K = 3
-
-
-def pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Euclidean distances (len(a), len(b)) without a (n, m, 128) temporary."""
-    a = a.astype(np.float32)
-    b = b.astype(np.float32)
-    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-    return np.sqrt(np.maximum(sq, 0.0))
 
 
 def class_scores(dist: np.ndarray, gallery_y: np.ndarray, n_classes: int, k: int = DEFAULT_K) -> np.ndarray:

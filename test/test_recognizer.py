@@ -13,7 +13,8 @@ from app.recognizers import RecognizerCache
 from constants import Settings
 from features.extract import PhotoFeatures
 from modelization.bundle import GALLERY_FILE, read_manifest, save_bundle
-from modelization.openset import class_scores, name_faces, pairwise_distances
+from features.embeddings import pairwise_distances
+from modelization.openset import class_scores, name_faces
 from modelization.recognizer import Recognizer, load_bundle
 
 PEOPLE = ["ann", "bob", "cy"]
