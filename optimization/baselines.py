@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from features.embeddings import pairwise_distances
 from modelization import lean
 from modelization.metrics import accuracy, balanced_accuracy
 from modelization.network import NetworkSpec
-from modelization.openset import name_faces, pairwise_distances, rate_at_far, scores_for
+from modelization.openset import name_faces, rate_at_far
 from optimization.evaluate import SearchData
 
 LOGISTIC = NetworkSpec(hidden=(), dropout=0.0, learning_rate=1e-2, batch_size=64, l2=1e-4)
@@ -75,20 +76,21 @@ def open_set(data: SearchData, chosen: NetworkSpec, chosen_epochs: int, *, logis
         return None
     gx, gy, n = data.x_train, data.y_train, data.n_known
 
-    def knn_rule(predict):
-        return lambda q: (lambda c: (c, scores_for(q, c, gx, gy, n, k)))(predict(q))
+    def rules(spec: NetworkSpec, epochs: int, *temperatures: float) -> list:
+        """One training of `spec`, then a (classes, scores) rule per temperature (`openset.name_faces`:
+        0 = the classifier names the face; > 0 = with its gallery, as the bundle does)."""
+        fit = lean.fit(spec, gx, gy, n, seed=seed, max_epochs=max(1, epochs))
+        return [lambda q, t=t: name_faces(lean.predict_proba(spec, fit.weights, q), q, gx, gy, k, t)
+                for t in temperatures]
 
-    fit = lean.fit(chosen, gx, gy, n, seed=seed, max_epochs=max(1, chosen_epochs))
-
-    def rule(t: float):  # t = 0: the classifier names the face; t > 0: with its gallery, as the bundle does
-        return lambda q: name_faces(lean.predict_proba(chosen, fit.weights, q), q, gx, gy, k, t)
-
+    chosen_alone, chosen_bundle = rules(chosen, chosen_epochs, 0.0, temperature)
+    (logistic,) = rules(LOGISTIC, logistic_epochs, 0.0)
     methods = {
-        "chosen network": rule(0.0),
-        "chosen network + gallery (the bundle)": rule(temperature),
+        "chosen network": chosen_alone,
+        "chosen network + gallery (the bundle)": chosen_bundle,
         "1-nearest-neighbour": lambda q: nearest_neighbour(gx, gy, q),
         "nearest centroid": lambda q: nearest_centroid(gx, gy, n, q),
-        "logistic regression": knn_rule(network(LOGISTIC, gx, gy, n, seed, logistic_epochs)),
+        "logistic regression": logistic,
     }
     out = {}
     for name, method in methods.items():
