@@ -53,6 +53,7 @@ class WorkerState:
     identity: bytes
     last_seen: float
     task: Task | None = None
+    warming: bool = False  # still loading its models (it takes tasks meanwhile)
 
     @property
     def name(self) -> str:
@@ -88,6 +89,7 @@ class Broker:
     def status(self) -> dict:
         busy = sum(1 for w in self.workers.values() if w.task)
         return {"workers": len(self.workers), "busy": busy, "idle": len(self.workers) - busy,
+                "warming": sum(1 for w in self.workers.values() if w.warming),
                 "queued": len({t.job for t in self.queue}), "tasks_queued": len(self.queue),
                 "searches": len([e for e in self.searches.values() if not e.done])}
 
@@ -278,6 +280,7 @@ class Broker:
             worker.task = Task(**header["busy_with"])
             self.queue.appendleft(task)
         elif command == p.HEARTBEAT:
+            worker.warming = bool(header.get("warming"))
             # Only READY/DONE/FAILED make a worker idle: a heartbeat sent before it received
             # a task must not free it again. A worker met mid-task (we restarted) is busy.
             if header.get("task") and worker.task is None:

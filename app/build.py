@@ -42,6 +42,19 @@ class BuildError(Exception):
         self.code, self.message, self.details = code, message, details or {}
 
 
+def warm_up() -> None:
+    """Load what tasks need once per process: dlib's three models, then Keras/TensorFlow.
+
+    Importing Keras alone costs ~5.5 s here; done at worker start, a build's first
+    training (the last, serial step of every build) does not wait for it.
+    """
+    from features.embeddings import load_model
+    from preprocessor.faces import load_models
+    load_models()
+    load_model()  # loading only, no inference: a task may be running dlib already
+    import keras  # noqa: F401
+
+
 def extract_chunk(photos: list[Photo], settings: Settings) -> list[dict]:
     """Features of a slice of a job's photos, through the cache: one dict per photo."""
     cache = FeatureCache(settings.cache_dir, settings)

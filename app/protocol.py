@@ -1,11 +1,11 @@
 """The ZeroMQ wire format: a command frame, a JSON header frame, then binary frames.
 
 Front (REQ) -> broker ROUTER:  SUBMIT {id, name, options, files} photo...  -> OK {id} | ERR {code, message}
-                               STATUS                                       -> OK {workers, busy, idle, queued}
+                               STATUS                                       -> OK {workers, busy, idle, warming, queued}
                                DELETE {id}                                  -> OK {id, removed}
 Worker (DEALER) -> broker ROUTER:
     READY                           idle and asking for work (sent once, on start)
-    HEARTBEAT {task?}               alive; the task it is running, if any
+    HEARTBEAT {task?, warming?}     alive; the task it is running, if any; still loading its models
     PROGRESS {job, state, stage, done, total}
     DONE {task} result              result: features JSON (extract), scores JSON (evaluate) or bundle zip (train)
     FAILED {task, code, message, details}   DONE and FAILED also mean "ready for more"

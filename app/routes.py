@@ -179,7 +179,7 @@ def is_alive():
                         "error": {"code": exc.code, "message": exc.message}}), 503
     alive = st["workers"] > 0
     body = {"status": 0 if alive else 1, "alive": alive, "workers": st["workers"], "busy": st["busy"],
-            "queued": st["queued"], "version": VERSION}
+            "warming": st.get("warming", 0), "queued": st["queued"], "version": VERSION}
     if not alive:
         body["error"] = {"code": "NO_WORKERS", "message": "no worker is connected to the broker"}
     return jsonify(body), 200 if alive else 503

@@ -1,7 +1,9 @@
 """A worker: one loop that talks to the broker while a thread runs the current task.
 
-The loop never blocks on work, so heartbeats keep flowing during a long task;
-the task thread reports through a queue that the loop forwards to the broker.
+The loop never blocks on work, so heartbeats keep flowing during a long task.
+The task thread posts its messages (progress, then the result) on an inproc
+PUSH socket that the loop polls beside the broker's, so a result reaches the
+broker the moment it is ready and the next task follows at once.
 Killing a worker (even with -9) loses nothing: the broker stops hearing its
 heartbeats and gives the task to another worker.
 """
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import socket
 import threading
 import time
@@ -35,27 +36,55 @@ class Worker:
         self.sock.setsockopt(zmq.IDENTITY, self.identity)
         p.tune(self.sock, settings.heartbeat_s)
         self.sock.connect(connect)
-        self.events: queue.Queue = queue.Queue()  # (command, header, blobs) from the task thread
+        # Messages from the task thread (each task thread opens its own PUSH end).
+        self.events_addr = f"inproc://worker-events-{uuid.uuid4().hex}"
+        self.events = self.ctx.socket(zmq.PULL)
+        self.events.bind(self.events_addr)
         self.task: dict | None = None  # the task being worked on
+        self.warming = False  # the warm-up thread is loading models (reported in heartbeats)
         self.running = True
 
     def run(self) -> None:
         logger.info("worker {} connecting to {}", self.identity.decode(), self.connect)
         self.sock.send_multipart(p.pack(p.READY))
+        if self.s.warm_up:  # in the background: the worker takes tasks meanwhile
+            self.warming = True
+            threading.Thread(target=self.warm_up, daemon=True, name="warm-up").start()
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(self.events, zmq.POLLIN)
         next_beat = 0.0
         while self.running:
-            if self.sock.poll(timeout=100):  # short: events from the task thread wait at most this
+            ready = dict(poller.poll(timeout=100))  # the timeout only paces heartbeats and `running`
+            if self.sock in ready:
                 command, header, blobs = p.unpack(self.sock.recv_multipart())
                 if command == p.JOB:
                     self.start(header, blobs)
-            self.forward_events()
+            if self.events in ready:
+                self.forward_events()
             if time.monotonic() >= next_beat:
                 try:  # never block on a heartbeat: with the broker away they would pile up to the HWM
-                    self.sock.send_multipart(p.pack(p.HEARTBEAT, {"task": self.task} if self.task else {}),
-                                             flags=zmq.NOBLOCK)
+                    self.sock.send_multipart(p.pack(p.HEARTBEAT, self.beat_body()), flags=zmq.NOBLOCK)
                 except zmq.Again:
                     pass
                 next_beat = time.monotonic() + self.s.heartbeat_s
+
+    def beat_body(self) -> dict:
+        body = {"task": self.task} if self.task else {}
+        if self.warming:
+            body["warming"] = True
+        return body
+
+    def warm_up(self) -> None:
+        from app.build import warm_up
+        t0 = time.monotonic()
+        try:
+            warm_up()
+            logger.info("worker warmed up in {:.1f} s (dlib models, Keras)", time.monotonic() - t0)
+        except Exception:  # a task would meet the same error and report it; never kill the worker
+            logger.exception("warm-up failed")
+        finally:
+            self.warming = False
 
     def start(self, header: dict, blobs: list[bytes]) -> None:
         if self.task is not None:  # should not happen; hand it back rather than lose it
@@ -71,13 +100,17 @@ class Worker:
         task = header["task"]
         job_id = task["job"]
         last = [0.0]
+        out = self.ctx.socket(zmq.PUSH)  # this thread's own end: zmq sockets are not shared across threads
+        out.connect(self.events_addr)
+
+        def post(command: bytes, body: dict, result: list[bytes] = ()) -> None:
+            out.send_multipart(p.pack(command, body, result))
 
         def progress(state: str, stage: str, done: int, total: int) -> None:
             now = time.monotonic()
             if now - last[0] >= 0.5 or done == 0:  # rate-limit store writes
                 last[0] = now
-                self.events.put((p.PROGRESS, {"job": job_id, "state": state, "stage": stage,
-                                              "done": done, "total": total}, []))
+                post(p.PROGRESS, {"job": job_id, "state": state, "stage": stage, "done": done, "total": total})
 
         try:
             if task["kind"] == "extract":
@@ -92,23 +125,24 @@ class Worker:
                 job = {"id": job_id, "name": header.get("name"), "options": header.get("options", {})}
                 result = train_bundle(job, header["files"], json.loads(blobs[0]), self.s, progress,
                                       header.get("search"))
-            self.events.put((p.DONE, {"task": task}, [result]))
+            post(p.DONE, {"task": task}, [result])
         except BuildError as exc:
-            self.events.put((p.FAILED, {"task": task, "code": exc.code, "message": exc.message,
-                                        "details": exc.details}, []))
+            post(p.FAILED, {"task": task, "code": exc.code, "message": exc.message, "details": exc.details})
         except Exception as exc:
             logger.error("job {} {} task crashed:\n{}", job_id, task["kind"], traceback.format_exc())
-            self.events.put((p.FAILED, {"task": task, "code": "BUILD_ERROR",
-                                        "message": f"{type(exc).__name__}: {exc}"}, []))
+            post(p.FAILED, {"task": task, "code": "BUILD_ERROR", "message": f"{type(exc).__name__}: {exc}"})
+        finally:
+            out.close()  # linger: what was posted is still delivered
 
     def forward_events(self) -> None:
+        """Pass the task thread's messages on to the broker, as they are."""
         while True:
             try:
-                command, header, blobs = self.events.get_nowait()
-            except queue.Empty:
+                frames = self.events.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
                 return
-            self.sock.send_multipart(p.pack(command, header, blobs))
-            if command in (p.DONE, p.FAILED):  # the broker takes these as "ready for more"
+            self.sock.send_multipart(frames)
+            if frames[0] in (p.DONE, p.FAILED):  # the broker takes these as "ready for more"
                 self.task = None
 
 

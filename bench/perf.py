@@ -136,6 +136,7 @@ def main() -> None:
     for workers in (1, 2):
         with tempfile.TemporaryDirectory() as tmp:
             stack = Stack(Path(tmp), workers=workers).start()
+            stack.wait_alive(workers, timeout=300, warm=True)  # a started service: models loaded
             try:
                 wall, model_id = build(stack, archive)
                 print(f"service, {workers} worker(s): {wall:.1f} s, {len(paths) / wall:.2f} photos/s, "

@@ -104,6 +104,7 @@ class Settings:
     model_cache_size: int = 8         # loaded recognizers kept per web process (LRU)
 
     keep_uploads: bool = False        # keep uploaded photos after a successful build
+    warm_up: bool = True              # workers load dlib's models and import Keras at start (~6 s, in the background)
 
     log_level: str = "INFO"
     log_rotation: str = "20 MB"

@@ -24,6 +24,11 @@ def _resnet():
     return dlib.face_recognition_model_v1(resnet_model_path())
 
 
+def load_model() -> None:
+    """Load the ResNet now rather than on the first face."""
+    _resnet()
+
+
 def embed_chips(chips: list[np.ndarray]) -> np.ndarray:
     """Embed aligned (150, 150, 3) uint8 chips: returns float32 (n, 128)."""
     if not chips:

@@ -59,6 +59,12 @@ def _shape_predictor():
     return dlib.shape_predictor(landmarks_model_path())
 
 
+def load_models() -> None:
+    """Load the detector and the landmark model now rather than on the first photo."""
+    _detector()
+    _shape_predictor()
+
+
 def detect_faces(image: np.ndarray, max_side: int = 1600, upsample_max_side: int = 1000) -> list[Box]:
     """Find faces in an RGB image; returns boxes in the image's own pixel coordinates."""
     h, w = image.shape[:2]

@@ -43,7 +43,7 @@ class Stack:
         self.broker_port = free_port_pair()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "FR_HEARTBEAT_S": "0.5", "FR_HEARTBEAT_LIVENESS": "4",
-                    "FR_LOG_LEVEL": "INFO", **(env or {})}
+                    "FR_LOG_LEVEL": os.environ.get("FR_LOG_LEVEL", "INFO"), **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.log = self.data_dir / "serve.out"
 
@@ -57,7 +57,8 @@ class Stack:
         self.wait_alive(self.workers, timeout)
         return self
 
-    def wait_alive(self, workers: int, timeout: float = 60) -> dict:
+    def wait_alive(self, workers: int, timeout: float = 60, warm: bool = False) -> dict:
+        """Until `workers` workers are connected (and, with `warm`, none is still loading its models)."""
         deadline = time.time() + timeout
         last = None
         while time.time() < deadline:
@@ -66,7 +67,7 @@ class Stack:
             try:
                 r = requests.get(self.url + "/is_alive", timeout=5)
                 last = r.json()
-                if r.status_code == 200 and last["workers"] >= workers:
+                if r.status_code == 200 and last["workers"] >= workers and not (warm and last.get("warming")):
                     return last
             except requests.RequestException:
                 pass

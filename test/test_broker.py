@@ -134,7 +134,27 @@ def test_heartbeat_sent_before_a_job_arrives_does_not_free_the_worker(broker, se
     w.send(p.HEARTBEAT, {})  # a heartbeat without a job
     time.sleep(0.3)
     assert w.recv_job(timeout=0.5) is None, "a busy worker must not get a second job"
-    assert broker.status() == {"workers": 1, "busy": 1, "idle": 0, "queued": 1, "tasks_queued": 1, "searches": 0}
+    assert broker.status() == {"workers": 1, "busy": 1, "idle": 0, "warming": 0, "queued": 1, "tasks_queued": 1,
+                               "searches": 0}
+    w.close()
+
+
+def test_a_warming_worker_is_counted_and_still_gets_tasks(broker, settings):
+    w = FakeWorker(settings.broker_back)
+    w.send(p.READY)
+    w.send(p.HEARTBEAT, {"warming": True})
+    assert wait_for(lambda: broker.status()["warming"] == 1)
+    job_id = submit(settings)
+    deadline = time.time() + 5
+    header = None
+    while header is None and time.time() < deadline:  # no heartbeat meanwhile: it stays warming
+        if w.sock.poll(100):
+            command, h, _ = p.unpack(w.sock.recv_multipart())
+            header = h if command == p.JOB else None
+    assert header and header["task"]["job"] == job_id
+    assert broker.status()["warming"] == 1
+    w.send(p.HEARTBEAT, {"task": header["task"]})  # warmed up
+    assert wait_for(lambda: broker.status()["warming"] == 0)
     w.close()
 
 

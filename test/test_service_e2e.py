@@ -27,6 +27,14 @@ def test_is_alive_reports_workers(stack):
     assert r.status_code == 200
     assert body["status"] == 0 and body["alive"] is True and body["workers"] == 2
     assert body["queued"] == 0 and body["version"]
+    assert body["warming"] in (0, 1, 2)
+
+
+def test_workers_warm_up_in_the_background(stack):
+    """Workers load dlib's models and Keras at start (FR_WARM_UP), then report warming 0."""
+    body = stack.wait_alive(2, timeout=120, warm=True)
+    assert body["warming"] == 0
+    assert stack.tail(2000).count("worker warmed up in") >= 2
 
 
 def test_build_poll_download_and_recognize_held_out_photos(stack, people, tmp_path):
