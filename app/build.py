@@ -56,12 +56,17 @@ def warm_up() -> None:
 
 
 def extract_chunk(photos: list[Photo], settings: Settings) -> list[dict]:
-    """Features of a slice of a job's photos, through the cache: one dict per photo."""
+    """Features of a slice of a job's photos, through the cache: one dict per photo.
+
+    Besides the features: `cached`, the cache `key`, and `seconds` spent on the photo.
+    """
     cache = FeatureCache(settings.cache_dir, settings)
     out = []
     for photo in photos:
+        t0 = time.perf_counter()
         feats, cached = cached_photo_features(photo.data, settings, cache)
-        out.append({**asdict(feats), "cached": cached, "key": cache.key(photo.data)})
+        out.append({**asdict(feats), "cached": cached, "key": cache.key(photo.data),
+                    "seconds": round(time.perf_counter() - t0, 4)})
     return out
 
 
@@ -102,6 +107,7 @@ class Prepared:
     split: Split
     people: list[dict]
     hits: int
+    extraction_seconds: float  # worker time spent on the photos (decode, detect, embed; ~0 when cached)
 
 
 def prepare(files: list[dict], features: list[dict], settings: Settings, seed: int) -> Prepared:
@@ -110,7 +116,9 @@ def prepare(files: list[dict], features: list[dict], settings: Settings, seed: i
     `files[i]` ({label, filename}) and `features[i]` (from `extract_chunk`) describe photo i.
     """
     hits = sum(1 for f in features if f.get("cached"))
-    feats = [PhotoFeatures(**{k: v for k, v in f.items() if k not in ("cached", "key")}) for f in features]
+    seconds = sum(f.get("seconds", 0.0) for f in features)
+    feats = [PhotoFeatures(**{k: v for k, v in f.items() if k not in ("cached", "key", "seconds")})
+             for f in features]
     feats, choices = choose_faces([file["label"] for file in files], feats, settings.same_person_distance)
 
     usable = [i for i, f in enumerate(feats) if f.usable]
@@ -131,7 +139,7 @@ def prepare(files: list[dict], features: list[dict], settings: Settings, seed: i
     x = np.asarray([feats[i].embedding for i in usable], dtype=np.float32)
     index = {person: k for k, person in enumerate(split.people)}
     y = np.asarray([index.get(label, -1) for label in labels], dtype=np.int64)
-    return Prepared(feats, usable, x, y, split, people, hits)
+    return Prepared(feats, usable, x, y, split, people, hits, seconds)
 
 
 def evaluate_genome(job: dict, files: list[dict], features: bytes, genome_key: str, settings: Settings) -> dict:
@@ -224,7 +232,7 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
         "pipeline": pipeline_settings(settings),
         "input": {"photos": len(files), "usable": len(usable), "skipped": len(files) - len(usable),
                   "several_faces": sum(1 for f in feats if f.usable and f.faces > 1),
-                  "features_cached": hits,
+                  "features_cached": hits, "extraction_seconds": round(data.extraction_seconds, 2),
                   "skipped_by_reason": dict(Counter(f.skipped for f in feats if not f.usable))},
         "people": people,
         "labels": split.people,

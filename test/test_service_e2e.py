@@ -116,6 +116,8 @@ def test_zip_archive_upload_and_rebuild_uses_the_feature_cache(stack, people):
         stack.wait_state(r.json()["id"], ("done",))
         manifest = json.loads(zipfile.ZipFile(io.BytesIO(
             requests.get(f"{stack.url}/models/{r.json()['id']}", timeout=30).content)).read("manifest.json"))
+        if attempt == 0:  # the workers' time on the photos is recorded
+            assert manifest["input"]["extraction_seconds"] > 0
         if attempt == 1:  # second build of the same photos: every embedding from the cache
             assert manifest["input"]["features_cached"] == N_PEOPLE * 4
 
