@@ -5,7 +5,8 @@
 
 1. Reference: the raw dlib pipeline (decode, HOG, 5 landmarks, chip, ResNet) in one
    process over a sample of the same photos (largest face only, and every face as the
-   service does): photos/s, and ms for the predict photo.
+   service does): photos/s, and ms for the predict photo; and the service's own photo
+   code (`photo_features`) against that loop, alternating photo by photo on the sample.
 2. Service: the build from upload to `available` with 1 and with 2 workers (started
    services whose workers have warmed up), photos/s and ratio to the reference; beside
    it the workers' own time on the photos from the manifest (`extraction_seconds`,
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import requests  # noqa: E402
 
-from bench.build_lfw import reference  # noqa: E402
+from bench.build_lfw import raw_pipeline, reference  # noqa: E402
 from test.stack import Stack  # noqa: E402
 
 FACES = Path(os.environ.get("FR_FACES_DIR", ROOT.parent / "shared" / "faces"))
@@ -102,11 +103,30 @@ def latencies(url: str, photo: bytes, n: int, clients: int) -> tuple[list[float]
     return [t for t, ok in results if ok], sum(1 for _, ok in results if not ok), wall
 
 
+def interleaved(paths: list[Path]) -> tuple[float, float]:
+    """Seconds of the raw loop (every face) and of the service's `photo_features` over the same
+    photos, alternating photo by photo so that the machine's drift hits both alike."""
+    from constants import Settings
+    from features.extract import photo_features
+    settings = Settings.from_env()
+    raw = raw_pipeline(every_face=True)
+    raw(paths[0]), photo_features(paths[0].read_bytes(), settings)  # models loaded
+    t_raw = t_ours = 0.0
+    for p in paths:
+        t0 = time.perf_counter()
+        raw(p)
+        t1 = time.perf_counter()
+        photo_features(p.read_bytes(), settings)
+        t_raw, t_ours = t_raw + t1 - t0, t_ours + time.perf_counter() - t1
+    return t_raw, t_ours
+
+
 def pct(xs: list[float], q: float) -> float:
     return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
 
 def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # figures appear as they are measured
     ap = argparse.ArgumentParser()
     ap.add_argument("--people", type=int, default=62)
     ap.add_argument("--requests", type=int, default=1000)
@@ -135,6 +155,10 @@ def main() -> None:
           f"{', '.join(f'{r:.2f}' for r in runs)}); {ref_every:.2f} photos/s embedding every face as the service "
           f"does (runs {', '.join(f'{r:.2f}' for r in runs_every)}); one 250 px photo: {ref_one:.0f} ms")
     print(f"build set: {len(paths)} photos of {len(people)} people")
+    t_raw, t_ours = interleaved(sample)
+    print(f"the service's photo code (features/extract.photo_features) vs the raw loop, every face, alternating "
+          f"photo by photo over {len(sample)} photos: {1000 * t_ours / len(sample):.1f} vs "
+          f"{1000 * t_raw / len(sample):.1f} ms a photo ({100 * (t_ours - t_raw) / t_raw:+.1f}%)", flush=True)
 
     for workers in (1, 2):
         with tempfile.TemporaryDirectory() as tmp:
