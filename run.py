@@ -43,7 +43,7 @@ def cmd_worker(args) -> None:
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(s.worker_threads))
     from app.worker import run_worker
-    setup_logging("worker", s.log_dir, s.log_level, s.log_rotation, s.log_retention)
+    setup_logging("worker", s.log_dir, s.log_level, s.log_rotation, s.log_retention, args.slot)
     run_worker(s, args.connect or s.broker_back.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1"))
 
 
@@ -64,7 +64,7 @@ class Supervisor:
         connect = s.broker_back.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
         self.specs = {"broker": py + ["broker"], "web": uwsgi_command()}
         for i in range(n_workers):
-            self.specs[f"worker{i}"] = py + ["worker", "--connect", connect]
+            self.specs[f"worker{i}"] = py + ["worker", "--connect", connect, "--slot", str(i + 1)]
         self.procs: dict[str, subprocess.Popen] = {}
         self.stopping = False
 
@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("worker", help="one worker, connecting to a broker")
     p.add_argument("--connect", help="broker back endpoint, e.g. tcp://HOST:5556")
     p.add_argument("--data-dir", help="where the feature cache lives")
+    p.add_argument("--slot", type=int, help="number of this worker on its host: logs go to worker-<slot>.log")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("web", help="the HTTP front alone (uWSGI)")

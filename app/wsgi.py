@@ -3,6 +3,12 @@ from app.web import create_app
 from constants import Settings
 from logger import setup_logging
 
+try:  # under uWSGI each process logs to its own file (web-1.log, web-2.log)
+    import uwsgi
+    _slot = uwsgi.worker_id()
+except ImportError:
+    _slot = None
+
 _settings = Settings.from_env()
-setup_logging("web", _settings.log_dir, _settings.log_level, _settings.log_rotation, _settings.log_retention)
+setup_logging("web", _settings.log_dir, _settings.log_level, _settings.log_rotation, _settings.log_retention, _slot)
 application = create_app(_settings)

@@ -30,6 +30,15 @@ def test_is_alive_reports_workers(stack):
     assert body["warming"] in (0, 1, 2)
 
 
+def test_each_process_logs_to_its_own_file(stack):
+    """Two processes rotating one loguru file would rename each other's: one writer per file."""
+    stack.wait_alive(2, timeout=120, warm=True)
+    requests.get(stack.url + "/is_alive", timeout=10)
+    logs = {p.name for p in (stack.data_dir / "var" / "logs").glob("*.log")}
+    assert {"broker.log", "worker-1.log", "worker-2.log", "web-1.log", "web-2.log"} <= logs, logs
+    assert not {"worker.log", "web.log"} & logs, logs
+
+
 def test_workers_warm_up_in_the_background(stack):
     """Workers load dlib's models and Keras at start (FR_WARM_UP), then report warming 0."""
     body = stack.wait_alive(2, timeout=120, warm=True)
