@@ -77,8 +77,7 @@ def main() -> None:
         for p in paths:
             zf.write(p, f"{p.parent.name}/{p.name}")
     with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(Path(tmp), workers=args.workers).start()
-        stack.wait_alive(args.workers, timeout=300, warm=True)  # a started service: models loaded
+        stack = Stack(Path(tmp), workers=args.workers, warm=True).start()  # a started service: models loaded
         try:
             t0 = time.perf_counter()
             r = requests.post(stack.url + "/build_recognizer", files={"archive": ("lfw.zip", buf.getvalue())},

@@ -34,8 +34,7 @@ def main() -> None:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for p in paths:
             zf.write(p, f"{p.parent.name}/{p.name}")
-    with tempfile.TemporaryDirectory() as tmp, Stack(Path(tmp), workers=args.workers) as stack:
-        stack.wait_alive(args.workers, timeout=300, warm=True)  # a started service: models loaded
+    with tempfile.TemporaryDirectory() as tmp, Stack(Path(tmp), workers=args.workers, warm=True) as stack:
         print(f"{len(paths)} photos, {args.workers} workers; memory in MB, all workers together")
         for i in range(1, args.builds + 1):
             wall, _ = build(stack, buf.getvalue())

@@ -112,8 +112,7 @@ def main() -> None:
                                    ("time_budget", args.budget)) if v is not None}
     print(f"{len(paths)} photos of {len({p.parent for p in paths})} people; {args.workers} worker(s); "
           f"controls {form or 'defaults'}")
-    with Stack(DATA, workers=args.workers) as stack:
-        stack.wait_alive(args.workers, timeout=300, warm=True)  # a started service: models loaded
+    with Stack(DATA, workers=args.workers, warm=True) as stack:  # a started service: models loaded
         before = None
         for i in range(args.repeat):
             seed = args.seed + i

@@ -34,11 +34,15 @@ def free_port_pair() -> int:
 
 
 class Stack:
-    """`python run.py serve` on free ports with its own data dir."""
+    """`python run.py serve` on free ports with its own data dir.
 
-    def __init__(self, data_dir: Path, workers: int = 2, env: dict | None = None):
+    `warm`: `start` also waits until no worker is still loading its models (benchmarks).
+    """
+
+    def __init__(self, data_dir: Path, workers: int = 2, env: dict | None = None, warm: bool = False):
         self.data_dir = Path(data_dir)
         self.workers = workers
+        self.warm = warm
         self.port = free_port()
         self.broker_port = free_port_pair()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -54,7 +58,7 @@ class Stack:
             [sys.executable, str(ROOT / "run.py"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", str(self.workers), "--data-dir", str(self.data_dir), "--broker-port", str(self.broker_port)],
             env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_alive(self.workers, timeout)
+        self.wait_alive(self.workers, timeout, self.warm)
         return self
 
     def wait_alive(self, workers: int, timeout: float = 60, warm: bool = False) -> dict:
