@@ -27,15 +27,17 @@ import requests  # noqa: E402
 from test.stack import Stack  # noqa: E402
 
 
-def raw_pipeline(every_face: bool = False):
+def raw_pipeline(every_face: bool = False, mirror: bool = False):
     """The plain dlib loop for one photo path: decode, HOG, 5 landmarks, chip, ResNet embedding.
 
     Of the largest face, or with `every_face` of every face (up to 8, the service's work:
     a group photo's faces are all embedded so the build can take the labelled person's).
+    `mirror`: the chip's mirror image is embedded too (what a bundle's predict does).
     """
     import cv2
     import dlib
     import face_recognition_models as frm
+    import numpy as np
     det = dlib.get_frontal_face_detector()
     sp = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
     net = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
@@ -46,13 +48,13 @@ def raw_pipeline(every_face: bool = False):
         faces = sorted(rects, key=lambda r: -r.area())[:8 if every_face else 1]
         for r in faces:
             chip = dlib.get_face_chip(img, sp(img, r), size=150, padding=0.25)
-            net.compute_face_descriptor(chip)
+            net.compute_face_descriptor([chip, np.ascontiguousarray(chip[:, ::-1])] if mirror else [chip])
     return one
 
 
-def reference(paths: list[Path], every_face: bool = False) -> float:
+def reference(paths: list[Path], every_face: bool = False, mirror: bool = False) -> float:
     """Photos/s of the plain dlib loop (`raw_pipeline`) over `paths`."""
-    one = raw_pipeline(every_face)
+    one = raw_pipeline(every_face, mirror)
     t0 = time.perf_counter()
     for p in paths:
         one(p)

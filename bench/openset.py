@@ -10,7 +10,10 @@ validation for early stopping), a model built by the service's own code
 (FAR) on strangers at the bundle's automatic threshold, and the detection-and-
 identification rate (DIR: test photos accepted with the right name). Beside it,
 1-nearest-neighbour on the same gallery with its threshold set by peeking at the
-strangers to reach the same FAR. Embeddings are cached in var/bench-cache.
+strangers to reach the same FAR. The gallery's embeddings come from the build's
+extraction (cached in var/bench-cache); test photos and strangers are embedded as
+`predict` embeds them (`Recognizer.embed`: with the mirror pass when the bundle asks
+for it), and the same figures with probes embedded once are printed beside.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import argparse
 import os
 import sys
 import time
-from multiprocessing import Pool
+from multiprocessing import Pool, get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +47,27 @@ def extract(paths: list[Path], procs: int) -> list:
         return pool.map(_features, [str(p) for p in paths], chunksize=16)
 
 
+_REC = None
+
+
+def _load(bundle: bytes) -> None:
+    global _REC
+    from modelization.recognizer import load_bundle
+    _REC = load_bundle(bundle, SETTINGS)
+
+
+def _probe(path: str) -> tuple[list[list[int]], np.ndarray]:
+    boxes, x = _REC.embed(Path(path).read_bytes())
+    return [b.as_list() for b in boxes], x
+
+
+def probe(bundle: bytes, paths: list[Path], procs: int) -> list:
+    """Each photo's faces as the bundle's `predict` embeds them: [(boxes, embeddings)]."""
+    # spawned, not forked: this process has TensorFlow running, and a forked child that loads a model hangs
+    with get_context("spawn").Pool(procs, initializer=_load, initargs=(bundle,)) as pool:
+        return pool.map(_probe, [str(p) for p in paths], chunksize=8)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--subset", nargs="+", default=["lfw62", "lfw62-150px"])
@@ -62,8 +86,8 @@ def main() -> None:
 
     strangers = sorted((FACES / "strangers").glob("*.jpg"))
     s_feats = extract(strangers, args.procs)
-    s_x = np.asarray([f.embedding for f in s_feats if f.usable], np.float32)
-    print(f"strangers: {len(strangers)} photos, {len(s_x)} with a face")
+    s_single = np.asarray([f.embedding for f in s_feats if f.usable], np.float32)
+    print(f"strangers: {len(strangers)} photos, {len(s_single)} with a face")
 
     for subset in args.subset:
         paths = sorted((FACES / subset).glob("*/*.jpg"))
@@ -88,15 +112,33 @@ def main() -> None:
         index = {p: k for k, p in enumerate(split.people)}
         y = np.asarray([index.get(lab, -1) for lab in labels])
         gallery = np.concatenate([split.train, split.val])
-        tx, ty = x[split.test], y[split.test]
+        ty = y[split.test]
 
-        known = rec.identify(tx)
-        pred = np.asarray([index[c] for _, _, _, c in known])
-        accepted = np.asarray([lab is not None for lab, _, _, _ in known])
-        far = float(np.mean([lab is not None for lab, _, _, _ in rec.identify(s_x)]))
-        dir_ = float(np.mean(accepted & (pred == ty)))
+        # Probes go through the bundle's own `embed` (what `predict` does: with the mirror pass when the
+        # bundle asks for it); a test photo's face is the one the build chose, found by its box.
+        t0 = time.perf_counter()
+        test_paths = [paths[usable[i]] for i in split.test]
+        probed = probe(bundle, test_paths + strangers, args.procs)
+        t_probe = time.perf_counter() - t0
+        tx, unmatched = [], 0
+        for i, (boxes, emb) in zip(split.test, probed[:len(test_paths)]):
+            j = boxes.index(feats[usable[i]].box) if feats[usable[i]].box in boxes else 0
+            unmatched += feats[usable[i]].box not in boxes
+            tx.append(emb[j])
+        tx = np.asarray(tx, np.float32)
+        s_x = np.asarray([emb[0] for _, emb in probed[len(test_paths):] if len(emb)], np.float32)
 
-        # baseline: 1-NN distance on the same gallery, threshold peeked from the strangers at the same FAR
+        def measure(tx: np.ndarray, s_x: np.ndarray) -> tuple:
+            known = rec.identify(tx)
+            pred = np.asarray([index[c] for _, _, _, c in known])
+            accepted = np.asarray([lab is not None for lab, _, _, _ in known])
+            far = float(np.mean([lab is not None for lab, _, _, _ in rec.identify(s_x)]))
+            return pred, far, float(np.mean(accepted & (pred == ty)))
+
+        pred, far, dir_ = measure(tx, s_x)
+        single_pred, single_far, single_dir = measure(x[split.test], s_single)
+
+        # baseline: 1-NN distance on the same gallery and probes, threshold peeked from the strangers at the same FAR
         d_test = pairwise_distances(tx, x[gallery])
         nn_pred, nn_dist = y[gallery][d_test.argmin(1)], d_test.min(1)
         s_dist = pairwise_distances(s_x, x[gallery]).min(1)
@@ -107,7 +149,9 @@ def main() -> None:
         nn_dir_1pct = float(np.mean((nn_dist <= tau_1pct) & (nn_pred == ty)))
 
         print(f"\n{subset}: {len(paths)} photos, {len(no_face)} without a detected face "
-              f"(extract {t_extract:.0f} s, build {t_train:.0f} s); test {len(ty)} photos, gallery {len(gallery)}")
+              f"(extract {t_extract:.0f} s, build {t_train:.0f} s, probes {t_probe:.0f} s); test {len(ty)} photos, "
+              f"gallery {len(gallery)}; probes embedded with the mirror pass: {rec.mirror}"
+              + (f"; {unmatched} test photos' chosen face not found again" if unmatched else ""))
         print(f"  model   top-1 {accuracy(ty, pred):.4f}  balanced {balanced_accuracy(ty, pred):.4f}  "
               f"threshold {rec.threshold:.3f} (calibrated {rec.open_set['calibrated_threshold']:.3f})  "
               f"FAR {far:.4f}  DIR {dir_:.4f}")
@@ -115,6 +159,8 @@ def main() -> None:
               f"threshold {nn_tau:.3f} (peeked)  FAR {nn_far:.4f}  DIR {nn_dir:.4f}   "
               f"[at 1% FAR: DIR {nn_dir_1pct:.4f}]")
         print(f"  DIR ratio model / 1-NN at the same FAR: {dir_ / nn_dir:.3f}")
+        print(f"  model, probes embedded once (as the gallery): top-1 {accuracy(ty, single_pred):.4f}  "
+              f"FAR {single_far:.4f}  DIR {single_dir:.4f}")
         net = rec.probabilities(tx).argmax(1)
         print(f"  classifier alone: top-1 {accuracy(ty, net):.4f}  balanced {balanced_accuracy(ty, net):.4f}   "
               f"group photos: {sum(1 for f in feats if f.faces > 1)} used, "

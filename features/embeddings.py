@@ -29,12 +29,21 @@ def load_model() -> None:
     _resnet()
 
 
-def embed_chips(chips: list[np.ndarray]) -> np.ndarray:
-    """Embed aligned (150, 150, 3) uint8 chips: returns float32 (n, 128)."""
+def embed_chips(chips: list[np.ndarray], mirror: bool = False) -> np.ndarray:
+    """Embed aligned (150, 150, 3) uint8 chips: returns float32 (n, 128).
+
+    `mirror`: each embedding is the mean of the chip's and of its mirror image's,
+    which cancels part of the network's noise (test-time augmentation; costs a
+    second pass). Used for the faces a model identifies, not for its gallery
+    (README "Open set").
+    """
     if not chips:
         return np.zeros((0, EMBEDDING_SIZE), np.float32)
-    vectors = _resnet().compute_face_descriptor(chips)
-    return np.asarray([np.asarray(v) for v in vectors], dtype=np.float32)
+    batch = list(chips) + ([np.ascontiguousarray(c[:, ::-1]) for c in chips] if mirror else [])
+    vectors = np.asarray([np.asarray(v) for v in _resnet().compute_face_descriptor(batch)], dtype=np.float32)
+    if mirror:
+        return (vectors[:len(chips)] + vectors[len(chips):]) / 2
+    return vectors
 
 
 def pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from constants import Settings
 from features.embeddings import embed_chips
 from modelization.bundle import GALLERY_FILE, LABELS_FILE, MANIFEST_FILE, MODEL_FILE
 from modelization.openset import name_faces
-from preprocessor.faces import align_face, detect_faces
+from preprocessor.faces import Box, align_face, detect_faces
 from preprocessor.images import decode_image
 
 
@@ -91,6 +91,7 @@ class Recognizer:
         self.threshold = float(self.open_set.get("threshold", 0.6))
         self.k = int(self.open_set.get("k", 3))
         self.temperature = float(self.open_set.get("temperature", 0.0))  # format 2: the classifier alone
+        self.mirror = bool(self.open_set.get("mirror_probes", False))  # format 4: chip + mirror image
         self._model = model
         self._steps = _numpy_layers(model)
         if self._steps is not None and any(s[0] == "dense" and s[3] not in _ACTIVATIONS | {"softmax": 0}
@@ -125,16 +126,20 @@ class Recognizer:
         return [(self.labels[c] if s <= threshold else None, float(probs[i, c]), float(s), self.labels[c])
                 for i, (c, s) in enumerate(zip(best, scores))]
 
-    def predict(self, image: bytes | np.ndarray, threshold: float | None = None) -> list[FacePrediction]:
-        """Every face in a photo (bytes of an image file, or an RGB array), largest first."""
+    def embed(self, image: bytes | np.ndarray) -> tuple[list[Box], np.ndarray]:
+        """Every face in a photo (bytes of an image file, or an RGB array), largest first:
+        (boxes, embeddings (n, 128)) as this bundle compares them with its gallery."""
         s = self.settings
         if isinstance(image, (bytes, bytearray)):
             image = decode_image(bytes(image), s.max_image_pixels)
         boxes = sorted(detect_faces(image, s.detect_max_side, s.upsample_max_side), key=lambda b: -b.area)
-        if not boxes:
-            return []
         chips = [align_face(image, b, s.chip_size, s.chip_padding) for b in boxes]
-        results = self.identify(embed_chips(chips), threshold)
+        return boxes, embed_chips(chips, self.mirror)
+
+    def predict(self, image: bytes | np.ndarray, threshold: float | None = None) -> list[FacePrediction]:
+        """Every face in a photo (bytes of an image file, or an RGB array), largest first."""
+        boxes, embeddings = self.embed(image)
+        results = self.identify(embeddings, threshold)
         return [FacePrediction(b.as_list(), *r) for b, r in zip(boxes, results)]
 
 

@@ -82,8 +82,21 @@ def test_embedding_matches_dlib_on_the_full_photo(faces_dir):
 
 
 def test_embed_no_chips():
-    out = embed_chips([])
-    assert out.shape == (0, EMBEDDING_SIZE) and out.dtype == np.float32
+    for mirror in (False, True):
+        out = embed_chips([], mirror)
+        assert out.shape == (0, EMBEDDING_SIZE) and out.dtype == np.float32
+
+
+def test_mirror_embedding_is_the_mean_of_both_passes_and_symmetric(people):
+    chips = [chip_of(p) for p in next(iter(people.values()))[:2]]
+    flipped = [np.ascontiguousarray(c[:, ::-1]) for c in chips]
+    plain, of_mirrors = embed_chips(chips), embed_chips(flipped)
+    both = embed_chips(chips, mirror=True)
+    np.testing.assert_allclose(both, (plain + of_mirrors) / 2, atol=1e-6)
+    # a face and its mirror image get the same embedding (it is their mean either way)
+    np.testing.assert_allclose(embed_chips(flipped, mirror=True), both, atol=1e-6)
+    # the mirror pass is not a no-op: the network does not see a face and its mirror alike
+    assert np.abs(plain - of_mirrors).max() > 1e-3
 
 
 def test_same_person_is_closer_than_different_people(embedded):

@@ -13,9 +13,11 @@ from app.recognizers import RecognizerCache
 from constants import Settings
 from features.extract import PhotoFeatures
 from modelization.bundle import GALLERY_FILE, read_manifest, save_bundle
-from features.embeddings import pairwise_distances
+from features.embeddings import embed_chips, pairwise_distances
 from modelization.openset import class_scores, name_faces
 from modelization.recognizer import Recognizer, load_bundle
+from preprocessor.faces import align_face, detect_faces, largest
+from preprocessor.images import decode_image
 
 PEOPLE = ["ann", "bob", "cy"]
 
@@ -47,7 +49,7 @@ def test_bundle_holds_gallery_and_calibration(bundle, tmp_path):
     with zipfile.ZipFile(path) as zf:
         assert GALLERY_FILE in zf.namelist()
     manifest = read_manifest(bundle)
-    assert manifest["format_version"] == 3 and manifest["labels"] == PEOPLE
+    assert manifest["format_version"] == 4 and manifest["labels"] == PEOPLE
     o = manifest["open_set"]
     assert 0 < o["threshold"] <= o["cap"] and o["pseudo_stranger_identities"] == 3
 
@@ -159,3 +161,17 @@ def test_bundle_records_its_decision_rule_and_older_bundles_keep_the_classifier_
     assert old.temperature == 0.0
     x = clusters(0)[0]
     assert [g[3] for g in old.identify(x)] == [rec.labels[c] for c in old.probabilities(x).argmax(1)]
+
+
+def test_new_bundles_embed_a_face_with_its_mirror_image_older_ones_once(bundle, faces_dir):
+    assert read_manifest(bundle)["open_set"]["mirror_probes"] is Settings().mirror_probes is True
+    rec = load_bundle(bundle)
+    image = decode_image((faces_dir / "wild" / "obama.jpg").read_bytes(), Settings().max_image_pixels)
+    chip = align_face(image, largest(detect_faces(image)))
+    got = rec.predict(image)[0].distance
+    assert got == pytest.approx(rec.identify(embed_chips([chip], mirror=True))[0][2], abs=1e-5)
+    older = {k: v for k, v in rec.open_set.items() if k != "mirror_probes"}  # as a format-3 manifest
+    old = Recognizer(rec._model, rec.labels, {**rec.manifest, "open_set": older}, rec.gallery_x, rec.gallery_y)
+    once = old.predict(image)[0].distance
+    assert once == pytest.approx(old.identify(embed_chips([chip]))[0][2], abs=1e-5)
+    assert abs(once - got) > 1e-4
