@@ -40,7 +40,7 @@ class Task:
     kind: str          # EXTRACT, EVALUATE or TRAIN
     chunk: int = 0     # which slice of the photos (extract only)
     attempt: int = 1
-    genome: str = ""   # the genome's key (evaluate only)
+    genome: str = ""   # the evaluation's key: genome key[/fold] (evaluate only)
 
     @property
     def what(self) -> tuple:
@@ -168,7 +168,9 @@ class Broker:
                 population=int(options.get("population", self.s.search_population)),
                 generations=int(options.get("generations", self.s.search_generations)),
                 budget_s=float(options.get("time_budget", self.s.search_budget_s)),
-                seed=int(options.get("seed", self.s.default_seed)), epsilon=self.s.search_epsilon))
+                seed=int(options.get("seed", self.s.default_seed)), epsilon=self.s.search_epsilon,
+                finalists=self.s.search_finalists, folds=self.s.search_folds,
+                confirm_share=self.s.search_confirm_share))
         self.searches[job_id] = evolution
         self.search_step(job_id)
 
@@ -190,9 +192,14 @@ class Broker:
         pending = {t.genome for t in self.queue if t.job == job_id} | {
             w.task.genome for w in self.workers.values() if w.task and w.task.job == job_id}
         self.queue.extend(Task(job_id, EVALUATE, genome=k) for k in evolution.needed() if k not in pending)
-        n = evolution.controls.generations
-        self.store.progress(job_id, OPTIMIZING, f"generation {progress['generation']} of {n}",
-                            progress["generation"], n, progress)
+        if progress["phase"] == "confirming":  # the finalists' cross-validation
+            done, total = progress["fold_evaluations"], progress["fold_evaluations_planned"]
+            stage = f"cross-validating {progress['finalists']} finalists: {done} of {total}"
+        else:
+            done = total = evolution.controls.generations
+            done = progress["generation"]
+            stage = f"generation {done} of {total}"
+        self.store.progress(job_id, OPTIMIZING, stage, done, total, progress)
 
     def on_evaluation(self, task: Task, result: bytes) -> None:
         evolution = self.searches.get(task.job)
@@ -203,8 +210,7 @@ class Broker:
 
     def check_budgets(self) -> None:
         for job_id, evolution in self.searches.items():
-            if not evolution.done and evolution.seconds() >= evolution.controls.budget_s:
-                evolution.finish("time budget")
+            if evolution.check_budget():
                 self.search_step(job_id)
 
     # --- front -----------------------------------------------------------------
@@ -415,9 +421,9 @@ class Broker:
         return p.pack(p.JOB, header, [self.payloads[task.job]])
 
     def search_wants(self, task: Task) -> bool:
-        """An evaluate task is still useful: its search runs and has no result for that genome."""
+        """An evaluate task is still useful: its search runs and still needs that evaluation."""
         evolution = self.searches.get(task.job)
-        return evolution is not None and not evolution.done and task.genome not in evolution.results
+        return evolution is not None and evolution.wants(task.genome)
 
 
 def new_job_id() -> str:

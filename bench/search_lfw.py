@@ -15,6 +15,16 @@ evaluations done within 120 s (from the per-generation logbook), the chosen
 network beside the baselines on the same split (closed set on test photos; open
 set with the held-out people as strangers), parameters against the fixed
 network, and worker memory before/after.
+
+Then the open set against real strangers: `strangers/` (300 people none of the
+builds saw) as the unknown probes, the build's own test photos as the known ones
+(embeddings from the service's feature cache, split reproduced with the build's
+functions and seed, checked against the bundle's gallery). For the search's bundle,
+the fixed network's bundle and 1-nearest-neighbour on the same gallery: the rate
+of known test photos accepted with the right name (DIR) when each method's
+threshold lets exactly 1% (and 2%) of the strangers through. Every method's
+threshold is set on the strangers, so this compares how well each ranks known
+faces above strangers, on photos no method or selection has seen.
 """
 from __future__ import annotations
 
@@ -30,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import requests  # noqa: E402
 
 from bench.perf import memory  # noqa: E402
@@ -38,7 +49,59 @@ from test.stack import Stack  # noqa: E402
 DATA = ROOT / "var" / "bench-search"
 
 
-def build(stack: Stack, archive: bytes, **form) -> tuple[dict, float]:
+def bundle_of(stack: Stack, job_id: str) -> bytes:
+    return requests.get(f"{stack.url}/models/{job_id}", timeout=60).content
+
+
+def features(paths: list[Path]) -> list[dict]:
+    """Each photo's features from the bench service's cache (computed there if missing)."""
+    from dataclasses import asdict
+
+    from constants import Settings
+    from features.extract import FeatureCache, cached_photo_features
+    settings = Settings.from_env(data_dir=DATA)
+    cache = FeatureCache(settings.cache_dir, settings)
+    return [{**asdict(cached_photo_features(p.read_bytes(), settings, cache)[0])} for p in paths]
+
+
+def dir_at_far(known: np.ndarray, correct: np.ndarray, strangers: np.ndarray, far: float) -> float:
+    """Known faces accepted with the right name when the threshold accepts `far` of the strangers."""
+    threshold = float(np.quantile(strangers, far))
+    return float(np.mean((known <= threshold) & correct))
+
+
+def open_set_vs_strangers(bundles: dict[str, bytes], paths: list[Path], feats: list[dict], seed: int,
+                          strangers: np.ndarray) -> None:
+    """DIR at 1% and 2% of real strangers accepted: each bundle and 1-NN over the same gallery."""
+    from app.build import prepare
+    from constants import Settings
+    from features.embeddings import pairwise_distances
+    from modelization.recognizer import load_bundle
+    settings = Settings.from_env(data_dir=DATA)
+    files = [{"label": p.parent.name, "filename": f"{p.parent.name}/{p.name}"} for p in paths]
+    data = prepare(files, feats, settings, seed)
+    gallery = np.concatenate([data.split.train, data.split.val])
+    x_test, y_test = data.x[data.split.test], data.y[data.split.test]
+    rows = {}
+    for name, bundle in bundles.items():
+        rec = load_bundle(bundle)
+        assert np.array_equal(rec.gallery_x, data.x[gallery]), "the split differs from the build's"
+        inf = float("inf")
+        known = rec.identify(x_test, threshold=inf)
+        correct = np.array([c == rec.labels[y] for (_, _, _, c), y in zip(known, y_test)])
+        rows[name] = (np.array([d for _, _, d, _ in known]), correct,
+                      np.array([d for _, _, d, _ in rec.identify(strangers, threshold=inf)]))
+    d = pairwise_distances(x_test, data.x[gallery])
+    rows["1-nearest-neighbour"] = (d.min(1), data.y[gallery][d.argmin(1)] == y_test,
+                                   pairwise_distances(strangers, data.x[gallery]).min(1))
+    print(f"  open set vs {len(strangers)} real strangers ({len(y_test)} known test photos; DIR = accepted "
+          "with the right name, each method's threshold set on the strangers):")
+    for name, (known, correct, stranger_scores) in rows.items():
+        print(f"    {name:38s} DIR at 1% FAR {dir_at_far(known, correct, stranger_scores, 0.01):.4f}, "
+              f"at 2% FAR {dir_at_far(known, correct, stranger_scores, 0.02):.4f}")
+
+
+def build(stack: Stack, archive: bytes, **form) -> tuple[str, float]:
     t0 = time.perf_counter()
     r = requests.post(stack.url + "/build_recognizer", files={"archive": ("people.zip", archive)}, data=form,
                       timeout=600)
@@ -46,8 +109,11 @@ def build(stack: Stack, archive: bytes, **form) -> tuple[dict, float]:
     job_id = r.json()["id"]
     stack.wait_state(job_id, ("done",), timeout=7200)
     wall = time.perf_counter() - t0
-    bundle = requests.get(f"{stack.url}/models/{job_id}", timeout=60).content
-    return json.loads(zipfile.ZipFile(io.BytesIO(bundle)).read("manifest.json")), wall
+    return job_id, wall
+
+
+def manifest_of(bundle: bytes) -> dict:
+    return json.loads(zipfile.ZipFile(io.BytesIO(bundle)).read("manifest.json"))
 
 
 def evaluations_within(logbook: list[dict], seconds: float) -> int:
@@ -59,14 +125,20 @@ def report(manifest: dict, fixed: dict, wall: float) -> None:
     opt = manifest["optimization"]
     chosen = opt["chosen"]
     seconds, evals = opt["seconds"], opt["evaluations"]
-    print(f"  search: {seconds:.1f} s, {evals} evaluations ({evals / seconds:.2f}/s), "
+    evolved = opt["logbook"][-1]["seconds"]
+    cv = opt["cross_validation"]
+    print(f"  search: {seconds:.1f} s; evolution {evolved:.1f} s, {evals} evaluations ({evals / evolved:.2f}/s), "
           f"{opt['cache_hits']} answered by the fitness cache, {opt['generations_run']} generations "
           f"(stop: {opt['stop_reason']}); {evaluations_within(opt['logbook'], 120)} evaluations within 120 s")
+    print(f"  cross-validation: {len(cv['finalists'])} finalists x {cv['more_folds']} more folds = "
+          f"{cv['evaluations']} evaluations in {seconds - evolved:.1f} s (complete: {cv['complete']}); "
+          f"{evals + cv['evaluations']} evaluations in all ({(evals + cv['evaluations']) / seconds:.2f}/s)")
     print(f"  build wall time {wall:.1f} s (upload to available; features from the cache), "
           f"final training {manifest['training']['seconds']} s")
     print(f"  chosen: {chosen['network']} -> {chosen['params']} params "
           f"({chosen['params'] / fixed['network']['params']:.2f}x the fixed network's {fixed['network']['params']}); "
-          f"validation balanced accuracy {chosen['balanced_accuracy']:.4f}, open set {chosen['open_set']}")
+          f"fold-0 validation balanced accuracy {chosen['balanced_accuracy']:.4f}, open set {chosen['open_set']}; "
+          f"score over {chosen.get('folds', 1)} folds {chosen['score']:.4f} {chosen.get('fold_scores')}")
     print(f"  pareto front: {len(opt['pareto_front'])} networks, "
           f"params {min(p['params'] for p in opt['pareto_front'])}..{max(p['params'] for p in opt['pareto_front'])}")
     closed = opt["baselines"]["closed_set"]
@@ -112,19 +184,29 @@ def main() -> None:
                                    ("time_budget", args.budget)) if v is not None}
     print(f"{len(paths)} photos of {len({p.parent for p in paths})} people; {args.workers} worker(s); "
           f"controls {form or 'defaults'}")
+    strangers_dir = args.faces.parent / "strangers"
     with Stack(DATA, workers=args.workers, warm=True) as stack:  # a started service: models loaded
         before = None
         for i in range(args.repeat):
             seed = args.seed + i
-            fixed, wall = build(stack, archive, seed=str(seed))
+            fixed_id, wall = build(stack, archive, seed=str(seed))
+            fixed = manifest_of(bundle_of(stack, fixed_id))
             print(f"fixed network (optimize=0, seed {seed}): {wall:.1f} s, {fixed['network']['params']} params, "
                   f"test accuracy {fixed['metrics']['test_accuracy']:.4f}, "
                   f"features cached {fixed['input']['features_cached']}")
             before = before or memory(stack)
-            manifest, wall = build(stack, archive, optimize="1", seed=str(seed), **form)
+            search_id, wall = build(stack, archive, optimize="1", seed=str(seed), **form)
             print(f"search with seed {seed}:")
-            report(manifest, fixed, wall)
+            report(manifest_of(bundle_of(stack, search_id)), fixed, wall)
             print(f"  worker memory after this search: {memory(stack).get('worker', 0):.0f} MB (all workers)")
+            if strangers_dir.is_dir():
+                # after the memory line: this process's own feature reads and Keras loads don't enter it
+                feats = features(paths)
+                s_feats = features(sorted(strangers_dir.glob("*.jpg")))
+                strangers = np.asarray([f["embedding"] for f in s_feats if f["embedding"] is not None], np.float32)
+                open_set_vs_strangers({"search's bundle": bundle_of(stack, search_id),
+                                       "fixed network's bundle": bundle_of(stack, fixed_id)},
+                                      paths, feats, seed, strangers)
         after = memory(stack)
         print(f"worker memory (MB, all workers): {before.get('worker', 0):.0f} before the searches, "
               f"{after.get('worker', 0):.0f} after")

@@ -95,6 +95,10 @@ class Settings:
     search_patience: int = 6
     search_epsilon: float = 0.001     # final pick: smallest network within this of the best score
     search_holdout_fraction: float = 0.2  # people held out of candidates' training to play strangers
+    search_finalists: int = 16        # best networks scored again on more folds before the pick
+    search_folds: int = 3             # more folds per finalist (0: pick on the build's own split alone)
+    search_fold_val_fraction: float = 0.25  # a fold's share of train + validation photos used to validate
+    search_confirm_share: float = 0.25      # of the time budget kept for the finalists' folds
 
     # Open set ("unknown"): rejection rule calibrated at build time (modelization/openset.py).
     target_far: float = 0.01          # fraction of strangers the threshold lets through

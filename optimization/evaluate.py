@@ -17,6 +17,14 @@ photos and scored on
 
 The test photos of everybody are never used here; `baselines` measures the
 chosen network on them.
+
+Folds. The genetic search scores every candidate on fold 0: the build's own
+train/validation split. Its finalists are scored again on `folds` more
+(cross-validation, `evolution.py`): fold f re-splits the train + validation
+photos per person at random (`fold_val_fraction` to validation) and holds out
+other people as strangers, so a finalist is judged on several validation sets
+instead of one small one. An evaluation is named by its key: the genome's key
+for fold 0, `<genome key>/<fold>` for the others.
 """
 from __future__ import annotations
 
@@ -57,10 +65,40 @@ def held_out_people(n_people: int, fraction: float, seed: int) -> list[int]:
     return sorted(int(i) for i in np.random.default_rng(seed).choice(n_people, n, replace=False))
 
 
-def search_data(x: np.ndarray, y: np.ndarray, split: Split, holdout_fraction: float, seed: int) -> SearchData:
-    """Cut a build's split (`y`: class per usable photo, -1 = left out) into the search's parts."""
+def eval_key(genome_key: str, fold: int = 0) -> str:
+    """The key of one evaluation: a genome on a fold."""
+    return genome_key if fold == 0 else f"{genome_key}/{fold}"
+
+
+def parse_eval_key(text: str) -> tuple[str, int]:
+    """-> (genome key, fold)."""
+    genome_key, _, fold = text.partition("/")
+    return genome_key, int(fold) if fold else 0
+
+
+def fold_split(y: np.ndarray, split: Split, fold: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices of fold `fold`: the build's own for fold 0; for the others, its
+    train + validation photos re-split per person at random (at least one photo on each side)."""
+    if fold == 0:
+        return split.train, split.val
+    rng = np.random.default_rng([seed, fold])
+    pool = np.concatenate([split.train, split.val])
+    train, val = [], []
+    for c in np.unique(y[pool]):
+        idx = rng.permutation(pool[y[pool] == c])
+        n_val = min(max(1, int(round(val_fraction * len(idx)))), len(idx) - 1)
+        val.extend(idx[:n_val])
+        train.extend(idx[n_val:])
+    return np.sort(np.asarray(train, np.int64)), np.sort(np.asarray(val, np.int64))
+
+
+def search_data(x: np.ndarray, y: np.ndarray, split: Split, holdout_fraction: float, seed: int,
+                fold: int = 0, fold_val_fraction: float = 0.25) -> SearchData:
+    """Cut a build's split (`y`: class per usable photo, -1 = left out) into the search's parts, on `fold`."""
     n_people = len(split.people)
-    held = held_out_people(n_people, holdout_fraction, seed)
+    held = held_out_people(n_people, holdout_fraction,
+                           seed if fold == 0 else int(np.random.SeedSequence([seed, fold]).generate_state(1)[0]))
+    train, val = fold_split(y, split, fold, fold_val_fraction, seed)
     known = np.setdiff1d(np.arange(n_people), held)
     renumber = np.full(n_people, -1, np.int64)
     renumber[known] = np.arange(len(known))
@@ -70,17 +108,18 @@ def search_data(x: np.ndarray, y: np.ndarray, split: Split, holdout_fraction: fl
         index = index[is_held[index] == strangers]
         return x[index], renumber[y[index]]
 
-    x_train, y_train = part(split.train, False)
-    x_val, y_val = part(split.val, False)
+    x_train, y_train = part(train, False)
+    x_val, y_val = part(val, False)
     x_test, y_test = part(split.test, False)
-    x_str = np.concatenate([part(split.train, True)[0], part(split.val, True)[0]])
+    x_str = np.concatenate([part(train, True)[0], part(val, True)[0]])
     x_str_test = part(split.test, True)[0]
     return SearchData(n_people, len(known), held, x_train, y_train, x_val, y_val, x_str, x_test, y_test, x_str_test)
 
 
-def eval_seed(seed: int, genome_key: str) -> int:
-    """The training seed of one genome: fixed by the build seed and the genome, not by who runs it."""
-    return zlib.crc32(f"{seed}:{genome_key}".encode())
+def eval_seed(seed: int, key: str) -> int:
+    """The training seed of one evaluation (`key`: genome key or evaluation key): fixed by the build
+    seed, the genome and the fold, not by who runs it."""
+    return zlib.crc32(f"{seed}:{key}".encode())
 
 
 def open_set_rate(data: SearchData, classes_val: np.ndarray, scores_val: np.ndarray,
@@ -92,14 +131,14 @@ def open_set_rate(data: SearchData, classes_val: np.ndarray, scores_val: np.ndar
 
 
 def evaluate(genome: Genome, data: SearchData, *, seed: int, max_epochs: int, patience: int,
-             target_far: float, k: int) -> dict:
-    """Train the genome's network and score it.
+             target_far: float, k: int, fold: int = 0) -> dict:
+    """Train the genome's network on `data` (the search's parts on `fold`) and score it.
 
     -> {balanced_accuracy, open_set, params, epochs (kept by early stopping), val_loss, seconds}.
     """
     started = time.perf_counter()
     spec = decode(genome)
-    fit = lean.fit(spec, data.x_train, data.y_train, data.n_known, seed=eval_seed(seed, key(genome)),
+    fit = lean.fit(spec, data.x_train, data.y_train, data.n_known, seed=eval_seed(seed, eval_key(key(genome), fold)),
                    max_epochs=max_epochs, x_val=data.x_val, y_val=data.y_val, patience=patience)
     gallery = (data.x_train, data.y_train, k, 0.0)  # temperature 0: the classifier names the face
     pred_val, scores_val = name_faces(lean.predict_proba(spec, fit.weights, data.x_val), data.x_val, *gallery)

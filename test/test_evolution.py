@@ -13,21 +13,24 @@ from hypothesis import strategies as st
 from modelization import lean
 from modelization.dataset import stratified_split
 from modelization.network import NetworkSpec
-from optimization.evaluate import evaluate, held_out_people, search_data
-from optimization.evolution import OBJECTIVES, Controls, Evolution, score
+from optimization.evaluate import eval_key, evaluate, fold_split, held_out_people, parse_eval_key, search_data
+from optimization.evolution import CONFIRMING, EVOLVING, OBJECTIVES, Controls, Evolution, score
 from optimization.genome import decode, encode, from_key, is_valid, key
+from test.test_genome import genomes
 
 CONTROLS = Controls(population=12, generations=4, budget_s=1e9, seed=3)
 
 
-def fake(genome_key: str) -> dict:
-    """A deterministic, smooth stand-in for training: bigger/regularised networks score differently."""
+def fake(evaluation: str) -> dict:
+    """A deterministic, smooth stand-in for training: bigger/regularised networks score differently,
+    and each fold a little differently (an evaluation key is `genome key[/fold]`)."""
+    genome_key, fold = parse_eval_key(evaluation)
     g = from_key(genome_key)
     spec = decode(g)
     depth = len(spec.hidden)
     width = sum(spec.hidden) / 256
     ba = 0.70 + 0.06 * depth + 0.03 * width - 0.2 * spec.dropout + 0.01 * math.log10(spec.learning_rate) \
-        + 0.002 * (sum(i * v for i, v in enumerate(g)) % 5)
+        + 0.002 * (sum(i * v for i, v in enumerate(g)) % 5) + 0.003 * ((sum(g) + 3 * fold) % 4)
     os_ = 0.55 + 0.1 * spec.cosine + 0.04 * depth - 30 * spec.l2 + 0.003 * (spec.batch_size // 32 % 3)
     return {"balanced_accuracy": round(min(1.0, max(0.0, ba)), 6), "open_set": round(min(1.0, max(0.0, os_)), 6),
             "params": lean.count_params(spec, 128, 10), "epochs": 1 + sum(g) % 7, "seconds": 0.01,
@@ -40,7 +43,7 @@ def reload(evo: Evolution) -> Evolution:
 
 
 def drive(evo: Evolution, *, resume_after_advance=False, resume_mid_batch=False):
-    """Run to the end. -> (evolution, keys told, every key needed() ever returned)."""
+    """Run to the end. -> (evolution, evaluation keys told)."""
     told: set[str] = set()
     while not evo.done:
         needed = evo.needed()
@@ -71,14 +74,18 @@ def dominates(a: dict, b: dict) -> bool:
 
 # --------------------------------------------------------------------------- a full run
 
+def genomes_told(told: set[str]) -> set[str]:
+    return {k for k in told if parse_eval_key(k)[1] == 0}
+
+
 def test_full_run_logbook_and_fitness_cache():
     """generations + 1 logbook lines with every statistic; each distinct network evaluated once."""
     evo, told = drive(Evolution(CONTROLS))
     mu = CONTROLS.mu
     assert evo.done and evo.stop_reason == "generations done" and evo.needed() == []
     assert len(evo.logbook) == CONTROLS.generations + 1
-    assert evo.evaluations == len(told) == len(evo.results)
-    assert set(evo.results) == told
+    assert evo.evaluations == len(genomes_told(told)) == len(evo.results)
+    assert set(evo.results) == genomes_told(told)
     assert all(set(r) == {"balanced_accuracy", "open_set", "params", "epochs", "val_loss", "seconds"}
                for r in evo.results.values())
     for generation, line in enumerate(evo.logbook):
@@ -112,10 +119,15 @@ def test_any_controls_run_to_the_end(population, generations, seed):
     controls = Controls(population=population, generations=generations, budget_s=1e9, seed=seed)
     evo, told = drive(Evolution(controls))
     assert len(evo.logbook) == generations + 1 and len(evo.population) == controls.mu
-    assert evo.evaluations == len(told) == len(evo.results)
+    assert evo.evaluations == len(genomes_told(told)) == len(evo.results)
     assert evo.evaluations + evo.cache_hits == controls.mu * (generations + 1)
+    # then every finalist on every other fold, once
+    finalists = min(controls.finalists, len(evo.results))
+    assert evo.fold_evaluations == len(told) - evo.evaluations == finalists * controls.folds
+    assert evo.confirmation()["complete"]
     assert evo.choose() is not None and evo.pareto_front()
-    assert key(evo.choose()["genome"]) in evo.results
+    assert key(evo.choose()["genome"]) in evo.finalists
+    assert evo.choose()["folds"] == controls.folds + 1
 
 
 def test_same_seed_same_search_other_seed_other_search():
@@ -250,6 +262,120 @@ def test_choose_without_open_set_uses_balanced_accuracy_and_ties_go_to_the_highe
     assert key(chosen["genome"]) == fast and chosen["score"] == 0.903
 
 
+# --------------------------------------------------------------------------- the finalists' folds
+
+def evolve_only(controls: Controls) -> Evolution:
+    """Run the generations; stop where the finalists' folds begin."""
+    evo = Evolution(controls)
+    while evo.phase == EVOLVING:
+        for k in evo.needed():
+            evo.tell(k, fake(k))
+        evo.advance()
+    return evo
+
+
+def test_after_the_generations_the_best_networks_are_cross_validated():
+    evo = evolve_only(CONTROLS)
+    assert evo.phase == CONFIRMING and not evo.done and evo.stop_reason == "generations done"
+    by_rank = sorted(evo.results, key=lambda k: (-score(evo.results[k]), evo.results[k]["params"],
+                                                  evo.results[k]["val_loss"] or 0.0, k))
+    assert evo.finalists == by_rank[:CONTROLS.finalists]
+    # fold by fold: every finalist's fold 1 first
+    needed = evo.needed()
+    assert needed == [eval_key(k, f) for f in range(1, CONTROLS.folds + 1) for k in evo.finalists]
+    assert evo.progress()["phase"] == CONFIRMING and evo.progress()["fold_evaluations_planned"] == len(needed)
+    for k in needed[:-1]:
+        assert evo.tell(k, fake(k))
+    evo.advance()
+    assert not evo.done and evo.needed() == needed[-1:]
+    assert evo.tell(needed[-1], fake(needed[-1])) and not evo.tell(needed[-1], fake(needed[-1]))
+    evo.advance()
+    assert evo.done and evo.confirmation()["complete"] and evo.fold_evaluations == len(needed)
+    assert len(evo.logbook) == CONTROLS.generations + 1  # the logbook is the evolution's
+
+
+def test_the_pick_is_by_the_mean_over_folds_among_the_finalists():
+    big, medium, tiny, outside = genome_key((256,)), genome_key((64,)), genome_key(()), genome_key((32, 32))
+    evo = Evolution(Controls(population=4, generations=1, budget_s=60, seed=0, epsilon=0.001, finalists=3, folds=2))
+    # fold 0 alone would pick `tiny` (it ties with the best); its other folds show it is worse
+    evo.results = {big: result(1.0, 1.0, 30_000), medium: result(0.99, 0.99, 9_000), tiny: result(1.0, 1.0, 1_000),
+                   outside: result(0.5, 0.5, 10)}
+    assert key(evo.choose()["genome"]) == tiny
+    evo.confirm("generations done")
+    assert evo.finalists == [tiny, big, medium]
+    runs = {big: [(1.0, 0.99), (1.0, 1.0)], medium: [(1.0, 1.0), (1.0, 1.0)], tiny: [(0.96, 0.95), (0.97, 0.97)]}
+    epochs = {big: [9, 30], medium: [11, 13], tiny: [5, 5]}
+    for k, folds in runs.items():
+        for f, (ba, os_) in enumerate(folds, start=1):
+            assert evo.tell(eval_key(k, f), {**result(ba, os_, evo.results[k]["params"]), "epochs": epochs[k][f - 1]})
+    evo.advance()
+    chosen = evo.choose()
+    # means: big (1 + 0.995 + 1) / 3 = 0.99833, medium (0.99 + 1 + 1) / 3 = 0.99667, tiny ~0.97
+    assert key(chosen["genome"]) == big
+    assert chosen["score"] == pytest.approx(0.998333, abs=1e-6) and chosen["folds"] == 3
+    assert chosen["fold_scores"] == [1.0, 0.995, 1.0]
+    assert chosen["epochs"] == 9  # median of 5 (fold 0), 9, 30
+    report = evo.report()["cross_validation"]
+    assert report["complete"] and [f["params"] for f in report["finalists"]] == [1_000, 30_000, 9_000]
+    # a looser epsilon lets the medium one in: it is smaller
+    evo.controls = Controls(**{**evo.controls.__dict__, "epsilon": 0.002})
+    assert key(evo.choose()["genome"]) == medium
+
+
+def test_without_more_folds_the_search_ends_with_the_generations():
+    controls = Controls(population=8, generations=2, budget_s=1e9, seed=1, folds=0)
+    evo, told = drive(Evolution(controls))
+    assert evo.done and evo.finalists == [] and evo.fold_evaluations == 0
+    assert all(parse_eval_key(k)[1] == 0 for k in told)
+    assert not evo.report()["cross_validation"]["complete"]
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_the_budget_ends_the_evolution_early_then_the_folds(monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr("optimization.evolution.time.monotonic", clock)
+    controls = Controls(population=8, generations=50, budget_s=100, seed=2, confirm_share=0.25, finalists=4)
+    evo = Evolution(controls)
+    for k in evo.needed():
+        evo.tell(k, fake(k))
+    evo.advance()
+    clock.now += 74
+    assert not evo.check_budget() and evo.phase == EVOLVING
+    clock.now += 1  # 75 s: three quarters of the budget
+    assert evo.check_budget() and evo.phase == CONFIRMING and evo.stop_reason == "time budget"
+    assert not evo.done and len(evo.finalists) == 4
+    first = evo.needed()[:3]
+    for k in first:
+        evo.tell(k, fake(k))
+    clock.now += 25  # the whole budget
+    assert evo.check_budget() and evo.done and evo.needed() == [] and not evo.check_budget()
+    assert evo.seconds() == pytest.approx(100)
+    assert evo.stop_reason == "time budget" and not evo.confirmation()["complete"]
+    # the pick: finalists by the mean of the folds they have
+    chosen = evo.choose()
+    assert key(chosen["genome"]) in evo.finalists
+    assert chosen["folds"] == (2 if eval_key(key(chosen["genome"]), 1) in first else 1)
+
+
+def test_resume_mid_cross_validation_through_json():
+    straight, _ = drive(Evolution(CONTROLS))
+    evo = evolve_only(CONTROLS)
+    needed = evo.needed()
+    for k in needed[:5]:
+        evo.tell(k, fake(k))
+    evo = reload(evo)
+    assert evo.phase == CONFIRMING and evo.needed() == needed[5:]
+    evo, _ = drive(evo)
+    assert evo.choose() == straight.choose() and evo.report()["cross_validation"] == straight.report()["cross_validation"]
+
+
 def test_pareto_front_is_exactly_the_non_dominated_points():
     evo, _ = drive(Evolution(CONTROLS))
     front = evo.pareto_front()
@@ -352,6 +478,43 @@ def test_search_data_partitions_the_split():
     held_rows = {r.tobytes() for r in x[is_held]}
     assert all(r.tobytes() in held_rows for r in np.concatenate([data.x_strangers, data.x_strangers_test]))
     assert not any(r.tobytes() in held_rows for r in np.concatenate([data.x_train, data.x_val, data.x_test]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), fold=st.integers(1, 5), val_fraction=st.floats(0.05, 0.95))
+def test_a_fold_resplits_train_and_validation_only(seed, fold, val_fraction):
+    """Fold f: the same train + validation photos, split again per person (at least one on each side);
+    the test photos never move; deterministic for a seed and a fold."""
+    x, labels = embeddings(seed % 1000)
+    split = stratified_split(labels, min_photos=3, test_fraction=0.2, val_fraction=0.1, seed=seed)
+    y = np.array([split.people.index(lab) for lab in labels])
+    train, val = fold_split(y, split, fold, val_fraction, seed)
+    assert sorted(np.concatenate([train, val]).tolist()) == sorted(np.concatenate([split.train, split.val]).tolist())
+    assert not set(train.tolist()) & set(val.tolist()) and not set(split.test.tolist()) & set(val.tolist())
+    for c in range(len(split.people)):
+        assert np.sum(y[train] == c) >= 1 and np.sum(y[val] == c) >= 1
+    again = fold_split(y, split, fold, val_fraction, seed)
+    assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
+    assert all(np.array_equal(a, b) for a, b in zip(fold_split(y, split, 0, val_fraction, seed), (split.train, split.val)))
+
+
+def test_folds_hold_out_other_people():
+    people = [f"p{i}" for i in range(20)]
+    x, labels = embeddings(3, people)
+    split = stratified_split(labels, min_photos=3, test_fraction=0.2, val_fraction=0.1, seed=3)
+    y = np.array([split.people.index(lab) for lab in labels])
+    held = [search_data(x, y, split, 0.2, 3, fold).held_out for fold in range(4)]
+    assert all(len(h) == 4 for h in held) and len({tuple(h) for h in held}) > 1
+    assert held[0] == held_out_people(20, 0.2, 3)  # fold 0 is the build's own
+    data = search_data(x, y, split, 0.2, 3, 2)
+    assert len(data.x_test) + len(data.x_strangers_test) == len(split.test)  # the test photos stay put
+
+
+@given(genomes(), st.integers(0, 99))
+def test_evaluation_keys_round_trip(genome, fold):
+    k = key(genome)
+    assert parse_eval_key(eval_key(k, fold)) == (k, fold)
+    assert (eval_key(k, fold) == k) == (fold == 0)
 
 
 def run_evaluate(data, genome, seed=0):

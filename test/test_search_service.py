@@ -64,6 +64,14 @@ def test_a_tiny_search_builds_a_model_and_shows_what_it_did(stack, upload, peopl
     assert opt["evaluations"] == opt["logbook"][-1]["evaluations"] == search["evaluations"]
     assert opt["pareto_front"] and all({"genome", "network", "balanced_accuracy", "open_set", "params"} <= set(p)
                                        for p in opt["pareto_front"])
+    # the best networks were scored again on more folds, and the pick is one of them
+    cv = opt["cross_validation"]
+    assert cv["complete"] and 1 <= len(cv["finalists"]) <= cv["finalists_wanted"]
+    assert cv["evaluations"] == len(cv["finalists"]) * cv["more_folds"] == search["fold_evaluations"]
+    assert all(len(f["fold_scores"]) == cv["more_folds"] + 1 for f in cv["finalists"])
+    assert opt["chosen"]["genome"] in [f["genome"] for f in cv["finalists"]]
+    assert opt["chosen"]["score"] == max(f["score"] for f in cv["finalists"]
+                                         if f["params"] == opt["chosen"]["params"])
 
     # the shipped network is the chosen genome, retrained on train + validation
     chosen = opt["chosen"]
@@ -111,8 +119,10 @@ def test_the_time_budget_stops_the_search_with_the_best_so_far(stack, upload):
     opt = manifest_of(stack, job_id)["optimization"]
     assert opt["stop_reason"] == "time budget"
     assert opt["generations_run"] < 100
-    # stopped at the budget (checked once per heartbeat), not after finishing the generations
-    assert 4 <= opt["seconds"] < 4 + 30
+    # the evolution stopped at 3/4 of the budget (checked once per heartbeat), the finalists' folds
+    # by the budget: not after finishing the generations
+    assert opt["logbook"][-1]["seconds"] < 4
+    assert 3 <= opt["seconds"] < 4 + 30
     assert opt["chosen"] is not None
 
 
