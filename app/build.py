@@ -234,6 +234,7 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
     # second pass on its mirror image, which brings it nearer its person (README "Open set").
     # The test figures below use the build's single-pass embeddings.
     open_set["mirror_probes"] = settings.mirror_probes
+    open_set["mirror_margin"] = settings.mirror_margin
     open_set["decision"] = ("the person maximising log p (classifier) - distance / temperature"
                             if settings.fusion_temperature > 0 else "the classifier's most probable person")
     accepted = test_scores <= open_set["threshold"]

@@ -12,12 +12,17 @@ identification rate (DIR: test photos accepted with the right name). Beside it,
 1-nearest-neighbour on the same gallery with its threshold set by peeking at the
 strangers to reach the same FAR. The gallery's embeddings come from the build's
 extraction (cached in var/bench-cache); test photos and strangers are embedded as
-`predict` embeds them (`Recognizer.embed`: with the mirror pass when the bundle asks
-for it), and the same figures with probes embedded once are printed beside.
+`predict` embeds them (`Recognizer.embed`): once, and with the mirror pass for every
+face; `predict` itself gives the mirror pass only to faces whose one-pass score is
+within the bundle's `mirror_margin` of the threshold (`openset.needs_mirror_pass`),
+and that rule is applied to the two sets of embeddings to give its figures, the share
+of faces it sends to a second pass and how many answers differ from the mirror pass
+for every face.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -57,12 +62,13 @@ def _load(bundle: bytes) -> None:
 
 
 def _probe(path: str) -> tuple[list[list[int]], np.ndarray]:
-    boxes, x = _REC.embed(Path(path).read_bytes())
+    boxes, x = _REC.embed(Path(path).read_bytes(), mirror_margin=math.inf)
     return [b.as_list() for b in boxes], x
 
 
 def probe(bundle: bytes, paths: list[Path], procs: int) -> list:
-    """Each photo's faces as the bundle's `predict` embeds them: [(boxes, embeddings)]."""
+    """Each photo's faces embedded with the mirror pass for every face (when the bundle asks for the
+    mirror pass): [(boxes, embeddings)]; the bundle's margin rule is applied afterwards (`adaptive`)."""
     # spawned, not forked: this process has TensorFlow running, and a forked child that loads a model hangs
     with get_context("spawn").Pool(procs, initializer=_load, initargs=(bundle,)) as pool:
         return pool.map(_probe, [str(p) for p in paths], chunksize=8)
@@ -81,13 +87,13 @@ def main() -> None:
     from features.select import choose_faces
     from modelization.dataset import stratified_split
     from modelization.metrics import accuracy, balanced_accuracy
+    from modelization.openset import needs_mirror_pass
     from features.embeddings import pairwise_distances
     from modelization.recognizer import load_bundle
 
     strangers = sorted((FACES / "strangers").glob("*.jpg"))
     s_feats = extract(strangers, args.procs)
-    s_single = np.asarray([f.embedding for f in s_feats if f.usable], np.float32)
-    print(f"strangers: {len(strangers)} photos, {len(s_single)} with a face")
+    print(f"strangers: {len(strangers)} photos, {sum(f.usable for f in s_feats)} with a face")
 
     for subset in args.subset:
         paths = sorted((FACES / subset).glob("*/*.jpg"))
@@ -126,7 +132,19 @@ def main() -> None:
             unmatched += feats[usable[i]].box not in boxes
             tx.append(emb[j])
         tx = np.asarray(tx, np.float32)
-        s_x = np.asarray([emb[0] for _, emb in probed[len(test_paths):] if len(emb)], np.float32)
+        # strangers with a face both ways (the cached one-pass features and the probe), largest face
+        pairs = [(f.embedding, emb[0]) for f, (_, emb) in zip(s_feats, probed[len(test_paths):])
+                 if f.usable and len(emb)]
+        s_single = np.asarray([a for a, _ in pairs], np.float32)
+        s_x = np.asarray([b for _, b in pairs], np.float32)
+
+        def adaptive(single: np.ndarray, mirrored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """What `predict` embeds: the mirror pass only near the threshold. -> (embeddings, second pass?)"""
+            if not rec.mirror:
+                return single, np.zeros(len(single), bool)
+            again = needs_mirror_pass(np.array([r[2] for r in rec.identify(single)]), rec.threshold,
+                                      rec.mirror_margin)
+            return np.where(again[:, None], mirrored, single), again
 
         def measure(tx: np.ndarray, s_x: np.ndarray) -> tuple:
             known = rec.identify(tx)
@@ -137,6 +155,15 @@ def main() -> None:
 
         pred, far, dir_ = measure(tx, s_x)
         single_pred, single_far, single_dir = measure(x[split.test], s_single)
+        (a_tx, t_again), (a_sx, s_again) = adaptive(x[split.test], tx), adaptive(s_single, s_x)
+        a_pred, a_far, a_dir = measure(a_tx, a_sx)
+        answers = lambda emb: [(lab, c) for lab, _, _, c in rec.identify(emb)]  # noqa: E731
+        pairs_ = list(zip(answers(a_tx) + answers(a_sx), answers(tx) + answers(s_x)))
+        differ = sum(a[0] != b[0] for a, b in pairs_)  # the answer: a name or "unknown"
+        differ_candidate = sum(a[0] == b[0] and a[1] != b[1] for a, b in pairs_)  # only the refused candidate
+        shift = np.abs(np.concatenate([
+            [r[2] for r in rec.identify(tx)], [r[2] for r in rec.identify(s_x)]]) - np.concatenate([
+            [r[2] for r in rec.identify(x[split.test])], [r[2] for r in rec.identify(s_single)]]))
 
         # baseline: 1-NN distance on the same gallery and probes, threshold peeked from the strangers at the same FAR
         d_test = pairwise_distances(tx, x[gallery])
@@ -161,6 +188,14 @@ def main() -> None:
         print(f"  DIR ratio model / 1-NN at the same FAR: {dir_ / nn_dir:.3f}")
         print(f"  model, probes embedded once (as the gallery): top-1 {accuracy(ty, single_pred):.4f}  "
               f"FAR {single_far:.4f}  DIR {single_dir:.4f}")
+        if rec.mirror:
+            print(f"  model as predict embeds (mirror pass within {rec.mirror_margin} of the threshold): top-1 "
+                  f"{accuracy(ty, a_pred):.4f}  FAR {a_far:.4f}  DIR {a_dir:.4f}; second pass for "
+                  f"{t_again.mean():.1%} of known test faces and {s_again.mean():.1%} of strangers; "
+                  f"{differ} of {len(a_tx) + len(a_sx)} answers differ from the mirror pass for every face "
+                  f"({differ_candidate} more name another candidate for a face refused either way); "
+                  f"score shift of the mirror pass: median {np.median(shift):.3f}, 99th percentile "
+                  f"{np.quantile(shift, 0.99):.3f}, max {shift.max():.3f}")
         net = rec.probabilities(tx).argmax(1)
         print(f"  classifier alone: top-1 {accuracy(ty, net):.4f}  balanced {balanced_accuracy(ty, net):.4f}   "
               f"group photos: {sum(1 for f in feats if f.faces > 1)} used, "

@@ -106,6 +106,7 @@ class Settings:
     fusion_temperature: float = 0.02  # who a face is: argmax log p - distance / T (openset.name_faces; 0 = classifier alone)
     max_threshold: float = 0.5        # cap on the calibrated threshold (small galleries run lenient)
     mirror_probes: bool = True        # new bundles embed a face to identify with its mirror image too (2 passes)
+    mirror_margin: float = 0.1        # ... only when its one-pass score is this close to the threshold (inf: always)
     model_cache_size: int = 8         # loaded recognizers kept per web process (LRU)
 
     keep_uploads: bool = False        # keep uploaded photos after a successful build

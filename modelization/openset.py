@@ -59,6 +59,17 @@ def name_faces(probs: np.ndarray, x: np.ndarray, gallery_x: np.ndarray, gallery_
     return classes, d[np.arange(len(classes)), classes]
 
 
+def needs_mirror_pass(scores: np.ndarray, threshold: float, margin: float) -> np.ndarray:
+    """Which faces (by their one-pass open-set score) get a second embedding from their mirror image:
+    those within `margin` of the threshold, whose answer the averaged embedding could change.
+
+    The mirror pass moves a known face nearer its person (README "Open set") but costs a second
+    ResNet pass; a face far below the threshold is accepted and one far above it refused either
+    way, so only the borderline ones pay for it. margin = inf: every face.
+    """
+    return np.abs(np.asarray(scores, dtype=np.float64) - threshold) <= margin
+
+
 def stranger_scores(gallery_x: np.ndarray, gallery_y: np.ndarray, n_classes: int, k: int = DEFAULT_K) -> np.ndarray:
     """Each gallery photo scored as a stranger: its best score among the other people."""
     scores = class_scores(pairwise_distances(gallery_x, gallery_x), gallery_y, n_classes, k)

@@ -18,7 +18,7 @@ import numpy as np
 from constants import Settings
 from features.embeddings import embed_chips
 from modelization.bundle import GALLERY_FILE, LABELS_FILE, MANIFEST_FILE, MODEL_FILE
-from modelization.openset import name_faces
+from modelization.openset import name_faces, needs_mirror_pass
 from preprocessor.faces import Box, align_face, detect_faces
 from preprocessor.images import decode_image
 
@@ -92,6 +92,8 @@ class Recognizer:
         self.k = int(self.open_set.get("k", 3))
         self.temperature = float(self.open_set.get("temperature", 0.0))  # format 2: the classifier alone
         self.mirror = bool(self.open_set.get("mirror_probes", False))  # format 4: chip + mirror image
+        # format 4 bundles before the margin: the mirror pass for every face
+        self.mirror_margin = float(self.open_set.get("mirror_margin", float("inf")))
         self._model = model
         self._steps = _numpy_layers(model)
         if self._steps is not None and any(s[0] == "dense" and s[3] not in _ACTIVATIONS | {"softmax": 0}
@@ -126,19 +128,33 @@ class Recognizer:
         return [(self.labels[c] if s <= threshold else None, float(probs[i, c]), float(s), self.labels[c])
                 for i, (c, s) in enumerate(zip(best, scores))]
 
-    def embed(self, image: bytes | np.ndarray) -> tuple[list[Box], np.ndarray]:
+    def embed(self, image: bytes | np.ndarray, threshold: float | None = None,
+              mirror_margin: float | None = None) -> tuple[list[Box], np.ndarray]:
         """Every face in a photo (bytes of an image file, or an RGB array), largest first:
-        (boxes, embeddings (n, 128)) as this bundle compares them with its gallery."""
+        (boxes, embeddings (n, 128)) as this bundle compares them with its gallery.
+
+        With `mirror_probes`, a face whose one-pass score lies within `mirror_margin` of the
+        threshold is embedded again from its mirror image and the two embeddings are averaged
+        (`openset.needs_mirror_pass`); faces far from the threshold keep their one pass.
+        """
         s = self.settings
         if isinstance(image, (bytes, bytearray)):
             image = decode_image(bytes(image), s.max_image_pixels)
         boxes = sorted(detect_faces(image, s.detect_max_side, s.upsample_max_side), key=lambda b: -b.area)
         chips = [align_face(image, b, s.chip_size, s.chip_padding) for b in boxes]
-        return boxes, embed_chips(chips, self.mirror)
+        x = embed_chips(chips)
+        if self.mirror and chips:
+            scores = np.array([r[2] for r in self.identify(x, threshold)])
+            margin = self.mirror_margin if mirror_margin is None else mirror_margin
+            again = np.flatnonzero(needs_mirror_pass(scores, self.threshold if threshold is None else threshold,
+                                                     margin))
+            if len(again):
+                x[again] = (x[again] + embed_chips([np.ascontiguousarray(chips[i][:, ::-1]) for i in again])) / 2
+        return boxes, x
 
     def predict(self, image: bytes | np.ndarray, threshold: float | None = None) -> list[FacePrediction]:
         """Every face in a photo (bytes of an image file, or an RGB array), largest first."""
-        boxes, embeddings = self.embed(image)
+        boxes, embeddings = self.embed(image, threshold)
         results = self.identify(embeddings, threshold)
         return [FacePrediction(b.as_list(), *r) for b, r in zip(boxes, results)]
 

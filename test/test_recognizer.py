@@ -7,6 +7,8 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.build import train_bundle
 from app.recognizers import RecognizerCache
@@ -14,7 +16,7 @@ from constants import Settings
 from features.extract import PhotoFeatures
 from modelization.bundle import GALLERY_FILE, read_manifest, save_bundle
 from features.embeddings import embed_chips, pairwise_distances
-from modelization.openset import class_scores, name_faces
+from modelization.openset import class_scores, name_faces, needs_mirror_pass
 from modelization.recognizer import Recognizer, load_bundle
 from preprocessor.faces import align_face, detect_faces, largest
 from preprocessor.images import decode_image
@@ -164,14 +166,31 @@ def test_bundle_records_its_decision_rule_and_older_bundles_keep_the_classifier_
 
 
 def test_new_bundles_embed_a_face_with_its_mirror_image_older_ones_once(bundle, faces_dir):
-    assert read_manifest(bundle)["open_set"]["mirror_probes"] is Settings().mirror_probes is True
+    open_set = read_manifest(bundle)["open_set"]
+    assert open_set["mirror_probes"] is Settings().mirror_probes is True
+    assert open_set["mirror_margin"] == Settings().mirror_margin
     rec = load_bundle(bundle)
     image = decode_image((faces_dir / "wild" / "obama.jpg").read_bytes(), Settings().max_image_pixels)
     chip = align_face(image, largest(detect_faces(image)))
-    got = rec.predict(image)[0].distance
-    assert got == pytest.approx(rec.identify(embed_chips([chip], mirror=True))[0][2], abs=1e-5)
+    once = rec.identify(embed_chips([chip]))[0][2]
+    both = rec.identify(embed_chips([chip], mirror=True))[0][2]
+    assert abs(once - both) > 1e-4  # the mirror pass is not a no-op
+    # the second pass only for a face whose one-pass score is within the margin of the threshold
+    near, far = once + rec.mirror_margin / 2, once + 2 * rec.mirror_margin
+    assert rec.predict(image, threshold=near)[0].distance == pytest.approx(both, abs=1e-5)
+    assert rec.predict(image, threshold=far)[0].distance == pytest.approx(once, abs=1e-5)
+    # a format-4 bundle from before the margin: the second pass for every face
+    before_margin = {k: v for k, v in rec.open_set.items() if k != "mirror_margin"}
+    every = Recognizer(rec._model, rec.labels, {**rec.manifest, "open_set": before_margin}, rec.gallery_x,
+                       rec.gallery_y)
+    assert every.predict(image, threshold=far)[0].distance == pytest.approx(both, abs=1e-5)
     older = {k: v for k, v in rec.open_set.items() if k != "mirror_probes"}  # as a format-3 manifest
     old = Recognizer(rec._model, rec.labels, {**rec.manifest, "open_set": older}, rec.gallery_x, rec.gallery_y)
-    once = old.predict(image)[0].distance
-    assert once == pytest.approx(old.identify(embed_chips([chip]))[0][2], abs=1e-5)
-    assert abs(once - got) > 1e-4
+    assert old.predict(image, threshold=near)[0].distance == pytest.approx(once, abs=1e-5)
+
+
+@given(st.lists(st.floats(0, 2), max_size=20), st.floats(0, 2), st.floats(0, 1))
+def test_needs_mirror_pass_is_the_band_around_the_threshold(scores, threshold, margin):
+    again = needs_mirror_pass(np.array(scores), threshold, margin)
+    assert again.tolist() == [threshold - margin <= s <= threshold + margin for s in scores]
+    assert needs_mirror_pass(np.array(scores), threshold, float("inf")).all()
