@@ -196,8 +196,7 @@ class Broker:
             done, total = progress["fold_evaluations"], progress["fold_evaluations_planned"]
             stage = f"cross-validating {progress['finalists']} finalists: {done} of {total}"
         else:
-            done = total = evolution.controls.generations
-            done = progress["generation"]
+            done, total = progress["generation"], evolution.controls.generations
             stage = f"generation {done} of {total}"
         self.store.progress(job_id, OPTIMIZING, stage, done, total, progress)
 
