@@ -138,12 +138,15 @@ def main() -> None:
         s_single = np.asarray([a for a, _ in pairs], np.float32)
         s_x = np.asarray([b for _, b in pairs], np.float32)
 
+        def scores(emb: np.ndarray) -> np.ndarray:
+            """The bundle's open-set score of each embedding."""
+            return np.array([r[2] for r in rec.identify(emb)])
+
         def adaptive(single: np.ndarray, mirrored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             """What `predict` embeds: the mirror pass only near the threshold. -> (embeddings, second pass?)"""
             if not rec.mirror:
                 return single, np.zeros(len(single), bool)
-            again = needs_mirror_pass(np.array([r[2] for r in rec.identify(single)]), rec.threshold,
-                                      rec.mirror_margin)
+            again = needs_mirror_pass(scores(single), rec.threshold, rec.mirror_margin)
             return np.where(again[:, None], mirrored, single), again
 
         def measure(tx: np.ndarray, s_x: np.ndarray) -> tuple:
@@ -161,9 +164,7 @@ def main() -> None:
         pairs_ = list(zip(answers(a_tx) + answers(a_sx), answers(tx) + answers(s_x)))
         differ = sum(a[0] != b[0] for a, b in pairs_)  # the answer: a name or "unknown"
         differ_candidate = sum(a[0] == b[0] and a[1] != b[1] for a, b in pairs_)  # only the refused candidate
-        shift = np.abs(np.concatenate([
-            [r[2] for r in rec.identify(tx)], [r[2] for r in rec.identify(s_x)]]) - np.concatenate([
-            [r[2] for r in rec.identify(x[split.test])], [r[2] for r in rec.identify(s_single)]]))
+        shift = np.abs(scores(np.concatenate([tx, s_x])) - scores(np.concatenate([x[split.test], s_single])))
 
         # baseline: 1-NN distance on the same gallery and probes, threshold peeked from the strangers at the same FAR
         d_test = pairwise_distances(tx, x[gallery])

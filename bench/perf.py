@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 
 from bench.build_lfw import raw_pipeline, reference  # noqa: E402
+from modelization.openset import needs_mirror_pass  # noqa: E402
 from test.stack import Stack  # noqa: E402
 
 FACES = Path(os.environ.get("FR_FACES_DIR", ROOT.parent / "shared" / "faces"))
@@ -201,8 +202,8 @@ def main() -> None:
                 # did the probe's face get the mirror pass? (only a face near the threshold does)
                 face = requests.post(url, files={"image": ("p.jpg", probe)}, timeout=60).json()["faces"][0]
                 rule = report["manifest"]["open_set"]
-                second = bool(rule.get("mirror_probes")) and abs(face["distance"] - rule["threshold"]) <= float(
-                    rule.get("mirror_margin", "inf"))
+                second = bool(rule.get("mirror_probes")) and bool(needs_mirror_pass(
+                    face["distance"], rule["threshold"], float(rule.get("mirror_margin", "inf"))))
                 same = ref_one if second else ref_once
                 print(f"predict, 1 client: p50 {pct(lat, .5):.0f} ms, p95 {pct(lat, .95):.0f} ms, "
                       f"{len(lat) / w:.1f} req/s, {err} errors; the face's score {face['distance']:.3f}, threshold "

@@ -61,7 +61,7 @@ def features(paths: list[Path]) -> list[dict]:
     from features.extract import FeatureCache, cached_photo_features
     settings = Settings.from_env(data_dir=DATA)
     cache = FeatureCache(settings.cache_dir, settings)
-    return [{**asdict(cached_photo_features(p.read_bytes(), settings, cache)[0])} for p in paths]
+    return [asdict(cached_photo_features(p.read_bytes(), settings, cache)[0]) for p in paths]
 
 
 def dir_at_far(known: np.ndarray, correct: np.ndarray, strangers: np.ndarray, far: float) -> float:
@@ -82,11 +82,10 @@ def open_set_vs_strangers(bundles: dict[str, bytes], paths: list[Path], feats: l
     data = prepare(files, feats, settings, seed)
     gallery = np.concatenate([data.split.train, data.split.val])
     x_test, y_test = data.x[data.split.test], data.y[data.split.test]
-    rows = {}
+    rows, inf = {}, float("inf")
     for name, bundle in bundles.items():
         rec = load_bundle(bundle)
         assert np.array_equal(rec.gallery_x, data.x[gallery]), "the split differs from the build's"
-        inf = float("inf")
         known = rec.identify(x_test, threshold=inf)
         correct = np.array([c == rec.labels[y] for (_, _, _, c), y in zip(known, y_test)])
         rows[name] = (np.array([d for _, _, d, _ in known]), correct,
@@ -125,7 +124,8 @@ def report(manifest: dict, fixed: dict, wall: float) -> None:
     opt = manifest["optimization"]
     chosen = opt["chosen"]
     seconds, evals = opt["seconds"], opt["evaluations"]
-    evolved = opt["logbook"][-1]["seconds"]
+    # the evolution's time at its last generation (the whole search if the budget cut generation 0)
+    evolved = opt["logbook"][-1]["seconds"] if opt["logbook"] else seconds
     cv = opt["cross_validation"]
     print(f"  search: {seconds:.1f} s; evolution {evolved:.1f} s, {evals} evaluations ({evals / evolved:.2f}/s), "
           f"{opt['cache_hits']} answered by the fitness cache, {opt['generations_run']} generations "
@@ -190,22 +190,23 @@ def main() -> None:
         for i in range(args.repeat):
             seed = args.seed + i
             fixed_id, wall = build(stack, archive, seed=str(seed))
-            fixed = manifest_of(bundle_of(stack, fixed_id))
+            fixed_bundle = bundle_of(stack, fixed_id)
+            fixed = manifest_of(fixed_bundle)
             print(f"fixed network (optimize=0, seed {seed}): {wall:.1f} s, {fixed['network']['params']} params, "
                   f"test accuracy {fixed['metrics']['test_accuracy']:.4f}, "
                   f"features cached {fixed['input']['features_cached']}")
             before = before or memory(stack)
             search_id, wall = build(stack, archive, optimize="1", seed=str(seed), **form)
             print(f"search with seed {seed}:")
-            report(manifest_of(bundle_of(stack, search_id)), fixed, wall)
+            search_bundle = bundle_of(stack, search_id)
+            report(manifest_of(search_bundle), fixed, wall)
             print(f"  worker memory after this search: {memory(stack).get('worker', 0):.0f} MB (all workers)")
             if strangers_dir.is_dir():
                 # after the memory line: this process's own feature reads and Keras loads don't enter it
                 feats = features(paths)
                 s_feats = features(sorted(strangers_dir.glob("*.jpg")))
                 strangers = np.asarray([f["embedding"] for f in s_feats if f["embedding"] is not None], np.float32)
-                open_set_vs_strangers({"search's bundle": bundle_of(stack, search_id),
-                                       "fixed network's bundle": bundle_of(stack, fixed_id)},
+                open_set_vs_strangers({"search's bundle": search_bundle, "fixed network's bundle": fixed_bundle},
                                       paths, feats, seed, strangers)
         after = memory(stack)
         print(f"worker memory (MB, all workers): {before.get('worker', 0):.0f} before the searches, "

@@ -174,10 +174,14 @@ class Evolution:
         if self.done:
             return []
         if self.phase == CONFIRMING:
-            return [eval_key(k, f) for f in range(1, self.controls.folds + 1) for k in self.finalists
-                    if str(f) not in self.fold_runs.get(k, {})]
+            return self._missing_folds()
         keys = dict.fromkeys(key(g) for g in self.batch())
         return [k for k in keys if k not in self.results]
+
+    def _missing_folds(self) -> list[str]:
+        """Evaluation keys of the finalists' folds not evaluated yet, fold by fold."""
+        return [eval_key(k, f) for f in range(1, self.controls.folds + 1) for k in self.finalists
+                if str(f) not in self.fold_runs.get(k, {})]
 
     def wants(self, evaluation: str) -> bool:
         """An evaluation is still useful (a queued task for it may be dropped otherwise)."""
@@ -206,7 +210,7 @@ class Evolution:
         if self.done or self.needed():
             return
         if self.phase == CONFIRMING:
-            self.finish(self.stop_reason or "generations done")
+            self.finish("generations done")  # keeps the reason the evolution stopped for
             return
         # every individual of the batch not trained for it came from the fitness cache
         self.cache_hits += len(self.batch()) - self.batch_evaluations
@@ -250,13 +254,13 @@ class Evolution:
         if self.phase == EVOLVING and spent >= budget * (1 - self.controls.confirm_share):
             self.confirm("time budget")
             return True
-        if spent >= budget:
-            self.finish("time budget" if self.phase == EVOLVING else self.stop_reason or "time budget")
+        if spent >= budget:  # only while confirming: the evolution stopped at the branch above
+            self.finish("time budget")
             return True
         return False
 
     def finish(self, reason: str) -> None:
-        """Stop here; `choose` uses what was evaluated."""
+        """Stop here; `choose` uses what was evaluated. A reason already given (by `confirm`) stays."""
         self.seconds_before = self.seconds()
         self.done, self.stop_reason = True, self.stop_reason or reason
 
@@ -324,9 +328,7 @@ class Evolution:
                               "epochs": [r["epochs"] for r in runs]})
         return {"finalists_wanted": self.controls.finalists, "more_folds": self.controls.folds,
                 "evaluations": self.fold_evaluations,
-                "complete": bool(self.finalists) and self.controls.folds > 0 and not any(
-                    str(f) not in self.fold_runs.get(k, {}) for k in self.finalists
-                    for f in range(1, self.controls.folds + 1)),
+                "complete": bool(self.finalists) and self.controls.folds > 0 and not self._missing_folds(),
                 "finalists": finalists}
 
     def progress(self) -> dict:

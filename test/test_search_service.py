@@ -121,7 +121,7 @@ def test_the_time_budget_stops_the_search_with_the_best_so_far(stack, upload):
     assert opt["generations_run"] < 100
     # the evolution stopped at 3/4 of the budget (checked once per heartbeat), the finalists' folds
     # by the budget: not after finishing the generations
-    assert opt["logbook"][-1]["seconds"] < 4
+    assert all(line["seconds"] < 4 for line in opt["logbook"])  # empty if generation 0 was cut short
     assert 3 <= opt["seconds"] < 4 + 30
     assert opt["chosen"] is not None
 
