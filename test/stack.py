@@ -58,7 +58,11 @@ class Stack:
             [sys.executable, str(ROOT / "run.py"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", str(self.workers), "--data-dir", str(self.data_dir), "--broker-port", str(self.broker_port)],
             env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_alive(self.workers, timeout, self.warm)
+        try:
+            self.wait_alive(self.workers, timeout, self.warm)
+        except BaseException:
+            self.stop()  # a stack that never came up must not outlive its test (and load the ones after it)
+            raise
         return self
 
     def wait_alive(self, workers: int, timeout: float = 60, warm: bool = False) -> dict:
