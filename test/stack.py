@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -14,10 +15,24 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Ports are picked below Linux's ephemeral range (32768-60999 by default): a port the kernel
+# hands out (bind to port 0) can be given to another process's outgoing connection between
+# this check and the service binding it; seen once as the broker's "Address already in use".
+PORT_RANGE = (20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port that is free now, outside the range the kernel assigns by itself."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(*PORT_RANGE)
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port")
 
 
 def free_port_pair() -> int:
