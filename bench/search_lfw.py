@@ -47,6 +47,8 @@ from bench.perf import memory  # noqa: E402
 from test.stack import Stack  # noqa: E402
 
 DATA = ROOT / "var" / "bench-search"
+# our methods in the manifest's closed-set table (the rest are the baselines)
+OURS = ("chosen network", "chosen network + gallery (the bundle)", "fixed network (same run)")
 
 
 def bundle_of(stack: Stack, job_id: str) -> bytes:
@@ -150,9 +152,8 @@ def report(manifest: dict, fixed: dict, wall: float) -> dict:
     print("  closed set, test photos of all people:")
     for name, m in closed.items():
         print(f"    {name:38s} accuracy {m['test_accuracy']:.4f}  balanced {m['balanced_accuracy']:.4f}")
-    ours = ("chosen network", "chosen network + gallery (the bundle)", "fixed network (same run)")
-    best = max(m["test_accuracy"] for name, m in closed.items() if name not in ours)
-    for name in ours[:2]:
+    best = max(m["test_accuracy"] for name, m in closed.items() if name not in OURS)
+    for name in OURS[:2]:
         print(f"    {name} - best baseline: {100 * (closed[name]['test_accuracy'] - best):+.2f} points")
     open_set = opt["baselines"]["open_set"]
     if open_set:
@@ -174,7 +175,6 @@ def summary(runs: list[dict]) -> None:
     """The targets over all seeds: one test split holds ~600 photos and every method errs on 0-3 of
     them, so a single seed decides "within 0.1 points" by one photo; the mean over seeds is the measure."""
     n, photos = len(runs), sum(r["test_photos"] for r in runs)
-    ours = ("chosen network", "chosen network + gallery (the bundle)", "fixed network (same run)")
     print(f"over {n} seeds ({photos} test photos in all):")
     print(f"  evaluations within 120 s: {min(r['within_120s'] for r in runs)}-{max(r['within_120s'] for r in runs)}; "
           f"params vs the fixed network {min(r['params_ratio'] for r in runs):.2f}-"
@@ -184,15 +184,15 @@ def summary(runs: list[dict]) -> None:
     print("  closed set, mean test accuracy (errors summed over the seeds):")
     for name in mean:
         print(f"    {name:38s} {100 * mean[name]:.2f}% ({errors[name]} errors)")
-    best = max((name for name in mean if name not in ours), key=mean.get)
-    for name in ours[:2]:
+    best = max((name for name in mean if name not in OURS), key=mean.get)
+    for name in OURS[:2]:
         print(f"    {name} - best baseline ({best}): {100 * (mean[name] - mean[best]):+.3f} points")
     if all(r["open_set"] for r in runs):
         rates = {name: float(np.mean([r["open_set"][name] for r in runs])) for name in runs[0]["open_set"]}
         print("  open set, held-out people, mean right-name rate at 1% of their photos accepted:")
         for name, rate in rates.items():
             print(f"    {name:38s} {rate:.4f}")
-        for name in ours[:2]:
+        for name in OURS[:2]:
             print(f"    {name} / 1-NN: {rates[name] / rates['1-nearest-neighbour']:.3f}")
     if all(r.get("strangers") for r in runs):
         m = runs[0]["n_strangers"]
@@ -227,7 +227,7 @@ def main() -> None:
           f"controls {form or 'defaults'}")
     strangers_dir = args.faces.parent / "strangers"
     with Stack(DATA, workers=args.workers, warm=True) as stack:  # a started service: models loaded
-        before, runs = None, []
+        before, runs, feats, strangers = None, [], None, None
         for i in range(args.repeat):
             seed = args.seed + i
             fixed_id, wall = build(stack, archive, seed=str(seed))
@@ -243,10 +243,13 @@ def main() -> None:
             runs.append(report(manifest_of(search_bundle), fixed, wall))
             print(f"  worker memory after this search: {memory(stack).get('worker', 0):.0f} MB (all workers)")
             if strangers_dir.is_dir():
-                # after the memory line: this process's own feature reads and Keras loads don't enter it
-                feats = features(paths)
-                s_feats = features(sorted(strangers_dir.glob("*.jpg")))
-                strangers = np.asarray([f["embedding"] for f in s_feats if f["embedding"] is not None], np.float32)
+                # after the memory line: this process's own feature reads and Keras loads don't enter it;
+                # read once, after the first builds filled the cache for the photos
+                if feats is None:
+                    feats = features(paths)
+                    s_feats = features(sorted(strangers_dir.glob("*.jpg")))
+                    strangers = np.asarray([f["embedding"] for f in s_feats if f["embedding"] is not None],
+                                           np.float32)
                 runs[-1]["strangers"] = open_set_vs_strangers(
                     {"search's bundle": search_bundle, "fixed network's bundle": fixed_bundle},
                     paths, feats, seed, strangers)

@@ -21,17 +21,23 @@ ROOT = Path(__file__).resolve().parent.parent
 PORT_RANGE = (20000, 32000)
 
 
+def bindable(port: int) -> bool:
+    """Nobody listens on `port` (127.0.0.1) right now."""
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     """A port that is free now, outside the range the kernel assigns by itself."""
     rng = random.SystemRandom()
     for _ in range(200):
         port = rng.randrange(*PORT_RANGE)
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port))
+        if bindable(port):
             return port
-        except OSError:
-            continue
     raise RuntimeError("no free port")
 
 
@@ -39,12 +45,8 @@ def free_port_pair() -> int:
     """A port p such that p and p+1 are free (broker front and back)."""
     for _ in range(50):
         p = free_port()
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", p + 1))
+        if bindable(p + 1):
             return p
-        except OSError:
-            continue
     raise RuntimeError("no free port pair")
 
 
