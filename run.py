@@ -36,6 +36,11 @@ def cmd_broker(args) -> None:
     run_broker(s)
 
 
+def loopback(endpoint: str) -> str:
+    """Where a local process connects to an endpoint the broker binds (a wildcard is not an address)."""
+    return endpoint.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")  # noqa: S104 (not a bind)
+
+
 def cmd_worker(args) -> None:
     s = _settings(args)
     # Before numpy loads: with one worker per core, OpenBLAS' own threads only fight over the
@@ -44,7 +49,7 @@ def cmd_worker(args) -> None:
         os.environ.setdefault(var, str(s.worker_threads))
     from app.worker import run_worker
     setup_logging("worker", s.log_dir, s.log_level, s.log_rotation, s.log_retention, args.slot)
-    run_worker(s, args.connect or s.broker_back.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1"))
+    run_worker(s, args.connect or loopback(s.broker_back))
 
 
 def uwsgi_command() -> list[str]:
@@ -61,7 +66,7 @@ class Supervisor:
                     "FR_BROKER_FRONT": s.broker_front, "FR_BROKER_BACK": s.broker_back,
                     "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         py = [sys.executable, str(ROOT / "run.py")]
-        connect = s.broker_back.replace("0.0.0.0", "127.0.0.1").replace("*", "127.0.0.1")
+        connect = loopback(s.broker_back)
         self.specs = {"broker": py + ["broker"], "web": uwsgi_command()}
         for i in range(n_workers):
             self.specs[f"worker{i}"] = py + ["worker", "--connect", connect, "--slot", str(i + 1)]
@@ -118,12 +123,13 @@ def cmd_serve(args) -> None:
 def cmd_web(args) -> None:
     s = _settings(args, port=args.port)
     env = {**os.environ, "FR_DATA_DIR": str(s.data_dir), "FR_PORT": str(s.port), "FR_HOST": s.host}
-    os.execvpe(uwsgi_command()[0], uwsgi_command(), env)
+    os.execvpe(uwsgi_command()[0], uwsgi_command(), env)  # noqa: S606 (our own argument list)
 
 
 def cmd_predict(args) -> None:
     """Name the faces in photos with a downloaded bundle; prints JSON. No service needed."""
     import json
+
     from modelization.recognizer import load_bundle
     from preprocessor.errors import InputError
     s = Settings.from_env()

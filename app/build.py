@@ -16,9 +16,9 @@ import platform
 import time
 import zlib
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -246,7 +246,7 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
         "service_version": VERSION,
         "model_id": job["id"],
         "name": job.get("name"),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "software": software_versions(),
         "pipeline": pipeline_settings(settings),
         "input": {"photos": len(files), "usable": len(usable), "skipped": len(files) - len(usable),

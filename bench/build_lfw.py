@@ -22,9 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import requests  # noqa: E402
+import requests
 
-from test.stack import Stack  # noqa: E402
+from test.stack import Stack
 
 
 def raw_pipeline(every_face: bool = False, mirror: bool = False):
@@ -87,7 +87,7 @@ def main() -> None:
             r.raise_for_status()
             t_upload = time.perf_counter() - t0
             job_id = r.json()["id"]
-            st = stack.wait_state(job_id, ("done",), timeout=3600)
+            stack.wait_state(job_id, ("done",), timeout=3600)
             wall = time.perf_counter() - t0
             manifest = json.loads(zipfile.ZipFile(io.BytesIO(
                 requests.get(f"{stack.url}/models/{job_id}", timeout=60).content)).read("manifest.json"))

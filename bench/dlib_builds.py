@@ -42,6 +42,10 @@ print(json.dumps({"dlib": dlib.__version__, "photos": n, "hog_ms": 1000 * hog / 
 """
 
 
+def pipeline_ms(r: dict) -> float:
+    return r["hog_ms"] + r["landmarks_ms"] + r["embed_ms"]
+
+
 def run(python: str, photos: int) -> dict:
     out = subprocess.run([python, "-c", PROBE, str(FACES), str(photos)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -63,7 +67,7 @@ def main() -> None:
     if len(rows) == 2:
         a, b = rows[0][1], rows[1][1]
         print("other / this: " + ", ".join(f"{k} {b[k] / a[k]:.2f}x" for k in keys)
-              + f", pipeline {(b['hog_ms'] + b['landmarks_ms'] + b['embed_ms']) / (a['hog_ms'] + a['landmarks_ms'] + a['embed_ms']):.2f}x")
+              + f", pipeline {pipeline_ms(b) / pipeline_ms(a):.2f}x")
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.perf import FACES, build, memory  # noqa: E402
-from test.stack import Stack  # noqa: E402
+from bench.perf import FACES, build, memory
+from test.stack import Stack
 
 
 def main() -> None:

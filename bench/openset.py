@@ -32,9 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from constants import Settings  # noqa: E402
+from constants import Settings
 
 FACES = Path(os.environ.get("FR_FACES_DIR", ROOT.parent / "shared" / "faces"))
 SETTINGS = Settings.from_env(data_dir=ROOT, test_fraction=0.3, val_fraction=0.1)
@@ -84,11 +84,11 @@ def main() -> None:
     from dataclasses import asdict
 
     from app.build import train_bundle
+    from features.embeddings import pairwise_distances
     from features.select import choose_faces
     from modelization.dataset import stratified_split
     from modelization.metrics import accuracy, balanced_accuracy
     from modelization.openset import needs_mirror_pass
-    from features.embeddings import pairwise_distances
     from modelization.recognizer import load_bundle
 
     strangers = sorted((FACES / "strangers").glob("*.jpg"))

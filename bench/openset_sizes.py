@@ -19,12 +19,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from constants import Settings  # noqa: E402
-from features.extract import FeatureCache, cached_photo_features  # noqa: E402
-from features.embeddings import pairwise_distances  # noqa: E402
-from modelization.openset import calibrate, class_scores  # noqa: E402
+from constants import Settings
+from features.embeddings import pairwise_distances
+from features.extract import FeatureCache, cached_photo_features
+from modelization.openset import calibrate, class_scores
 
 FACES = Path(os.environ.get("FR_FACES_DIR", ROOT.parent / "shared" / "faces"))
 
@@ -64,8 +64,10 @@ def main() -> None:
                     idx = np.where(y == person)[0]
                     rng.shuffle(idx)
                     g = idx[:min(n_photos, int(len(idx) * 0.7))]
-                    gx.append(x[g]); gy += [c] * len(g)
-                    tx.append(x[idx[len(g):]]); ty += [c] * (len(idx) - len(g))
+                    gx.append(x[g])
+                    gy += [c] * len(g)
+                    tx.append(x[idx[len(g):]])
+                    ty += [c] * (len(idx) - len(g))
                 gx, gy, tx, ty = np.concatenate(gx), np.asarray(gy), np.concatenate(tx), np.asarray(ty)
                 tau = calibrate(gx, gy, n_people, settings.target_far, settings.open_set_k, cap)["threshold"]
                 s_sc = class_scores(pairwise_distances(s_x, gx), gy, n_people, settings.open_set_k).min(1)

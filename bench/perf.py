@@ -36,11 +36,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import requests  # noqa: E402
+import requests
 
-from bench.build_lfw import raw_pipeline, reference  # noqa: E402
-from modelization.openset import needs_mirror_pass  # noqa: E402
-from test.stack import Stack  # noqa: E402
+from bench.build_lfw import raw_pipeline, reference
+from modelization.openset import needs_mirror_pass
+from test.stack import Stack
 
 FACES = Path(os.environ.get("FR_FACES_DIR", ROOT.parent / "shared" / "faces"))
 
@@ -156,7 +156,8 @@ def main() -> None:
     ref, ref_every = statistics.median(runs), statistics.median(runs_every)
     ref_once = 1000 / reference([probe_path] * 20)
     ref_one = 1000 / reference([probe_path] * 20, mirror=True)  # a bundle's predict embeds the mirror image too
-    print(f"reference: raw dlib loop, 1 process, median of {args.ref_repeats} over {len(sample)} photos: {ref:.2f} photos/s (largest face; runs "
+    print(f"reference: raw dlib loop, 1 process, median of {args.ref_repeats} over {len(sample)} photos: "
+          f"{ref:.2f} photos/s (largest face; runs "
           f"{', '.join(f'{r:.2f}' for r in runs)}); {ref_every:.2f} photos/s embedding every face as the service "
           f"does (runs {', '.join(f'{r:.2f}' for r in runs_every)}); one 250 px photo: {ref_one:.0f} ms with the "
           f"mirror pass a bundle's predict makes, {ref_once:.0f} ms without")

@@ -40,11 +40,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import requests  # noqa: E402
+import numpy as np
+import requests
 
-from bench.perf import memory  # noqa: E402
-from test.stack import Stack  # noqa: E402
+from bench.perf import memory
+from test.stack import Stack
 
 DATA = ROOT / "var" / "bench-search"
 # our methods in the manifest's closed-set table (the rest are the baselines)
@@ -163,7 +163,8 @@ def report(manifest: dict, fixed: dict, wall: float) -> dict:
             print(f"    {name:38s} known test photos accepted with the right name {m['test_rate']:.4f}, "
                   f"held-out test photos accepted {m['test_far']:.4f}")
         for name in ("chosen network", "chosen network + gallery (the bundle)"):
-            print(f"    {name} / 1-NN: {open_set[name]['test_rate'] / open_set['1-nearest-neighbour']['test_rate']:.3f}")
+            ratio = open_set[name]['test_rate'] / open_set['1-nearest-neighbour']['test_rate']
+            print(f"    {name} / 1-NN: {ratio:.3f}")
     return {"within_120s": evaluations_within(opt["logbook"], 120),
             "params_ratio": chosen["params"] / fixed["network"]["params"],
             "test_photos": fixed["metrics"]["test_photos"],

@@ -31,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from bench.search_lfw import DATA, features  # noqa: E402
+from bench.search_lfw import DATA, features
 
 BUNDLE = "chosen network + gallery (the bundle)"
 OURS = ("network alone", "bundle")

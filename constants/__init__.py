@@ -7,7 +7,7 @@ environment.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 VERSION = "0.1.0"
@@ -40,7 +40,7 @@ class Settings:
     """All tunables. Field `x` is read from env var `FR_X` (upper case)."""
 
     data_dir: Path = ROOT
-    host: str = "0.0.0.0"
+    host: str = "0.0.0.0"  # noqa: S104
     port: int = 8080
     workers: int = 2
     worker_threads: int = 1           # BLAS threads per worker process (one worker per core)
@@ -103,7 +103,8 @@ class Settings:
     # Open set ("unknown"): rejection rule calibrated at build time (modelization/openset.py).
     target_far: float = 0.01          # fraction of strangers the threshold lets through
     open_set_k: int = 3               # gallery photos averaged in a face's distance score
-    fusion_temperature: float = 0.02  # who a face is: argmax log p - distance / T (openset.name_faces; 0 = classifier alone)
+    # who a face is: argmax log p - distance / T (openset.name_faces; 0 = classifier alone)
+    fusion_temperature: float = 0.02
     max_threshold: float = 0.5        # cap on the calibrated threshold (small galleries run lenient)
     mirror_probes: bool = True        # new bundles embed a face to identify with its mirror image too (2 passes)
     mirror_margin: float = 0.1        # ... only when its one-pass score is this close to the threshold (inf: always)
@@ -117,7 +118,7 @@ class Settings:
     log_retention: int = 5
 
     @classmethod
-    def from_env(cls, **overrides) -> "Settings":
+    def from_env(cls, **overrides) -> Settings:
         values = {}
         for f in fields(cls):
             default = f.default

@@ -9,10 +9,8 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import numpy as np
 
 from constants import Settings
 from features.embeddings import embed_chips, resnet_model_path

@@ -14,8 +14,9 @@ unused (zeros) and its kernel columns are normalised in the forward pass.
 """
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class LeanFit:
 def count_params(spec: NetworkSpec, n_inputs: int, n_classes: int) -> int:
     """Trainable parameters of the Keras model `build_network` makes (the cosine head has no bias)."""
     sizes = [n_inputs, *spec.hidden, n_classes]
-    total = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    total = sum(a * b + b for a, b in itertools.pairwise(sizes))
     return total - (n_classes if spec.cosine else 0)
 
 
@@ -57,7 +58,7 @@ def init_weights(spec: NetworkSpec, n_inputs: int, n_classes: int, rng: np.rando
     """Glorot-uniform kernels and zero biases, as Keras' Dense layers start."""
     sizes = [n_inputs, *spec.hidden, n_classes]
     out = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
+    for a, b in itertools.pairwise(sizes):
         limit = np.sqrt(6.0 / (a + b))
         out.append((rng.uniform(-limit, limit, (a, b)).astype(F32), np.zeros(b, F32)))
     return out

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 # The cosine head's logits are COSINE_SCALE * cos(features, person direction): the scale
 # lets a softmax over values in [-1, 1] still become confident.
 COSINE_SCALE = 16.0

@@ -117,7 +117,8 @@ class Recognizer:
                 x = _softmax(x) if act == "softmax" else _ACTIVATIONS[act](x)
         return x
 
-    def identify(self, embeddings: np.ndarray, threshold: float | None = None) -> list[tuple[str | None, float, float, str]]:
+    def identify(self, embeddings: np.ndarray,
+                 threshold: float | None = None) -> list[tuple[str | None, float, float, str]]:
         """(label or None, confidence, distance, candidate) for each embedding."""
         if len(embeddings) == 0:
             return []

@@ -98,6 +98,6 @@ def open_set(data: SearchData, chosen: NetworkSpec, chosen_epochs: int, *, logis
         _, stranger_scores = method(data.x_strangers)
         rate, threshold = rate_at_far(scores, classes == data.y_test, stranger_scores, target_far)
         _, test_stranger_scores = method(data.x_strangers_test)
-        out[name] = {"test_rate": round(rate, 6), "test_far": round(float(np.mean(test_stranger_scores <= threshold)), 6),
-                     "threshold": round(threshold, 6)}
+        test_far = float(np.mean(test_stranger_scores <= threshold))
+        out[name] = {"test_rate": round(rate, 6), "test_far": round(test_far, 6), "threshold": round(threshold, 6)}
     return out

@@ -133,7 +133,7 @@ class Evolution:
                 "done": self.done, "stop_reason": self.stop_reason, "rng_state": self.rng_state}
 
     @classmethod
-    def from_json(cls, state: dict) -> "Evolution":
+    def from_json(cls, state: dict) -> Evolution:
         return cls(Controls(**state["controls"]), state)
 
     def seconds(self) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import cv2
 import dlib
@@ -40,7 +40,7 @@ def landmarks_model_path() -> str:
     return face_recognition_models.pose_predictor_five_point_model_location()
 
 
-@lru_cache(maxsize=None)
+@cache
 def file_sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -6,6 +6,7 @@ scale, which still reads the whole stream, so truncation is caught);
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 
@@ -62,10 +63,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode image bytes to an RGB uint8 array (H, W, 3), honouring EXIF orientation."""
     im = _open(data, max_pixels)
     _load(im)
-    try:
+    with contextlib.suppress(Exception):  # a broken EXIF block should not cost the photo
         im = ImageOps.exif_transpose(im)
-    except Exception:  # a broken EXIF block should not cost the photo
-        pass
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.asarray(im, dtype=np.uint8)

@@ -68,7 +68,7 @@ class Stack:
         self.proc: subprocess.Popen | None = None
         self.log = self.data_dir / "serve.out"
 
-    def start(self, timeout: float = 60) -> "Stack":
+    def start(self, timeout: float = 60) -> Stack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
@@ -99,7 +99,7 @@ class Stack:
             time.sleep(0.3)
         raise TimeoutError(f"service not alive with {workers} workers (last: {last}):\n{self.tail()}")
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         return self.start()
 
     def __exit__(self, *exc) -> None:

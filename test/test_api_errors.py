@@ -78,7 +78,7 @@ def test_non_image_file(stack, good):
 
 
 def test_truncated_jpeg(stack, good):
-    name, data = good[0]
+    _name, data = good[0]
     error_of(stack.build(good + [("alice/cut.jpg", data[: len(data) // 2])]), 400, "CORRUPT_IMAGE")
 
 

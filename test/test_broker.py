@@ -129,7 +129,7 @@ def test_heartbeat_sent_before_a_job_arrives_does_not_free_the_worker(broker, se
     w = FakeWorker(settings.broker_back)
     w.send(p.READY)
     assert wait_for(lambda: broker.status()["workers"] == 1)
-    a, b = submit(settings), submit(settings)
+    a, _b = submit(settings), submit(settings)
     assert w.recv_job()[0]["task"]["job"] == a
     w.send(p.HEARTBEAT, {})  # a heartbeat without a job
     time.sleep(0.3)
@@ -188,7 +188,7 @@ def test_is_alive_503_without_workers_and_without_broker(broker, settings, tmp_p
 def test_one_task_per_worker_at_a_time_and_a_rejected_task_is_not_lost(broker, settings):
     w = FakeWorker(settings.broker_back)
     w.send(p.READY)
-    job_id = submit(settings, n_people=6)  # 3 chunks
+    submit(settings, n_people=6)  # 3 chunks
     first, _ = w.recv_job()
     assert w.recv_job(timeout=0.5) is None, "no second task before DONE"
     w.send(p.DONE, {"task": first["task"]}, [b"[{}, {}]"])

@@ -373,7 +373,8 @@ def test_resume_mid_cross_validation_through_json():
     evo = reload(evo)
     assert evo.phase == CONFIRMING and evo.needed() == needed[5:]
     evo, _ = drive(evo)
-    assert evo.choose() == straight.choose() and evo.report()["cross_validation"] == straight.report()["cross_validation"]
+    assert evo.choose() == straight.choose()
+    assert evo.report()["cross_validation"] == straight.report()["cross_validation"]
 
 
 def test_pareto_front_is_exactly_the_non_dominated_points():
@@ -485,7 +486,7 @@ def test_search_data_partitions_the_split():
 def test_a_fold_resplits_train_and_validation_only(seed, fold, val_fraction):
     """Fold f: the same train + validation photos, split again per person (at least one on each side);
     the test photos never move; deterministic for a seed and a fold."""
-    x, labels = embeddings(seed % 1000)
+    _x, labels = embeddings(seed % 1000)
     split = stratified_split(labels, min_photos=3, test_fraction=0.2, val_fraction=0.1, seed=seed)
     y = np.array([split.people.index(lab) for lab in labels])
     train, val = fold_split(y, split, fold, val_fraction, seed)
@@ -495,7 +496,8 @@ def test_a_fold_resplits_train_and_validation_only(seed, fold, val_fraction):
         assert np.sum(y[train] == c) >= 1 and np.sum(y[val] == c) >= 1
     again = fold_split(y, split, fold, val_fraction, seed)
     assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
-    assert all(np.array_equal(a, b) for a, b in zip(fold_split(y, split, 0, val_fraction, seed), (split.train, split.val)))
+    fold = fold_split(y, split, 0, val_fraction, seed)
+    assert all(np.array_equal(a, b) for a, b in zip(fold, (split.train, split.val)))
 
 
 def test_folds_hold_out_other_people():

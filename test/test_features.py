@@ -117,7 +117,7 @@ def test_same_person_is_closer_than_different_people(embedded):
 # --------------------------------------------------------------------------- photo_features
 
 def test_photo_features_on_a_real_photo(people, embedded, one_photo):
-    labels, vectors = embedded
+    _labels, vectors = embedded
     result = photo_features(one_photo, SETTINGS)
     assert result.usable and result.skipped is None
     assert result.faces >= 1 and len(result.box) == 4

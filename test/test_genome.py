@@ -11,8 +11,22 @@ from hypothesis import strategies as st
 from modelization import lean
 from modelization.network import NetworkSpec
 from optimization.evolution import toolbox
-from optimization.genome import (CHOICES, GENES, LOW, NAMES, UNITS, UP, canonical, decode, describe, encode,
-                                 from_key, is_valid, key, random_genome)
+from optimization.genome import (
+    CHOICES,
+    GENES,
+    LOW,
+    NAMES,
+    UNITS,
+    UP,
+    canonical,
+    decode,
+    describe,
+    encode,
+    from_key,
+    is_valid,
+    key,
+    random_genome,
+)
 
 LAYERS, UNITS1, UNITS2, UNITS3, ACTIVATION, DROPOUT = (
     NAMES.index(n) for n in ("layers", "units1", "units2", "units3", "activation", "dropout"))

@@ -117,7 +117,8 @@ def test_other_modes_become_rgb(jpeg_path, mode, fmt):
 
 # --------------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("data", [b"", b"hello, I am a text file\n" * 20, b"\x89PNG\r\n\x1a\n", b"\xff\xd8", bytes(1000)])
+@pytest.mark.parametrize("data", [b"", b"hello, I am a text file\n" * 20, b"\x89PNG\r\n\x1a\n", b"\xff\xd8",
+                                  bytes(1000)])
 def test_not_an_image(data):
     assert _code(inspect_image, data, LIMIT) == "NOT_AN_IMAGE"
     assert _code(decode_image, data, LIMIT) == "NOT_AN_IMAGE"

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from app.build import train_bundle
 from app.recognizers import RecognizerCache
 from constants import Settings
+from features.embeddings import embed_chips, pairwise_distances
 from features.extract import PhotoFeatures
 from modelization.bundle import GALLERY_FILE, read_manifest, save_bundle
-from features.embeddings import embed_chips, pairwise_distances
 from modelization.openset import class_scores, name_faces, needs_mirror_pass
 from modelization.recognizer import Recognizer, load_bundle
 from preprocessor.faces import align_face, detect_faces, largest
@@ -148,7 +148,7 @@ def test_name_faces_gallery_leads_and_classifier_breaks_near_ties():
     assert name_faces(np.array([[0.3, 0.7]]), halfway, gx, gy, 3, 0.02)[0].tolist() == [1]
     assert name_faces(np.array([[0.7, 0.3]]), halfway, gx, gy, 3, 0.02)[0].tolist() == [0]
     # the score is always the named person's distance
-    classes, scores = name_faces(np.array([[0.3, 0.7]]), on_0, gx, gy, 3, 0.02)
+    _classes, scores = name_faces(np.array([[0.3, 0.7]]), on_0, gx, gy, 3, 0.02)
     assert scores[0] == pytest.approx(np.mean([0.0, 0.01, 0.01]), abs=1e-4)  # float32 distances
 
 

@@ -3,9 +3,9 @@ stopped mid-build and started again. In both cases the job completes."""
 from __future__ import annotations
 
 import os
-import time
 import signal
 import sqlite3
+import time
 
 import requests
 
@@ -28,7 +28,7 @@ def test_worker_killed_mid_job_is_replaced_and_the_job_finishes(tmp_path, faces_
         # `worker` names the process that got the job's latest task: still extracting it
         # (a 16-photo chunk takes seconds) when we look right after extraction starts.
         st = stack.wait_state(job_id, ("extracting",), timeout=60, pred=lambda s: s["worker"] is not None)
-        host, pid, _ = st["worker"].split(":")
+        _host, pid, _ = st["worker"].split(":")
         os.kill(int(pid), signal.SIGKILL)
 
         done = stack.wait_state(job_id, ("done",), timeout=300)

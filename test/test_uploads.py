@@ -96,7 +96,8 @@ def test_clean_label_trims_and_normalises():
 # Safe path components: no slashes, no C0/DEL controls, no surrogates.
 component = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",),
-                           blacklist_characters="/\\" + "".join(map(chr, range(32))) + "".join(map(chr, range(0x7f, 0xa0)))
+                           blacklist_characters="/\\" + "".join(map(chr, range(32)))
+                           + "".join(map(chr, range(0x7f, 0xa0)))
                            + "\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"),
     min_size=1, max_size=30)
 
@@ -450,6 +451,7 @@ def test_c1_controls_bidi_overrides_and_edge_controls_are_refused(raw):
 
 def test_mpo_photos_are_accepted_like_jpeg(faces_dir):
     from PIL import Image
+
     from preprocessor.images import decode_image, inspect_image
     path = next((faces_dir / "lfw62").glob("*/*.jpg"))
     with Image.open(path) as im:
