@@ -45,8 +45,11 @@ def cmd_worker(args) -> None:
     s = _settings(args)
     # Before numpy loads: with one worker per core, OpenBLAS' own threads only fight over the
     # cores (measured: search candidates 3.3x slower with 2 workers x 2 BLAS threads).
-    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    # TensorFlow (the embedder, the final training) likewise: its intra-op pool sized to the
+    # worker's share of the cores, one inter-op thread (a task runs one graph at a time).
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
         os.environ.setdefault(var, str(s.worker_threads))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     from app.worker import run_worker
     setup_logging("worker", s.log_dir, s.log_level, s.log_rotation, s.log_retention, args.slot)
     run_worker(s, args.connect or loopback(s.broker_back))

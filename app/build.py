@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from constants import TRAINING, VERSION, Settings
-from features.extract import FeatureCache, PhotoFeatures, cached_photo_features, pipeline_settings
+from features.extract import FeatureCache, PhotoFeatures, cached_photos_features, pipeline_settings
 from features.select import choose_faces
 from modelization import lean
 from modelization.bundle import pack_bundle
@@ -42,32 +42,16 @@ class BuildError(Exception):
         self.code, self.message, self.details = code, message, details or {}
 
 
-def warm_up() -> None:
-    """Load what tasks need once per process: dlib's three models, then Keras/TensorFlow.
-
-    Importing Keras alone costs ~5.5 s here; done at worker start, a build's first
-    training (the last, serial step of every build) does not wait for it.
-    """
-    from features.embeddings import load_model
-    from preprocessor.faces import load_models
-    load_models()
-    load_model()  # loading only, no inference: a task may be running dlib already
-    import keras  # noqa: F401
-
-
 def extract_chunk(photos: list[Photo], settings: Settings) -> list[dict]:
     """Features of a slice of a job's photos, through the cache: one dict per photo.
 
-    Besides the features: `cached`, the cache `key`, and `seconds` spent on the photo.
+    The faces of every photo the cache misses are embedded in one batch. Besides the features:
+    `cached`, the cache `key`, and `seconds` spent on the photo (its share of the batch's embedding).
     """
     cache = FeatureCache(settings.cache_dir, settings)
-    out = []
-    for photo in photos:
-        t0 = time.perf_counter()
-        feats, cached = cached_photo_features(photo.data, settings, cache)
-        out.append({**asdict(feats), "cached": cached, "key": cache.key(photo.data),
-                    "seconds": round(time.perf_counter() - t0, 4)})
-    return out
+    results = cached_photos_features([photo.data for photo in photos], settings, cache)
+    return [{**asdict(feats), "cached": cached, "key": cache.key(photo.data), "seconds": round(seconds, 4)}
+            for photo, (feats, cached, seconds) in zip(photos, results)]
 
 
 def people_report(files: list[dict], feats: list[PhotoFeatures], kept: set[str],

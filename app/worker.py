@@ -76,13 +76,9 @@ class Worker:
         return body
 
     def warm_up(self) -> None:
-        from app.build import warm_up
-        t0 = time.monotonic()
+        from app.warm import warm_up
         try:
-            warm_up()
-            logger.info("worker warmed up in {:.1f} s (dlib models, Keras)", time.monotonic() - t0)
-        except Exception:  # a task would meet the same error and report it; never kill the worker
-            logger.exception("warm-up failed")
+            warm_up(self.s, "worker")
         finally:
             self.warming = False
 

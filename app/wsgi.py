@@ -12,3 +12,9 @@ except ImportError:
 _settings = Settings.from_env()
 setup_logging("web", _settings.log_dir, _settings.log_level, _settings.log_rotation, _settings.log_retention, _slot)
 application = create_app(_settings)
+
+if _settings.warm_up:  # predictions run here: load their models in the background, not on a request
+    import threading
+
+    from app.warm import warm_up
+    threading.Thread(target=warm_up, args=(_settings, "web process"), daemon=True, name="warm-up").start()

@@ -24,6 +24,9 @@ TERMINAL_STATES = (DONE, FAILED)
 ALLOWED_IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF", "GIF")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
+# Who computes the 128-d embeddings (FR_EMBEDDER): both run dlib's face ResNet, same numbers.
+EMBEDDERS = ("tensorflow", "dlib")
+
 
 def _env(name: str, default, cast=None):
     raw = os.environ.get(name)
@@ -43,7 +46,7 @@ class Settings:
     host: str = "0.0.0.0"  # noqa: S104
     port: int = 8080
     workers: int = 2
-    worker_threads: int = 1           # BLAS threads per worker process (one worker per core)
+    worker_threads: int = 1           # BLAS and TensorFlow threads per worker process (one worker per core)
     # ZeroMQ endpoints of the broker: the front (HTTP app) and the back (workers).
     broker_front: str = "tcp://127.0.0.1:5555"
     broker_back: str = "tcp://127.0.0.1:5556"
@@ -71,6 +74,9 @@ class Settings:
     chip_size: int = 150
     chip_padding: float = 0.25
     max_faces_per_photo: int = 8      # faces embedded in a training photo (largest first), see features/select.py
+    # who runs dlib's face ResNet: "tensorflow" (the same network and weights, several times faster)
+    # or "dlib" (compute_face_descriptor); the same embeddings within 1e-4 (features/embeddings.py)
+    embedder: str = "tensorflow"
     same_person_distance: float = 0.6  # dlib's tolerance: a group photo's face must be this close to the person
 
     # Training.
@@ -111,11 +117,16 @@ class Settings:
     model_cache_size: int = 8         # loaded recognizers kept per web process (LRU)
 
     keep_uploads: bool = False        # keep uploaded photos after a successful build
-    warm_up: bool = True              # workers load dlib's models and import Keras at start (~6 s, in the background)
+    warm_up: bool = True              # workers and web processes load dlib's models, the embedder and Keras at start
+                                      # (a few seconds, in the background)
 
     log_level: str = "INFO"
     log_rotation: str = "20 MB"
     log_retention: int = 5
+
+    def __post_init__(self):
+        if self.embedder not in EMBEDDERS:
+            raise ValueError(f"FR_EMBEDDER must be one of {', '.join(EMBEDDERS)}, not {self.embedder!r}")
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -148,6 +159,11 @@ class Settings:
     @property
     def cache_dir(self) -> Path:
         return self.var_dir / "cache"
+
+    @property
+    def models_dir(self) -> Path:
+        """Models made from the shipped ones (dlib's ResNet converted for TensorFlow), per host."""
+        return self.var_dir / "models"
 
     @property
     def log_dir(self) -> Path:

@@ -1,15 +1,26 @@
-"""Aligned face chips -> 128-d dlib ResNet embeddings.
+"""Aligned face chips -> 128-d dlib ResNet embeddings, by dlib itself or by TensorFlow.
 
-The weights come from the `face_recognition_models` package: nothing is
-downloaded at run time.
+Both embedders run dlib's face ResNet with the weights of the `face_recognition_models`
+package (nothing is downloaded at run time) and give the same numbers (within 1e-4 on
+every component, bench/embedder.py): `dlib` calls dlib's `compute_face_descriptor`;
+`tensorflow` (the default, several times faster) runs the same network, rebuilt from the
+same weights file, in TensorFlow (features/resnet_tf.py). `FR_EMBEDDER` chooses.
 """
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dlib
 import face_recognition_models
 import numpy as np
+
+from constants import Settings
+
+if TYPE_CHECKING:
+    from features.resnet_tf import TensorFlowEmbedder
 
 EMBEDDING_SIZE = 128
 
@@ -24,23 +35,49 @@ def _resnet():
     return dlib.face_recognition_model_v1(resnet_model_path())
 
 
-def load_model() -> None:
-    """Load the ResNet now rather than on the first face."""
-    _resnet()
+_tf_lock = threading.Lock()
+_tf_embedders: dict[Path, TensorFlowEmbedder] = {}
 
 
-def embed_chips(chips: list[np.ndarray], mirror: bool = False) -> np.ndarray:
-    """Embed aligned (150, 150, 3) uint8 chips: returns float32 (n, 128).
+def _tensorflow(models_dir: Path) -> TensorFlowEmbedder:
+    """The TensorFlow embedder (one per process: built on first use, then shared by every thread)."""
+    with _tf_lock:
+        embedder = _tf_embedders.get(models_dir)
+        if embedder is None:
+            from features.resnet_tf import TensorFlowEmbedder
+            embedder = _tf_embedders[models_dir] = TensorFlowEmbedder(resnet_model_path(), models_dir)
+        return embedder
+
+
+def load_model(settings: Settings | None = None) -> None:
+    """Load the embedder now rather than on the first face. The TensorFlow one also runs a
+    chip through its network, so that the first real batch does not pay for tracing the graph."""
+    s = settings or Settings.from_env()
+    if s.embedder == "tensorflow":
+        _tensorflow(s.models_dir).warm_up()
+    else:
+        _resnet()
+
+
+def embed_chips(chips: list[np.ndarray] | np.ndarray, mirror: bool = False,
+                settings: Settings | None = None) -> np.ndarray:
+    """Embed aligned (150, 150, 3) uint8 chips in one batch: returns float32 (n, 128).
 
     `mirror`: each embedding is the mean of the chip's and of its mirror image's,
-    which cancels part of the network's noise (test-time augmentation; costs a
-    second pass). Used for the faces a model identifies, not for its gallery
-    (README "Open set").
+    which cancels part of the network's noise (test-time augmentation; the mirror
+    images go in the same batch). Used for the faces a model identifies, not for its
+    gallery (README "Open set").
+    `settings.embedder` chooses who computes them ("tensorflow" or "dlib": same numbers);
+    TensorFlow's converted weights are cached in `settings.models_dir` (default settings: FR_*).
     """
-    if not chips:
+    s = settings or Settings.from_env()
+    if len(chips) == 0:
         return np.zeros((0, EMBEDDING_SIZE), np.float32)
     batch = list(chips) + ([np.ascontiguousarray(c[:, ::-1]) for c in chips] if mirror else [])
-    vectors = np.asarray([np.asarray(v) for v in _resnet().compute_face_descriptor(batch)], dtype=np.float32)
+    if s.embedder == "tensorflow":
+        vectors = _tensorflow(s.models_dir)(np.stack(batch))
+    else:
+        vectors = np.asarray([np.asarray(v) for v in _resnet().compute_face_descriptor(batch)], dtype=np.float32)
     if mirror:
         return (vectors[:len(chips)] + vectors[len(chips):]) / 2
     return vectors

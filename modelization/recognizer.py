@@ -143,14 +143,18 @@ class Recognizer:
             image = decode_image(bytes(image), s.max_image_pixels)
         boxes = sorted(detect_faces(image, s.detect_max_side, s.upsample_max_side), key=lambda b: -b.area)
         chips = [align_face(image, b, s.chip_size, s.chip_padding) for b in boxes]
-        x = embed_chips(chips)
+        x = embed_chips(chips, settings=s)  # every face in one batch
         if self.mirror and chips:
+            # The second pass needs the first one's scores: the faces near the threshold (often
+            # none) get it, their mirror images in one more batch. Embedding every mirror image in
+            # the first batch would cost each photo a second pass for the few that need it.
             scores = np.array([r[2] for r in self.identify(x, threshold)])
             margin = self.mirror_margin if mirror_margin is None else mirror_margin
             again = np.flatnonzero(needs_mirror_pass(scores, self.threshold if threshold is None else threshold,
                                                      margin))
             if len(again):
-                x[again] = (x[again] + embed_chips([np.ascontiguousarray(chips[i][:, ::-1]) for i in again])) / 2
+                flipped = [np.ascontiguousarray(chips[i][:, ::-1]) for i in again]
+                x[again] = (x[again] + embed_chips(flipped, settings=s)) / 2
         return boxes, x
 
     def predict(self, image: bytes | np.ndarray, threshold: float | None = None) -> list[FacePrediction]:
@@ -158,6 +162,21 @@ class Recognizer:
         boxes, embeddings = self.embed(image, threshold)
         results = self.identify(embeddings, threshold)
         return [FacePrediction(b.as_list(), *r) for b, r in zip(boxes, results)]
+
+
+def warm_up(settings: Settings) -> None:
+    """Load what using a model (and building one) needs, once per process: dlib's detector and
+    landmarks, the embedder, Keras. Workers and web processes run it in a background thread when
+    they start (FR_WARM_UP), so that no task or request waits for the imports.
+
+    Importing Keras alone takes seconds. With the TensorFlow embedder, its weights are converted
+    (first start on a host only) and one chip runs through it.
+    """
+    from features.embeddings import load_model
+    from preprocessor.faces import load_models
+    load_models()
+    load_model(settings)
+    import keras  # noqa: F401
 
 
 def load_bundle(path: str | Path | bytes, settings: Settings | None = None) -> Recognizer:

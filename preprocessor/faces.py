@@ -92,8 +92,17 @@ def largest(boxes: list[Box]) -> Box:
     return max(boxes, key=lambda b: b.area)
 
 
+def landmarks(image: np.ndarray, box: Box) -> dlib.full_object_detection:
+    """The 5 landmarks (eye corners, nose) of the face in `box`."""
+    return _shape_predictor()(image, dlib.rectangle(box.left, box.top, box.right, box.bottom))
+
+
+def face_chip(image: np.ndarray, shape: dlib.full_object_detection, size: int = 150,
+              padding: float = 0.25) -> np.ndarray:
+    """The face cut out of `image`, aligned on its landmarks: (size, size, 3) uint8."""
+    return dlib.get_face_chip(image, shape, size=size, padding=padding)
+
+
 def align_face(image: np.ndarray, box: Box, size: int = 150, padding: float = 0.25) -> np.ndarray:
     """Cut the face in `box` out of `image`, aligned on its 5 landmarks: (size, size, 3) uint8."""
-    rect = dlib.rectangle(box.left, box.top, box.right, box.bottom)
-    shape = _shape_predictor()(image, rect)
-    return dlib.get_face_chip(image, shape, size=size, padding=padding)
+    return face_chip(image, landmarks(image, box), size, padding)
