@@ -188,7 +188,7 @@ def cached_photos_features(photos: list[bytes], settings: Settings,
         out.append(None if hit is None else (hit, True, time.perf_counter() - t0))
         if hit is None:
             misses.append(i)
-    for i, (result, seconds) in zip(misses, photos_features([photos[i] for i in misses], settings)):
+    for i, (result, seconds) in zip(misses, photos_features([photos[i] for i in misses], settings) if misses else []):
         cache.put(cache.key(photos[i]), result)
         out[i] = (result, False, seconds)
     return [o for o in out if o is not None]

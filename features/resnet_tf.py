@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,7 @@ def cached_weights(dat_path: str, cache_dir: Path) -> dict[str, np.ndarray]:
             weights = {k: z[k] for k in z.files}
         if weights.get("sha256") is not None and str(weights.pop("sha256")) == sha:
             return weights
-    except (OSError, ValueError, KeyError, EOFError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent or damaged: convert again
         pass
     weights = convert(dat_path)
     path.parent.mkdir(parents=True, exist_ok=True)
