@@ -19,6 +19,11 @@
    and over both.
 4. Memory: RSS of the web and worker processes before and after the requests, and the
    workers' peak RSS (VmHWM) after building.
+5. The dlib path: the same predict requests on the same model served by a service whose
+   embedder is dlib (`FR_EMBEDDER=dlib`, started on the same data folder), and the ratio.
+
+The service runs with the embedder of the environment (`FR_EMBEDDER`, default tensorflow);
+the reference is always the raw loop of dlib itself (dlib-bin).
 """
 from __future__ import annotations
 
@@ -137,7 +142,11 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--ref-photos", type=int, default=200, help="photos of the reference's sample (3023: all)")
     ap.add_argument("--ref-repeats", type=int, default=3, help="reference runs; the median is used")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], choices=[1, 2],
+                    help="builds to time (the 2-worker one also serves the predict measures)")
     args = ap.parse_args()
+    from constants import Settings
+    print(f"embedder: {Settings.from_env().embedder}; load average at start {os.getloadavg()[0]:.2f}")
 
     people = sorted((FACES / "lfw62").iterdir())[: args.people]
     paths = [p for d in people for p in sorted(d.glob("*.jpg"))]
@@ -167,7 +176,8 @@ def main() -> None:
           f"photo by photo over {len(sample)} photos: {1000 * t_ours / len(sample):.1f} vs "
           f"{1000 * t_raw / len(sample):.1f} ms a photo ({100 * (t_ours - t_raw) / t_raw:+.1f}%)")
 
-    for workers in (1, 2):
+    alone = None
+    for workers in args.workers:
         with tempfile.TemporaryDirectory() as tmp:
             stack = Stack(Path(tmp), workers=workers, warm=True).start()  # a started service: models loaded
             try:
@@ -191,8 +201,8 @@ def main() -> None:
                               f"of its {plain:.0f} s")
                     continue
                 print(f"  the workers' own time on the photos: {inner:.1f} s ({1000 * inner / len(paths):.0f} ms a "
-                      f"photo, {1000 * alone / len(paths):.0f} with 1 worker); the 1-worker build's photo time / "
-                      f"this wall: {alone / wall:.2f}x")
+                      f"photo" + (f", {1000 * alone / len(paths):.0f} with 1 worker); the 1-worker build's photo "
+                                  f"time / this wall: {alone / wall:.2f}x" if alone else ")"))
                 cached, _ = build(stack, archive)
                 print(f"cached rebuild: {cached:.1f} s ({100 * cached / wall:.1f}% of the first build)")
                 url = f"{stack.url}/models/{model_id}/predict"
@@ -200,6 +210,7 @@ def main() -> None:
                 latencies(url, probe, 4 * args.clients, args.clients)
                 before = memory(stack)
                 lat, err, w = latencies(url, probe, max(20, args.requests // 10), 1)
+                lat_one = lat
                 # did the probe's face get the mirror pass? (only a face near the threshold does)
                 face = requests.post(url, files={"image": ("p.jpg", probe)}, timeout=60).json()["faces"][0]
                 rule = report["manifest"]["open_set"]
@@ -217,8 +228,17 @@ def main() -> None:
                 after = memory(stack)
                 print("memory RSS before -> after the requests (MB): " + ", ".join(
                     f"{k} {before.get(k, 0):.0f} -> {after.get(k, 0):.0f}" for k in ("web", "worker", "broker")))
+                ours = pct(lat_one, .5)
             finally:
                 stack.stop()
+            # The dlib path in the same run: the same model, the same photo, a service embedding with dlib.
+            with Stack(Path(tmp), workers=1, warm=True, env={"FR_EMBEDDER": "dlib"}) as dlib_stack:
+                url = f"{dlib_stack.url}/models/{model_id}/predict"
+                latencies(url, probe, 4 * args.clients, args.clients)
+                lat, err, w = latencies(url, probe, max(20, args.requests // 10), 1)
+                print(f"predict through the dlib path (FR_EMBEDDER=dlib, same model and photo), 1 client: p50 "
+                      f"{pct(lat, .5):.0f} ms, p95 {pct(lat, .95):.0f} ms, {err} errors; this service's p50 is "
+                      f"{pct(lat, .5) / ours:.2f}x faster")
 
 
 if __name__ == "__main__":

@@ -68,8 +68,7 @@ class Residual:
 class Network:
     input_mean: tuple[float, float, float]  # RGB values subtracted before dividing by 256
     stem_conv: Conv
-    stem_affine: Affine
-    pool: tuple[int, int, int]               # max pool: window, stride, padding
+    stem_affine: Affine                      # then relu and max pool 3x3/2 without padding
     units: list[Residual] = field(default_factory=list)
     fc: np.ndarray | None = None              # (inputs, outputs): embedding = features @ fc
 
@@ -86,7 +85,7 @@ class _Reader:
         self.pos += n
         return out
 
-    def int(self) -> int:
+    def read_int(self) -> int:
         control = self._take(1)[0]
         size = control & 0x0F
         if size == 0 or size > 8 or control & 0x70:
@@ -94,54 +93,54 @@ class _Reader:
         value = int.from_bytes(self._take(size), "little")
         return -value if control & 0x80 else value
 
-    def float(self) -> float:
-        mantissa, exponent = self.int(), self.int()
+    def read_float(self) -> float:
+        mantissa, exponent = self.read_int(), self.read_int()
         if exponent >= 32000:  # dlib's codes for inf, -inf, nan
             return {32000: float("inf"), 32001: float("-inf")}.get(exponent, float("nan"))
         return float(np.ldexp(float(mantissa), exponent))
 
-    def bool(self) -> bool:
+    def read_bool(self) -> bool:
         ch = bytes(self._take(1))
         if ch not in (b"0", b"1"):
             raise DatFormatError(f"bad bool {ch!r} at {self.pos - 1}")
         return ch == b"1"
 
-    def str(self) -> str:
-        return bytes(self._take(self.int())).decode("latin-1")
+    def read_str(self) -> str:
+        return bytes(self._take(self.read_int())).decode("latin-1")
 
     def expect(self, *versions: str) -> str:
         at = self.pos
-        version = self.str()
+        version = self.read_str()
         if version not in versions:
             raise DatFormatError(f"expected {' or '.join(versions)} at byte {at}, found {version!r}")
         return version
 
     def expect_int(self, what: str, *allowed: int) -> int:
-        value = self.int()
+        value = self.read_int()
         if value not in allowed:
             raise DatFormatError(f"unexpected {what} {value} at byte {self.pos}")
         return value
 
     def tensor(self) -> np.ndarray:
         self.expect_int("tensor version", 2)
-        shape = tuple(self.int() for _ in range(4))
+        shape = tuple(self.read_int() for _ in range(4))
         count = int(np.prod(shape))
         return np.frombuffer(self._take(4 * count), dtype="<f4").reshape(shape).astype(np.float32)
 
     def alias(self) -> tuple[int, ...]:
         self.expect_int("alias_tensor version", 1)
-        return tuple(self.int() for _ in range(4))
+        return tuple(self.read_int() for _ in range(4))
 
 
 def _con(r: _Reader, filters: int, size: int, stride: int) -> Conv:
     version = r.expect("con_4", "con_5", "con_6")
     params = r.tensor().reshape(-1)
-    num_filters, nr, nc, stride_y, stride_x, pad_y, pad_x = (r.int() for _ in range(7))
+    num_filters, nr, nc, stride_y, stride_x, pad_y, pad_x = (r.read_int() for _ in range(7))
     shape, bias_shape = r.alias(), r.alias()
     for _ in range(4):  # learning rate and weight decay multipliers
-        r.float()
-    use_bias = r.bool() if version in ("con_5", "con_6") else True
-    if version == "con_6" and r.bool():
+        r.read_float()
+    use_bias = r.read_bool() if version in ("con_5", "con_6") else True
+    if version == "con_6" and r.read_bool():
         raise DatFormatError("a convolution with a fused relu is not part of this network")
     # dlib's default padding: none for a strided convolution, size // 2 otherwise
     padding = 0 if stride != 1 else size // 2
@@ -160,8 +159,8 @@ def _affine(r: _Reader, channels: int) -> Affine:
     version = r.expect("affine_", "affine_2")
     params = r.tensor().reshape(-1)
     gamma, beta = r.alias(), r.alias()
-    mode = r.int()
-    if version == "affine_2" and r.bool():
+    mode = r.read_int()
+    if version == "affine_2" and r.read_bool():
         raise DatFormatError("a disabled affine layer is not part of this network")
     if mode != 0 or gamma != (1, channels, 1, 1) or beta != gamma or params.size != 2 * channels:
         raise DatFormatError(f"affine layer mode {mode}, gamma {gamma}: expected per-channel for {channels}")
@@ -169,13 +168,13 @@ def _affine(r: _Reader, channels: int) -> Affine:
 
 
 def _relu(r: _Reader) -> None:
-    if r.expect("relu_", "relu_2") == "relu_2" and r.bool():
+    if r.expect("relu_", "relu_2") == "relu_2" and r.read_bool():
         raise DatFormatError("a disabled relu is not part of this network")
 
 
 def _pool(r: _Reader, kind: str, window: int, stride: int) -> None:
     r.expect(kind)
-    got = tuple(r.int() for _ in range(6))
+    got = tuple(r.read_int() for _ in range(6))
     padding = 0 if stride != 1 else window // 2
     if got != (window, window, stride, stride, padding, padding):
         raise DatFormatError(f"{kind} {got}: expected {window}x{window}/{stride} pad {padding}")
@@ -188,13 +187,13 @@ def _add_prev(r: _Reader) -> None:
 def _layer_state(r: _Reader, version: int, innermost: bool) -> None:
     """What add_layer writes after a layer's details: flags and cached tensors (unused here)."""
     for _ in range(3):
-        r.bool()
+        r.read_bool()
     r.tensor()  # x_grad
     r.tensor()  # cached_output
     if innermost:
         r.tensor()  # grad_final
         if version >= 3:
-            r.int()  # sample expansion factor
+            r.read_int()  # sample expansion factor
     elif version >= 2:
         r.tensor()  # params_grad
 
@@ -215,7 +214,7 @@ def read_network(data: bytes) -> Network:
     r = _Reader(data)
     r.expect_int("loss layer version", 1)
     if r.expect("loss_metric_", "loss_metric_2") == "loss_metric_2":
-        r.float(), r.float()  # margin, distance threshold (training only)
+        r.read_float(), r.read_float()  # margin, distance threshold (training only)
     wrappers = _wrappers()
     versions = []
     for i, kind in enumerate(wrappers):
@@ -225,23 +224,24 @@ def read_network(data: bytes) -> Network:
             r.expect_int(f"{kind} layer version", 1)
     # the input layer
     r.expect("input_rgb_image_sized")
-    mean = (r.float(), r.float(), r.float())
-    if (r.int(), r.int()) != (INPUT_SIZE, INPUT_SIZE):
+    mean = (r.read_float(), r.read_float(), r.read_float())
+    if (r.read_int(), r.read_int()) != (INPUT_SIZE, INPUT_SIZE):
         raise DatFormatError(f"the input is not {INPUT_SIZE}x{INPUT_SIZE}")
     # then the layers' bodies, innermost first
     layer_versions = iter(reversed(versions))
+    done = []
 
     def body(parse, *args):
         value = parse(r, *args)
-        version = next(layer_versions)
-        _layer_state(r, version, innermost=parse is _con and args == (32, 7, 2))
+        _layer_state(r, next(layer_versions), innermost=not done)  # the innermost: the input's add_layer
+        done.append(parse)
         return value
 
     stem_conv = body(_con, 32, 7, 2)
     stem_affine = body(_affine, 32)
     body(_relu)
     body(_pool, "max_pool_2", 3, 2)
-    net = Network(mean, stem_conv, stem_affine, (3, 2, 0))
+    net = Network(mean, stem_conv, stem_affine)
     for filters, down in STAGES:
         conv1 = body(_con, filters, 3, 2 if down else 1)
         affine1 = body(_affine, filters)
@@ -255,25 +255,22 @@ def read_network(data: bytes) -> Network:
         net.units.append(Residual(conv1, affine1, conv2, affine2, down))
     body(_pool, "avg_pool_2", 0, 1)  # avg_pool_everything: the window is the whole input
     version = r.expect("fc_2", "fc_3")
-    outputs, inputs = r.int(), r.int()
+    outputs, inputs = r.read_int(), r.read_int()
     params = r.tensor().reshape(-1)
     weights, _bias = r.alias(), r.alias()
-    bias_mode = r.int()  # 1: FC_NO_BIAS
+    bias_mode = r.read_int()  # 1: FC_NO_BIAS
     for _ in range(4):  # learning rate and weight decay multipliers
-        r.float()
+        r.read_float()
     if version == "fc_3":
-        r.bool()  # use_bias: fc_no_bias has none either way
+        r.read_bool()  # use_bias: fc_no_bias has none either way
     if (outputs, inputs, weights, bias_mode) != (128, STAGES[-1][0], (inputs, outputs, 1, 1), 1) \
             or params.size != inputs * outputs:
         raise DatFormatError(f"fc layer {inputs}->{outputs} {weights} mode {bias_mode}: expected fc_no_bias 128")
     net.fc = params.reshape(inputs, outputs).copy()
     _layer_state(r, next(layer_versions), innermost=False)
+    assert next(layer_versions, None) is None and len(done) == len(versions) - 1
     if r.pos != len(data):
         raise DatFormatError(f"{len(data) - r.pos} bytes left after the network")
     return net
 
-
-def conv_weights(conv: Conv) -> tuple[np.ndarray, np.ndarray]:
-    """dlib's (out, in, rows, cols) filters as TensorFlow's (rows, cols, in, out) kernel, and the bias."""
-    return np.ascontiguousarray(conv.filters.transpose(2, 3, 1, 0)), conv.bias
 

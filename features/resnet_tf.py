@@ -22,26 +22,22 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from features.dlib_dat import Network, read_network
+from preprocessor.faces import file_sha256
 
 CHIP = 150
 
 
-def _file_sha256(path: str) -> str:
-    from preprocessor.faces import file_sha256
-    return file_sha256(path)
-
-
 def convert(dat_path: str) -> dict[str, np.ndarray]:
     """The .dat's weights in TensorFlow layouts, by name (what the cache holds)."""
-    net = read_network(Path(dat_path).read_bytes())
-    return flatten(net)
+    return _flatten(read_network(Path(dat_path).read_bytes()))
 
 
-def flatten(net: Network) -> dict[str, np.ndarray]:
+def _flatten(net: Network) -> dict[str, np.ndarray]:
     out = {"input_mean": np.asarray(net.input_mean, np.float32)}
 
     def conv(name, c):
@@ -59,6 +55,8 @@ def flatten(net: Network) -> dict[str, np.ndarray]:
         conv(f"unit{i}_conv2", u.conv2)
         affine(f"unit{i}_affine2", u.affine2)
         out[f"unit{i}_down"] = np.asarray(u.down)
+    if net.fc is None:
+        raise ValueError("the network has no fc layer")
     out["fc/kernel"] = net.fc
     return out
 
@@ -69,7 +67,7 @@ def cached_weights(dat_path: str, cache_dir: Path) -> dict[str, np.ndarray]:
     Keyed by the .dat's sha256, so another weights file never meets a stale conversion.
     The file is written to a temporary name and renamed: concurrent processes never read half a file.
     """
-    sha = _file_sha256(dat_path)
+    sha = file_sha256(dat_path)
     path = Path(cache_dir) / f"{Path(dat_path).stem}-{sha[:16]}.tf.npz"
     try:
         with np.load(path) as z:
@@ -83,7 +81,8 @@ def cached_weights(dat_path: str, cache_dir: Path) -> dict[str, np.ndarray]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, sha256=np.asarray(sha), **weights)
+            arrays: dict[str, Any] = {"sha256": np.asarray(sha), **weights}  # Any: savez's stub types its kwargs
+            np.savez(fh, **arrays)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
