@@ -210,3 +210,11 @@ def test_a_prediction_embeds_its_faces_in_one_batch(real_bundles, faces_dir, set
     spy.batches.clear()
     rec.embed(photo, mirror_margin=float("inf"))
     assert spy.batches == [2, 2]  # then both mirror images in a second batch
+
+
+def test_a_batch_larger_than_the_network_takes_is_cut_and_gives_the_same_numbers(chips, settings):
+    many = np.concatenate([chips] * (resnet_tf.MAX_BATCH // len(chips) + 2))
+    assert len(many) > resnet_tf.MAX_BATCH
+    out = embed_chips(list(many), settings=settings[0])
+    np.testing.assert_allclose(out, np.concatenate([embed_chips(list(chips), settings=settings[0])] *
+                                                   (len(many) // len(chips))), atol=1e-6)
