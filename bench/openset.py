@@ -26,7 +26,7 @@ import math
 import os
 import sys
 import time
-from multiprocessing import Pool, get_context
+from multiprocessing import get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,9 @@ def _features(path: str):
 
 
 def extract(paths: list[Path], procs: int) -> list:
-    with Pool(procs) as pool:
+    # spawned: after the first set this process runs TensorFlow (the bundle), and a forked child
+    # that runs TensorFlow (the default embedder) hangs
+    with get_context("spawn").Pool(procs) as pool:
         return pool.map(_features, [str(p) for p in paths], chunksize=16)
 
 
