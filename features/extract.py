@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
+import threading
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
+from typing import ClassVar
 
 from constants import Settings
-from features.embeddings import embed_chips, resnet_model_path
+from features.embeddings import EMBEDDING_SIZE, embed_chips, resnet_model_path
 from preprocessor.errors import InputError
 from preprocessor.faces import align_face, detect_faces, file_sha256, landmarks_model_path
 from preprocessor.images import decode_image
@@ -43,6 +47,50 @@ class PhotoFeatures:
     def usable(self) -> bool:
         return self.embedding is not None
 
+    @classmethod
+    def from_wire(cls, item: dict) -> PhotoFeatures:
+        """Features as a worker sends them (plus its `cached`, `key`, `seconds`), checked field by field.
+        Raises ValueError/TypeError on anything else: the broker keeps only what it can use."""
+        if not isinstance(item, dict):
+            raise TypeError("a photo's features must be an object")
+        extra = {"cached", "key", "seconds"}
+        names = {f.name for f in dataclass_fields(cls)}
+        if set(item) - names - extra:
+            raise ValueError(f"unknown fields {sorted(set(item) - names - extra)[:5]}")
+        _check(isinstance(item.get("cached", False), bool), "cached")
+        _check(item.get("key") is None or (isinstance(item["key"], str) and len(item["key"]) == 64), "key")
+        _check(_real(item.get("seconds", 0.0)) and item.get("seconds", 0.0) >= 0, "seconds")
+        value = cls(**{k: v for k, v in item.items() if k in names})
+        _check(isinstance(value.faces, int) and not isinstance(value.faces, bool) and 0 <= value.faces <= 10**5,
+               "faces")
+        _check(value.skipped is None or (isinstance(value.skipped, str) and len(value.skipped) <= 40), "skipped")
+        _check(value.detail is None or (isinstance(value.detail, str) and len(value.detail) <= 2000), "detail")
+        _check(value.usable == (value.skipped is None), "embedding or skipped")
+        if value.usable:
+            _check(_box(value.box) and _vector(value.embedding), "box/embedding")
+        _check(value.others is None or (isinstance(value.others, list) and len(value.others) <= 1000 and all(
+            isinstance(o, dict) and set(o) == {"box", "embedding"} and _box(o["box"]) and _vector(o["embedding"])
+            for o in value.others)), "others")
+        return value
+
+
+def _check(ok: bool, name: str) -> None:
+    if not ok:
+        raise ValueError(f"bad {name}")
+
+
+def _real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _box(box) -> bool:
+    return isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                           for v in box)
+
+
+def _vector(v) -> bool:
+    return isinstance(v, list) and len(v) == EMBEDDING_SIZE and all(_real(x) for x in v)
+
 
 def pipeline_settings(settings: Settings) -> dict:
     """Everything that changes an embedding; part of the cache key and of the manifest."""
@@ -64,31 +112,106 @@ def pipeline_settings(settings: Settings) -> dict:
 
 
 class FeatureCache:
-    """One small JSON file per (photo, settings) key under `root/<2 hex>/<key>.json`."""
+    """One small JSON file per (photo, settings) key under `root/<2 hex>/<key>.json`.
+
+    Bounded: past `max_bytes` the least recently used entries go first (a hit refreshes an entry's
+    mtime, which is what "recently" means). The usage is counted once per process and root, then kept
+    up to date by this process's writes; every prune measures it again, so several processes sharing
+    one folder stay within the bound.
+    """
+
+    _usage: ClassVar[dict[Path, int]] = {}
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, root: Path, settings: Settings):
         self.root = Path(root)
+        self.max_bytes = settings.cache_max_bytes
         self.salt = hashlib.sha256(json.dumps(pipeline_settings(settings), sort_keys=True).encode()).hexdigest()
 
     def key(self, data: bytes) -> str:
-        return hashlib.sha256(self.salt.encode() + hashlib.sha256(data).digest()).hexdigest()
+        return self.key_for_digest(hashlib.sha256(data).hexdigest())
+
+    def key_for_digest(self, digest: str) -> str:
+        """The entry of the photo whose bytes hash (sha256, hex) to `digest`."""
+        return hashlib.sha256(self.salt.encode() + bytes.fromhex(digest)).hexdigest()
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
 
     def get(self, key: str) -> PhotoFeatures | None:
+        path = self._path(key)
         try:
-            return PhotoFeatures(**json.loads(self._path(key).read_text()))
+            value = PhotoFeatures(**json.loads(path.read_text()))
+            os.utime(path)  # least recently *used* goes first
+            return value
         except (OSError, ValueError, TypeError):
             return None
 
     def put(self, key: str, value: PhotoFeatures) -> None:
+        if self.max_bytes <= 0:
+            return
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(asdict(value), fh)
-        os.replace(tmp, path)  # atomic: readers never see half a file
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(asdict(value), fh)
+            os.replace(tmp, path)  # atomic: readers never see half a file
+        except OSError:  # a full disk costs the cache entry, not the task
+            Path(tmp).unlink(missing_ok=True)
+            return
+        with self._lock:
+            usage = self._usage.get(self.root)
+            self._usage[self.root] = (self._measure() if usage is None else usage) + path.stat().st_size
+            if self._usage[self.root] > self.max_bytes:
+                self._usage[self.root] = self.prune(int(self.max_bytes * 0.9))
+
+    def _entries(self) -> list[tuple[float, int, Path]]:
+        out = []
+        for f in self.root.glob("??/*.json"):
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            out.append((st.st_mtime, st.st_size, f))
+        return out
+
+    def _measure(self) -> int:
+        return sum(size for _, size, _ in self._entries())
+
+    def prune(self, target: int) -> int:
+        """Remove the least recently used entries until at most `target` bytes remain. -> bytes left."""
+        entries = sorted(self._entries())
+        total = sum(size for _, size, _ in entries)
+        for _, size, f in entries:
+            if total <= target:
+                break
+            f.unlink(missing_ok=True)
+            total -= size
+        return total
+
+    def purge(self, digests: list[str]) -> int:
+        """Forget the photos whose sha256 are `digests` (their job was deleted). -> entries removed."""
+        keys = []
+        for digest in digests:
+            try:
+                keys.append(self.key_for_digest(digest))
+            except ValueError:
+                pass
+        return self.purge_keys(keys)
+
+    def purge_keys(self, keys: list[str]) -> int:
+        """Forget these entries. -> how many there were."""
+        n = 0
+        for key in keys:
+            try:
+                self._path(key).unlink()
+                n += 1
+            except FileNotFoundError:
+                pass
+        with self._lock:
+            self._usage.pop(self.root, None)  # measured again on the next write
+        return n
 
 
 def photo_features(data: bytes, settings: Settings) -> PhotoFeatures:

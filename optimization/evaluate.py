@@ -149,5 +149,5 @@ def evaluate(genome: Genome, data: SearchData, *, seed: int, max_epochs: int, pa
             "open_set": None if open_set is None else round(open_set, 6),
             "params": lean.count_params(spec, data.x_train.shape[1], data.n_people),  # as shipped
             "epochs": fit.best_epoch,
-            "val_loss": round(fit.val_loss, 6),  # breaks ties in the final pick
+            "val_loss": round(fit.val_loss, 6) if np.isfinite(fit.val_loss) else None,  # breaks ties in the pick
             "seconds": round(time.perf_counter() - started, 3)}

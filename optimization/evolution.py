@@ -41,6 +41,7 @@ its generations are done), the finalists' folds at the budget.
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from contextlib import contextmanager
@@ -62,6 +63,26 @@ CHOICE_RULE = ("score = mean(validation balanced accuracy, validation open-set r
                "then retrained on train + validation for the median of the epochs its folds kept")
 RESULT_FIELDS = ("balanced_accuracy", "open_set", "params", "epochs", "val_loss", "seconds")
 EVOLVING, CONFIRMING = "evolving", "confirming"
+
+
+def check_result(result: dict) -> dict:
+    """An evaluation's result as `evaluate.evaluate` returns it: RESULT_FIELDS, finite numbers (open_set
+    and val_loss may be None), the scores within [0, 1]. Raises ValueError: a worker's answer is checked,
+    not trusted."""
+    if not isinstance(result, dict):
+        raise ValueError("an evaluation result must be an object")
+    kept = {}
+    for name in RESULT_FIELDS:
+        v = result.get(name)
+        if v is None and name in ("open_set", "val_loss"):
+            kept[name] = None
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0")
+        if name in ("balanced_accuracy", "open_set") and v > 1:
+            raise ValueError(f"{name} must be at most 1")
+        kept[name] = v
+    return kept
 
 if not hasattr(creator, "SearchFitness"):
     creator.create("SearchFitness", base.Fitness, weights=WEIGHTS)
@@ -190,7 +211,7 @@ class Evolution:
     def tell(self, evaluation: str, result: dict) -> bool:
         """File one evaluation (key from `needed`). -> False if it was already known (a re-delivered result)."""
         genome_key, fold = parse_eval_key(evaluation)
-        kept = {k: result.get(k) for k in RESULT_FIELDS}
+        kept = check_result(result)
         if fold:
             if str(fold) in self.fold_runs.get(genome_key, {}):
                 return False
