@@ -22,7 +22,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from constants import TRAINING, VERSION, Settings
+from constants import VERSION, Settings
+from constants.states import JobState
 from features.extract import FeatureCache, PhotoFeatures, cached_photo_features, pipeline_settings
 from features.select import choose_faces
 from modelization import lean
@@ -200,7 +201,7 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
     optimization = None
     t0 = time.time()
     if search is not None and search.get("chosen"):
-        progress(TRAINING, "training the chosen network", 0, 1)
+        progress(JobState.TRAINING, "training the chosen network", 0, 1)
         spec, model, epochs, optimization = train_chosen(search, x, y, split, settings, seed)
         trained_on = ("train + validation splits, for the median of the epochs early stopping kept on the "
                       "search's folds")
@@ -209,11 +210,11 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
         if search is not None:  # the budget ran out before any candidate was evaluated
             optimization = {**search, "note": "no candidate was evaluated in the time budget: "
                                               "the fixed default network was trained"}
-        progress(TRAINING, "training", 0, settings.max_epochs)
+        progress(JobState.TRAINING, "training", 0, settings.max_epochs)
         fit = lean.fit(spec, x[split.train], y[split.train], len(split.people), seed=seed,
                        max_epochs=settings.max_epochs, x_val=x[split.val], y_val=y[split.val],
                        patience=settings.patience, min_delta=settings.min_delta,
-                       on_epoch=lambda e: progress(TRAINING, "training", e, settings.max_epochs))
+                       on_epoch=lambda e: progress(JobState.TRAINING, "training", e, settings.max_epochs))
         model, epochs = to_keras(spec, fit.weights, x.shape[1], len(split.people)), fit.epochs
         trained_on = "train split (validation for early stopping)"
     train_seconds = time.time() - t0

@@ -1,9 +1,12 @@
 """JSON errors: `{"status": 1, "error": {"code", "message"[, "details"]}}`, registered on the app."""
 from __future__ import annotations
 
+import errno
+
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from app.store import StoreUnavailable
 from logger import logger
 from preprocessor.errors import InputError
 
@@ -15,11 +18,11 @@ class ApiError(Exception):
 
 
 # HTTP status for the input error codes the preprocessor raises.
-INPUT_STATUS = {"ZIP_BOMB": 413, "ARCHIVE_TOO_LARGE": 413, "TOO_MANY_FILES": 413}
+INPUT_STATUS = {"ZIP_BOMB": 413, "ARCHIVE_TOO_LARGE": 413, "TOO_MANY_FILES": 413, "PHOTO_TOO_LARGE": 413}
 
 
 def error_response(http_status: int, code: str, message: str, details: dict | None = None):
-    error = {"code": code, "message": message}
+    error: dict[str, object] = {"code": code, "message": message}
     if details:
         error["details"] = details
     return jsonify({"status": 1, "error": error}), http_status
@@ -38,6 +41,20 @@ def register_error_handlers(app: Flask) -> None:
     def _too_large(e):
         limit = app.config.get("MAX_CONTENT_LENGTH")
         return error_response(413, "REQUEST_TOO_LARGE", f"the request is larger than the limit of {limit} bytes")
+
+    @app.errorhandler(StoreUnavailable)
+    def _store(e: StoreUnavailable):
+        logger.error("{}", e)
+        return error_response(503, "STORE_UNAVAILABLE", "the job store cannot be read right now; try again "
+                              "shortly (the operator is told in the service log)")
+
+    @app.errorhandler(OSError)
+    def _os(e: OSError):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            logger.error("disk full while serving a request: {}", e)
+            return error_response(507, "INSUFFICIENT_STORAGE", "the service's disk is full; nothing was stored")
+        logger.exception("unhandled error")
+        return error_response(500, "INTERNAL", "internal error; see the service log")
 
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException):

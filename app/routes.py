@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import json
-import sqlite3
+import time
 from pathlib import Path
 
-from flask import Blueprint, current_app, jsonify, request, send_file
+from flask import Blueprint, current_app, g, jsonify, request, send_file
 
 from app import client
 from app.broker import new_job_id
 from app.errors import ApiError
-from app.store import connect, job_view
-from app.validation import check_images, check_people, collect_photos, parse_job_id, parse_options
-from constants import DONE, FAILED, VERSION, Settings
+from app.store import StoreUnavailable, job_view, list_jobs, read_job
+from app.validation import check_people, collect_photos, parse_job_id, parse_options
+from constants import VERSION, Settings
+from constants.states import JobState
 from logger import logger
 from modelization.bundle import BUNDLE_FILE, MANIFEST_FILE
 from preprocessor.images import inspect_image
@@ -25,19 +26,16 @@ def settings() -> Settings:
 
 
 def find_job(job_id: str) -> dict:
-    try:
-        db = connect(settings().db_path, readonly=True)
-    except sqlite3.OperationalError:
-        raise ApiError(404, "NOT_FOUND", f"no model with id {job_id}") from None
-    try:
-        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    except sqlite3.OperationalError:  # no table yet: the broker never ran here
-        row = None
-    finally:
-        db.close()
+    """The job's view, 404 NOT_FOUND, or (StoreUnavailable) 503: never a 404 for a store that fails."""
+    row = read_job(settings().db_path, job_id)
     if row is None:
         raise ApiError(404, "NOT_FOUND", f"no model with id {job_id}")
     return job_view(row)
+
+
+@bp.before_request
+def _started() -> None:
+    g.started = time.time()
 
 
 @bp.post("/build_recognizer")
@@ -46,13 +44,16 @@ def build_recognizer():
     name, options = parse_options(request.form, s)
     photos, ignored = collect_photos(request, s)
     n_people = check_people(photos)
-    check_images(photos, s)
     job_id = new_job_id()
-    header = {"id": job_id, "name": name, "options": options,
+    # Stored within the HTTP timeout, or not at all: past the deadline the broker keeps nothing,
+    # since a client whose request was cut never learns the id.
+    deadline = g.started + s.request_timeout_s - 5.0
+    header = {"id": job_id, "name": name, "options": options, "deadline": deadline,
               "files": [{"label": p.label, "filename": p.filename} for p in photos]}
-    # the broker fsyncs every photo before it answers: a big upload gets time for that
-    timeout = s.broker_timeout_s + len(photos) * s.broker_submit_s_per_photo
-    client.submit(s.broker_front, header, [p.data for p in photos], timeout)
+    timeout = min(s.broker_timeout_s + len(photos) * s.broker_submit_s_per_photo, deadline - time.time())
+    if timeout <= 1.0:
+        raise ApiError(503, "DEADLINE_PASSED", "the upload took too long to check; nothing was stored")
+    client.submit(s.front_endpoint, s.front_keys_dir, header, [p.data for p in photos], timeout)
     logger.info("accepted job {}: {} photos, {} people", job_id, len(photos), n_people)
     body = {"status": 0, "id": job_id, "photos": len(photos), "people": n_people}
     if ignored:
@@ -70,10 +71,10 @@ def is_available(job_id: str | None = None):
 def built_model(raw_id: str) -> tuple[dict, Path]:
     """The job and its bundle path, or the error saying why there is no model (404/409/410)."""
     job = find_job(parse_job_id(raw_id))
-    if job["state"] == FAILED:
+    if job["state"] == JobState.FAILED:
         raise ApiError(409, "BUILD_FAILED", f"model {job['id']} failed to build: {job['error']['message']}",
                        {"error": job["error"]})
-    if job["state"] != DONE:
+    if job["state"] != JobState.DONE:
         raise ApiError(409, "NOT_READY", f"model {job['id']} is not ready (state: {job['state']}); "
                        "poll /is_available/<id>", {"state": job["state"], "progress": job["progress"]})
     path = settings().dumps_dir / job["id"] / BUNDLE_FILE
@@ -93,15 +94,7 @@ def download(job_id: str):
 def list_models():
     limit = _int_arg("limit", 100, 1, 1000)
     offset = _int_arg("offset", 0, 0, 10**9)
-    try:
-        db = connect(settings().db_path, readonly=True)
-        try:
-            rows = db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
-            total = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
-        finally:
-            db.close()
-    except sqlite3.OperationalError:
-        rows, total = [], 0
+    rows, total = list_jobs(settings().db_path, limit, offset)
     models = [{k: v for k, v in job_view(r).items() if k not in ("progress", "search", "error", "attempts", "worker")}
               for r in rows]
     return jsonify({"status": 0, "models": models, "total": total, "limit": limit, "offset": offset})
@@ -122,26 +115,23 @@ def predict(job_id: str):
     part = request.files.get("image")
     if part is None:
         raise ApiError(400, "NO_FILES", "send the photo as a multipart 'image' part")
-    threshold = request.form.get("threshold")
-    if threshold not in (None, ""):
-        try:
-            threshold = float(threshold)
-        except ValueError:
-            threshold = -1.0
-        if not 0.0 < threshold <= 4.0:
-            raise ApiError(400, "BAD_PARAMETER", "threshold must be a distance in (0, 4]")
-    else:
-        threshold = None
-    data = part.read()
+    threshold = _threshold(request.form.get("threshold"))
+    data = part.stream.read(s.max_photo_bytes + 1)
+    if len(data) > s.max_photo_bytes:
+        raise ApiError(413, "PHOTO_TOO_LARGE", f"the photo is over the limit of {s.max_photo_bytes} bytes")
     inspect_image(data, s.max_image_pixels)
     try:
         recognizer = current_app.extensions["recognizers"].get(job["id"], path, s)
     except FileNotFoundError:
         current_app.extensions["recognizers"].evict(job["id"])
         raise ApiError(404, "NOT_FOUND", f"no model with id {job['id']}") from None
-    faces = recognizer.predict(data, threshold)
+    faces, found = recognizer.faces(data, threshold, s.max_faces_per_predict)
     body = {"status": 0, "id": job["id"], "count": len(faces), "faces": [f.as_dict() for f in faces],
             "threshold": recognizer.threshold if threshold is None else threshold}
+    if found > len(faces):
+        body["faces_found"] = found
+        body["message"] = (f"{found} faces found; the {len(faces)} largest were identified "
+                           f"(FR_MAX_FACES_PER_PREDICT)")
     if not faces:
         body["message"] = "no face found in the photo"
     return jsonify(body)
@@ -151,9 +141,22 @@ def predict(job_id: str):
 def delete_model(job_id: str):
     s = settings()
     job = find_job(parse_job_id(job_id))
-    answer = client.delete(s.broker_front, job["id"], s.broker_timeout_s)
+    answer = client.delete(s.front_endpoint, s.front_keys_dir, job["id"], s.broker_timeout_s)
     current_app.extensions["recognizers"].evict(job["id"])
     return jsonify({"status": 0, **answer})
+
+
+def _threshold(raw: str | None) -> float | None:
+    """The `threshold` form field: a distance in (0, 4], or None for the bundle's own."""
+    if raw in (None, ""):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 4.0:  # also refuses nan
+        raise ApiError(400, "BAD_PARAMETER", "threshold must be a distance in (0, 4]")
+    return value
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
@@ -171,15 +174,32 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 
 @bp.get("/is_alive")
 def is_alive():
+    """Alive when the broker answers, at least one worker is connected, the store can be read (by the
+    broker and by this front) and the data disk has its reserve free."""
     s = settings()
     try:
-        st = client.status(s.broker_front, min(s.broker_timeout_s, 3.0))
+        st = client.status(s.front_endpoint, s.front_keys_dir, min(s.broker_timeout_s, 3.0))
     except ApiError as exc:
         return jsonify({"status": 1, "alive": False, "workers": 0, "queued": None, "version": VERSION,
                         "error": {"code": exc.code, "message": exc.message}}), 503
-    alive = st["workers"] > 0
-    body = {"status": 0 if alive else 1, "alive": alive, "workers": st["workers"], "busy": st["busy"],
-            "warming": st.get("warming", 0), "queued": st["queued"], "version": VERSION}
-    if not alive:
-        body["error"] = {"code": "NO_WORKERS", "message": "no worker is connected to the broker"}
-    return jsonify(body), 200 if alive else 503
+    body = {"status": 0, "alive": True, "workers": st["workers"], "busy": st["busy"],
+            "warming": st.get("warming", 0), "queued": st["queued"], "disk_free_bytes": st["disk_free_bytes"],
+            "version": VERSION}
+    problem = None
+    if not st["store"]["ok"]:
+        problem = ("STORE_UNAVAILABLE", st["store"].get("message", "the job store cannot be read"))
+    else:
+        try:
+            list_jobs(s.db_path, 1, 0)
+        except StoreUnavailable as exc:
+            problem = ("STORE_UNAVAILABLE", str(exc))
+    if problem is None and st.get("disk_full"):
+        problem = ("INSUFFICIENT_STORAGE", "the data disk is full: builds wait until there is room")
+    if problem is None and st["disk_free_bytes"] < s.min_free_bytes:
+        problem = ("INSUFFICIENT_STORAGE", f"{st['disk_free_bytes']} bytes free on the data disk, "
+                                           f"{s.min_free_bytes} needed in reserve")
+    if problem is None and st["workers"] == 0:
+        problem = ("NO_WORKERS", "no worker is connected to the broker")
+    if problem:
+        body.update(status=1, alive=False, error={"code": problem[0], "message": problem[1]})
+    return jsonify(body), 503 if problem else 200

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from app.edge import BodyGuard
 from app.errors import register_error_handlers
 from constants import Settings
 
@@ -17,10 +18,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         MAX_FORM_PARTS=settings.max_files + 100,  # werkzeug's default (1000) is below a real upload
         JSON_SORT_KEYS=False,
     )
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
     from app.recognizers import RecognizerCache
     from app.routes import bp
     app.extensions["recognizers"] = RecognizerCache(settings.model_cache_size)
     app.register_blueprint(bp)
     register_error_handlers(app)
+    app.wsgi_app = BodyGuard(app.wsgi_app, settings.upload_grace_s, settings.min_upload_rate)  # type: ignore[method-assign]
     return app

@@ -129,19 +129,23 @@ class Recognizer:
         return [(self.labels[c] if s <= threshold else None, float(probs[i, c]), float(s), self.labels[c])
                 for i, (c, s) in enumerate(zip(best, scores))]
 
-    def embed(self, image: bytes | np.ndarray, threshold: float | None = None,
-              mirror_margin: float | None = None) -> tuple[list[Box], np.ndarray]:
-        """Every face in a photo (bytes of an image file, or an RGB array), largest first:
-        (boxes, embeddings (n, 128)) as this bundle compares them with its gallery.
+    def detect(self, image: bytes | np.ndarray) -> tuple[np.ndarray, list[Box]]:
+        """Decode a photo (bytes of an image file, or an RGB array) and find its faces, largest first."""
+        s = self.settings
+        if isinstance(image, (bytes, bytearray)):
+            image = decode_image(bytes(image), s.max_image_pixels)
+        boxes = sorted(detect_faces(image, s.detect_max_side, s.upsample_max_side), key=lambda b: -b.area)
+        return image, boxes
+
+    def embed_faces(self, image: np.ndarray, boxes: list[Box], threshold: float | None = None,
+                    mirror_margin: float | None = None) -> np.ndarray:
+        """Embeddings (n, 128) of the faces in `boxes`, as this bundle compares them with its gallery.
 
         With `mirror_probes`, a face whose one-pass score lies within `mirror_margin` of the
         threshold is embedded again from its mirror image and the two embeddings are averaged
         (`openset.needs_mirror_pass`); faces far from the threshold keep their one pass.
         """
         s = self.settings
-        if isinstance(image, (bytes, bytearray)):
-            image = decode_image(bytes(image), s.max_image_pixels)
-        boxes = sorted(detect_faces(image, s.detect_max_side, s.upsample_max_side), key=lambda b: -b.area)
         chips = [align_face(image, b, s.chip_size, s.chip_padding) for b in boxes]
         x = embed_chips(chips)
         if self.mirror and chips:
@@ -151,13 +155,27 @@ class Recognizer:
                                                      margin))
             if len(again):
                 x[again] = (x[again] + embed_chips([np.ascontiguousarray(chips[i][:, ::-1]) for i in again])) / 2
-        return boxes, x
+        return x
+
+    def embed(self, image: bytes | np.ndarray, threshold: float | None = None,
+              mirror_margin: float | None = None) -> tuple[list[Box], np.ndarray]:
+        """Every face in a photo, largest first: (boxes, embeddings (n, 128)), see `embed_faces`."""
+        image, boxes = self.detect(image)
+        return boxes, self.embed_faces(image, boxes, threshold, mirror_margin)
+
+    def faces(self, image: bytes | np.ndarray, threshold: float | None = None,
+              max_faces: int | None = None) -> tuple[list[FacePrediction], int]:
+        """The `max_faces` largest faces of a photo, named or unknown, and how many faces it holds."""
+        image, boxes = self.detect(image)
+        found = len(boxes)
+        boxes = boxes[:max_faces] if max_faces is not None else boxes
+        results = self.identify(self.embed_faces(image, boxes, threshold), threshold)
+        return [FacePrediction(b.as_list(), *r) for b, r in zip(boxes, results)], found
 
     def predict(self, image: bytes | np.ndarray, threshold: float | None = None) -> list[FacePrediction]:
-        """Every face in a photo (bytes of an image file, or an RGB array), largest first."""
-        boxes, embeddings = self.embed(image, threshold)
-        results = self.identify(embeddings, threshold)
-        return [FacePrediction(b.as_list(), *r) for b, r in zip(boxes, results)]
+        """Every face in a photo (bytes of an image file, or an RGB array), largest first, up to
+        FR_MAX_FACES_PER_PREDICT."""
+        return self.faces(image, threshold, self.settings.max_faces_per_predict)[0]
 
 
 def load_bundle(path: str | Path | bytes, settings: Settings | None = None) -> Recognizer:
