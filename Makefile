@@ -25,6 +25,8 @@ serve: setup
 	$(PY) run.py serve --port $(PORT) --workers $(WORKERS) --data-dir $(DATA_DIR)
 
 test: setup-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 bench: setup-dev

@@ -50,6 +50,46 @@ def free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
+# Lines that mean uWSGI killed or lost a web process: a test whose stack logs one fails (test/conftest.py),
+# so a crash that the supervisor or uWSGI papered over can never pass silently.
+UWSGI_ALARMS = ("HARAKIRI", "DAMN ! worker", "Respawned uWSGI worker")
+STACKS: list = []  # stacks started by this test session (conftest checks their logs after every test)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, grandchildren, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def alive(pids: set[int]) -> set[int]:
+    """Those of `pids` still running (zombies count as gone)."""
+    out = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.add(pid)
+    return out
+
+
 class Stack:
     """`python run.py serve` on free ports with its own data dir.
 
@@ -61,29 +101,34 @@ class Stack:
         self.workers = workers
         self.warm = warm
         self.port = free_port()
-        self.broker_port = free_port_pair()
+        self.broker_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "FR_HEARTBEAT_S": "0.5", "FR_HEARTBEAT_LIVENESS": "4",
                     "FR_LOG_LEVEL": os.environ.get("FR_LOG_LEVEL", "INFO"), **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.log = self.data_dir / "serve.out"
+        self.alarms_seen = 0  # UWSGI_ALARMS lines already reported
+        self.survivors: set[int] = set()  # processes that outlived the stop (then killed)
 
-    def start(self, timeout: float = 60) -> Stack:
+    def start(self, timeout: float = 60, healthy: bool = True) -> Stack:
+        """Start and wait for the workers to connect (and, with `healthy`, for /is_alive to answer 200)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "run.py"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", str(self.workers), "--data-dir", str(self.data_dir), "--broker-port", str(self.broker_port)],
             env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        STACKS.append(self)
         try:
-            self.wait_alive(self.workers, timeout, self.warm)
+            self.wait_alive(self.workers, timeout, self.warm, healthy)
         except BaseException:
             self.stop()  # a stack that never came up must not outlive its test (and load the ones after it)
             raise
         return self
 
-    def wait_alive(self, workers: int, timeout: float = 60, warm: bool = False) -> dict:
-        """Until `workers` workers are connected (and, with `warm`, none is still loading its models)."""
+    def wait_alive(self, workers: int, timeout: float = 60, warm: bool = False, healthy: bool = True) -> dict:
+        """Until `workers` workers are connected (and, with `warm`, none is still loading its models;
+        with `healthy`, /is_alive answers 200)."""
         deadline = time.time() + timeout
         last = None
         while time.time() < deadline:
@@ -92,7 +137,8 @@ class Stack:
             try:
                 r = requests.get(self.url + "/is_alive", timeout=5)
                 last = r.json()
-                if r.status_code == 200 and last["workers"] >= workers and not (warm and last.get("warming")):
+                if (r.status_code == 200 or not healthy) and last["workers"] >= workers \
+                        and not (warm and last.get("warming")):
                     return last
             except requests.RequestException:
                 pass
@@ -106,18 +152,34 @@ class Stack:
         self.stop()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
+        """SIGTERM to `serve`, as an operator stops it; it must take everything down within its 10 s.
+        Whatever outlives that is killed here and kept in `survivors` (a test can assert there are none)."""
+        if self.proc is None:
+            return
+        tree = descendants(self.proc.pid)
+        if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.kill()
                 self.proc.wait()
-        if self.proc:  # leave no orphans (uWSGI workers, dlib workers) behind
+        deadline = time.time() + 3
+        while alive(tree) and time.time() < deadline:
+            time.sleep(0.1)
+        self.survivors |= alive(tree)
+        for pid in self.survivors:  # leave no orphans behind for the tests that follow
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+    def alarms(self) -> list[str]:
+        """UWSGI_ALARMS lines logged since the last call."""
+        lines = [line for line in self.log.read_text(errors="replace").splitlines()
+                 if any(a in line for a in UWSGI_ALARMS)] if self.log.exists() else []
+        new, self.alarms_seen = lines[self.alarms_seen:], len(lines)
+        return new
 
     def tail(self, n: int = 60) -> str:
         try:
