@@ -22,6 +22,7 @@ TERMINAL_STATES = (DONE, FAILED)
 
 # MPO: JPEGs with extra pictures (many phone photos); PIL decodes the first.
 ALLOWED_IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF", "GIF")
+QUALITY_POLICIES = ("keep", "skip")  # what a build does with a poor photo (FR_QUALITY_POLICY)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
@@ -73,6 +74,12 @@ class Settings:
     max_faces_per_photo: int = 8      # faces embedded in a training photo (largest first), see features/select.py
     same_person_distance: float = 0.6  # dlib's tolerance: a group photo's face must be this close to the person
 
+    # Enrolment quality (preprocessor/quality.py): every face is measured; below these limits it is "poor".
+    quality_min_face_px: int = 40         # detection box width in the photo's pixels
+    quality_min_sharpness: float = 10.0   # variance of the Laplacian of the aligned chip
+    quality_max_yaw: float = 0.3          # nose offset from the eyes' middle, in eye distances
+    quality_policy: str = "keep"          # keep: poor photos are used (and listed); skip: they are not
+
     # Training.
     min_photos_per_person: int = 3
     test_fraction: float = 0.2
@@ -116,6 +123,11 @@ class Settings:
     log_level: str = "INFO"
     log_rotation: str = "20 MB"
     log_retention: int = 5
+
+    def __post_init__(self):
+        if self.quality_policy not in QUALITY_POLICIES:
+            raise ValueError(f"FR_QUALITY_POLICY must be one of {', '.join(QUALITY_POLICIES)}, "
+                             f"got {self.quality_policy!r}")
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:

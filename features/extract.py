@@ -12,13 +12,17 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+
 from constants import Settings
 from features.embeddings import embed_chips, resnet_model_path
 from preprocessor.errors import InputError
-from preprocessor.faces import align_face, detect_faces, file_sha256, landmarks_model_path
+from preprocessor.faces import Face, detect_faces, face_at, file_sha256, landmarks_model_path
 from preprocessor.images import decode_image
+from preprocessor.quality import measure
 
-PIPELINE_VERSION = 2  # 2: every face of a photo is embedded (up to max_faces_per_photo)
+# 2: every face of a photo is embedded (up to max_faces_per_photo); 3: each face's quality figures
+PIPELINE_VERSION = 3
 
 # Why a photo gave no embedding.
 NO_FACE, CORRUPT = "no_face", "corrupt_image"
@@ -28,9 +32,10 @@ NO_FACE, CORRUPT = "no_face", "corrupt_image"
 class PhotoFeatures:
     """What one photo gave: `embedding` (128 floats) or a `skipped` reason.
 
-    `box`/`embedding` are the largest face; with several faces, `others` holds the
-    next ones ({"box", "embedding"}, by size) so that the build can take the face
-    that looks like the person (features/select.py), which is not always the largest.
+    `box`/`embedding`/`quality` are the largest face; with several faces, `others` holds
+    the next ones ({"box", "embedding", "quality"}, by size) so that the build can take the
+    face that looks like the person (features/select.py), which is not always the largest.
+    `quality`: the face's size, sharpness and pose (preprocessor/quality.py).
     """
     faces: int = 0
     box: list[int] | None = None
@@ -38,6 +43,7 @@ class PhotoFeatures:
     skipped: str | None = None
     detail: str | None = None
     others: list[dict] | None = None
+    quality: dict | None = None
 
     @property
     def usable(self) -> bool:
@@ -91,21 +97,34 @@ class FeatureCache:
         os.replace(tmp, path)  # atomic: readers never see half a file
 
 
-def photo_features(data: bytes, settings: Settings) -> PhotoFeatures:
-    """Decode, detect, align and embed one training photo: every face, largest first (up to a cap)."""
+def find_faces(image: np.ndarray, settings: Settings, limit: int | None = None) -> tuple[list[Face], int]:
+    """Every face of a decoded photo, largest first, cut to `limit`: (faces, how many were found)."""
+    boxes = detect_faces(image, settings.detect_max_side, settings.upsample_max_side)
+    boxes = sorted(boxes, key=lambda b: -b.area)
+    return [face_at(image, b, settings.chip_size, settings.chip_padding) for b in boxes[:limit]], len(boxes)
+
+
+def describe_photo(data: bytes, settings: Settings) -> tuple[PhotoFeatures, list[Face]]:
+    """`photo_features`, and the faces (chips) it embedded."""
     try:
         image = decode_image(data, settings.max_image_pixels)
     except InputError as exc:
-        return PhotoFeatures(skipped=CORRUPT, detail=exc.message)
-    boxes = detect_faces(image, settings.detect_max_side, settings.upsample_max_side)
-    if not boxes:
-        return PhotoFeatures(skipped=NO_FACE, detail="no face found")
-    found = len(boxes)
-    boxes = sorted(boxes, key=lambda b: -b.area)[:max(1, settings.max_faces_per_photo)]
-    chips = [align_face(image, box, settings.chip_size, settings.chip_padding) for box in boxes]
-    vectors = [[float(x) for x in v] for v in embed_chips(chips)]
-    others = [{"box": b.as_list(), "embedding": v} for b, v in zip(boxes[1:], vectors[1:])] or None
-    return PhotoFeatures(faces=found, box=boxes[0].as_list(), embedding=vectors[0], others=others)
+        return PhotoFeatures(skipped=CORRUPT, detail=exc.message), []
+    faces, found = find_faces(image, settings, max(1, settings.max_faces_per_photo))
+    if not faces:
+        return PhotoFeatures(skipped=NO_FACE, detail="no face found"), []
+    vectors = [[float(x) for x in v] for v in embed_chips([f.chip for f in faces])]
+    qualities = [measure(f.box, f.points, f.chip) for f in faces]
+    others = [{"box": f.box.as_list(), "embedding": v, "quality": q}
+              for f, v, q in zip(faces[1:], vectors[1:], qualities[1:])] or None
+    return PhotoFeatures(faces=found, box=faces[0].box.as_list(), embedding=vectors[0], others=others,
+                         quality=qualities[0]), faces
+
+
+def photo_features(data: bytes, settings: Settings) -> PhotoFeatures:
+    """Decode, detect, align and embed one training photo: every face, largest first (up to a cap),
+    with its quality figures."""
+    return describe_photo(data, settings)[0]
 
 
 def cached_photo_features(data: bytes, settings: Settings, cache: FeatureCache | None) -> tuple[PhotoFeatures, bool]:
