@@ -292,7 +292,7 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
         progress(TRAINING, "training the chosen network", 0, 1)
         spec, weights, epochs, optimization = train_chosen(search, x, y, split, settings, seed)
         measured_on = ("train + validation splits, for the median of the epochs early stopping kept on the "
-                       "search's folds")
+                       "search's folds; then refit on every photo")
     else:
         spec = NetworkSpec(learning_rate=settings.learning_rate, batch_size=settings.batch_size)
         if search is not None:  # the search fell back, or its budget ran out before any candidate was evaluated
@@ -307,8 +307,9 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
                        patience=settings.patience, min_delta=settings.min_delta,
                        on_epoch=lambda e: progress(TRAINING, "training", e, settings.max_epochs))
         weights, epochs = fit.weights, fit.best_epoch
-        measured_on = ("train split (validation for early stopping)" if has_val else
-                       f"train split, {epochs} epochs (FR_EPOCHS_WITHOUT_VALIDATION: no person has a validation photo)")
+        measured_on = ("train split (validation for early stopping); then refit on every photo" if has_val else
+                       f"train split, {epochs} epochs (FR_EPOCHS_WITHOUT_VALIDATION: no person has a validation "
+                       "photo); then refit on every photo")
     measured = measure(spec, weights, x, y, split, settings)
 
     # The model that ships: the same network refit on every usable photo, the gallery holding them all.
@@ -356,7 +357,7 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
                   "people_by_protocol": dict(Counter(p["protocol"] for p in people if p.get("in_model")))},
         "network": {**asdict(spec), "params": int(model.count_params())},
         "training": {"epochs": epochs, "max_epochs": settings.max_epochs, "patience": settings.patience,
-                     "seconds": round(train_seconds, 2), "measured_model_trained_on": measured_on},
+                     "seconds": round(train_seconds, 2), "trained_on": measured_on},
         "refit": {"photos": int(len(kept)), "gallery_photos": int(len(kept)), "epochs": max(1, epochs),
                   "note": "the figures in `metrics`, `open_set` (test_*) and `people[].measured` come from a model "
                           "trained without the test photos; the shipped classifier was then retrained on every "
