@@ -184,12 +184,12 @@ class Answers:
         self.accepted = scores <= rec.thresholds[best]
 
 
-def build(faces: FaceSet, enrol: np.ndarray, seed: int) -> bytes:
+def build(faces: FaceSet, enrol: np.ndarray, seed: int, settings: Settings = SETTINGS) -> bytes:
     """The service's own build (`app.build.train_bundle`) from the photos `enrol` (indices into `faces`)."""
     from app.build import train_bundle
     files = [{"label": str(faces.labels[i]), "filename": faces.files[i]} for i in enrol]
     return train_bundle({"id": f"fewshot-{faces.folder}-{seed}", "options": {"seed": seed}}, files,
-                        [faces.features[i] for i in enrol], SETTINGS, lambda *a: None)
+                        [faces.features[i] for i in enrol], settings, lambda *a: None)
 
 
 def draws(labels: np.ndarray, seed: int, probes: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -288,6 +288,16 @@ def one_config(faces: FaceSet, report: FaceSet, tune: FaceSet, photos: str, seed
         levers["one threshold (median photo count)"] = (float(np.mean(s.accepted)),
                                                         float(np.mean(k.accepted & (k.named == truth))),
                                                         float(np.mean(k.named == truth)))
+    # enrolment quality: the same uploads with FR_QUALITY_POLICY=skip (poor photos left out)
+    from dataclasses import replace
+    skip = load_bundle(build(faces, enrol, seed, replace(SETTINGS, quality_policy="skip")), SETTINGS)
+    # a person whose every photo was poor is not in that bundle: their probes count as missed
+    truth_skip = np.asarray([skip.labels.index(str(v)) if str(v) in skip.labels else -1 for v in faces.labels[held]])
+    k, s = Answers(skip, faces.x[held], faces.mirrored[held]), Answers(skip, report.x, report.mirrored)
+    levers["poor photos skipped"] = (float(np.mean(s.accepted)), float(np.mean(k.accepted & (k.named == truth_skip))),
+                                     float(np.mean(k.named == truth_skip)))
+    out["skipped_photos"] = int(len(gx) - len(skip.gallery_x))
+    out["people_lost"] = len(rec.labels) - len(skip.labels)
     out["levers"] = levers
     return out
 
@@ -361,7 +371,10 @@ def main() -> None:
         for photos in args.photos:
             runs = [one_config(faces, report, tune, photos, seed, args.probes)
                     for seed in range(args.first_seed, args.first_seed + args.seeds)]
-            mean = {k: float(np.mean([r[k] for r in runs])) for k in runs[0] if k not in ("levers", "measured_dir")}
+            mean = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]
+                    if k not in ("levers", "measured_dir", "skipped_photos", "people_lost")}
+            print(f"  with FR_QUALITY_POLICY=skip: poor photos skipped {[r['skipped_photos'] for r in runs]}, "
+                  f"people left without a photo {[r['people_lost'] for r in runs]}")
             fars = " ".join(f"{100 * r['far']:.2f}" for r in runs)
             print(f"{subset} n={photos}: FAR {100 * mean['far']:.2f}% ({fars}), DIR {100 * mean['dir']:.2f}%, top-1 "
                   f"{100 * mean['top1']:.2f}%, 1-NN peeked {100 * mean['nn']:.2f}% (same probes "
