@@ -308,8 +308,8 @@ def people_sweep(faces: FaceSet, report: FaceSet, tune: FaceSet, seeds: int, pro
     gallery adds 238 tuning strangers, one photo each, to lfw62's 62: they are gallery members there,
     and the FAR is still measured on the report strangers only."""
     from modelization.openset import Gallery, person_thresholds
-    print(f"\n{faces.folder}: gallery size sweep (mean over {seeds * 8} random galleries per cell; known probes: "
-          f"{probes} photos per person; FAR on the {len(report.x)} report strangers):")
+    print(f"\n{faces.folder}: gallery size sweep (mean over {seeds * 8} random galleries per cell, {seeds} for 62 "
+          f"and 300 people; known probes: {probes} photos per person; FAR on the {len(report.x)} report strangers):")
     print("  people  photos each:  " + "  ".join(f"{n or 'all':>14}" for n in (1, 3, 10)))
     names = sorted(set(faces.labels))
     for n_people in (2, 5, 10, 20, 62, 300):
