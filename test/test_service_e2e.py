@@ -11,7 +11,7 @@ import requests
 
 from constants import Settings
 from test.conftest import pick_people, side_by_side
-from test.stack import photo_files
+from test.stack import gone, photo_files
 
 N_PEOPLE, N_UPLOAD, N_HELD_OUT = 5, 6, 3
 
@@ -87,7 +87,7 @@ def test_build_poll_download_and_recognize_held_out_photos(stack, people, tmp_pa
     for key in ("test_accuracy", "balanced_accuracy"):
         assert 0.0 <= manifest["metrics"][key] <= 1.0
     # uploads are deleted once the model is built (default)
-    assert not (stack.data_dir / "var" / "uploads" / job_id).exists()
+    assert gone(stack.data_dir / "var" / "uploads" / job_id)
     assert (stack.data_dir / "dumps" / job_id / "model.zip").exists()
 
     # The downloaded bundle, used offline, names photos it never saw.
