@@ -138,11 +138,11 @@ class Worker:
         try:
             if task.kind == TaskKind.EXTRACT:
                 photos = [Photo(f["label"], f["filename"], b) for f, b in zip(header["files"], blobs)]
-                result = json.dumps(extract_chunk(photos, self.s)).encode()
+                result = json.dumps(extract_chunk(photos, self.s), allow_nan=False).encode()
             elif task.kind == TaskKind.EVALUATE:
                 job = {"id": job_id, "options": header.get("options", {})}
                 result = json.dumps(evaluate_genome(job, header["files"], blobs[0], task.genome,
-                                                    self.s)).encode()
+                                                    self.s), allow_nan=False).encode()
             else:
                 logger.info("job {}: training on {} photos", job_id, len(header["files"]))
                 job = {"id": job_id, "name": header.get("name"), "options": header.get("options", {})}

@@ -204,11 +204,11 @@ def main() -> None:
                 face = requests.post(url, files={"image": ("p.jpg", probe)}, timeout=60).json()["faces"][0]
                 rule = report["manifest"]["open_set"]
                 second = bool(rule.get("mirror_probes")) and bool(needs_mirror_pass(
-                    face["distance"], rule["threshold"], float(rule.get("mirror_margin", "inf"))))
+                    face["distance"], face["threshold"], float(rule.get("mirror_margin", "inf"))))
                 same = ref_one if second else ref_once
                 print(f"predict, 1 client: p50 {pct(lat, .5):.0f} ms, p95 {pct(lat, .95):.0f} ms, "
                       f"{len(lat) / w:.1f} req/s, {err} errors; the face's score {face['distance']:.3f}, threshold "
-                      f"{rule['threshold']:.3f}: {'two passes (near the threshold)' if second else 'one pass'}; "
+                      f"{face['threshold']:.3f}: {'two passes (near the threshold)' if second else 'one pass'}; "
                       f"p50 / raw pipeline doing the same work {pct(lat, .5) / same:.2f} (/ one pass "
                       f"{pct(lat, .5) / ref_once:.2f}, / two passes {pct(lat, .5) / ref_one:.2f})")
                 lat, err, w = latencies(url, probe, args.requests, args.clients)

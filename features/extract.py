@@ -16,13 +16,17 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
+
 from constants import Settings
 from features.embeddings import EMBEDDING_SIZE, embed_chips, resnet_model_path
 from preprocessor.errors import InputError
-from preprocessor.faces import align_face, detect_faces, file_sha256, landmarks_model_path
+from preprocessor.faces import Face, detect_faces, face_at, file_sha256, landmarks_model_path
 from preprocessor.images import decode_image
+from preprocessor.quality import measure
 
-PIPELINE_VERSION = 2  # 2: every face of a photo is embedded (up to max_faces_per_photo)
+# 2: every face of a photo is embedded (up to max_faces_per_photo); 3: each face's quality figures
+PIPELINE_VERSION = 3
 
 # Why a photo gave no embedding.
 NO_FACE, CORRUPT = "no_face", "corrupt_image"
@@ -32,9 +36,10 @@ NO_FACE, CORRUPT = "no_face", "corrupt_image"
 class PhotoFeatures:
     """What one photo gave: `embedding` (128 floats) or a `skipped` reason.
 
-    `box`/`embedding` are the largest face; with several faces, `others` holds the
-    next ones ({"box", "embedding"}, by size) so that the build can take the face
-    that looks like the person (features/select.py), which is not always the largest.
+    `box`/`embedding`/`quality` are the largest face; with several faces, `others` holds
+    the next ones ({"box", "embedding", "quality"}, by size) so that the build can take the
+    face that looks like the person (features/select.py), which is not always the largest.
+    `quality`: the face's size, sharpness and pose (preprocessor/quality.py).
     """
     faces: int = 0
     box: list[int] | None = None
@@ -42,6 +47,7 @@ class PhotoFeatures:
     skipped: str | None = None
     detail: str | None = None
     others: list[dict] | None = None
+    quality: dict | None = None
 
     @property
     def usable(self) -> bool:
@@ -68,8 +74,10 @@ class PhotoFeatures:
         _check(value.usable == (value.skipped is None), "embedding or skipped")
         if value.usable:
             _check(_box(value.box) and _vector(value.embedding), "box/embedding")
+        _check(value.quality is None or _quality(value.quality), "quality")
         _check(value.others is None or (isinstance(value.others, list) and len(value.others) <= 1000 and all(
-            isinstance(o, dict) and set(o) == {"box", "embedding"} and _box(o["box"]) and _vector(o["embedding"])
+            isinstance(o, dict) and {"box", "embedding"} <= set(o) <= {"box", "embedding", "quality"}
+            and _box(o["box"]) and _vector(o["embedding"]) and (o.get("quality") is None or _quality(o["quality"]))
             for o in value.others)), "others")
         return value
 
@@ -86,6 +94,12 @@ def _real(v) -> bool:
 def _box(box) -> bool:
     return isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) and not isinstance(v, bool)
                                                            for v in box)
+
+
+def _quality(q) -> bool:
+    """preprocessor.quality.measure's figures: a few finite numbers (pose may be None)."""
+    return isinstance(q, dict) and len(q) <= 16 and all(
+        isinstance(k, str) and (v is None or _real(v)) for k, v in q.items())
 
 
 def _vector(v) -> bool:
@@ -214,21 +228,34 @@ class FeatureCache:
         return n
 
 
-def photo_features(data: bytes, settings: Settings) -> PhotoFeatures:
-    """Decode, detect, align and embed one training photo: every face, largest first (up to a cap)."""
+def find_faces(image: np.ndarray, settings: Settings, limit: int | None = None) -> tuple[list[Face], int]:
+    """Every face of a decoded photo, largest first, cut to `limit`: (faces, how many were found)."""
+    boxes = detect_faces(image, settings.detect_max_side, settings.upsample_max_side)
+    boxes = sorted(boxes, key=lambda b: -b.area)
+    return [face_at(image, b, settings.chip_size, settings.chip_padding) for b in boxes[:limit]], len(boxes)
+
+
+def describe_photo(data: bytes, settings: Settings) -> tuple[PhotoFeatures, list[Face]]:
+    """`photo_features`, and the faces (chips) it embedded."""
     try:
         image = decode_image(data, settings.max_image_pixels)
     except InputError as exc:
-        return PhotoFeatures(skipped=CORRUPT, detail=exc.message)
-    boxes = detect_faces(image, settings.detect_max_side, settings.upsample_max_side)
-    if not boxes:
-        return PhotoFeatures(skipped=NO_FACE, detail="no face found")
-    found = len(boxes)
-    boxes = sorted(boxes, key=lambda b: -b.area)[:max(1, settings.max_faces_per_photo)]
-    chips = [align_face(image, box, settings.chip_size, settings.chip_padding) for box in boxes]
-    vectors = [[float(x) for x in v] for v in embed_chips(chips)]
-    others = [{"box": b.as_list(), "embedding": v} for b, v in zip(boxes[1:], vectors[1:])] or None
-    return PhotoFeatures(faces=found, box=boxes[0].as_list(), embedding=vectors[0], others=others)
+        return PhotoFeatures(skipped=CORRUPT, detail=exc.message), []
+    faces, found = find_faces(image, settings, max(1, settings.max_faces_per_photo))
+    if not faces:
+        return PhotoFeatures(skipped=NO_FACE, detail="no face found"), []
+    vectors = [[float(x) for x in v] for v in embed_chips([f.chip for f in faces])]
+    qualities = [measure(f.box, f.points, f.chip) for f in faces]
+    others = [{"box": f.box.as_list(), "embedding": v, "quality": q}
+              for f, v, q in zip(faces[1:], vectors[1:], qualities[1:])] or None
+    return PhotoFeatures(faces=found, box=faces[0].box.as_list(), embedding=vectors[0], others=others,
+                         quality=qualities[0]), faces
+
+
+def photo_features(data: bytes, settings: Settings) -> PhotoFeatures:
+    """Decode, detect, align and embed one training photo: every face, largest first (up to a cap),
+    with its quality figures."""
+    return describe_photo(data, settings)[0]
 
 
 def cached_photo_features(data: bytes, settings: Settings, cache: FeatureCache | None) -> tuple[PhotoFeatures, bool]:

@@ -63,6 +63,8 @@ def choose_faces(labels: list[str], feats: list[PhotoFeatures],
                                               f"other photos (closest {score[best]:.2f})")
             elif best:
                 face = f.others[best - 1]
-                rest = [{"box": f.box, "embedding": f.embedding}] + [o for o in f.others if o is not face]
-                out[i] = replace(f, box=face["box"], embedding=face["embedding"], others=rest)
+                rest = ([{"box": f.box, "embedding": f.embedding, "quality": f.quality}]
+                        + [o for o in f.others if o is not face])
+                out[i] = replace(f, box=face["box"], embedding=face["embedding"], quality=face.get("quality"),
+                                 others=rest)
     return out, choices

@@ -139,6 +139,7 @@ class Evolution:
         self.seconds_before: float = s.get("seconds", 0.0)
         self.done: bool = s.get("done", False)
         self.stop_reason: str | None = s.get("stop_reason")
+        self.fallback: str | None = s.get("fallback")  # why the build's photos cannot rank networks
         self.rng_state = s.get("rng_state")
         self.resumed_at = time.monotonic()
         if not state:
@@ -151,7 +152,8 @@ class Evolution:
                 "evaluations": self.evaluations, "cache_hits": self.cache_hits,
                 "batch_evaluations": self.batch_evaluations, "phase": self.phase, "finalists": self.finalists,
                 "fold_runs": self.fold_runs, "fold_evaluations": self.fold_evaluations, "seconds": self.seconds(),
-                "done": self.done, "stop_reason": self.stop_reason, "rng_state": self.rng_state}
+                "done": self.done, "stop_reason": self.stop_reason, "fallback": self.fallback,
+                "rng_state": self.rng_state}
 
     @classmethod
     def from_json(cls, state: dict) -> Evolution:
@@ -209,7 +211,17 @@ class Evolution:
         return not self.done and evaluation in self.needed()
 
     def tell(self, evaluation: str, result: dict) -> bool:
-        """File one evaluation (key from `needed`). -> False if it was already known (a re-delivered result)."""
+        """File one evaluation (key from `needed`). -> False if it was already known (a re-delivered result).
+
+        A result with `fallback` (optimization/evaluate.py: the photos cannot rank networks, e.g.
+        too few validation photos) ends the search with nothing evaluated: the build trains the
+        fixed network and its manifest says why."""
+        if result.get("fallback"):
+            if self.done:
+                return False
+            self.fallback = str(result["fallback"])
+            self.finish("fell back to the fixed network: " + self.fallback)
+            return True
         genome_key, fold = parse_eval_key(evaluation)
         kept = check_result(result)
         if fold:
@@ -371,7 +383,8 @@ class Evolution:
 
     def report(self) -> dict:
         """The manifest's `optimization` section (baselines are added by the training task)."""
-        return {"requested": True, "performed": bool(self.results), "algorithm": "NSGA-II (DEAP selNSGA2)",
+        return {"requested": True, "performed": bool(self.results), "fallback": self.fallback,
+                "algorithm": "NSGA-II (DEAP selNSGA2)",
                 "objectives": {"balanced_accuracy": "max, validation", "open_set": "max, validation",
                                "params": "min"},
                 "controls": asdict(self.controls), "population": self.controls.mu,

@@ -92,8 +92,36 @@ def largest(boxes: list[Box]) -> Box:
     return max(boxes, key=lambda b: b.area)
 
 
+def landmarks(image: np.ndarray, box: Box):
+    """dlib's 5 landmarks of the face in `box` (a `full_object_detection`): the two corners of
+    each eye (0-1: the eye on the photo's right, outer then inner; 2-3: the other) and the nose base (4)."""
+    return _shape_predictor()(image, dlib.rectangle(box.left, box.top, box.right, box.bottom))
+
+
+def points(shape) -> np.ndarray:
+    """(5, 2) float array of a landmark detection's points (x, y)."""
+    return np.array([(shape.part(i).x, shape.part(i).y) for i in range(shape.num_parts)], np.float64)
+
+
+def chip_from(image: np.ndarray, shape, size: int = 150, padding: float = 0.25) -> np.ndarray:
+    """The face of a landmark detection, aligned: (size, size, 3) uint8."""
+    return dlib.get_face_chip(image, shape, size=size, padding=padding)
+
+
 def align_face(image: np.ndarray, box: Box, size: int = 150, padding: float = 0.25) -> np.ndarray:
     """Cut the face in `box` out of `image`, aligned on its 5 landmarks: (size, size, 3) uint8."""
-    rect = dlib.rectangle(box.left, box.top, box.right, box.bottom)
-    shape = _shape_predictor()(image, rect)
-    return dlib.get_face_chip(image, shape, size=size, padding=padding)
+    return chip_from(image, landmarks(image, box), size, padding)
+
+
+@dataclass
+class Face:
+    """One face of a photo: its box, its 5 landmark points (5, 2) and its aligned chip."""
+    box: Box
+    points: np.ndarray
+    chip: np.ndarray
+
+
+def face_at(image: np.ndarray, box: Box, size: int = 150, padding: float = 0.25) -> Face:
+    """The face in `box`: landmarks found once, for the chip and for the quality figures."""
+    shape = landmarks(image, box)
+    return Face(box, points(shape), chip_from(image, shape, size, padding))

@@ -209,5 +209,14 @@ class Stack:
         raise TimeoutError(f"job {job_id} not in {states} after {timeout}s: {st}\n{self.tail()}")
 
 
+def gone(path: Path, timeout: float = 10) -> bool:
+    """`path` no longer exists, within `timeout`: the broker marks a job done, then deletes its
+    uploads, so a client that sees `done` may still find them for a moment."""
+    deadline = time.time() + timeout
+    while path.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    return not path.exists()
+
+
 def photo_files(people: dict[str, list[Path]]) -> list[tuple[str, bytes]]:
     return [(f"{person}/{p.name}", p.read_bytes()) for person, paths in people.items() for p in paths]

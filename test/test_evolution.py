@@ -520,7 +520,7 @@ def test_evaluation_keys_round_trip(genome, fold):
 
 
 def run_evaluate(data, genome, seed=0):
-    return evaluate(genome, data, seed=seed, max_epochs=40, patience=3, target_far=0.1, k=3)
+    return evaluate(genome, data, seed=seed, max_epochs=40, patience=3, target_far=0.1)
 
 
 @pytest.mark.parametrize("spec", [NetworkSpec(), NetworkSpec(hidden=(), dropout=0.0, cosine=True)],
@@ -546,6 +546,27 @@ def test_evaluate_with_two_people_has_no_open_set():
     assert data.held_out == [] and len(data.x_strangers) == 0 and data.n_known == 2
     r = run_evaluate(data, encode(NetworkSpec()))
     assert r["open_set"] is None and 0.0 <= r["balanced_accuracy"] <= 1.0
+
+
+def test_evaluate_falls_back_when_the_photos_cannot_rank_networks():
+    """Two photos per person: no validation photo (train/test only), so no network can be compared."""
+    x, labels = embeddings(4, per_person=2)
+    split = stratified_split(labels, min_photos=1, test_fraction=0.2, val_fraction=0.2, seed=4)
+    y = np.array([split.people.index(lab) for lab in labels])
+    data = search_data(x, y, split, 0.2, 4)
+    assert len(data.x_val) == 0
+    r = run_evaluate(data, encode(NetworkSpec()))
+    assert set(r) == {"fallback"} and "validation photos show 0 known person" in r["fallback"]
+    json.dumps(r)
+    # the search stops at that answer, with nothing chosen and the reason kept
+    evolution = Evolution(Controls(population=4, generations=2, budget_s=60, seed=1))
+    first = evolution.needed()[0]
+    assert evolution.tell(first, r) and evolution.done and evolution.needed() == []
+    assert evolution.choose() is None
+    report = Evolution.from_json(evolution.to_json()).report()  # survives a checkpoint
+    assert report["fallback"] == r["fallback"] and report["performed"] is False
+    assert report["stop_reason"].startswith("fell back to the fixed network")
+    assert not evolution.tell(evolution.population and key(evolution.population[1]), r)  # already done
 
 
 @given(st.integers(0, 200), st.floats(0.01, 0.9), st.integers(0, 2**32 - 1))

@@ -29,7 +29,7 @@ from test.stack import ROOT, Stack, alive, descendants, photo_files
 @pytest.mark.parametrize("var, value, expected", [
     ("FR_PORT", "abc", "FR_PORT must be an integer"),
     ("FR_KEEP_UPLOADS", "yes_please", "FR_KEEP_UPLOADS must be one of 1/true/yes/on or 0/false/no/off"),
-    ("FR_TARGET_FAR", "2", "FR_TARGET_FAR must be between 0.0 and 1.0"),
+    ("FR_TARGET_FAR", "2", "FR_TARGET_FAR must be between 0.0001 and 0.5"),
     ("FR_WORKERS", "-1", "FR_WORKERS must be between 0 and 256"),
     ("FR_BROKER_BACK", "http://x", "FR_BROKER_BACK must be a tcp:// or ipc:// endpoint"),
 ])

@@ -11,7 +11,7 @@ import time
 import requests
 
 from test.conftest import pick_people
-from test.stack import Stack, photo_files
+from test.stack import Stack, gone, photo_files
 
 
 def _people(faces_dir, skip: int, n_people: int = 3, n_photos: int = 8):
@@ -63,7 +63,7 @@ def test_service_stopped_mid_build_finishes_the_job_after_restart(tmp_path, face
         done = stack.wait_state(job_id, ("done",), timeout=300)
         assert done["available"] == 1
         assert requests.get(f"{stack.url}/models/{job_id}", timeout=30).status_code == 200
-        assert not (data / "var" / "uploads" / job_id).exists()
+        assert gone(data / "var" / "uploads" / job_id)
     finally:
         stack.stop()
 

@@ -193,6 +193,19 @@ def test_an_optimized_build_with_too_few_people_left_fails_clearly(stack, faces_
     assert st["error"]["code"] == "TOO_FEW_PEOPLE"
 
 
+def test_a_search_on_two_photos_per_person_falls_back_to_the_fixed_network_and_says_why(stack, upload):
+    """Two photos each: no validation photo, so no network can be ranked; the build still succeeds."""
+    few = [f for k, f in enumerate(upload) if k % 8 < 2]  # `upload` holds 8 photos per person, in order
+    assert len(few) == 12 and len({name.split("/")[0] for name, _ in few}) == 6
+    job_id, _ = build_done(stack, few, seed="3", **TINY)
+    m = manifest_of(stack, job_id)
+    opt = m["optimization"]
+    assert opt["requested"] and not opt["performed"] and opt["chosen"] is None
+    assert "validation photos show 0 known person" in opt["fallback"] and "fixed default network" in opt["note"]
+    assert opt["stop_reason"].startswith("fell back to the fixed network")
+    assert m["network"]["hidden"] == [128] and m["refit"]["gallery_photos"] == 12
+
+
 def test_two_people_search_without_an_open_set_objective(stack, upload):
     """Nobody can be held out as a stranger with 2 people: the search ranks on accuracy alone."""
     two = [f for f in upload if f[0].split("/")[0] in sorted({g[0].split("/")[0] for g in upload})[:2]]

@@ -11,7 +11,7 @@ import requests
 
 from constants import Settings
 from test.conftest import pick_people, side_by_side
-from test.stack import photo_files
+from test.stack import gone, photo_files
 
 N_PEOPLE, N_UPLOAD, N_HELD_OUT = 5, 6, 3
 
@@ -87,7 +87,7 @@ def test_build_poll_download_and_recognize_held_out_photos(stack, people, tmp_pa
     for key in ("test_accuracy", "balanced_accuracy"):
         assert 0.0 <= manifest["metrics"][key] <= 1.0
     # uploads are deleted once the model is built (default)
-    assert not (stack.data_dir / "var" / "uploads" / job_id).exists()
+    assert gone(stack.data_dir / "var" / "uploads" / job_id)
     assert (stack.data_dir / "dumps" / job_id / "model.zip").exists()
 
     # The downloaded bundle, used offline, names photos it never saw.
@@ -112,10 +112,12 @@ def test_build_poll_download_and_recognize_held_out_photos(stack, people, tmp_pa
 
 
 def test_zip_archive_upload_and_rebuild_uses_the_feature_cache(stack, people):
+    # photos no earlier build of this module uploaded: the first build extracts every one of them
+    # (a build served from the cache may record ~0 s, rounded, of extraction)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for person, paths in people.items():
-            for p in paths[:4]:
+            for p in paths[N_UPLOAD:N_UPLOAD + 3]:
                 zf.writestr(f"team/{person}/{p.name}", p.read_bytes())
         zf.writestr("team/README.txt", "not a photo")
         zf.writestr("__MACOSX/._junk", "resource fork")
@@ -123,14 +125,14 @@ def test_zip_archive_upload_and_rebuild_uses_the_feature_cache(stack, people):
         r = requests.post(stack.url + "/build_recognizer", files={"archive": ("team.zip", buf.getvalue())},
                           timeout=60)
         assert r.status_code == 202, r.text
-        assert r.json()["photos"] == N_PEOPLE * 4 and r.json()["ignored"] == ["team/README.txt"]
+        assert r.json()["photos"] == N_PEOPLE * 3 and r.json()["ignored"] == ["team/README.txt"]
         stack.wait_state(r.json()["id"], ("done",))
         manifest = json.loads(zipfile.ZipFile(io.BytesIO(
             requests.get(f"{stack.url}/models/{r.json()['id']}", timeout=30).content)).read("manifest.json"))
         if attempt == 0:  # the workers' time on the photos is recorded
             assert manifest["input"]["extraction_seconds"] > 0
         if attempt == 1:  # second build of the same photos: every embedding from the cache
-            assert manifest["input"]["features_cached"] == N_PEOPLE * 4
+            assert manifest["input"]["features_cached"] == N_PEOPLE * 3
 
 
 def test_group_photo_without_the_person_is_skipped_and_recorded(stack, people, faces_dir):

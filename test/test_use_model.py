@@ -40,7 +40,10 @@ def test_known_people_are_named(stack, model_id, people):
             body = r.json()
             assert body["status"] == 0 and body["count"] >= 1  # LFW photos may show a second face
             face = body["faces"][0]  # the largest
-            assert set(face) == {"box", "label", "known", "confidence", "distance", "candidate"}
+            assert set(face) == {"box", "label", "known", "confidence", "distance", "threshold", "candidate",
+                                 "quality"}
+            assert face["known"] == (face["distance"] <= face["threshold"])
+            assert set(face["quality"]) == {"face_px", "sharpness", "yaw", "roll", "problems"}
             total += 1
             right += face["label"] == person
     assert right >= total - 1, f"{right}/{total} held-out photos named right"
@@ -128,7 +131,7 @@ def test_list_report_and_delete(stack, model_id, people):
 
     report = requests.get(f"{stack.url}/models/{model_id}/report", timeout=10).json()
     assert report["status"] == 0 and 0 <= report["metrics"]["test_accuracy"] <= 1
-    assert report["open_set"]["threshold"] > 0 and report["manifest"]["model_id"] == model_id
+    assert len(report["open_set"]["thresholds"]) == N_PEOPLE and report["manifest"]["model_id"] == model_id
 
     # warm the cache, then delete: everything of the model goes, and it can't be used any more
     some = next(iter(people.values()))[N_UPLOAD].read_bytes()
