@@ -79,7 +79,8 @@ def people_report(files: list[dict], feats: list[PhotoFeatures], kept: set[str],
                   too_few: dict[str, int], choices: dict[int, dict], settings: Settings) -> list[dict]:
     """Per person: photos uploaded, used, skipped (and why), photos with several faces (and which was used),
     and every used photo's quality figures (`quality`: file, face_px, sharpness, yaw, roll, problems)."""
-    report = defaultdict(lambda: {"photos": 0, "used": 0, "skipped": [], "several_faces": [], "quality": []})
+    report: defaultdict[str, dict] = defaultdict(lambda: {"photos": 0, "used": 0, "skipped": [],
+                                                          "several_faces": [], "quality": []})
     for i, (file, f) in enumerate(zip(files, feats)):
         r = report[file["label"]]
         r["photos"] += 1
@@ -200,6 +201,7 @@ def search_data_for(job_id: str, files: list[dict], features: bytes, settings: S
         cache.job, cache.prepared, cache.folds = job, prepare(files, json.loads(features), settings, seed), {}
     if fold not in cache.folds:
         p = cache.prepared
+        assert p is not None
         cache.folds[fold] = search_data(p.x, p.y, p.split, settings.search_holdout_fraction, seed, fold,
                                         settings.search_fold_val_fraction)
     return cache.folds[fold]
@@ -249,10 +251,10 @@ def measure(spec: NetworkSpec, weights, x: np.ndarray, y: np.ndarray, split: Spl
         probs_s[np.arange(len(single)), single] = 0.0  # hide each photo's own person
         scores_s[np.arange(len(single)), single] = np.inf
         as_, score_s = name_faces(probs_s, scores_s, t)
-        for c, other, score in zip(single, as_, score_s):
+        for person, other, score in zip(single, as_, score_s):
             taken = bool(score <= thresholds[other])
-            false_accepts += taken
-            people[split.people[c]] = {"as_stranger": {"accepted_as": split.people[other] if taken else None,
+            false_accepts += int(taken)
+            people[split.people[person]] = {"as_stranger": {"accepted_as": split.people[other] if taken else None,
                                                        "closest": split.people[other],
                                                        "score": round(float(score), 6),
                                                        "threshold": round(float(thresholds[other]), 6)}}

@@ -62,7 +62,9 @@ def stratified_split(labels: list[str], *, min_photos: int, test_fraction: float
     min_photos = max(1, min_photos)
     people = sorted(p for p, idx in by_person.items() if len(idx) >= min_photos)
     too_few = {p: len(idx) for p, idx in sorted(by_person.items()) if len(idx) < min_photos}
-    train, val, test = [], [], []
+    train: list[int] = []
+    val: list[int] = []
+    test: list[int] = []
     for person in people:
         idx = np.array(by_person[person])
         rng.shuffle(idx)

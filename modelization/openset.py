@@ -83,7 +83,7 @@ class Gallery:
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
-        if self.rule == TEMPLATE:
+        if self.templates is not None:
             return pairwise_distances(unit(x), self.templates)
         return class_scores(pairwise_distances(x, self.x), self.y, self.n_classes, self.k)
 

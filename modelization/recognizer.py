@@ -10,6 +10,7 @@ import io
 import json
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,7 @@ class FacePrediction:
 
 def _numpy_layers(model) -> list | None:
     """The model as a list of numpy steps, or None if it holds a layer we don't mirror."""
-    steps = []
+    steps: list[tuple] = []
     for layer in model.layers:
         kind = type(layer).__name__
         if kind == "InputLayer" or kind == "Dropout":
@@ -64,7 +65,7 @@ def _numpy_layers(model) -> list | None:
     return steps
 
 
-_ACTIVATIONS = {
+_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "linear": lambda x: x,
     "relu": lambda x: np.maximum(x, 0),
     "tanh": np.tanh,

@@ -88,7 +88,8 @@ def fold_split(y: np.ndarray, split: Split, fold: int, val_fraction: float, seed
         return split.train, split.val
     rng = np.random.default_rng([seed, fold])
     pool = np.concatenate([split.train, split.val])
-    train, val = [], []
+    train: list[int] = []
+    val: list[int] = []
     for c in np.unique(y[pool]):
         idx = rng.permutation(pool[y[pool] == c])
         n_val = min(max(1, int(round(val_fraction * len(idx)))), len(idx) - 1)
@@ -168,5 +169,6 @@ def evaluate(genome: Genome, data: SearchData, *, seed: int, max_epochs: int, pa
             "open_set": None if open_set is None else round(open_set, 6),
             "params": lean.count_params(spec, data.x_train.shape[1], data.n_people),  # as shipped
             "epochs": fit.best_epoch,
-            "val_loss": round(fit.val_loss, 6) if np.isfinite(fit.val_loss) else None,  # breaks ties in the pick
+            "val_loss": (round(fit.val_loss, 6) if fit.val_loss is not None and np.isfinite(fit.val_loss)
+                         else None),  # breaks ties in the pick
             "seconds": round(time.perf_counter() - started, 3)}

@@ -71,7 +71,7 @@ def check_result(result: dict) -> dict:
     not trusted."""
     if not isinstance(result, dict):
         raise ValueError("an evaluation result must be an object")
-    kept = {}
+    kept: dict[str, float | None] = {}
     for name in RESULT_FIELDS:
         v = result.get(name)
         if v is None and name in ("open_set", "val_loss"):
@@ -304,8 +304,8 @@ class Evolution:
         return ind
 
     def _record(self, population: list) -> None:
-        line = {"generation": self.generation, "evaluations": self.evaluations, "cache_hits": self.cache_hits,
-                "seconds": round(self.seconds(), 2)}
+        line: dict[str, object] = {"generation": self.generation, "evaluations": self.evaluations,
+                                   "cache_hits": self.cache_hits, "seconds": round(self.seconds(), 2)}
         for i, name in enumerate(OBJECTIVES):
             values = [ind.fitness.values[i] for ind in population]
             line[name] = {"max": max(values), "mean": round(sum(values) / len(values), 6), "min": min(values)}
