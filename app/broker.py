@@ -368,13 +368,15 @@ class Broker:
         self.forget(job_id)
         row = self.store.get(job_id)
         keys, digests = self.erase_list(job_id, row["n_photos"] if row else 0)
+        # the row goes first: from then on the job is "not found" everywhere, never a model with files
+        # half gone (a restart sweeps whatever files a crash here would leave)
+        self.store.delete(job_id)
         removed = {"job": row is not None,
                    "model": self.store.delete_model(self.s.dumps_dir, job_id),
                    "uploads": self.store.has_uploads(job_id),
                    "cached_features": self.drop_cache_entries(keys)}
         self.purge_workers(digests, keys)
         self.store.delete_uploads(job_id)
-        self.store.delete(job_id)
         logger.info("job {} deleted: {}", job_id, removed)
         return {"id": job_id, "removed": removed}
 

@@ -15,6 +15,7 @@ class RecognizerCache:
         self.size = max(1, size)
         self._items: OrderedDict[str, tuple[float, Recognizer]] = OrderedDict()
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
         self.loads = 0  # how many times a bundle was read from disk (for tests and metrics)
 
     def get(self, model_id: str, path: Path, settings) -> Recognizer:
@@ -24,7 +25,10 @@ class RecognizerCache:
             if hit and hit[0] == mtime:
                 self._items.move_to_end(model_id)
                 return hit[1]
-        recognizer = load_bundle(path, settings)  # outside the lock: loading takes a while
+        with self._load_lock:  # one load at a time (Keras'), outside the cache's lock: loading takes a while
+            with self._lock:
+                hit = self._items.get(model_id)
+            recognizer = hit[1] if hit and hit[0] == mtime else load_bundle(path, settings)
         with self._lock:
             self.loads += 1
             self._items[model_id] = (mtime, recognizer)
