@@ -22,8 +22,6 @@ import threading
 import time
 from pathlib import Path
 
-import requests
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -37,10 +35,10 @@ def timed(stack: Stack, model: str, photo: bytes, rounds: int) -> tuple[list[flo
     alive, predict = [], []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        assert requests.get(stack.url + "/is_alive", timeout=30).status_code == 200
+        assert stack.get("/is_alive", timeout=30).status_code == 200
         alive.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        r = requests.post(f"{stack.url}/models/{model}/predict", files={"image": ("p.jpg", photo)}, timeout=30)
+        r = stack.post(f"/models/{model}/predict", files={"image": ("p.jpg", photo)}, timeout=30)
         assert r.status_code == 200
         predict.append(time.perf_counter() - t0)
     return alive, predict
