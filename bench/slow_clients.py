@@ -63,7 +63,9 @@ def main() -> None:
         photo = sorted((FACES / "lfw62").glob("*/*.jpg"))[0].read_bytes()
         timed(stack, model, photo, 8)  # every web process loads the model
         quiet = timed(stack, model, photo, args.rounds)
-        head = ("POST /build_recognizer HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        head = ("POST /build_recognizer HTTP/1.1\r\nHost: x\r\n"
+                f"X-API-Key: {stack.admin_key}\r\n"
+                "Content-Type: multipart/form-data; boundary=b\r\n"
                 "Content-Length: 100000\r\n\r\n")
         slow = [socket.create_connection(("127.0.0.1", stack.port)) for _ in range(args.slow)]
         for s in slow:

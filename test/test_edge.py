@@ -85,7 +85,9 @@ def test_a_body_over_the_limit_is_refused_before_anything_is_spooled(stack, tmpd
     (`Expect: 100-continue`, as curl does for big bodies) sends none of it; one that starts sending gets the
     answer after its first bytes. Nothing of the body lands on disk either way."""
     before = set(tmpdir_of_stack.rglob("*"))
-    head = ("POST /build_recognizer HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    head = ("POST /build_recognizer HTTP/1.1\r\nHost: x\r\n"
+            f"X-API-Key: {stack.admin_key}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n"
             + ("Expect: 100-continue\r\n" if expect else "") + f"Content-Length: {700 * 1024 * 1024}\r\n\r\n")
     t0 = time.time()
     sock = raw_request(stack.port, head)
@@ -102,7 +104,9 @@ def test_a_body_over_the_limit_is_refused_before_anything_is_spooled(stack, tmpd
 
 def test_slow_bodies_do_not_starve_the_service_and_are_cut(stack, model_id, faces_dir):
     photo = next((faces_dir / "lfw62").glob("*/*.jpg")).read_bytes()
-    head = ("POST /build_recognizer HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    head = ("POST /build_recognizer HTTP/1.1\r\nHost: x\r\n"
+            f"X-API-Key: {stack.admin_key}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n"
             "Content-Length: 100000\r\n\r\n")
     warm = 0  # every web process has loaded the model (the first predict of a process loads Keras)
     deadline = time.time() + 120
@@ -188,6 +192,7 @@ def test_a_long_upload_beside_quick_requests_kills_no_web_process(stack):
     piece = len(body) // 30 + 1
     for _ in range(3):
         sock = raw_request(stack.port, "POST /build_recognizer HTTP/1.1\r\nHost: x\r\n"
+                                       f"X-API-Key: {stack.admin_key}\r\n"
                                        "Content-Type: multipart/form-data; boundary=b\r\n"
                                        f"Content-Length: {len(body)}\r\n\r\n")
         for i in range(30):
