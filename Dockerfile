@@ -6,7 +6,7 @@ WORKDIR /srv/api-facial-recognition
 COPY requirements.txt Makefile ./
 RUN make setup
 COPY . .
-ENV FR_DATA_DIR=/data
+ENV FR_DATA_DIR=/data FR_HOST=0.0.0.0
 VOLUME /data
 EXPOSE 8080
 CMD ["make", "serve", "DATA_DIR=/data"]

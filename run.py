@@ -2,6 +2,7 @@
 """Command line: `serve` (everything), `broker`, `worker`, `web` (uWSGI only), `predict` (offline), keys.
 
     python run.py serve --port 8080 --workers 2 --data-dir .
+    python run.py keys create --tenant T --role builder  # an API key (alone on the last line)
     python run.py worker-key create DIR          # a remote worker's key pair; prints its public key
     python run.py worker --connect tcp://HOST:5556 --keys DIR
 """
@@ -76,9 +77,24 @@ def cmd_worker_key(args) -> None:
     print(public)
 
 
-def uwsgi_command() -> list[str]:
+TLS_UWSGI = Path(sys.prefix) / "uwsgi-tls" / "bin" / "uwsgi"  # `make setup-tls`: uWSGI built with OpenSSL
+
+
+def uwsgi_command(s: Settings) -> list[str]:
+    """uWSGI with app.ini, listening where the settings say: HTTP, or HTTPS on uWSGI's own https socket."""
+    host = f"[{s.host}]" if ":" in s.host else s.host
+    address = f"{host}:{s.port}"
+    if s.tls_cert:
+        for path in (s.tls_cert, s.tls_key):
+            if not Path(path).is_file():
+                raise SettingsError(f"FR_TLS_CERT/FR_TLS_KEY: no file {path}")
+        if not TLS_UWSGI.exists():
+            raise SettingsError("HTTPS needs a uWSGI built with OpenSSL (the prebuilt one has none): run "
+                                "`make setup-tls` once, or serve HTTP on 127.0.0.1 behind a TLS proxy (README)")
+        return [str(TLS_UWSGI), "--home", sys.prefix, "--ini", str(ROOT / "app.ini"),
+                "--https", f"{address},{Path(s.tls_cert).resolve()},{Path(s.tls_key).resolve()}"]
     exe = Path(sys.executable).parent / "uwsgi"
-    return [str(exe) if exe.exists() else "uwsgi", "--ini", str(ROOT / "app.ini")]
+    return [str(exe) if exe.exists() else "uwsgi", "--ini", str(ROOT / "app.ini"), "--http", address]
 
 
 def uwsgi_env(s: Settings) -> dict[str, str]:
@@ -129,7 +145,7 @@ class Supervisor:
                     "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         py = [sys.executable, str(ROOT / "run.py")]
         connect = loopback(s.broker_back)
-        self.children = [Child("broker", [*py, "broker"]), Child("web", uwsgi_command())]
+        self.children = [Child("broker", [*py, "broker"]), Child("web", uwsgi_command(s))]
         self.children += [Child(f"worker{i}", [*py, "worker", "--connect", connect, "--slot", str(i + 1)])
                           for i in range(n_workers)]
         self.stopping = False
@@ -197,21 +213,54 @@ class Supervisor:
 
 
 def cmd_serve(args) -> None:
-    over = {"port": args.port, "workers": args.workers, "host": args.host}
+    over = {"port": args.port, "workers": args.workers, "host": args.host, "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key}
     if args.broker_port:
         over["broker_back"] = f"tcp://127.0.0.1:{args.broker_port}"
     s = _settings(args, **over)
     s.ensure_dirs()
+    uwsgi_command(s)  # a TLS setting that cannot work stops the start here
     setup_logging("serve", s.log_dir, s.log_level, s.log_rotation, s.log_retention)
+    from app.auth import KeyStore, bootstrap_admin
     from app.keys import prepare_broker_keys
     prepare_broker_keys(s.keys_dir)  # before the children start: they read their keys at once
+    if not s.auth:
+        logger.warning("API keys are off (FR_AUTH=0): anyone on this machine may use every model")
+    elif (made := bootstrap_admin(KeyStore(s.auth_db_path), s.admin_key_path, s.admin_key)) is not None:
+        logger.info("made an admin API key on first start, written to {} (owner-only): "
+                    "export FR_API_KEY=$(cat {})", made, made)
     sys.exit(Supervisor(s, s.workers).run())
 
 
 def cmd_web(args) -> None:
-    s = _settings(args, port=args.port)
+    s = _settings(args, port=args.port, host=args.host)
     env = {**os.environ, **uwsgi_env(s)}
-    os.execvpe(uwsgi_command()[0], uwsgi_command(), env)  # noqa: S606 (our own argument list)
+    command = uwsgi_command(s)
+    os.execvpe(command[0], command, env)  # noqa: S606 (our own argument list)
+
+
+def cmd_keys(args) -> None:
+    """API keys, while the service runs or not: create (the key alone on the last line), list, revoke."""
+    from app.auth import KeyStore
+    s = _settings(args)
+    s.ensure_dirs()
+    keys = KeyStore(s.auth_db_path)
+    if args.action == "create":
+        try:
+            key, info = keys.create(args.tenant, args.role, args.name)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        print(f"key {info['id']} for tenant {info['tenant']}, role {info['role']}; it is shown only now:")
+        print(key)
+    elif args.action == "list":
+        for k in keys.list(args.tenant):
+            state = "revoked" if k["revoked"] else "active"
+            print(f"{k['id']}  {k['tenant']}  {k['role']}  {state}  {k['name'] or ''}".rstrip())
+    else:
+        if not args.key_id or not keys.revoke(args.key_id):
+            print(f"run.py keys revoke: no active key {args.key_id!r}", file=sys.stderr)
+            sys.exit(1)
+        print(f"revoked {args.key_id}")
 
 
 def cmd_predict(args) -> None:
@@ -246,7 +295,9 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("serve", help="HTTP front + broker + workers, supervised")
     p.add_argument("--port", type=int, help="HTTP port (default 8080, FR_PORT)")
-    p.add_argument("--host", help="HTTP address to bind (default 0.0.0.0, FR_HOST)")
+    p.add_argument("--host", help="HTTP address to bind (default 127.0.0.1, FR_HOST)")
+    p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM; FR_TLS_CERT)")
+    p.add_argument("--tls-key", help="... and this private key (PEM; FR_TLS_KEY)")
     p.add_argument("--workers", type=int, help="worker processes (default 2, FR_WORKERS)")
     p.add_argument("--data-dir", help="where all state lives (default: this folder, FR_DATA_DIR)")
     p.add_argument("--broker-port", type=int, help="port the broker takes workers on (default 5556, FR_BROKER_BACK)")
@@ -271,8 +322,18 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("web", help="the HTTP front alone (uWSGI)")
     p.add_argument("--port", type=int)
+    p.add_argument("--host")
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser("keys", help="API keys: create, list, revoke")
+    p.add_argument("action", choices=["create", "list", "revoke"])
+    p.add_argument("key_id", nargs="?", help="revoke: the key's id (first column of `keys list`)")
+    p.add_argument("--tenant", help="create: the tenant the key belongs to; list: only this tenant's")
+    p.add_argument("--role", choices=["admin", "builder", "user"], default="user")
+    p.add_argument("--name", help="a note to tell keys apart")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("predict", help="name the faces in photos with a model bundle (offline)")
     p.add_argument("--model", required=True, help="a bundle downloaded from /models/<id>")

@@ -314,7 +314,7 @@ class Broker:
             elif command == p.STATUS:
                 reply = p.pack(p.OK, self.status())
             else:
-                reply = p.pack(p.OK, self.delete(header["id"]))
+                reply = p.pack(p.OK, self.delete(header["id"], header.get("tenant")))
         except ProtocolError as exc:
             logger.warning("front: refused a request: {}", escape(exc))
             reply = p.pack(p.ERR, {"code": "BAD_REQUEST", "message": escape(exc)})
@@ -342,12 +342,14 @@ class Broker:
                                                      f"({free} bytes free, {self.s.min_free_bytes} kept in reserve)")
         if self.store.get(job_id) is not None or self.store.has_uploads(job_id):
             raise FrontError("CONFLICT", "a job with this id exists")
+        tenant = header.get("tenant")
+        self.check_quotas(tenant, size)
         photos = [Photo(f["label"], f["filename"], b) for f, b in zip(header["files"], blobs)]
         self.store.save_uploads(job_id, photos)  # durable before we answer
         try:
             self.check_deadline(deadline)
             n_people = len({ph.label for ph in photos})
-            self.store.create(job_id, header.get("name"), header.get("options", {}), len(photos), n_people)
+            self.store.create(job_id, header.get("name"), header.get("options", {}), len(photos), n_people, tenant)
         except BaseException:
             self.store.delete_uploads(job_id)
             raise
@@ -355,18 +357,33 @@ class Broker:
         logger.info("job {} queued: {} photos of {} people", job_id, len(photos), n_people)
         return {"id": job_id}
 
+    def check_quotas(self, tenant: str | None, size: int) -> None:
+        """A tenant's unfinished builds (FR_MAX_ACTIVE_BUILDS) and stored bytes (FR_TENANT_MAX_BYTES)."""
+        active = self.store.active_jobs(tenant)
+        if active >= self.s.max_active_builds:
+            raise FrontError("TOO_MANY_BUILDS", f"{active} builds of this tenant are still running "
+                                                f"(FR_MAX_ACTIVE_BUILDS={self.s.max_active_builds}); try again later")
+        if self.s.tenant_max_bytes:
+            stored = self.store.stored_bytes(tenant, self.s.dumps_dir)
+            if stored + size > self.s.tenant_max_bytes:
+                raise FrontError("QUOTA_EXCEEDED", f"this tenant stores {stored} bytes; {size} more would pass its "
+                                                   f"quota of {self.s.tenant_max_bytes} (FR_TENANT_MAX_BYTES): "
+                                                   "delete models it no longer needs")
+
     @staticmethod
     def check_deadline(deadline: float | None) -> None:
         """A submit the front has stopped waiting for must not be stored (its client never learns the id)."""
         if deadline is not None and time.time() > deadline - 1.0:
             raise FrontError("DEADLINE_PASSED", "the upload took too long to store; nothing was kept")
 
-    def delete(self, job_id: str) -> dict:
+    def delete(self, job_id: str, tenant: str | None = None) -> dict:
         """Erase a job: its queued tasks, row, uploads, model folder and cached features (here, and on
-        every connected worker's host)."""
+        every connected worker's host). With `tenant`, only a job of that tenant."""
+        row = self.store.get(job_id)
+        if tenant is not None and row is not None and row["tenant"] != tenant:
+            raise FrontError("NOT_FOUND", f"no model with id {job_id}")
         self.queue = deque(t for t in self.queue if t.job != job_id)
         self.forget(job_id)
-        row = self.store.get(job_id)
         keys, digests = self.erase_list(job_id, row["n_photos"] if row else 0)
         # the row goes first: from then on the job is "not found" everywhere, never a model with files
         # half gone (a restart sweeps whatever files a crash here would leave)

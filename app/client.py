@@ -11,7 +11,9 @@ from app import protocol as p
 from app.errors import ApiError
 
 # What the broker's refusals mean over HTTP.
-ERR_STATUS = {"INSUFFICIENT_STORAGE": 507, "STORE_UNAVAILABLE": 503, "DEADLINE_PASSED": 503, "CONFLICT": 409}
+ERR_STATUS = {"INSUFFICIENT_STORAGE": 507, "STORE_UNAVAILABLE": 503, "DEADLINE_PASSED": 503, "CONFLICT": 409,
+              "TOO_MANY_BUILDS": 429, "QUOTA_EXCEEDED": 507, "NOT_FOUND": 404}
+RETRY_AFTER = {"TOO_MANY_BUILDS": "30"}  # seconds: builds take minutes, polling sooner is pointless
 
 
 @lru_cache(maxsize=4)
@@ -43,7 +45,9 @@ def call(endpoint: str, keys_dir: Path, frames: list[bytes], timeout_s: float) -
         sock.close(0)
     if command != p.OK:
         code = str(header.get("code", "BROKER_ERROR"))
-        raise ApiError(ERR_STATUS.get(code, 500), code, str(header.get("message", "broker error")))
+        retry = RETRY_AFTER.get(code)
+        raise ApiError(ERR_STATUS.get(code, 500), code, str(header.get("message", "broker error")),
+                       headers={"Retry-After": retry} if retry else None)
     return header
 
 
@@ -55,5 +59,6 @@ def status(endpoint: str, keys_dir: Path, timeout_s: float) -> dict:
     return call(endpoint, keys_dir, p.pack(p.STATUS), timeout_s)
 
 
-def delete(endpoint: str, keys_dir: Path, job_id: str, timeout_s: float) -> dict:
-    return call(endpoint, keys_dir, p.pack(p.DELETE, {"id": job_id}), timeout_s)
+def delete(endpoint: str, keys_dir: Path, job_id: str, timeout_s: float, tenant: str | None = None) -> dict:
+    """Erase a job; with `tenant`, only if it is that tenant's (else NOT_FOUND)."""
+    return call(endpoint, keys_dir, p.pack(p.DELETE, {"id": job_id, "tenant": tenant}), timeout_s)

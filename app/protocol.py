@@ -3,9 +3,9 @@
 A message is a command frame, a JSON header frame, then binary frames.
 
 Front (REQ, the HTTP app) -> broker ROUTER:
-    SUBMIT {id, name, options, files, deadline} photo...  -> OK {id} | ERR {code, message}
-    STATUS                                                -> OK {workers, busy, idle, warming, queued, store, disk}
-    DELETE {id}                                           -> OK {id, removed}
+    SUBMIT {id, name, options, files, deadline, tenant} photo...  -> OK {id} | ERR {code, message}
+    STATUS                                            -> OK {workers, busy, idle, warming, queued, store, disk}
+    DELETE {id, tenant}                               -> OK {id, removed} | ERR NOT_FOUND (another tenant's)
 Worker (DEALER) -> broker ROUTER:
     READY                           idle and asking for work (sent once, on start)
     HEARTBEAT {task?, warming?}     alive; the task it is running, if any; still loading its models
@@ -59,6 +59,7 @@ WORKER_FAILURES = frozenset({"NO_FACE_FOUND", "TOO_FEW_PEOPLE", "BUILD_ERROR", "
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 _EVAL_KEY = re.compile(r"[0-9]{1,4}(,[0-9]{1,4}){0,63}(/[0-9]{1,4})?")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+_TENANT = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 _CODE = re.compile(r"[A-Z][A-Z_]{0,39}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -88,6 +89,13 @@ def is_digest(value: Any) -> bool:
 def job_id(value: Any) -> str:
     if not is_job_id(value):
         raise ProtocolError(f"not a job id: {escape(value, 60)}")
+    return value
+
+
+def tenant(value: Any) -> str | None:
+    """A tenant name as app/auth.py makes them, or None (a job from before tenants, or any tenant)."""
+    if value is not None and not (isinstance(value, str) and _TENANT.fullmatch(value)):
+        raise ProtocolError(f"not a tenant: {escape(value, 60)}")
     return value
 
 
@@ -196,9 +204,10 @@ def check_options(value: Any, settings: Settings) -> dict:
 
 def check_submit(header: dict, blobs: list[bytes], settings: Settings) -> dict:
     """A SUBMIT as the HTTP front would send it: the same limits, labels and options."""
-    if set(header) - {"id", "name", "options", "files", "deadline"}:
+    if set(header) - {"id", "name", "options", "files", "deadline", "tenant"}:
         raise ProtocolError("submit has unknown fields")
     job_id(header.get("id"))
+    tenant(header.get("tenant"))
     name = header.get("name")
     if name is not None:
         text(name, settings.max_name_length, "name")
@@ -240,9 +249,10 @@ def parse_front(frames: list[bytes], settings: Settings) -> tuple[bytes, dict, l
     if blobs:
         raise ProtocolError(f"{command.decode()} takes no data frames")
     if command == DELETE:
-        if set(header) != {"id"}:
-            raise ProtocolError("delete takes exactly an id")
+        if set(header) - {"id", "tenant"} or "id" not in header:
+            raise ProtocolError("delete takes an id (and the tenant it must belong to)")
         job_id(header["id"])
+        tenant(header.get("tenant"))
     elif header:
         raise ProtocolError("status takes no header")
     return command, header, blobs

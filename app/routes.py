@@ -1,15 +1,22 @@
-"""HTTP endpoints: build, poll, download, health; use a model: predict, list, report, delete."""
+"""HTTP endpoints: build, poll, download, health; use a model: predict, list, report, delete; API keys.
+
+Every route but `GET /is_alive` says what it does (`@requires`); app/security.py checks the caller's key
+against it. A model of another tenant is answered exactly as a model that does not exist (404).
+"""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
 from flask import Blueprint, current_app, g, jsonify, request, send_file
 
 from app import client
+from app.auth import Action, Role
 from app.broker import new_job_id
 from app.errors import ApiError
+from app.security import principal, requires
 from app.store import StoreUnavailable, job_view, list_jobs, read_job
 from app.validation import check_people, collect_photos, parse_job_id, parse_options
 from constants import VERSION, Settings
@@ -26,9 +33,10 @@ def settings() -> Settings:
 
 
 def find_job(job_id: str) -> dict:
-    """The job's view, 404 NOT_FOUND, or (StoreUnavailable) 503: never a 404 for a store that fails."""
+    """The job's view, 404 NOT_FOUND (also for another tenant's), or (StoreUnavailable) 503: never a
+    404 for a store that fails."""
     row = read_job(settings().db_path, job_id)
-    if row is None:
+    if row is None or not principal().sees(row["tenant"]):
         raise ApiError(404, "NOT_FOUND", f"no model with id {job_id}")
     return job_view(row)
 
@@ -39,6 +47,7 @@ def _started() -> None:
 
 
 @bp.post("/build_recognizer")
+@requires(Action.BUILD)
 def build_recognizer():
     s = settings()
     name, options = parse_options(request.form, s)
@@ -48,8 +57,9 @@ def build_recognizer():
     # Stored within the HTTP timeout, or not at all: past the deadline the broker keeps nothing,
     # since a client whose request was cut never learns the id.
     deadline = g.started + s.request_timeout_s - 5.0
+    g.model_id = job_id
     header = {"id": job_id, "name": name, "options": options, "deadline": deadline,
-              "files": [{"label": p.label, "filename": p.filename} for p in photos]}
+              "tenant": principal().tenant, "files": [{"label": p.label, "filename": p.filename} for p in photos]}
     timeout = min(s.broker_timeout_s + len(photos) * s.broker_submit_s_per_photo, deadline - time.time())
     if timeout <= 1.0:
         raise ApiError(503, "DEADLINE_PASSED", "the upload took too long to check; nothing was stored")
@@ -63,6 +73,7 @@ def build_recognizer():
 
 @bp.get("/is_available")
 @bp.get("/is_available/<job_id>")
+@requires(Action.READ)
 def is_available(job_id: str | None = None):
     job = find_job(parse_job_id(job_id or request.args.get("id")))
     return jsonify({"status": 0, **job})
@@ -84,6 +95,7 @@ def built_model(raw_id: str) -> tuple[dict, Path]:
 
 
 @bp.get("/models/<job_id>")
+@requires(Action.READ)
 def download(job_id: str):
     job, path = built_model(job_id)
     return send_file(path, mimetype="application/zip", as_attachment=True,
@@ -91,16 +103,20 @@ def download(job_id: str):
 
 
 @bp.get("/models")
+@requires(Action.READ)
 def list_models():
     limit = _int_arg("limit", 100, 1, 1000)
     offset = _int_arg("offset", 0, 0, 10**9)
-    rows, total = list_jobs(settings().db_path, limit, offset)
+    caller = principal()
+    tenant = request.args.get("tenant") if caller.may(Action.ADMIN) else caller.tenant  # admins filter at will
+    rows, total = list_jobs(settings().db_path, limit, offset, tenant or None)
     models = [{k: v for k, v in job_view(r).items() if k not in ("progress", "search", "error", "attempts", "worker")}
               for r in rows]
     return jsonify({"status": 0, "models": models, "total": total, "limit": limit, "offset": offset})
 
 
 @bp.get("/models/<job_id>/report")
+@requires(Action.READ)
 def report(job_id: str):
     job, path = built_model(job_id)
     manifest = json.loads((path.parent / MANIFEST_FILE).read_text())
@@ -109,6 +125,7 @@ def report(job_id: str):
 
 
 @bp.post("/models/<job_id>/predict")
+@requires(Action.PREDICT)
 def predict(job_id: str):
     s = settings()
     job, path = built_model(job_id)
@@ -138,10 +155,13 @@ def predict(job_id: str):
 
 
 @bp.delete("/models/<job_id>")
+@requires(Action.DELETE)
 def delete_model(job_id: str):
     s = settings()
     job = find_job(parse_job_id(job_id))
-    answer = client.delete(s.front_endpoint, s.front_keys_dir, job["id"], s.broker_timeout_s)
+    caller = principal()
+    answer = client.delete(s.front_endpoint, s.front_keys_dir, job["id"], s.broker_timeout_s,
+                           None if caller.may(Action.ADMIN) else caller.tenant)
     current_app.extensions["recognizers"].evict(job["id"])
     return jsonify({"status": 0, **answer})
 
@@ -203,3 +223,47 @@ def is_alive():
     if problem:
         body.update(status=1, alive=False, error={"code": problem[0], "message": problem[1]})
     return jsonify(body), 503 if problem else 200
+
+
+# --- API keys (admins) -----------------------------------------------------------------------------
+def _keys():
+    return current_app.extensions["keys"]
+
+
+@bp.post("/keys")
+@requires(Action.ADMIN)
+def create_key():
+    """A new key: JSON or form fields `tenant`, `role` (admin, builder, user), `name`. The key is in this
+    answer and nowhere else, ever."""
+    body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+    fields: dict = body if isinstance(body, dict) else {}
+    tenant, role, name = fields.get("tenant"), fields.get("role"), fields.get("name")
+    if not isinstance(tenant, str) or not isinstance(role, str) or role not in {r.value for r in Role} \
+            or (name is not None and not isinstance(name, str)):
+        raise ApiError(400, "BAD_PARAMETER", "give a tenant and a role (admin, builder or user), and optionally "
+                       "a name", {"roles": [r.value for r in Role]})
+    try:
+        key, info = _keys().create(tenant, role, name)
+    except ValueError as exc:
+        raise ApiError(400, "BAD_PARAMETER", str(exc)) from None
+    g.audit_extra = {"subject_key": info["id"], "subject_tenant": info["tenant"], "subject_role": info["role"]}
+    logger.info("key {} made for tenant {} ({}) by {}", info["id"], info["tenant"], info["role"], principal().key_id)
+    return jsonify({"status": 0, "key": key, **info}), 201
+
+
+@bp.get("/keys")
+@requires(Action.ADMIN)
+def list_keys():
+    return jsonify({"status": 0, "keys": _keys().list(request.args.get("tenant") or None)})
+
+
+@bp.delete("/keys/<key_id>")
+@requires(Action.ADMIN)
+def revoke_key(key_id: str):
+    if not re.fullmatch(r"[0-9a-f]{12}", key_id):
+        raise ApiError(404, "NOT_FOUND", "no such key")
+    g.audit_extra = {"subject_key": key_id}
+    if not _keys().revoke(key_id):
+        raise ApiError(404, "NOT_FOUND", f"no working key {key_id}")
+    logger.info("key {} revoked by {}", key_id, principal().key_id)
+    return jsonify({"status": 0, "id": key_id, "revoked": True})

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_code TEXT, error_message TEXT, error_details TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     worker TEXT,
-    detail TEXT                     -- JSON: what the current stage shows (the search's progress)
+    detail TEXT,                    -- JSON: what the current stage shows (the search's progress)
+    tenant TEXT                     -- who owns it (the tenant of the key that built it)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created);
 """
@@ -105,8 +106,11 @@ def connect(db_path: Path, readonly: bool = False) -> sqlite3.Connection:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
-            if "detail" not in {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}:  # stores from 0.1.0
-                conn.execute("ALTER TABLE jobs ADD COLUMN detail TEXT")
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
+            for column in ("detail", "tenant"):  # stores made by earlier versions
+                if column not in columns:
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+            conn.execute("CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs(tenant, state)")
             os.chmod(db_path, 0o600)
         conn.row_factory = sqlite3.Row
     return conn
@@ -122,14 +126,15 @@ def read_job(db_path: Path, job_id: str) -> sqlite3.Row | None:
         conn.close()
 
 
-def list_jobs(db_path: Path, limit: int, offset: int) -> tuple[list[sqlite3.Row], int]:
-    """Newest first, and the total. Raises StoreUnavailable."""
+def list_jobs(db_path: Path, limit: int, offset: int, tenant: str | None = None) -> tuple[list[sqlite3.Row], int]:
+    """Newest first (of one tenant, or all), and the total. Raises StoreUnavailable."""
     conn = connect(db_path, readonly=True)
     try:
         with store_errors():
-            rows = conn.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ? OFFSET ?",
-                                (limit, offset)).fetchall()
-            total = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+            rows = conn.execute("SELECT * FROM jobs WHERE ? IS NULL OR tenant = ? ORDER BY created DESC "
+                                "LIMIT ? OFFSET ?", (tenant, tenant, limit, offset)).fetchall()
+            total = conn.execute("SELECT COUNT(*) FROM jobs WHERE ? IS NULL OR tenant = ?",
+                                 (tenant, tenant)).fetchone()[0]
         return rows, total
     finally:
         conn.close()
@@ -157,6 +162,16 @@ def job_view(row: sqlite3.Row) -> dict:
         "photos": row["n_photos"],
         "people": row["n_people"],
     }
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for f in folder.rglob("*") if folder.is_dir() else ():
+        try:
+            total += f.stat().st_size
+        except OSError:
+            pass
+    return total
 
 
 def _fsync_dir(path: Path) -> None:
@@ -325,13 +340,24 @@ class JobStore:
         self.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     # --- jobs ----------------------------------------------------------------
-    def create(self, job_id: str, name: str | None, options: dict, n_photos: int, n_people: int) -> None:
+    def create(self, job_id: str, name: str | None, options: dict, n_photos: int, n_people: int,
+               tenant: str | None = None) -> None:
         now = time.time()
         self.execute(
-            "INSERT INTO jobs (id, name, state, created, updated, options, n_photos, n_people, stage, done, total)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            "INSERT INTO jobs (id, name, state, created, updated, options, n_photos, n_people, stage, done, total,"
+            " tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
             (job_id, name, JobState.QUEUED.value, now, now, json.dumps(options), n_photos, n_people,
-             JobState.QUEUED.value, n_photos))
+             JobState.QUEUED.value, n_photos, tenant))
+
+    def active_jobs(self, tenant: str | None) -> int:
+        """Unfinished jobs of a tenant."""
+        return self.execute("SELECT COUNT(*) FROM jobs WHERE tenant IS ? AND state NOT IN (?, ?)",
+                            (tenant, JobState.DONE.value, JobState.FAILED.value)).fetchone()[0]
+
+    def stored_bytes(self, tenant: str | None, dumps_dir: Path) -> int:
+        """Bytes a tenant keeps on disk: every upload and model folder of its jobs."""
+        ids = [r["id"] for r in self.execute("SELECT id FROM jobs WHERE tenant IS ?", (tenant,)).fetchall()]
+        return sum(_folder_bytes(folder) for job in ids for folder in (self._upload_dir(job), Path(dumps_dir) / job))
 
     def get(self, job_id: str) -> sqlite3.Row | None:
         return self.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -1,4 +1,4 @@
-"""Flask app factory: config from `constants.Settings`, one blueprint, JSON errors."""
+"""Flask app factory: config from `constants.Settings`, one blueprint, JSON errors, keys and headers."""
 from __future__ import annotations
 
 from flask import Flask
@@ -19,10 +19,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    from app.auth import Audit, KeyStore
     from app.recognizers import RecognizerCache
     from app.routes import bp
+    from app.security import install
     app.extensions["recognizers"] = RecognizerCache(settings.model_cache_size)
+    app.extensions["keys"] = keys = KeyStore(settings.auth_db_path, settings.admin_key)
+    app.extensions["audit"] = Audit(settings.audit_log_path)
     app.register_blueprint(bp)
     register_error_handlers(app)
+    install(app, settings, keys)
     app.wsgi_app = BodyGuard(app.wsgi_app, settings.upload_grace_s, settings.min_upload_rate)  # type: ignore[method-assign]
     return app

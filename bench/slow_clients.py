@@ -22,8 +22,6 @@ import threading
 import time
 from pathlib import Path
 
-import requests
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -37,10 +35,10 @@ def timed(stack: Stack, model: str, photo: bytes, rounds: int) -> tuple[list[flo
     alive, predict = [], []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        assert requests.get(stack.url + "/is_alive", timeout=30).status_code == 200
+        assert stack.get("/is_alive", timeout=30).status_code == 200
         alive.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        r = requests.post(f"{stack.url}/models/{model}/predict", files={"image": ("p.jpg", photo)}, timeout=30)
+        r = stack.post(f"/models/{model}/predict", files={"image": ("p.jpg", photo)}, timeout=30)
         assert r.status_code == 200
         predict.append(time.perf_counter() - t0)
     return alive, predict
@@ -65,7 +63,9 @@ def main() -> None:
         photo = sorted((FACES / "lfw62").glob("*/*.jpg"))[0].read_bytes()
         timed(stack, model, photo, 8)  # every web process loads the model
         quiet = timed(stack, model, photo, args.rounds)
-        head = ("POST /build_recognizer HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        head = ("POST /build_recognizer HTTP/1.1\r\nHost: x\r\n"
+                f"X-API-Key: {stack.admin_key}\r\n"
+                "Content-Type: multipart/form-data; boundary=b\r\n"
                 "Content-Length: 100000\r\n\r\n")
         slow = [socket.create_connection(("127.0.0.1", stack.port)) for _ in range(args.slow)]
         for s in slow:

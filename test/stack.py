@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -103,8 +104,12 @@ class Stack:
         self.port = free_port()
         self.broker_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # every test talks to the service with an API key (an admin key given as the operator would)
+        self.admin_key = secrets.token_urlsafe(32)
         self.env = {**os.environ, "FR_HEARTBEAT_S": "0.5", "FR_HEARTBEAT_LIVENESS": "4",
-                    "FR_LOG_LEVEL": os.environ.get("FR_LOG_LEVEL", "INFO"), **(env or {})}
+                    "FR_LOG_LEVEL": os.environ.get("FR_LOG_LEVEL", "INFO"), "FR_ADMIN_KEY": self.admin_key,
+                    **(env or {})}
+        self.headers = {"X-API-Key": self.env["FR_ADMIN_KEY"]}
         self.proc: subprocess.Popen | None = None
         self.log = self.data_dir / "serve.out"
         self.alarms_seen = 0  # UWSGI_ALARMS lines already reported
@@ -188,13 +193,28 @@ class Stack:
             return ""
 
     # --- API helpers -------------------------------------------------------------
+    def request(self, method: str, path: str, key: str | None = None, headers: dict | None = None,
+                **kw) -> requests.Response:
+        """`method` on `path` of this service, with the admin key (or `key`; "" for none)."""
+        auth = self.headers if key is None else ({"X-API-Key": key} if key else {})
+        return requests.request(method, self.url + path, headers={**auth, **(headers or {})}, **kw)
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return self.request("POST", path, **kw)
+
+    def delete(self, path: str, **kw) -> requests.Response:
+        return self.request("DELETE", path, **kw)
+
     def build(self, files: list[tuple[str, bytes]], **form) -> requests.Response:
         """files: (filename with person folder, bytes)."""
         parts = [("images", (name, data, "application/octet-stream")) for name, data in files]
-        return requests.post(self.url + "/build_recognizer", files=parts, data=form, timeout=120)
+        return self.post("/build_recognizer", files=parts, data=form, timeout=120)
 
     def status(self, job_id: str) -> dict:
-        return requests.get(f"{self.url}/is_available/{job_id}", timeout=10).json()
+        return self.get(f"/is_available/{job_id}", timeout=10).json()
 
     def wait_state(self, job_id: str, states: tuple[str, ...], timeout: float = 300, pred=None) -> dict:
         deadline = time.time() + timeout
