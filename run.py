@@ -5,6 +5,8 @@
     python run.py keys create --tenant T --role builder  # an API key (alone on the last line)
     python run.py worker-key create DIR          # a remote worker's key pair; prints its public key
     python run.py worker --connect tcp://HOST:5556 --keys DIR
+    python run.py web --broker tcp://HOST:5557 --keys DIR --port 8080   # an HTTP front on any host
+    python run.py init --data-dir D --export DIR # a multi-host start: broker keys, a front and a worker pair
 """
 from __future__ import annotations
 
@@ -67,14 +69,42 @@ def cmd_worker(args) -> None:
 
 
 def cmd_worker_key(args) -> None:
-    """A key pair for a worker on another host; its public key goes into the broker's allowed folder."""
+    """A key pair for a worker (or a front) on another host; its public key goes into the broker's allowed folder."""
     from app.keys import create_pair
+    role = getattr(args, "role", "worker")
     folder = Path(args.dir)
-    public = create_pair(folder, "worker").decode()
-    print(f"worker key pair in {folder}/ (worker.key, worker.key_secret)")
-    print(f"allow it on the broker's host:  copy {folder / 'worker.key'} to <data dir>/var/keys/allowed/workers/")
-    print(f"and give this worker the broker's public key:  copy <data dir>/var/keys/broker.key to {folder}/")
+    public = create_pair(folder, role).decode()
+    print(f"{role} key pair in {folder}/ ({role}.key, {role}.key_secret)")
+    print(f"allow it on the broker's host:  copy {folder / f'{role}.key'} to "
+          f"<data dir>/var/keys/allowed/{role}s/")
+    print(f"and give this {role} the broker's public key:  copy <data dir>/var/keys/broker.key to {folder}/")
     print(public)
+
+
+def cmd_init(args) -> None:
+    """First start of a deployment over several hosts or containers (docker-compose's one-shot `init`):
+    the broker's keys under the data dir, one front pair and one worker pair written to `--export`
+    (each folder with the broker's public key beside it) and allowed, and an admin API key in
+    var/admin.key unless FR_ADMIN_KEY is set. Idempotent: a second run changes nothing."""
+    import shutil
+
+    from app.auth import KeyStore, bootstrap_admin
+    from app.keys import BROKER, FRONTS, WORKERS, allowed_dir, create_pair, prepare_broker_keys
+    s = _settings(args)
+    s.ensure_dirs()
+    prepare_broker_keys(s.keys_dir)
+    export = Path(args.export)
+    for role, domain in (("front", FRONTS), ("worker", WORKERS)):
+        folder = export / role
+        create_pair(folder, role)
+        shutil.copyfile(s.keys_dir / f"{BROKER}.key", folder / f"{BROKER}.key")
+        allowed = allowed_dir(s.keys_dir, domain) / f"init-{role}.key"
+        if not allowed.exists():
+            shutil.copyfile(folder / f"{role}.key", allowed)
+        print(f"{role} keys in {folder}/ (allowed in {allowed.parent}/)")
+    made = bootstrap_admin(KeyStore(s.auth_db_path), s.admin_key_path, s.admin_key)
+    if made:
+        print(f"admin API key written to {made} (owner-only)")
 
 
 TLS_UWSGI = Path(sys.prefix) / "uwsgi-tls" / "bin" / "uwsgi"  # `make setup-tls`: uWSGI built with OpenSSL
@@ -100,7 +130,8 @@ def uwsgi_command(s: Settings) -> list[str]:
 def uwsgi_env(s: Settings) -> dict[str, str]:
     """What app.ini and the web processes read: where to serve and how, and where the broker is."""
     return {"FR_DATA_DIR": str(s.data_dir), "FR_PORT": str(s.port), "FR_HOST": s.host,
-            "FR_BROKER_FRONT": s.front_endpoint, "FR_WEB_PROCESSES": str(s.web_processes),
+            "FR_BROKER_FRONT": s.front_endpoint, "FR_FRONT_KEYS": str(s.front_keys_dir),
+            "FR_WEB_PROCESSES": str(s.web_processes),
             "FR_WEB_THREADS": str(s.web_threads), "FR_REQUEST_TIMEOUT_S": str(s.request_timeout_s)}
 
 
@@ -217,6 +248,8 @@ def cmd_serve(args) -> None:
             "tls_key": args.tls_key}
     if args.broker_port:
         over["broker_back"] = f"tcp://127.0.0.1:{args.broker_port}"
+    if args.front_port:
+        over["broker_front_tcp"] = f"tcp://127.0.0.1:{args.front_port}"
     s = _settings(args, **over)
     s.ensure_dirs()
     uwsgi_command(s)  # a TLS setting that cannot work stops the start here
@@ -233,7 +266,20 @@ def cmd_serve(args) -> None:
 
 
 def cmd_web(args) -> None:
-    s = _settings(args, port=args.port, host=args.host)
+    """The HTTP front alone: with `--broker tcp://HOST:PORT --keys DIR`, on any host (it keeps nothing but
+    logs and a cache of bundles under its own data dir)."""
+    over = {"port": args.port, "host": args.host, "broker_front": args.broker,
+            "front_keys": str(Path(args.keys).resolve()) if args.keys else None}
+    s = _settings(args, **over)
+    if s.front_endpoint.startswith("tcp://"):
+        from app.keys import KeyFileError, broker_public_key, load_pair
+        try:
+            load_pair(s.front_keys_dir, "front")
+            broker_public_key(s.front_keys_dir)
+        except KeyFileError as exc:
+            raise SettingsError(f"--keys: {exc}; make a pair with `python run.py front-key create DIR` (or "
+                                "`run.py init`) and allow its front.key on the broker") from None
+    s.ensure_dirs()
     env = {**os.environ, **uwsgi_env(s)}
     command = uwsgi_command(s)
     os.execvpe(command[0], command, env)  # noqa: S606 (our own argument list)
@@ -301,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, help="worker processes (default 2, FR_WORKERS)")
     p.add_argument("--data-dir", help="where all state lives (default: this folder, FR_DATA_DIR)")
     p.add_argument("--broker-port", type=int, help="port the broker takes workers on (default 5556, FR_BROKER_BACK)")
+    p.add_argument("--front-port", type=int, help="also take HTTP fronts of other hosts on this loopback port "
+                                                  "(FR_BROKER_FRONT_TCP for another address)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("broker", help="the ZeroMQ broker alone")
@@ -318,12 +366,25 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("worker-key", help="make a key pair for a worker on another host")
     p.add_argument("action", choices=["create"])
     p.add_argument("dir", help="folder for the pair (created, owner-only)")
-    p.set_defaults(func=cmd_worker_key)
+    p.set_defaults(func=cmd_worker_key, role="worker")
 
-    p = sub.add_parser("web", help="the HTTP front alone (uWSGI)")
+    p = sub.add_parser("front-key", help="make a key pair for an HTTP front on another host")
+    p.add_argument("action", choices=["create"])
+    p.add_argument("dir", help="folder for the pair (created, owner-only)")
+    p.set_defaults(func=cmd_worker_key, role="front")
+
+    p = sub.add_parser("init", help="broker keys, a front and a worker pair (allowed), an admin key: for "
+                                    "docker-compose and Kubernetes")
+    p.add_argument("--data-dir", help="the broker's data dir")
+    p.add_argument("--export", required=True, help="folder for front/ and worker/ key folders")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("web", help="the HTTP front alone (uWSGI), on this host or any other")
     p.add_argument("--port", type=int)
     p.add_argument("--host")
-    p.add_argument("--data-dir")
+    p.add_argument("--broker", help="the broker's front endpoint, e.g. tcp://HOST:5557 (FR_BROKER_FRONT)")
+    p.add_argument("--keys", help="folder with this front's key pair and the broker's public key (FR_FRONT_KEYS)")
+    p.add_argument("--data-dir", help="where this front keeps its logs and cached bundles")
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("keys", help="API keys: create, list, revoke")

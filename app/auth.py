@@ -6,6 +6,8 @@ is made, and stored only as an scrypt hash (hashlib) beside its salt. Keys live 
 `var/auth.sqlite`, apart from the job store, because every web process and the command
 line (`run.py keys`) write them; every request reads its key's row, so a revoked key is
 refused at once in every process, while the slow hash is checked once per process and key.
+Fronts on any host read and change them through the broker (BrokerKeys): a front has no
+`var/auth.sqlite` of its own and the secret of a new key never leaves the front that made it.
 
 Roles (a key has one, and belongs to one tenant):
     admin    everything, every tenant; manages keys; /metrics
@@ -130,14 +132,78 @@ def presented_key(headers) -> str | None:
     return value.strip()
 
 
-class KeyStore:
-    """The keys table. Safe to share between the threads of a process; any number of processes."""
+class Keys:
+    """What every key store does: make keys (the secret and its scrypt hash made here, in the caller's
+    process) and check a presented key against its row. Subclasses say where the rows live: this host's
+    `var/auth.sqlite` (KeyStore) or the broker's, over ZeroMQ (BrokerKeys, for fronts on any host).
+    A row is read on every request, so a revocation holds at once; the slow hash is checked once per
+    process and key (its sha256 is remembered)."""
 
-    def __init__(self, db_path: Path, env_admin_key: str = ""):
-        self.db_path = Path(db_path)
+    def __init__(self, env_admin_key: str = ""):
         self.env_admin = hashlib.sha256(env_admin_key.encode()).digest() if env_admin_key else None
         self._verified: dict[str, bytes] = {}  # key id -> sha256(secret) that passed scrypt here
         self._lock = threading.Lock()
+
+    # --- where rows live (subclasses) ---------------------------------------------------------------
+    def lookup(self, key_id: str) -> dict | None:
+        """{tenant, role, salt, hash, revoked} of a key id, or None."""
+        raise NotImplementedError
+
+    def add(self, key_id: str, tenant: str, role: Role, name: str | None, salt: bytes, digest: bytes) -> dict:
+        """Store a new key's row; -> its public description."""
+        raise NotImplementedError
+
+    def list(self, tenant: str | None = None) -> list[dict]:
+        raise NotImplementedError
+
+    def revoke(self, key_id: str) -> bool:
+        """-> whether a working key was revoked."""
+        raise NotImplementedError
+
+    # --- the keys -------------------------------------------------------------------------------
+    def create(self, tenant: str, role: Role | str, name: str | None = None) -> tuple[str, dict]:
+        """A new key: (the key itself, to show once; its public description)."""
+        role = Role(role)
+        check_tenant(tenant)
+        if name is not None and (len(name) > 200 or any(ord(c) < 32 for c in name)):
+            raise ValueError("a key's name is at most 200 printable characters")
+        key_id, secret = secrets.token_hex(6), base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()[:43]
+        salt = secrets.token_bytes(16)
+        info = self.add(key_id, tenant, role, name, salt, _hash(secret, salt))
+        return f"fr_{key_id}_{secret}", info
+
+    # --- checking a request ---------------------------------------------------------------------
+    def authenticate(self, key: str | None) -> Principal:
+        """The caller a key names, or AuthError(401). Constant-time comparisons throughout."""
+        if not key:
+            raise AuthError(401, "this route needs an API key: send 'X-API-Key: <key>'")
+        if self.env_admin is not None and hmac.compare_digest(hashlib.sha256(key.encode()).digest(), self.env_admin):
+            return Principal(ENV_KEY_ID, ADMIN_TENANT, Role.ADMIN)
+        parsed = parse_key(key)
+        if parsed is None:
+            raise AuthError(401, "not an API key of this service")
+        key_id, secret = parsed
+        row = self.lookup(key_id)
+        if row is None or row["revoked"] is not None:
+            raise AuthError(401, "unknown or revoked API key")
+        digest = hashlib.sha256(secret.encode()).digest()
+        with self._lock:
+            known = self._verified.get(key_id)
+        if known is None or not hmac.compare_digest(known, digest):
+            if not hmac.compare_digest(_hash(secret, row["salt"]), row["hash"]):
+                raise AuthError(401, "unknown or revoked API key")
+            with self._lock:
+                self._verified[key_id] = digest
+        return Principal(key_id, row["tenant"], Role(row["role"]))
+
+
+class KeyStore(Keys):
+    """The keys table in `var/auth.sqlite` on the broker's host. Safe to share between the threads of a
+    process; any number of processes (the broker, `run.py keys`)."""
+
+    def __init__(self, db_path: Path, env_admin_key: str = ""):
+        super().__init__(env_admin_key)
+        self.db_path = Path(db_path)
         self._local = threading.local()
 
     def _db(self) -> sqlite3.Connection:
@@ -157,18 +223,14 @@ class KeyStore:
         with store_errors():
             return self._db().execute(sql, args)
 
-    # --- the keys -------------------------------------------------------------------------------
-    def create(self, tenant: str, role: Role | str, name: str | None = None) -> tuple[str, dict]:
-        """A new key: (the key itself, to show once; its public description)."""
-        role = Role(role)
-        check_tenant(tenant)
-        if name is not None and (len(name) > 200 or any(ord(c) < 32 for c in name)):
-            raise ValueError("a key's name is at most 200 printable characters")
-        key_id, secret = secrets.token_hex(6), base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()[:43]
-        salt = secrets.token_bytes(16)
+    def lookup(self, key_id: str) -> dict | None:
+        row = self.execute("SELECT tenant, role, salt, hash, revoked FROM keys WHERE id = ?", (key_id,)).fetchone()
+        return dict(row) if row is not None else None
+
+    def add(self, key_id: str, tenant: str, role: Role | str, name: str | None, salt: bytes, digest: bytes) -> dict:
         self.execute("INSERT INTO keys (id, tenant, role, name, salt, hash, created) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     (key_id, tenant, role.value, name, salt, _hash(secret, salt), time.time()))
-        return f"fr_{key_id}_{secret}", self.describe(key_id)
+                     (key_id, check_tenant(tenant), Role(role).value, name, salt, digest, time.time()))
+        return self.describe(key_id)
 
     def describe(self, key_id: str) -> dict:
         row = self.execute("SELECT id, tenant, role, name, created, revoked FROM keys WHERE id = ?",
@@ -184,7 +246,6 @@ class KeyStore:
         return [self.describe(r["id"]) for r in rows]
 
     def revoke(self, key_id: str) -> bool:
-        """-> whether a working key was revoked."""
         cur = self.execute("UPDATE keys SET revoked = ? WHERE id = ? AND revoked IS NULL", (time.time(), key_id))
         return cur.rowcount == 1
 
@@ -192,29 +253,63 @@ class KeyStore:
         return self.execute("SELECT 1 FROM keys WHERE role = ? AND revoked IS NULL LIMIT 1",
                             (Role.ADMIN.value,)).fetchone() is not None
 
-    # --- checking a request ---------------------------------------------------------------------
-    def authenticate(self, key: str | None) -> Principal:
-        """The caller a key names, or AuthError(401). Constant-time comparisons throughout."""
-        if not key:
-            raise AuthError(401, "this route needs an API key: send 'X-API-Key: <key>'")
-        if self.env_admin is not None and hmac.compare_digest(hashlib.sha256(key.encode()).digest(), self.env_admin):
-            return Principal(ENV_KEY_ID, ADMIN_TENANT, Role.ADMIN)
-        parsed = parse_key(key)
-        if parsed is None:
-            raise AuthError(401, "not an API key of this service")
-        key_id, secret = parsed
-        row = self.execute("SELECT tenant, role, salt, hash, revoked FROM keys WHERE id = ?", (key_id,)).fetchone()
-        if row is None or row["revoked"] is not None:
-            raise AuthError(401, "unknown or revoked API key")
-        digest = hashlib.sha256(secret.encode()).digest()
-        with self._lock:
-            known = self._verified.get(key_id)
-        if known is None or not hmac.compare_digest(known, digest):
-            if not hmac.compare_digest(_hash(secret, row["salt"]), row["hash"]):
-                raise AuthError(401, "unknown or revoked API key")
-            with self._lock:
-                self._verified[key_id] = digest
-        return Principal(key_id, row["tenant"], Role(row["role"]))
+
+def read_key(db_path: Path, key_id: str) -> dict | None:
+    """A key's row read-only (the broker's reader threads): None if there is no such key or no key file yet.
+    Raises StoreUnavailable when the file cannot be read."""
+    if not Path(db_path).exists():
+        return None
+    with store_errors():
+        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=2.0)
+        try:
+            conn.row_factory = sqlite3.Row
+            row = conn.execute("SELECT tenant, role, salt, hash, revoked FROM keys WHERE id = ?",
+                               (key_id,)).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+        finally:
+            conn.close()
+    return dict(row) if row is not None else None
+
+
+class BrokerKeys(Keys):
+    """Keys whose rows the broker keeps: what a front on any host uses (app/client.py). The row of the
+    presented key is asked for on every request (a revocation holds at the next request); a broker that
+    does not answer is 503, never a pass."""
+
+    def __init__(self, endpoint: str, keys_dir: Path, timeout_s: float, env_admin_key: str = ""):
+        super().__init__(env_admin_key)
+        self.endpoint, self.keys_dir, self.timeout_s = endpoint, Path(keys_dir), timeout_s
+
+    def _call(self, frames: list[bytes]) -> dict:
+        from app import client
+        return client.call(self.endpoint, self.keys_dir, frames, self.timeout_s)
+
+    def lookup(self, key_id: str) -> dict | None:
+        from app import protocol as p
+        row = self._call(p.pack(p.KEYGET, {"id": key_id})).get("key")
+        if not isinstance(row, dict):
+            return None
+        try:
+            return {"tenant": row["tenant"], "role": row["role"], "salt": bytes.fromhex(row["salt"]),
+                    "hash": bytes.fromhex(row["hash"]), "revoked": row["revoked"]}
+        except (KeyError, TypeError, ValueError):
+            return None  # an answer this front cannot read lets nobody in
+
+    def add(self, key_id: str, tenant: str, role: Role | str, name: str | None, salt: bytes, digest: bytes) -> dict:
+        from app import protocol as p
+        return self._call(p.pack(p.KEYADD, {"id": key_id, "tenant": check_tenant(tenant), "role": Role(role).value,
+                                            "name": name, "salt": salt.hex(), "hash": digest.hex()}))["key"]
+
+    def list(self, tenant: str | None = None) -> list[dict]:
+        from app import protocol as p
+        return self._call(p.pack(p.KEYLIST, {"tenant": tenant}))["keys"]
+
+    def revoke(self, key_id: str) -> bool:
+        from app import protocol as p
+        return bool(self._call(p.pack(p.KEYREVOKE, {"id": key_id}))["revoked"])
 
 
 def bootstrap_admin(store: KeyStore, key_file: Path, env_admin_key: str) -> Path | None:

@@ -23,6 +23,7 @@ checkpointed after every result and resumes from its last state.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -37,14 +38,16 @@ from pathlib import Path
 import zmq
 
 from app import protocol as p
+from app.auth import KeyStore
 from app.keys import FRONTS, WORKERS, BrokerAuth
 from app.protocol import ProtocolError, Task, escape
+from app.reader import BundleSums, start_readers
 from app.store import JobStore, StorageFull, StoreUnavailable, disk_errors
 from constants import Settings
 from constants.states import TASK_STATE, JobState, TaskKind
 from features.extract import PhotoFeatures
 from logger import logger
-from modelization.bundle import MANIFEST_FILE, save_bundle
+from modelization.bundle import BUNDLE_FILE, MANIFEST_FILE, save_bundle
 from optimization.evolution import Controls, Evolution
 from preprocessor.uploads import Photo
 
@@ -90,7 +93,12 @@ class Broker:
         self.front.bind(settings.front_endpoint)
         if settings.front_endpoint.startswith("ipc://"):
             Path(settings.front_endpoint[len("ipc://"):]).chmod(0o600)
+        if settings.broker_front_tcp:  # fronts on other hosts (CURVE: only keys in allowed/fronts/)
+            self.front.bind(settings.broker_front_tcp)
         self.back.bind(settings.broker_back)
+        self.keystore = KeyStore(settings.auth_db_path)
+        self.sums = BundleSums()
+        self.reads, self.readers = start_readers(settings, self.ctx, self.sums, settings.broker_readers)
         self.workers: dict[bytes, WorkerState] = {}
         self.queue: deque[Task] = deque()
         self.searches: dict[str, Evolution] = {}   # jobs in or past their genetic search
@@ -149,14 +157,18 @@ class Broker:
         poller = zmq.Poller()
         poller.register(self.front, zmq.POLLIN)
         poller.register(self.back, zmq.POLLIN)
+        poller.register(self.reads, zmq.POLLIN)
         next_beat = time.monotonic()
-        logger.info("broker up: front {} back {}", self.s.front_endpoint, self.s.broker_back)
+        logger.info("broker up: front {}{} back {}", self.s.front_endpoint,
+                    f" and {self.s.broker_front_tcp}" if self.s.broker_front_tcp else "", self.s.broker_back)
         while self.running:
             events = dict(poller.poll(timeout=int(self.s.heartbeat_s * 1000 / 2)))
             if self.back in events:
                 self.safely(self.on_worker, self.back.recv_multipart(copy=False))
             if self.front in events:
                 self.safely(self.on_front, self.front.recv_multipart(copy=False))
+            if self.reads in events:
+                self.safely(self.on_read_answer)
             if time.monotonic() >= next_beat:
                 self.safely(self.beat)
                 next_beat = time.monotonic() + self.s.heartbeat_s
@@ -203,6 +215,11 @@ class Broker:
         logger.info("the data disk has room again: {} task(s) queued", len(self.queue))
 
     def close(self) -> None:
+        for reader in self.readers:
+            reader.running = False
+        for reader in self.readers:
+            reader.join(2)
+        self.reads.close(0)
         self.front.close(0)
         self.back.close(0)
         self.auth.stop()
@@ -309,10 +326,22 @@ class Broker:
         identity, msg = frames[0].bytes, [f.bytes for f in frames[2:]]
         try:
             command, header, blobs = p.parse_front(msg, self.s)
+            if command in p.READ_COMMANDS:  # checked here, answered by a reader thread (app/reader.py)
+                try:
+                    self.reads.send_multipart([identity, b"", command, json.dumps(header).encode()], zmq.NOBLOCK)
+                    return
+                except zmq.Again:
+                    raise FrontError("BUSY", "the broker's readers are saturated; try again") from None
             if command == p.SUBMIT:
                 reply = p.pack(p.OK, self.submit(header, blobs))
             elif command == p.STATUS:
                 reply = p.pack(p.OK, self.status())
+            elif command == p.KEYADD:
+                reply = p.pack(p.OK, {"key": self.add_key(header)})
+            elif command == p.KEYREVOKE:
+                reply = p.pack(p.OK, {"id": header["id"], "revoked": self.keystore.revoke(header["id"])})
+            elif command == p.KEYLIST:
+                reply = p.pack(p.OK, {"keys": self.keystore.list(header.get("tenant"))})
             else:
                 reply = p.pack(p.OK, self.delete(header["id"], header.get("tenant")))
         except ProtocolError as exc:
@@ -328,6 +357,22 @@ class Broker:
             logger.exception("front request failed")
             reply = p.pack(p.ERR, {"code": "INTERNAL", "message": f"{type(exc).__name__}"})
         self.front.send_multipart([identity, b"", *reply])
+
+    def add_key(self, header: dict) -> dict:
+        """A key a front made (its hash: the secret never reaches the broker)."""
+        if self.keystore.lookup(header["id"]) is not None:  # ids are random: this is a replay
+            raise FrontError("CONFLICT", "a key with this id exists")
+        return self.keystore.add(header["id"], header["tenant"], header["role"], header.get("name"),
+                                 bytes.fromhex(header["salt"]), bytes.fromhex(header["hash"]))
+
+    def on_read_answer(self) -> None:
+        """A reader's answers go back to the fronts that asked (the loop alone owns the front socket)."""
+        while True:
+            try:
+                frames = self.reads.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.front.send_multipart(frames)
 
     def submit(self, header: dict, blobs: list[bytes]) -> dict:
         """Store a job durably, then queue its work. Refused (nothing left behind) when its deadline
@@ -388,6 +433,7 @@ class Broker:
         # the row goes first: from then on the job is "not found" everywhere, never a model with files
         # half gone (a restart sweeps whatever files a crash here would leave)
         self.store.delete(job_id)
+        self.sums.forget(job_id)
         removed = {"job": row is not None,
                    "model": self.store.delete_model(self.s.dumps_dir, job_id),
                    "uploads": self.store.has_uploads(job_id),
@@ -561,7 +607,9 @@ class Broker:
     def on_bundle(self, task: Task, bundle: bytes) -> None:
         check_bundle(bundle, task.job)
         with disk_errors():
-            save_bundle(self.s.dumps_dir, task.job, bundle)
+            folder = save_bundle(self.s.dumps_dir, task.job, bundle)
+        if (folder / BUNDLE_FILE).stat().st_size == len(bundle):  # (a re-delivered result keeps the first)
+            self.sums.put(task.job, folder / BUNDLE_FILE, hashlib.sha256(bundle).hexdigest())  # fronts ask at once
         row = self.store.get(task.job)
         keys, digests = self.erase_list(task.job, row["n_photos"] if row else 0)
         erase = self.s.dumps_dir / task.job / ERASE_FILE

@@ -6,6 +6,16 @@ Front (REQ, the HTTP app) -> broker ROUTER:
     SUBMIT {id, name, options, files, deadline, tenant} photo...  -> OK {id} | ERR {code, message}
     STATUS                                            -> OK {workers, busy, idle, warming, queued, store, disk}
     DELETE {id, tenant}                               -> OK {id, removed} | ERR NOT_FOUND (another tenant's)
+  read side (served by the broker's reader threads, app/reader.py; a front on another host has no disk of ours):
+    GETJOB {id, tenant}                               -> OK {job: row, bundle?: {sha256, size}} | ERR NOT_FOUND
+    LIST {limit, offset, tenant}                      -> OK {jobs: [row...], total}
+    BUNDLE {id, tenant, sha256, offset}               -> OK {sha256, size, offset} chunk  (at most BUNDLE_CHUNK bytes)
+    KNOWN {ids}                                       -> OK {done: [ids of these that are finished models]}
+    KEYGET {id}                                       -> OK {key: {tenant, role, salt, hash, revoked} | null}
+    KEYLIST {tenant}                                  -> OK {keys: [...]}  (no salts, no hashes)
+  key changes (the broker's loop writes var/auth.sqlite; the front made the hash, the secret never travels):
+    KEYADD {id, tenant, role, name, salt, hash}       -> OK {key: description}
+    KEYREVOKE {id}                                    -> OK {id, revoked}
 Worker (DEALER) -> broker ROUTER:
     READY                           idle and asking for work (sent once, on start)
     HEARTBEAT {task?, warming?}     alive; the task it is running, if any; still loading its models
@@ -44,13 +54,20 @@ from preprocessor.uploads import clean_label
 SUBMIT, STATUS, DELETE, OK, ERR = b"SUBMIT", b"STATUS", b"DELETE", b"OK", b"ERR"
 READY, HEARTBEAT, PROGRESS, DONE, FAILED, JOB = b"READY", b"HEARTBEAT", b"PROGRESS", b"DONE", b"FAILED", b"JOB"
 REJECT, PURGE = b"REJECT", b"PURGE"
+GETJOB, LIST, BUNDLE, KNOWN = b"GETJOB", b"LIST", b"BUNDLE", b"KNOWN"
+KEYGET, KEYLIST, KEYADD, KEYREVOKE = b"KEYGET", b"KEYLIST", b"KEYADD", b"KEYREVOKE"
 
-FRONT_COMMANDS = (SUBMIT, STATUS, DELETE)
+READ_COMMANDS = (GETJOB, LIST, BUNDLE, KNOWN, KEYGET, KEYLIST)  # answered off the broker's loop
+FRONT_COMMANDS = (SUBMIT, STATUS, DELETE, KEYADD, KEYREVOKE, *READ_COMMANDS)
 WORKER_COMMANDS = (READY, HEARTBEAT, PROGRESS, DONE, FAILED, REJECT)
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024   # a submit's header lists every photo's label and file name
 MAX_RESULT_BYTES = 1024 * 1024 * 1024  # a worker's result: features JSON or a bundle
 MAX_FILENAME = 1024
+BUNDLE_CHUNK = 1024 * 1024            # a bundle travels to a front in pieces this size: no long send blocks the broker
+MAX_BUNDLE_BYTES = 4 * 1024**3
+MAX_KNOWN = 1000                      # model ids a front may ask about at once
+ROLES = ("admin", "builder", "user")
 MAX_STAGE = 200
 MAX_MESSAGE = 4000
 # The codes a worker may end a task with (app/build.py raises the first ones; BUILD_ERROR is a crash).
@@ -60,6 +77,8 @@ _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-
 _EVAL_KEY = re.compile(r"[0-9]{1,4}(,[0-9]{1,4}){0,63}(/[0-9]{1,4})?")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _TENANT = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_KEY_ID = re.compile(r"[0-9a-f]{12}")
+_HEX = re.compile(r"[0-9a-f]{1,128}")
 _CODE = re.compile(r"[A-Z][A-Z_]{0,39}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -238,6 +257,68 @@ def check_submit(header: dict, blobs: list[bytes], settings: Settings) -> dict:
     return header
 
 
+def _fields(header: dict, allowed: set[str], required: set[str], what: str) -> dict:
+    if set(header) - allowed or required - set(header):
+        raise ProtocolError(f"{what} takes {', '.join(sorted(allowed))} ({', '.join(sorted(required)) or 'none'} "
+                            "required)")
+    return header
+
+
+def key_id(value: Any) -> str:
+    if not (isinstance(value, str) and _KEY_ID.fullmatch(value)):
+        raise ProtocolError(f"not a key id: {escape(value, 40)}")
+    return value
+
+
+def hex_bytes(value: Any, n: int, name: str) -> str:
+    """`n` bytes written as lower-case hex."""
+    if not (isinstance(value, str) and len(value) == 2 * n and _HEX.fullmatch(value)):
+        raise ProtocolError(f"{name} must be {n} bytes in lower-case hex")
+    return value
+
+
+def check_read(command: bytes, header: dict) -> dict:
+    """The read side's requests and key changes: exact fields, ids in their only forms, bounded numbers."""
+    if command == GETJOB:
+        _fields(header, {"id", "tenant"}, {"id"}, "getjob")
+        job_id(header["id"])
+    elif command == LIST:
+        _fields(header, {"limit", "offset", "tenant"}, {"limit", "offset"}, "list")
+        integer(header["limit"], 1, 1000, "limit")
+        integer(header["offset"], 0, 10**9, "offset")
+    elif command == BUNDLE:
+        _fields(header, {"id", "tenant", "sha256", "offset"}, {"id", "offset"}, "bundle")
+        job_id(header["id"])
+        integer(header["offset"], 0, MAX_BUNDLE_BYTES, "offset")
+        if header.get("sha256") is not None and not is_digest(header["sha256"]):
+            raise ProtocolError("sha256 must be a sha256 in lower-case hex")
+    elif command == KNOWN:
+        _fields(header, {"ids"}, {"ids"}, "known")
+        if not isinstance(header["ids"], list) or len(header["ids"]) > MAX_KNOWN:
+            raise ProtocolError(f"ids must list at most {MAX_KNOWN} job ids")
+        for value in header["ids"]:
+            job_id(value)
+    elif command in (KEYGET, KEYREVOKE):
+        _fields(header, {"id"}, {"id"}, command.decode().lower())
+        key_id(header["id"])
+    elif command == KEYLIST:
+        _fields(header, {"tenant"}, set(), "keylist")
+    elif command == KEYADD:
+        _fields(header, {"id", "tenant", "role", "name", "salt", "hash"}, {"id", "tenant", "role", "salt", "hash"},
+                "keyadd")
+        key_id(header["id"])
+        if header["tenant"] is None:
+            raise ProtocolError("a key belongs to a tenant")
+        if header["role"] not in ROLES:
+            raise ProtocolError(f"role must be one of {', '.join(ROLES)}")
+        if header.get("name") is not None:
+            text(header["name"], 200, "name")
+        hex_bytes(header["salt"], 16, "salt")
+        hex_bytes(header["hash"], 32, "hash")
+    tenant(header.get("tenant"))
+    return header
+
+
 def parse_front(frames: list[bytes], settings: Settings) -> tuple[bytes, dict, list[bytes]]:
     """A front request (after the ROUTER's identity and empty delimiter) -> (command, header, blobs)."""
     if not frames or frames[0] not in FRONT_COMMANDS:
@@ -245,7 +326,7 @@ def parse_front(frames: list[bytes], settings: Settings) -> tuple[bytes, dict, l
     command, blobs = frames[0], list(frames[2:])
     if command == SUBMIT:
         return command, check_submit(header_of(frames, required=True), blobs, settings), blobs
-    header = header_of(frames, required=command == DELETE)
+    header = header_of(frames, required=command not in (STATUS, KEYLIST))
     if blobs:
         raise ProtocolError(f"{command.decode()} takes no data frames")
     if command == DELETE:
@@ -253,8 +334,11 @@ def parse_front(frames: list[bytes], settings: Settings) -> tuple[bytes, dict, l
             raise ProtocolError("delete takes an id (and the tenant it must belong to)")
         job_id(header["id"])
         tenant(header.get("tenant"))
-    elif header:
-        raise ProtocolError("status takes no header")
+    elif command == STATUS:
+        if header:
+            raise ProtocolError("status takes no header")
+    else:
+        check_read(command, header)
     return command, header, blobs
 
 

@@ -2,10 +2,11 @@
 
 Every route but `GET /is_alive` says what it does (`@requires`); app/security.py checks the caller's key
 against it. A model of another tenant is answered exactly as a model that does not exist (404).
+The front keeps no state of its own: job rows, listings and bundles come from the broker (app/client.py,
+app/bundles.py), so fronts run on any host and any number of them.
 """
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
@@ -17,12 +18,12 @@ from app.auth import Action, Role
 from app.broker import new_job_id
 from app.errors import ApiError
 from app.security import principal, requires
-from app.store import StoreUnavailable, job_view, list_jobs, read_job
+from app.store import job_view
 from app.validation import check_people, collect_photos, parse_job_id, parse_options
 from constants import VERSION, Settings
 from constants.states import JobState
 from logger import logger
-from modelization.bundle import BUNDLE_FILE, MANIFEST_FILE
+from modelization.bundle import read_manifest
 from preprocessor.images import inspect_image
 
 bp = Blueprint("api", __name__)
@@ -32,13 +33,22 @@ def settings() -> Settings:
     return current_app.config["SETTINGS"]
 
 
-def find_job(job_id: str) -> dict:
-    """The job's view, 404 NOT_FOUND (also for another tenant's), or (StoreUnavailable) 503: never a
-    404 for a store that fails."""
-    row = read_job(settings().db_path, job_id)
-    if row is None or not principal().sees(row["tenant"]):
+def caller_tenant() -> str | None:
+    """The tenant whose models the caller may see (None: every tenant, for admins)."""
+    caller = principal()
+    return None if caller.may(Action.ADMIN) else caller.tenant
+
+
+def find_job(job_id: str) -> tuple[dict, dict | None]:
+    """(the job's view, its bundle's {sha256, size} when built), 404 NOT_FOUND (also for another tenant's:
+    the broker checks the tenant, and so does this front), or 503 STORE_UNAVAILABLE: never a 404 for a
+    store that fails."""
+    s = settings()
+    answer = client.get_job(s.front_endpoint, s.front_keys_dir, job_id, s.broker_timeout_s, caller_tenant())
+    row = answer.get("job")
+    if not isinstance(row, dict) or row.get("id") != job_id or not principal().sees(row.get("tenant")):
         raise ApiError(404, "NOT_FOUND", f"no model with id {job_id}")
-    return job_view(row)
+    return job_view(row), answer.get("bundle")
 
 
 @bp.before_request
@@ -75,22 +85,23 @@ def build_recognizer():
 @bp.get("/is_available/<job_id>")
 @requires(Action.READ)
 def is_available(job_id: str | None = None):
-    job = find_job(parse_job_id(job_id or request.args.get("id")))
+    job, _ = find_job(parse_job_id(job_id or request.args.get("id")))
     return jsonify({"status": 0, **job})
 
 
 def built_model(raw_id: str) -> tuple[dict, Path]:
-    """The job and its bundle path, or the error saying why there is no model (404/409/410)."""
-    job = find_job(parse_job_id(raw_id))
+    """The job and its bundle's file on this front (fetched from the broker once, checked by sha256), or
+    the error saying why there is no model (404/409/410)."""
+    job, bundle = find_job(parse_job_id(raw_id))
     if job["state"] == JobState.FAILED:
         raise ApiError(409, "BUILD_FAILED", f"model {job['id']} failed to build: {job['error']['message']}",
                        {"error": job["error"]})
     if job["state"] != JobState.DONE:
         raise ApiError(409, "NOT_READY", f"model {job['id']} is not ready (state: {job['state']}); "
                        "poll /is_available/<id>", {"state": job["state"], "progress": job["progress"]})
-    path = settings().dumps_dir / job["id"] / BUNDLE_FILE
-    if not path.exists():
+    if not bundle:
         raise ApiError(410, "GONE", f"the files of model {job['id']} are missing")
+    path = current_app.extensions["bundles"].path(job["id"], bundle["sha256"], bundle["size"], caller_tenant())
     return job, path
 
 
@@ -109,7 +120,11 @@ def list_models():
     offset = _int_arg("offset", 0, 0, 10**9)
     caller = principal()
     tenant = request.args.get("tenant") if caller.may(Action.ADMIN) else caller.tenant  # admins filter at will
-    rows, total = list_jobs(settings().db_path, limit, offset, tenant or None)
+    if tenant and not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", tenant):
+        raise ApiError(400, "BAD_PARAMETER", "tenant must be a tenant name (lower-case letters, digits, '_.-')")
+    s = settings()
+    rows, total = client.list_jobs(s.front_endpoint, s.front_keys_dir, limit, offset, s.broker_timeout_s,
+                                   tenant or None)
     models = [{k: v for k, v in job_view(r).items() if k not in ("progress", "search", "error", "attempts", "worker")}
               for r in rows]
     return jsonify({"status": 0, "models": models, "total": total, "limit": limit, "offset": offset})
@@ -119,7 +134,7 @@ def list_models():
 @requires(Action.READ)
 def report(job_id: str):
     job, path = built_model(job_id)
-    manifest = json.loads((path.parent / MANIFEST_FILE).read_text())
+    manifest = read_manifest(path)
     return jsonify({"status": 0, **job, "metrics": manifest.get("metrics"), "open_set": manifest.get("open_set"),
                     "manifest": manifest})
 
@@ -158,11 +173,10 @@ def predict(job_id: str):
 @requires(Action.DELETE)
 def delete_model(job_id: str):
     s = settings()
-    job = find_job(parse_job_id(job_id))
-    caller = principal()
-    answer = client.delete(s.front_endpoint, s.front_keys_dir, job["id"], s.broker_timeout_s,
-                           None if caller.may(Action.ADMIN) else caller.tenant)
+    job, _ = find_job(parse_job_id(job_id))
+    answer = client.delete(s.front_endpoint, s.front_keys_dir, job["id"], s.broker_timeout_s, caller_tenant())
     current_app.extensions["recognizers"].evict(job["id"])
+    current_app.extensions["bundles"].forget(job["id"])  # this host's copy; other fronts drop theirs at a sweep
     return jsonify({"status": 0, **answer})
 
 
@@ -194,8 +208,8 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 
 @bp.get("/is_alive")
 def is_alive():
-    """Alive when the broker answers, at least one worker is connected, the store can be read (by the
-    broker and by this front) and the data disk has its reserve free."""
+    """Alive when the broker answers, at least one worker is connected, the broker can read its store
+    and its data disk has its reserve free."""
     s = settings()
     try:
         st = client.status(s.front_endpoint, s.front_keys_dir, min(s.broker_timeout_s, 3.0))
@@ -209,10 +223,10 @@ def is_alive():
     if not st["store"]["ok"]:
         problem = ("STORE_UNAVAILABLE", st["store"].get("message", "the job store cannot be read"))
     else:
-        try:
-            list_jobs(s.db_path, 1, 0)
-        except StoreUnavailable as exc:
-            problem = ("STORE_UNAVAILABLE", str(exc))
+        try:  # what the fronts' reads meet: a fresh read-only connection in a broker's reader thread
+            client.list_jobs(s.front_endpoint, s.front_keys_dir, 1, 0, min(s.broker_timeout_s, 3.0))
+        except ApiError as exc:
+            problem = (exc.code, exc.message)
     if problem is None and st.get("disk_full"):
         problem = ("INSUFFICIENT_STORAGE", "the data disk is full: builds wait until there is room")
     if problem is None and st["disk_free_bytes"] < s.min_free_bytes:

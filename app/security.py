@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from flask import Flask, current_app, g, request
 
-from app.auth import OPEN, Action, AuthError, KeyStore, RateLimiter, presented_key
+from app.auth import OPEN, Action, AuthError, Keys, RateLimiter, presented_key
 from app.errors import ApiError
 from constants import Settings
 
@@ -44,7 +44,7 @@ def principal():
     return g.principal
 
 
-def install(app: Flask, settings: Settings, keys: KeyStore) -> None:
+def install(app: Flask, settings: Settings, keys: Keys) -> None:
     limiter = RateLimiter(settings.rate_limit_per_min)
     allowed_origins = settings.allowed_origins
 

@@ -140,7 +140,7 @@ def list_jobs(db_path: Path, limit: int, offset: int, tenant: str | None = None)
         conn.close()
 
 
-def job_view(row: sqlite3.Row) -> dict:
+def job_view(row: sqlite3.Row | dict) -> dict:
     """A job row as the API shows it."""
     error = None
     if row["error_code"]:

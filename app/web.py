@@ -19,12 +19,21 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    from app.auth import Audit, KeyStore
+    import threading
+
+    from app.auth import Audit, BrokerKeys
+    from app.bundles import BundleCache
     from app.recognizers import RecognizerCache
     from app.routes import bp
     from app.security import install
     app.extensions["recognizers"] = RecognizerCache(settings.model_cache_size)
-    app.extensions["keys"] = keys = KeyStore(settings.auth_db_path, settings.admin_key)
+    # everything a front knows comes from the broker: it runs on any host (`run.py web --broker`)
+    app.extensions["keys"] = keys = BrokerKeys(settings.front_endpoint, settings.front_keys_dir,
+                                               settings.broker_timeout_s, settings.admin_key)
+    app.extensions["bundles"] = bundles = BundleCache(settings.front_cache_dir, settings.front_cache_max_bytes,
+                                                      settings.front_endpoint, settings.front_keys_dir,
+                                                      settings.broker_timeout_s)
+    threading.Thread(target=bundles.sweep_forever, daemon=True, name="bundle-sweep").start()
     app.extensions["audit"] = Audit(settings.audit_log_path)
     app.register_blueprint(bp)
     register_error_handlers(app)

@@ -101,6 +101,11 @@ class Settings:
     broker_front: str = ""
     broker_back: str = "tcp://127.0.0.1:5556"
     front_keys: str = ""  # the HTTP front's CURVE pair and the broker's public key (default var/keys/local-front)
+    # The broker also takes fronts of other hosts here (tcp, CURVE, keys in allowed/fronts/); off unless set
+    # (`serve --front-port P` binds it on loopback)
+    broker_front_tcp: str = ""
+    broker_readers: int = _bounded(2, 1, 64)     # broker threads answering fronts' reads (rows, bundles, keys)
+    front_cache_max_bytes: int = _bounded(2 * 1024**3, 0)  # bundles a front host keeps (var/front-cache/, LRU)
     broker_timeout_s: float = _bounded(10.0, 0.1, 3600)
     broker_submit_s_per_photo: float = _bounded(0.002, 0.0, 10.0)  # added to a submit's timeout per photo
 
@@ -243,6 +248,9 @@ class Settings:
                 values["search_max_budget_s"] < values["search_budget_s"]:
             raise SettingsError("FR_SEARCH_POPULATION, FR_SEARCH_GENERATIONS and FR_SEARCH_BUDGET_S must not "
                                 "exceed their FR_SEARCH_MAX_* limits")
+        if values["broker_front_tcp"] and not values["broker_front_tcp"].startswith("tcp://"):
+            raise SettingsError("FR_BROKER_FRONT_TCP must be a tcp:// endpoint, got "
+                                f"{values['broker_front_tcp'][:80]!r}")
         for key in ("broker_front", "broker_back"):
             endpoint = values[key]
             if endpoint and not endpoint.startswith(("tcp://", "ipc://")):
@@ -277,6 +285,11 @@ class Settings:
     @property
     def cache_dir(self) -> Path:
         return self.var_dir / "cache"
+
+    @property
+    def front_cache_dir(self) -> Path:
+        """Bundles a front fetched from the broker, named by model id and sha256 (app/bundles.py)."""
+        return self.var_dir / "front-cache"
 
     @property
     def log_dir(self) -> Path:
@@ -329,9 +342,11 @@ class Settings:
 
     def ensure_dirs(self) -> None:
         """Create the state folders, readable by the service's user only (the data is biometric)."""
-        for d in (self.dumps_dir, self.uploads_dir, self.cache_dir, self.log_dir, self.run_dir, self.keys_dir):
+        for d in (self.dumps_dir, self.uploads_dir, self.cache_dir, self.log_dir, self.run_dir, self.keys_dir,
+                  self.front_cache_dir):
             d.mkdir(parents=True, exist_ok=True)
-        for d in (self.dumps_dir, self.var_dir, self.uploads_dir, self.cache_dir, self.run_dir, self.keys_dir):
+        for d in (self.dumps_dir, self.var_dir, self.uploads_dir, self.cache_dir, self.run_dir, self.keys_dir,
+                  self.front_cache_dir):
             if d.stat().st_uid != os.getuid():
                 raise SettingsError(f"{d} belongs to another user: the service keeps its state to itself")
             os.chmod(d, 0o700)
