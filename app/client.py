@@ -20,8 +20,8 @@ from app.errors import ApiError
 
 # What the broker's refusals mean over HTTP.
 ERR_STATUS = {"INSUFFICIENT_STORAGE": 507, "STORE_UNAVAILABLE": 503, "DEADLINE_PASSED": 503, "CONFLICT": 409,
-              "TOO_MANY_BUILDS": 429, "QUOTA_EXCEEDED": 507, "NOT_FOUND": 404, "GONE": 410}
-RETRY_AFTER = {"TOO_MANY_BUILDS": "30"}  # seconds: builds take minutes, polling sooner is pointless
+              "TOO_MANY_BUILDS": 429, "QUOTA_EXCEEDED": 507, "NOT_FOUND": 404, "GONE": 410, "BUSY": 503}
+RETRY_AFTER = {"TOO_MANY_BUILDS": "30", "BUSY": "1"}  # seconds: builds take minutes, polling sooner is pointless
 
 _local = threading.local()
 

@@ -12,7 +12,7 @@ Front (REQ, the HTTP app) -> broker ROUTER:
     BUNDLE {id, tenant, sha256, offset}               -> OK {sha256, size, offset} chunk  (at most BUNDLE_CHUNK bytes)
     KNOWN {ids}                                       -> OK {done: [ids of these that are finished models]}
     KEYGET {id}                                       -> OK {key: {tenant, role, salt, hash, revoked} | null}
-    KEYLIST {tenant}                                  -> OK {keys: [...]}  (no salts, no hashes)
+    KEYLIST {tenant}                                  -> OK {keys: [...]}  (no salts, no hashes; on the loop)
   key changes (the broker's loop writes var/auth.sqlite; the front made the hash, the secret never travels):
     KEYADD {id, tenant, role, name, salt, hash}       -> OK {key: description}
     KEYREVOKE {id}                                    -> OK {id, revoked}
@@ -57,8 +57,8 @@ REJECT, PURGE = b"REJECT", b"PURGE"
 GETJOB, LIST, BUNDLE, KNOWN = b"GETJOB", b"LIST", b"BUNDLE", b"KNOWN"
 KEYGET, KEYLIST, KEYADD, KEYREVOKE = b"KEYGET", b"KEYLIST", b"KEYADD", b"KEYREVOKE"
 
-READ_COMMANDS = (GETJOB, LIST, BUNDLE, KNOWN, KEYGET, KEYLIST)  # answered off the broker's loop
-FRONT_COMMANDS = (SUBMIT, STATUS, DELETE, KEYADD, KEYREVOKE, *READ_COMMANDS)
+READ_COMMANDS = (GETJOB, LIST, BUNDLE, KNOWN, KEYGET)  # answered off the broker's loop
+FRONT_COMMANDS = (SUBMIT, STATUS, DELETE, KEYADD, KEYREVOKE, KEYLIST, *READ_COMMANDS)
 WORKER_COMMANDS = (READY, HEARTBEAT, PROGRESS, DONE, FAILED, REJECT)
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024   # a submit's header lists every photo's label and file name

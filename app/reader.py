@@ -62,7 +62,9 @@ class BundleSums:
 
 
 class Reader(threading.Thread):
-    """One reader: takes [identity, "", command, header] from the loop, sends [identity, "", answer...] back."""
+    """One reader: says READY, then takes [front identity, command, header] from the loop and sends
+    [front identity, "", answer...] back; the loop gives each request to an idle reader (the ZeroMQ guide's
+    load-balancing pattern), so a slow read holds up only its own reader."""
 
     def __init__(self, settings: Settings, ctx: zmq.Context, address: str, sums: BundleSums, n: int):
         super().__init__(daemon=True, name=f"reader-{n}")
@@ -73,13 +75,13 @@ class Reader(threading.Thread):
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(self.address)
+        sock.send_multipart([b"READY"])
         try:
             while self.running:
                 if not sock.poll(200):
                     continue
-                frames = sock.recv_multipart()
-                identity, command, header = frames[0], frames[2], json.loads(frames[3])
-                sock.send_multipart([identity, b"", *self.answer(command, header)])
+                identity, command, header = sock.recv_multipart()
+                sock.send_multipart([identity, b"", *self.answer(command, json.loads(header))])
         finally:
             sock.close(0)
 
@@ -164,9 +166,9 @@ class Reader(threading.Thread):
 
 
 def start_readers(settings: Settings, ctx: zmq.Context, sums: BundleSums, n: int) -> tuple[zmq.Socket, list[Reader]]:
-    """The loop's end of the read side (a DEALER it sends requests on and reads answers from) and its threads."""
+    """The loop's end of the read side (a ROUTER it sends requests on and reads answers from) and its threads."""
     address = f"inproc://broker-readers-{id(sums)}"
-    sock = ctx.socket(zmq.DEALER)
+    sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.bind(address)
     readers = [Reader(settings, ctx, address, sums, i) for i in range(n)]

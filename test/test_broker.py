@@ -455,11 +455,14 @@ def test_a_late_result_of_a_deleted_job_leaves_nothing_in_the_cache(broker, sett
 
 # --- hypothesis: random frames at both sockets ---------------------------------------------------
 frame = st.one_of(st.sampled_from([p.SUBMIT, p.STATUS, p.DELETE, p.READY, p.HEARTBEAT, p.PROGRESS, p.DONE,
-                                   p.FAILED, p.REJECT, b"", b"{}", b"[]", b"null"]),
+                                   p.FAILED, p.REJECT, *p.READ_COMMANDS, p.KEYADD, p.KEYREVOKE,
+                                   b"", b"{}", b"[]", b"null"]),
                   st.binary(max_size=64),
                   st.builds(lambda d: json.dumps(d).encode(),
                             st.dictionaries(st.sampled_from(["id", "task", "files", "options", "job", "kind",
-                                                             "chunk", "attempt", "code", "stage", "done"]),
+                                                             "chunk", "attempt", "code", "stage", "done",
+                                                             "offset", "ids", "limit", "tenant", "salt", "hash",
+                                                             "role", "sha256"]),
                                             st.one_of(st.none(), st.integers(), st.text(max_size=20),
                                                       st.just("../../victim"), st.lists(st.integers(), max_size=3)),
                                             max_size=5)))
