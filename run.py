@@ -335,7 +335,8 @@ def cmd_predict(args) -> None:
     sys.exit(1 if any("error" in r for r in results) else 0)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also read by the tests that check deploy/ names only commands that exist)."""
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -401,8 +402,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threshold", type=float, help="open-set distance threshold (default: the bundle's)")
     p.add_argument("photos", nargs="+")
     p.set_defaults(func=cmd_predict)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     os.umask(0o077)  # everything the service writes (photos, models, logs, keys) is its user's alone
     try:
         args.func(args)

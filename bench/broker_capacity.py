@@ -11,6 +11,8 @@ front socket like the HTTP front does, with FR_CHUNK_PHOTOS=1 so that each photo
 Printed, for each number of workers:
   - tasks/s: extract tasks dispatched and answered per second, over all the builds (the train task of
     each build included), from the first task handed out to the last result taken;
+  - tasks/CPU-s: the same tasks per second of the broker's own CPU time: what one core given to the
+    broker alone would dispatch;
   - heartbeats: the broker's CPU (user + system, from /proc) while N workers heartbeat at 1 s and no
     build runs, as a share of one core; the baseline is the same broker with no worker at all.
 This process runs the simulated workers and competes with the broker for the cores: the figures are a
@@ -190,13 +192,15 @@ def measure(n_workers: int, n_tasks: int, idle_s: float, heartbeat_s: float) -> 
             workers.step(5)
         assert workers.first_task is not None
         busy_cpu = cpu_seconds(broker.proc.pid) - c0
+        rss = next(int(line.split()[1]) for line in Path(f"/proc/{broker.proc.pid}/status").read_text().splitlines()
+                   if line.startswith("VmRSS:")) / 1024
         elapsed = workers.last_result - workers.first_task
         for job_id in jobs:
             job = broker.call(p.pack(p.GETJOB, {"id": job_id}))["job"]
             assert job["state"] == "done", job
         return {"workers": n_workers, "tasks": workers.tasks, "seconds": elapsed,
                 "tasks_per_s": workers.tasks / elapsed, "broker_cpu_s": busy_cpu,
-                "idle_cpu_share": idle, "baseline_cpu_share": baseline}
+                "idle_cpu_share": idle, "baseline_cpu_share": baseline, "rss_mb": rss}
     finally:
         if workers is not None:
             workers.close()
@@ -213,11 +217,12 @@ def main() -> None:
     args = ap.parse_args()
     print(f"broker capacity: {args.tasks} tasks per run, heartbeat {args.heartbeat_s} s, {os.cpu_count()} cores")
     print(f"{'workers':>8} {'tasks':>6} {'seconds':>8} {'tasks/s':>8} {'broker CPU s':>13} "
-          f"{'heartbeat CPU':>14} {'no-worker CPU':>14}")
+          f"{'tasks/CPU-s':>11} {'heartbeat CPU':>14} {'no-worker CPU':>14} {'broker RSS MB':>14}")
     for n in args.workers:
         r = measure(n, args.tasks, args.idle_s, args.heartbeat_s)
         print(f"{r['workers']:>8} {r['tasks']:>6} {r['seconds']:>8.2f} {r['tasks_per_s']:>8.0f} "
-              f"{r['broker_cpu_s']:>13.2f} {100 * r['idle_cpu_share']:>13.1f}% {100 * r['baseline_cpu_share']:>13.1f}%",
+              f"{r['broker_cpu_s']:>13.2f} {r['tasks'] / r['broker_cpu_s']:>11.0f} "
+              f"{100 * r['idle_cpu_share']:>13.1f}% {100 * r['baseline_cpu_share']:>13.1f}% {r['rss_mb']:>14.0f}",
               flush=True)
 
 
