@@ -26,13 +26,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import queue
 import shutil
+import threading
 import time
 import uuid
 import zipfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import zmq
@@ -56,6 +59,57 @@ MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 DISK_RETRY_S = 5.0          # a broker stalled by a full disk looks for room this often
 MIN_ROOM = 16 * 1024 * 1024  # ... and resumes once this much is free
 MAX_PENDING_READS = 10_000   # fronts' reads waiting for a reader thread; beyond, BUSY (503)
+
+
+@dataclass
+class Upload:
+    """A submit being written: who to answer, and what to register once the photos are on disk."""
+    identity: bytes
+    header: dict
+    photos: list[Photo]
+    size: int
+
+
+class UploadWriter:
+    """One thread that writes submits' photos (one fsynced pack each) so that the broker's loop never
+    waits on a disk write of up to FR_MAX_REQUEST_BYTES; each result goes back on an inproc socket the
+    loop polls: (job id, None) or (job id, the ERR header to answer)."""
+
+    def __init__(self, write: Callable[[str, list[Photo]], None], ctx: zmq.Context):
+        self.write = write
+        self.address = f"inproc://broker-uploads-{uuid.uuid4().hex}"
+        self.results = ctx.socket(zmq.PULL)
+        self.results.bind(self.address)
+        self.ctx = ctx
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self.run, daemon=True, name="upload-writer")
+        self.thread.start()
+
+    def put(self, job_id: str, photos: list[Photo]) -> None:
+        self.queue.put((job_id, photos))
+
+    def run(self) -> None:
+        out = self.ctx.socket(zmq.PUSH)
+        out.connect(self.address)
+        try:
+            while (item := self.queue.get()) is not None:
+                job_id, photos = item
+                error = None
+                try:
+                    self.write(job_id, photos)
+                except StorageFull:
+                    error = {"code": "INSUFFICIENT_STORAGE", "message": "the data disk is full; nothing was stored"}
+                except Exception as exc:
+                    logger.exception("storing the photos of job {} failed", job_id)
+                    error = {"code": "INTERNAL", "message": type(exc).__name__}
+                out.send_json([job_id, error])
+        finally:
+            out.close()
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.thread.join(10)
+        self.results.close(0)
 
 
 @dataclass
@@ -101,6 +155,9 @@ class Broker:
         self.sums = BundleSums()
         self.reads, self.readers = start_readers(settings, self.ctx, self.sums, settings.broker_readers)
         self.idle_readers: deque[bytes] = deque()
+        self.storing: dict[str, Upload] = {}  # submits whose photos the upload writer is writing
+        self.writer = UploadWriter(self.store_uploads, self.ctx)
+        self.stored = self.writer.results
         self.pending_reads: deque[list[bytes]] = deque()  # reads waiting for a free reader
         self.workers: dict[bytes, WorkerState] = {}
         self.queue: deque[Task] = deque()
@@ -123,7 +180,8 @@ class Broker:
         """Open the store and queue again every unfinished job (start, or the store came back)."""
         store = JobStore(self.s.db_path, self.s.uploads_dir)
         self._store = store
-        swept = store.sweep_uploads(keep_done=self.s.keep_uploads) + store.sweep_models(self.s.dumps_dir)
+        swept = store.sweep_uploads(keep_done=self.s.keep_uploads, busy=frozenset(self.storing)) + \
+            store.sweep_models(self.s.dumps_dir)
         if swept:
             logger.info("removed {} folder(s) left behind by a stop: {}", len(swept), swept[:5])
         unfinished = store.unfinished()
@@ -163,6 +221,7 @@ class Broker:
         poller.register(self.front, zmq.POLLIN)
         poller.register(self.back, zmq.POLLIN)
         poller.register(self.reads, zmq.POLLIN)
+        poller.register(self.stored, zmq.POLLIN)
         next_beat = time.monotonic()
         logger.info("broker up: front {}{} back {}", self.s.front_endpoint,
                     f" and {self.s.broker_front_tcp}" if self.s.broker_front_tcp else "", self.s.broker_back)
@@ -174,6 +233,8 @@ class Broker:
                 self.safely(self.on_front, self.front.recv_multipart(copy=False))
             if self.reads in events:
                 self.safely(self.on_read_answer)
+            if self.stored in events:
+                self.safely(self.on_stored)
             if time.monotonic() >= next_beat:
                 self.safely(self.beat)
                 next_beat = time.monotonic() + self.s.heartbeat_s
@@ -219,7 +280,12 @@ class Broker:
         self.stalled_until = None
         logger.info("the data disk has room again: {} task(s) queued", len(self.queue))
 
+    def store_uploads(self, job_id: str, photos: list[Photo]) -> None:
+        """In the upload writer's thread: files only, no store connection (SQLite's is the loop's)."""
+        JobStore.save_uploads_in(self.s.uploads_dir, job_id, photos)
+
     def close(self) -> None:
+        self.writer.stop()
         for reader in self.readers:
             reader.running = False
         for reader in self.readers:
@@ -358,37 +424,36 @@ class Broker:
         identity, msg = frames[0].bytes, [f.bytes for f in frames[2:]]
         try:
             command, header, blobs = p.parse_front(msg, self.s)
-            if command in p.READ_COMMANDS:  # checked here, answered by a reader thread (app/reader.py)
-                if len(self.pending_reads) >= MAX_PENDING_READS:
-                    raise FrontError("BUSY", "the broker has too many reads waiting; try again")
-                self.pending_reads.append([identity, command, json.dumps(header).encode()])
-                self.hand_reads()
-                return
-            if command == p.SUBMIT:
-                reply = p.pack(p.OK, self.submit(header, blobs))
-            elif command == p.STATUS:
-                reply = p.pack(p.OK, self.status())
-            elif command == p.KEYADD:
-                reply = p.pack(p.OK, {"key": self.add_key(header)})
-            elif command == p.KEYREVOKE:
-                reply = p.pack(p.OK, {"id": header["id"], "revoked": self.keystore.revoke(header["id"])})
-            elif command == p.KEYLIST:
-                reply = p.pack(p.OK, {"keys": self.keystore.list(header.get("tenant"))})
-            else:
-                reply = p.pack(p.OK, self.delete(header["id"], header.get("tenant")))
         except ProtocolError as exc:
             logger.warning("front: refused a request: {}", escape(exc))
-            reply = p.pack(p.ERR, {"code": "BAD_REQUEST", "message": escape(exc)})
-        except FrontError as exc:
-            reply = p.pack(p.ERR, {"code": exc.code, "message": exc.message})
-        except StoreUnavailable as exc:
-            reply = p.pack(p.ERR, {"code": "STORE_UNAVAILABLE", "message": str(exc)})
-        except StorageFull:
-            reply = p.pack(p.ERR, {"code": "INSUFFICIENT_STORAGE", "message": "the data disk is full"})
-        except Exception as exc:  # never let one request take the broker down
-            logger.exception("front request failed")
-            reply = p.pack(p.ERR, {"code": "INTERNAL", "message": f"{type(exc).__name__}"})
-        self.front.send_multipart([identity, b"", *reply])
+            self.front.send_multipart([identity, b"", *p.pack(p.ERR, {"code": "BAD_REQUEST",
+                                                                      "message": escape(exc)})])
+            return
+        self.reply(identity, lambda: self.serve_front(identity, command, header, blobs))
+
+    def serve_front(self, identity: bytes, command: bytes, header: dict, blobs: list[bytes]) -> dict | None:
+        """A checked front request -> its answer, or None when it is answered later: reads by a reader
+        thread (app/reader.py), submits once the upload writer has stored their photos (`on_stored`)."""
+        if command in p.READ_COMMANDS:
+            if len(self.pending_reads) >= MAX_PENDING_READS:
+                raise FrontError("BUSY", "the broker has too many reads waiting; try again")
+            self.pending_reads.append([identity, command, json.dumps(header).encode()])
+            self.hand_reads()
+            return None
+        if command == p.SUBMIT:
+            photos = self.admit(header, blobs)
+            self.storing[header["id"]] = Upload(identity, header, photos, sum(len(b) for b in blobs))
+            self.writer.put(header["id"], photos)
+            return None
+        if command == p.STATUS:
+            return self.status()
+        if command == p.KEYADD:
+            return {"key": self.add_key(header)}
+        if command == p.KEYREVOKE:
+            return {"id": header["id"], "revoked": self.keystore.revoke(header["id"])}
+        if command == p.KEYLIST:
+            return {"keys": self.keystore.list(header.get("tenant"))}
+        return self.delete(header["id"], header.get("tenant"))
 
     def add_key(self, header: dict) -> dict:
         """A key a front made (its hash: the secret never reaches the broker)."""
@@ -416,32 +481,76 @@ class Broker:
             self.reads.send_multipart([self.idle_readers.popleft(), *self.pending_reads.popleft()])
 
     def submit(self, header: dict, blobs: list[bytes]) -> dict:
-        """Store a job durably, then queue its work. Refused (nothing left behind) when its deadline
-        passes first, when the disk would fill, or when the id is taken."""
+        """Store a job durably, then queue its work, in one go (the loop itself stores in the background:
+        `admit`, the upload writer, `register`). Refused (nothing left behind) when its deadline passes
+        first, when the disk would fill, or when the id is taken."""
+        photos = self.admit(header, blobs)
+        self.store.save_uploads(header["id"], photos)
+        return self.register(header, photos)
+
+    def admit(self, header: dict, blobs: list[bytes]) -> list[Photo]:
+        """The quick checks of a submit, before its photos are written: deadline, free disk (counting the
+        uploads being written), the id, the tenant's quotas. -> the photos to store."""
         job_id = header["id"]
-        deadline = header.get("deadline")
-        self.check_deadline(deadline)
+        self.check_deadline(header.get("deadline"))
         size = sum(len(b) for b in blobs)
-        free = shutil.disk_usage(self.s.uploads_dir).free
+        free = shutil.disk_usage(self.s.uploads_dir).free - sum(u.size for u in self.storing.values())
         if free - 2 * size < self.s.min_free_bytes:  # the photos, then their features and the model
             raise FrontError("INSUFFICIENT_STORAGE", f"not enough free disk for {size} bytes of photos "
                                                      f"({free} bytes free, {self.s.min_free_bytes} kept in reserve)")
-        if self.store.get(job_id) is not None or self.store.has_uploads(job_id):
+        if job_id in self.storing or self.store.get(job_id) is not None or self.store.has_uploads(job_id):
             raise FrontError("CONFLICT", "a job with this id exists")
-        tenant = header.get("tenant")
-        self.check_quotas(tenant, size)
-        photos = [Photo(f["label"], f["filename"], b) for f, b in zip(header["files"], blobs)]
-        self.store.save_uploads(job_id, photos)  # durable before we answer
+        self.check_quotas(header.get("tenant"), size)
+        return [Photo(f["label"], f["filename"], b) for f, b in zip(header["files"], blobs)]
+
+    def register(self, header: dict, photos: list[Photo]) -> dict:
+        """The photos are on disk (fsynced): the job's row, unless its deadline passed meanwhile, then its work."""
+        job_id = header["id"]
         try:
-            self.check_deadline(deadline)
+            self.check_deadline(header.get("deadline"))
             n_people = len({ph.label for ph in photos})
-            self.store.create(job_id, header.get("name"), header.get("options", {}), len(photos), n_people, tenant)
+            self.store.create(job_id, header.get("name"), header.get("options", {}), len(photos), n_people,
+                              header.get("tenant"))
         except BaseException:
             self.store.delete_uploads(job_id)
             raise
         self.plan(job_id)
         logger.info("job {} queued: {} photos of {} people", job_id, len(photos), n_people)
         return {"id": job_id}
+
+    def on_stored(self) -> None:
+        """The upload writer finished some submits: register them and answer their fronts."""
+        while True:
+            try:
+                job_id, error = self.stored.recv_json(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            upload = self.storing.pop(job_id, None)
+            if upload is None:
+                continue
+            if error is None:
+                self.reply(upload.identity, partial(self.register, upload.header, upload.photos))
+            else:
+                self.front.send_multipart([upload.identity, b"", *p.pack(p.ERR, error)])
+
+    def reply(self, identity: bytes, answer: Callable[[], dict | None]) -> None:
+        """Answer a front with OK and what `answer` returns (nothing yet if None), or ERR with the code of
+        what it raised."""
+        try:
+            body = answer()
+            if body is None:
+                return
+            frames = p.pack(p.OK, body)
+        except FrontError as exc:
+            frames = p.pack(p.ERR, {"code": exc.code, "message": exc.message})
+        except StoreUnavailable as exc:
+            frames = p.pack(p.ERR, {"code": "STORE_UNAVAILABLE", "message": str(exc)})
+        except StorageFull:
+            frames = p.pack(p.ERR, {"code": "INSUFFICIENT_STORAGE", "message": "the data disk is full"})
+        except Exception as exc:  # never let one request take the broker down
+            logger.exception("front request failed")
+            frames = p.pack(p.ERR, {"code": "INTERNAL", "message": f"{type(exc).__name__}"})
+        self.front.send_multipart([identity, b"", *frames])
 
     def check_quotas(self, tenant: str | None, size: int) -> None:
         """A tenant's unfinished builds (FR_MAX_ACTIVE_BUILDS) and stored bytes (FR_TENANT_MAX_BYTES)."""

@@ -204,9 +204,14 @@ class JobStore:
         return self.uploads_dir / job_id
 
     def save_uploads(self, job_id: str, photos: list[Photo]) -> None:
+        self.save_uploads_in(self.uploads_dir, job_id, photos)
+
+    @staticmethod
+    def save_uploads_in(uploads_dir: Path, job_id: str, photos: list[Photo]) -> None:
         """Write the photos to `uploads/<id>/` as one pack file and an index, fsynced, then renamed
-        into place (one fsync for a whole upload, not one per photo). Raises StorageFull."""
-        tmp = self.uploads_dir / f".{job_id}.tmp"
+        into place (one fsync for a whole upload, not one per photo). Files only: any thread may call
+        it. Raises StorageFull."""
+        tmp = uploads_dir / f".{job_id}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         with disk_errors(tmp):
             tmp.mkdir(parents=True)
@@ -223,8 +228,8 @@ class JobStore:
                 json.dump(index, fh, ensure_ascii=False)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.rename(tmp, self._upload_dir(job_id))
-            _fsync_dir(self.uploads_dir)
+            os.rename(tmp, uploads_dir / job_id)
+            _fsync_dir(uploads_dir)
 
     def load_index(self, job_id: str) -> list[dict]:
         """[{label, filename, offset, size, sha256}] of a job's photos, in upload order."""
@@ -254,11 +259,14 @@ class JobStore:
     def delete_uploads(self, job_id: str) -> None:
         shutil.rmtree(self._upload_dir(job_id), ignore_errors=True)
 
-    def sweep_uploads(self, keep_done: bool) -> list[str]:
+    def sweep_uploads(self, keep_done: bool, busy: frozenset[str] = frozenset()) -> list[str]:
         """Remove upload folders a crash left behind: half-written ones (`.<id>.tmp`), those of
-        deleted jobs, and (unless `keep_done`) those of finished jobs. -> the names removed."""
+        deleted jobs, and (unless `keep_done`) those of finished jobs. -> the names removed.
+        `busy`: ids of uploads being written right now (their folders have no row yet)."""
         removed = []
         for folder in self.uploads_dir.iterdir():
+            if folder.name.strip(".").split(".")[0] in busy:
+                continue
             if folder.name.startswith("."):
                 stale = True
             else:

@@ -289,3 +289,46 @@ def test_a_slow_read_does_not_hold_up_the_loop(broker, broker_settings, front_se
     assert time.monotonic() - t0 < 1.5  # not behind the slow read (3 s)
     t.join(10)
     assert slow and slow[0][0] == p.OK
+
+
+def submit_frames(n: int = 2, deadline: float | None = None) -> tuple[str, list[bytes]]:
+    job_id = str(uuid.uuid4())
+    header: dict = {"id": job_id, "files": [{"label": f"p{i}", "filename": f"p{i}/1.jpg"} for i in range(n)]}
+    if deadline is not None:
+        header["deadline"] = deadline
+    return job_id, p.pack(p.SUBMIT, header, [b"photo%d" % i for i in range(n)])
+
+
+def test_a_submit_is_written_off_the_loop(broker, broker_settings, front_settings, monkeypatch):
+    """The photos of a submit (up to FR_MAX_REQUEST_BYTES) are written by the upload writer: while one is
+    being written, the loop still answers; the front gets its answer once the photos are on disk; a submit
+    whose deadline passes while it is written is refused with nothing left behind."""
+    real = JobStore.save_uploads_in
+
+    def slow(uploads_dir, job_id, photos):
+        time.sleep(2.5)
+        real(uploads_dir, job_id, photos)
+
+    monkeypatch.setattr(JobStore, "save_uploads_in", staticmethod(slow))
+    folder = Path(front_settings.front_keys)
+    answers: dict = {}
+    job_id, frames = submit_frames()
+    late_id, late = submit_frames(deadline=time.time() + 2.0)  # passes while it waits to be written
+    threads = [threading.Thread(target=lambda k=k, f=f: answers.__setitem__(k, raw(broker_settings, folder, f, 15)))
+               for k, f in (("ok", frames), ("late", late))]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    command, _, _ = raw(broker_settings, folder, p.pack(p.STATUS), 10)
+    assert command == p.OK and time.monotonic() - t0 < 1.0
+    assert "ok" not in answers  # still being written
+    for t in threads:
+        t.join(15)
+    assert answers["ok"][0] == p.OK and answers["ok"][1] == {"id": job_id}
+    assert raw(broker_settings, folder, p.pack(p.GETJOB, {"id": job_id}))[1]["job"]["state"] == "queued"
+    assert answers["late"][0] == p.ERR and answers["late"][1]["code"] == "DEADLINE_PASSED"
+    assert not (broker_settings.uploads_dir / late_id).exists()
+    assert raw(broker_settings, folder, p.pack(p.GETJOB, {"id": late_id}))[1]["code"] == "NOT_FOUND"
+    # the same id again: a conflict
+    assert raw(broker_settings, folder, frames)[1]["code"] == "CONFLICT"
