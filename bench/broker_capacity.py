@@ -195,9 +195,11 @@ def measure(n_workers: int, n_tasks: int, idle_s: float, heartbeat_s: float) -> 
         rss = next(int(line.split()[1]) for line in Path(f"/proc/{broker.proc.pid}/status").read_text().splitlines()
                    if line.startswith("VmRSS:")) / 1024
         elapsed = workers.last_result - workers.first_task
-        for job_id in jobs:
-            job = broker.call(p.pack(p.GETJOB, {"id": job_id}))["job"]
-            assert job["state"] == "done", job
+        for job_id in jobs:  # the last results may still be in the broker's queue: wait for each to be done
+            until = time.monotonic() + 30
+            while (job := broker.call(p.pack(p.GETJOB, {"id": job_id}))["job"])["state"] != "done":
+                assert time.monotonic() < until, job
+                workers.step(20)
         return {"workers": n_workers, "tasks": workers.tasks, "seconds": elapsed,
                 "tasks_per_s": workers.tasks / elapsed, "broker_cpu_s": busy_cpu,
                 "idle_cpu_share": idle, "baseline_cpu_share": baseline, "rss_mb": rss}
