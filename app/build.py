@@ -269,9 +269,11 @@ def measure(spec: NetworkSpec, weights, x: np.ndarray, y: np.ndarray, split: Spl
     open_set = {"test_dir": figure(np.mean(accepted & (pred == y_test)) if len(pred) else float("nan")),
                 "test_accepted": figure(np.mean(accepted) if len(pred) else float("nan")),
                 "measured_thresholds": [round(float(v), 6) for v in thresholds]}
-    metrics["confusions"] = confusions(y_test, pred, accepted, split.people)
-    open_set["operating_points"] = operating_points(y[gallery_idx], n, pred, scores, y_test, settings.target_far)
-    return {"metrics": metrics, "open_set": open_set, "people": people}
+    return {"metrics": {**metrics, "confusions": confusions(y_test, pred, accepted, split.people)},
+            "open_set": {**open_set,
+                         "operating_points": operating_points(y[gallery_idx], n, pred, scores, y_test,
+                                                              settings.target_far)},
+            "people": people}
 
 
 # Target false-accept rates at which the manifest shows what the calibrated rule would recognise.
