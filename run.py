@@ -205,6 +205,8 @@ def cmd_serve(args) -> None:
     setup_logging("serve", s.log_dir, s.log_level, s.log_rotation, s.log_retention)
     from app.keys import prepare_broker_keys
     prepare_broker_keys(s.keys_dir)  # before the children start: they read their keys at once
+    from app import metrics
+    metrics.reset(s)  # this run's metric files, an empty folder named to every child (app/metrics.py)
     sys.exit(Supervisor(s, s.workers).run())
 
 

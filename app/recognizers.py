@@ -5,6 +5,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from app import metrics
 from modelization.recognizer import Recognizer, load_bundle
 
 
@@ -23,10 +24,12 @@ class RecognizerCache:
             hit = self._items.get(model_id)
             if hit and hit[0] == mtime:
                 self._items.move_to_end(model_id)
+                metrics.model_cache("hit")
                 return hit[1]
         recognizer = load_bundle(path, settings)  # outside the lock: loading takes a while
         with self._lock:
             self.loads += 1
+            metrics.model_cache("load")
             self._items[model_id] = (mtime, recognizer)
             self._items.move_to_end(model_id)
             while len(self._items) > self.size:
