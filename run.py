@@ -282,6 +282,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("photos", nargs="+")
     p.set_defaults(func=cmd_predict)
 
+    from app.remote import add_build_command
+    add_build_command(sub)  # build: the command line's client of a running service
+
     args = parser.parse_args(argv)
     os.umask(0o077)  # everything the service writes (photos, models, logs, keys) is its user's alone
     try:
