@@ -43,26 +43,25 @@ def settings() -> Settings:
     return current_app.config["SETTINGS"]
 
 
-@lru_cache(maxsize=256)
-def _manifest(path: str, mtime: float) -> dict:
-    """A built model's manifest; models never change once built (the mtime guards a rebuilt folder)."""
-    return json.loads(Path(path).read_text())
-
-
 def manifest_of(bundle: Path) -> dict:
-    path = bundle.parent / MANIFEST_FILE
-    return _manifest(str(path), path.stat().st_mtime)
+    """A built model's manifest (beside its bundle)."""
+    return json.loads((bundle.parent / MANIFEST_FILE).read_text())
 
 
-def summary_of(job: dict, manifest: dict) -> dict:
+@lru_cache(maxsize=1024)
+def _figures(path: str, mtime: float) -> dict:
+    """The summary's part that comes from a manifest, kept per web process: a model never changes once
+    built (the mtime guards a folder written again), and a list of models asks for many."""
+    return figures_of(json.loads(Path(path).read_text()))
+
+
+def figures_of(manifest: dict) -> dict:
     people = manifest.get("people") or []
     metrics = manifest.get("metrics") or {}
     open_set = manifest.get("open_set") or {}
     optimization = manifest.get("optimization") or {}
     network = manifest.get("network") or {}
     return {
-        "id": job["id"], "name": job["name"], "state": job["state"], "created": job["created"],
-        "photos": job["photos"], "people": job["people"],
         "people_in_model": sum(1 for p in people if p.get("in_model")),
         "people_excluded": [p["label"] for p in people if not p.get("in_model")],
         "photos_used": sum(int(p.get("used", 0)) for p in people),
@@ -81,7 +80,9 @@ def summary_of(job: dict, manifest: dict) -> dict:
 @needs("read")
 def summary(job_id: str):
     job, path = built_model(job_id)
-    return jsonify({"status": 0, **summary_of(job, manifest_of(path))})
+    manifest = path.parent / MANIFEST_FILE
+    return jsonify({"status": 0, **{k: job[k] for k in ("id", "name", "state", "created", "photos", "people")},
+                    **_figures(str(manifest), manifest.stat().st_mtime)})
 
 
 def checkpoint(job_id: str) -> dict | None:

@@ -28,14 +28,24 @@ def people(faces_dir):
     return pick_people(faces_dir, 3, BUILD + 1)
 
 
+def faceless_jpeg() -> bytes:
+    """A real JPEG without a face in it (a grey gradient)."""
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.linear_gradient("L").convert("RGB").save(buf, "JPEG")
+    return buf.getvalue()
+
+
 @pytest.fixture(scope="module")
 def people_zip(people) -> bytes:
-    """A zip as a person makes one: a top folder, one folder per person, and a file that is no photo."""
+    """A zip as a person makes one: a top folder, one folder per person, a photo without a face in the
+    first person's, and a file that is no photo."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for person, paths in people.items():
             for path in paths[:BUILD]:
                 zf.write(path, f"team/{person}/{path.name}")
+        zf.writestr(f"team/{next(iter(people))}/landscape.jpg", faceless_jpeg())
         zf.writestr("team/README.txt", "who is who")
     return buf.getvalue()
 
@@ -85,11 +95,17 @@ def test_a_zip_dropped_on_the_console_builds_a_model_that_names_the_faces_of_a_p
         b.shot("built")
 
         report = api(stack, f"/models/{job_id}/report")
-        assert report["name"] == "dropped zip" and report["photos"] == 3 * BUILD
+        assert report["name"] == "dropped zip" and report["photos"] == 3 * BUILD + 1
         names = page.locator(".people-table tbody tr td:first-child").all_inner_texts()
-        assert sorted(names) == sorted(people) == sorted(p["label"] for p in report["manifest"]["people"])
+        assert names == sorted(people) == [p["label"] for p in report["manifest"]["people"]]
         cells = page.locator(".people-table tbody tr").first.locator("td").all_inner_texts()
-        assert cells[1:3] == [str(BUILD), str(BUILD)]  # photos, used
+        assert cells[1:4] == [str(BUILD + 1), str(BUILD), "1 no face"]  # photos, used, skipped and why
+        page.locator(".people-table a.person").first.click()
+        photos = page.locator("details.person-photos[open] table.photos-table tbody tr")
+        photos.first.wait_for()
+        assert photos.count() == BUILD + 1
+        assert "skipped: no face" in photos.filter(has_text="landscape.jpg").inner_text()
+        b.shot("photos")
         assert page.locator(".page-head h1").inner_text() == "dropped zip"
         assert page.locator("#download-button").is_enabled()
 

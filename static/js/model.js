@@ -262,9 +262,11 @@ export function modelPage(main, id, section) {
       const several = new Map((p.several_faces || []).map((s) => [s.file, s]));
       const rows = [...(p.quality || []).map((q) => ({file: q.file, q})),
         ...(p.skipped || []).filter((s) => !(p.quality || []).some((q) => q.file === s.file)).map((s) => ({file: s.file, q: null}))];
-      return h("details", {class: "person-photos", dataset: {label: p.label}},
-        h("summary", {}, h("strong", {text: p.label}), ` — ${p.used} used of ${p.photos}${(p.skipped || []).length ? `, ${(p.skipped || []).length} skipped` : ""}`),
-        table([
+      const details = h("details", {class: "person-photos", dataset: {label: p.label}},
+        h("summary", {}, h("strong", {text: p.label}), ` — ${p.used} used of ${p.photos}${(p.skipped || []).length ? `, ${(p.skipped || []).length} skipped` : ""}`));
+      // built when first opened: a large gallery has thousands of photos
+      details.addEventListener("toggle", () => { if (details.open && details.children.length === 1) details.append(photosTable()); });
+      const photosTable = () => table([
           {title: "File", cell: (r) => r.file},
           {title: "Used", cell: (r) => {
             const s = skippedFiles.get(r.file);
@@ -277,7 +279,8 @@ export function modelPage(main, id, section) {
           {title: "Yaw", class: "num", cell: (r) => (r.q ? fixed(r.q.yaw, 2) : "—")},
           {title: "Roll °", class: "num", cell: (r) => (r.q ? fixed(r.q.roll, 1) : "—")},
           {title: "Problems", cell: (r) => (r.q && r.q.problems.length ? h("span", {class: "warn", text: r.q.problems.join(", ")}) : "")},
-        ], rows, {class: "photos-table"}));
+        ], rows, {class: "photos-table"});
+      return details;
     }));
   }
 
