@@ -82,7 +82,7 @@ export function modelPage(main, id, section) {
     } else {
       const p = job.progress;
       replace(statusBox, h("h2", {text: "Building"}),
-        progressBar(p.done, p.total, p.total ? `${p.stage}: ${p.done} of ${p.total}` : p.stage),
+        progressBar(p.done, p.total, p.total && !/\d+ of \d+/.test(p.stage) ? `${p.stage}: ${p.done} of ${p.total}` : p.stage),
         h("p", {class: "muted", text: "queued → extracting faces → (searching networks) → training → done. This page follows it live."}));
     }
   }
@@ -116,8 +116,9 @@ export function modelPage(main, id, section) {
         pareto: front.has(genomeKey(c.genome)), chosen: genomeKey(c.genome) === chosen,
         title: `generation ${c.generation ?? "?"}: ${networkName(c)}, ${count(c.params)} parameters, score ${fixed(c.score, 4)} (balanced accuracy ${pct(c.balanced_accuracy, 2)}, open set ${pct(c.open_set, 2)})`,
       })), generations);
-      const legend = h("div", {class: "legend"}, Array.from({length: generations + 1}, (_, g) =>
-        h("span", {class: "legend-item"}, h("span", {class: "swatch", dataset: {generation: g}}), `gen ${g}`)),
+      const shown = [...new Set([0, 0.25, 0.5, 0.75, 1].map((f) => Math.round(f * generations)))]; // a long search: a few
+      const legend = h("div", {class: "legend"}, shown.map((g) =>
+        h("span", {class: "legend-item"}, h("span", {class: "swatch", dataset: {generation: g}}), `generation ${g}`)),
       h("span", {class: "legend-item"}, "ringed: Pareto front; large: the pick"));
       for (const sw of legend.querySelectorAll(".swatch")) sw.style.backgroundColor = generationColour(Number(sw.dataset.generation), generations);
       parts.push(h("figure", {class: "chart-box", id: "candidates-chart", dataset: {candidates: cands.length}}, chart, h("figcaption", {},
