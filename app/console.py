@@ -4,7 +4,7 @@
 The pages hold no data: they are public, and every figure on them comes from the API, called by the
 page's script with the API key the person typed once (kept in the browser's sessionStorage, sent as
 `X-API-Key`). Everything is served from here, nothing from a CDN, and no page has an inline script or
-style, so the strict Content-Security-Policy below holds (the same one app/security.py of #16 sends).
+style, so the strict Content-Security-Policy below holds (issue #16 sends the same on every answer).
 """
 from __future__ import annotations
 

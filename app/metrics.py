@@ -34,7 +34,15 @@ UNMATCHED = "unmatched"  # the route label of a request no route took (404, 405)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 TASK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
+# prometheus_client keeps each process's values in files it maps into memory. A page of a sparse
+# mapped file that is first written when the disk is full kills the process (SIGBUS), so each file is
+# made here first, with its blocks allocated: 1 MiB holds some ten times the label sets this service
+# can make (routes x methods x statuses, and the histograms' buckets), so it never has to grow.
+PREALLOCATED = 1 << 20
+FILE_KINDS = ("counter", "histogram")  # the kinds of metric this module makes (no multiprocess gauges)
+
 _metrics: SimpleNamespace | None = None
+_disabled = False  # this process could not allocate its files: it counts nothing rather than crash
 
 
 def folder(settings: Settings) -> Path:
@@ -68,10 +76,37 @@ def multiprocess() -> bool:
     return ENV in os.environ
 
 
-def _m() -> SimpleNamespace:
-    """The metric objects, made on first use (after the mode is known)."""
-    global _metrics
+def preallocate(path: Path, pid: int) -> bool:
+    """This process's value files, made with their blocks allocated (see PREALLOCATED). -> False when
+    there is no room (then nothing of them is left behind)."""
+    for kind in FILE_KINDS:
+        target = path / f"{kind}_{pid}.db"
+        if target.exists():  # made earlier by this process (or by one with its pid in this run)
+            continue
+        try:
+            fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, PREALLOCATED)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            target.unlink(missing_ok=True)
+            from logger import logger
+            logger.error("metrics: no room for this process's metric files in {} ({}); it counts nothing", path, exc)
+            return False
+    return True
+
+
+def _m() -> SimpleNamespace | None:
+    """The metric objects, made on first use (after the mode is known); None if this process cannot
+    keep them."""
+    global _metrics, _disabled
+    if _disabled:
+        return None
     if _metrics is None:
+        if multiprocess() and not preallocate(Path(os.environ[ENV]), os.getpid()):
+            _disabled = True
+            return None
         from prometheus_client import CollectorRegistry, Counter, Histogram
         registry = None if multiprocess() else CollectorRegistry()  # multiprocess: the files are the registry
         _metrics = SimpleNamespace(
@@ -96,33 +131,35 @@ def _m() -> SimpleNamespace:
 
 # --- what the processes count -------------------------------------------------------------------
 def request_done(route: str, method: str, status: int, seconds: float) -> None:
-    m = _m()
-    m.requests.labels(route, method, str(status)).inc()
-    m.latency.labels(route, method).observe(seconds)
+    if m := _m():
+        m.requests.labels(route, method, str(status)).inc()
+        m.latency.labels(route, method).observe(seconds)
 
 
 def faces_predicted(known: int, unknown: int) -> None:
-    m = _m()
-    if known:
-        m.faces.labels("true").inc(known)
-    if unknown:
-        m.faces.labels("false").inc(unknown)
+    if m := _m():
+        if known:
+            m.faces.labels("true").inc(known)
+        if unknown:
+            m.faces.labels("false").inc(unknown)
 
 
 def model_cache(result: str) -> None:
-    _m().model_cache.labels(result).inc()
+    if m := _m():
+        m.model_cache.labels(result).inc()
 
 
 def task_done(kind: str, outcome: str, seconds: float) -> None:
-    _m().tasks.labels(kind, outcome).observe(max(0.0, seconds))
+    if m := _m():
+        m.tasks.labels(kind, outcome).observe(max(0.0, seconds))
 
 
 def feature_cache(hits: int, misses: int) -> None:
-    m = _m()
-    if hits:
-        m.feature_cache.labels("hit").inc(hits)
-    if misses:
-        m.feature_cache.labels("miss").inc(misses)
+    if m := _m():
+        if hits:
+            m.feature_cache.labels("hit").inc(hits)
+        if misses:
+            m.feature_cache.labels("miss").inc(misses)
 
 
 # --- the web side: hooks and the scrape ----------------------------------------------------------
@@ -215,7 +252,7 @@ def exposition(live: Live) -> tuple[bytes, str]:
     """The text of a scrape and its content type."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     m = _m()
-    if multiprocess():
+    if multiprocess() or m is None:
         from prometheus_client import multiprocess as mp
         files = CollectorRegistry()
         mp.MultiProcessCollector(files, os.environ[ENV])

@@ -66,3 +66,49 @@ def test_serve_empties_the_folder_and_names_it_to_its_children(tmp_path, monkeyp
     path = metrics.reset(settings)
     assert path == stale and list(path.iterdir()) == [] and (path.stat().st_mode & 0o777) == 0o700
     assert os.environ[metrics.ENV] == str(path)
+
+
+RECORD = """
+import os, sys
+sys.path.insert(0, {root!r})
+from app import metrics
+if sys.argv[1] == "full":
+    def no_room(*args):
+        raise OSError(28, "No space left on device")
+    os.posix_fallocate = no_room
+metrics.request_done("/models/<job_id>", "GET", 200, 0.1)
+metrics.task_done("extract", "done", 1.0)
+print(os.getpid())
+"""
+
+
+def record_in_a_process(folder, mode: str) -> int:
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = str(Path(__file__).resolve().parent.parent)
+    r = subprocess.run([sys.executable, "-c", RECORD.format(root=root), mode], capture_output=True, text=True,
+                       env={**os.environ, metrics.ENV: str(folder)}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout.strip())
+
+
+def test_each_process_s_files_are_allocated_before_use_so_a_full_disk_cannot_kill_it(tmp_path):
+    """A sparse mapped file written on a full disk is SIGBUS: the files are made whole first."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+    pid = record_in_a_process(tmp_path, "room")
+    for kind in metrics.FILE_KINDS:
+        f = tmp_path / f"{kind}_{pid}.db"
+        assert f.stat().st_size == metrics.PREALLOCATED
+        assert f.stat().st_blocks * 512 >= metrics.PREALLOCATED  # allocated, not sparse
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, str(tmp_path))
+    assert registry.get_sample_value("fr_http_requests_total", {"route": "/models/<job_id>", "method": "GET",
+                                                                "status": "200"}) == 1
+    assert registry.get_sample_value("fr_task_duration_seconds_count", {"kind": "extract", "outcome": "done"}) == 1
+
+
+def test_a_process_without_room_for_its_files_counts_nothing_and_goes_on(tmp_path):
+    record_in_a_process(tmp_path, "full")
+    assert list(tmp_path.iterdir()) == []
