@@ -133,17 +133,24 @@ class Multipart:
 class Service:
     def __init__(self, url: str, api_key: str | None, timeout: float = 30.0):
         self.url = url.rstrip("/")
-        self.http = requests.Session()
-        if api_key:
-            self.http.headers["X-API-Key"] = api_key
+        # A connection per request (requests.request, no pooled session): uWSGI's HTTP router closes
+        # each connection after its answer, and a pooled one reused at that moment is cut ("Remote end
+        # closed connection without response": seen once on the download right after the last poll).
+        self.headers = {"X-API-Key": api_key} if api_key else {}
         self.timeout = timeout
 
     def call(self, method: str, path: str, **kw) -> requests.Response:
-        kw.setdefault("timeout", self.timeout)
-        try:
-            r = self.http.request(method, self.url + path, **kw)
-        except requests.RequestException as exc:
-            raise ClientError(f"cannot reach {self.url}: {exc}") from None
+        timeout = kw.pop("timeout", self.timeout)
+        headers = {**self.headers, **kw.pop("headers", {})}
+        for attempt in (1, 2):
+            try:
+                r = requests.request(method, self.url + path, headers=headers, timeout=timeout, **kw)
+                break
+            except requests.ConnectionError as exc:
+                if method != "GET" or attempt == 2:  # a GET changes nothing: asked once more
+                    raise ClientError(f"cannot reach {self.url}: {exc}") from None
+            except requests.RequestException as exc:
+                raise ClientError(f"cannot reach {self.url}: {exc}") from None
         if r.status_code >= 400:
             raise ClientError(describe_error(r))
         return r
