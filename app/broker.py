@@ -36,6 +36,7 @@ from pathlib import Path
 
 import zmq
 
+from app import metrics
 from app import protocol as p
 from app.keys import FRONTS, WORKERS, BrokerAuth
 from app.protocol import ProtocolError, Task, escape
@@ -61,6 +62,7 @@ class WorkerState:
     last_seen: float
     task: Task | None = None
     warming: bool = False  # still loading its models (it takes tasks meanwhile)
+    since: float = 0.0     # when its task was handed out (metrics: task durations)
 
     @property
     def name(self) -> str:
@@ -473,6 +475,7 @@ class Broker:
         elif command == p.REJECT:
             if task is not None and worker.task == task:
                 worker.task = header["busy_with"] if self.adoptable(header["busy_with"]) else None
+                worker.since = 0.0
                 self.queue.appendleft(task)
         elif command == p.PROGRESS:
             if worker.task is not None and task is not None and worker.task.what == task.what \
@@ -495,6 +498,9 @@ class Broker:
                            f"({task.kind} of job {task.job})")
             return
         worker.task = None
+        if worker.since:  # 0: a task adopted from a worker met mid-task, its start unknown here
+            metrics.task_done(task.kind, "done" if command == p.DONE else "failed", time.monotonic() - worker.since)
+            worker.since = 0.0
         row = self.store.get(task.job)
         if row is None:  # deleted meanwhile: what the worker cached for it goes too
             logger.info("discarding a late {} result for deleted job {}", task.kind, task.job)
@@ -539,6 +545,8 @@ class Broker:
                 PhotoFeatures.from_wire(item)
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"features: {exc}") from None
+        hits = sum(1 for item in items if item.get("cached"))
+        metrics.feature_cache(hits, len(items) - hits)
         if not self.store.chunk_done(task.job, task.chunk):
             self.store.save_chunk(task.job, task.chunk, result)
         missing = self.missing_chunks(task.job, n)
@@ -646,7 +654,7 @@ class Broker:
             self.store.assign(task.job, idle.name, task.attempt)
             if row["state"] == JobState.QUEUED:
                 self.store.progress(task.job, JobState.EXTRACTING, JobState.EXTRACTING, 0, row["n_photos"])
-            idle.task = task
+            idle.task, idle.since = task, time.monotonic()
             self.back.send_multipart([idle.identity, *frames])
             logger.debug("job {} {} {} (attempt {}) -> {}", task.job, task.kind, task.chunk, task.attempt, idle.name)
 
