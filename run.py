@@ -262,6 +262,8 @@ def cmd_serve(args) -> None:
     elif (made := bootstrap_admin(KeyStore(s.auth_db_path), s.admin_key_path, s.admin_key)) is not None:
         logger.info("made an admin API key on first start, written to {} (owner-only): "
                     "export FR_API_KEY=$(cat {})", made, made)
+    from app import metrics
+    metrics.reset(s)  # this run's metric files, an empty folder named to every child (app/metrics.py)
     sys.exit(Supervisor(s, s.workers).run())
 
 
@@ -402,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="open-set distance threshold (default: the bundle's)")
     p.add_argument("photos", nargs="+")
     p.set_defaults(func=cmd_predict)
+
+    from app.remote import add_build_command
+    add_build_command(sub)  # build: the command line's client of a running service
     return parser
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import zmq
 
+from app import metrics
 from app import protocol as p
 from app.auth import KeyStore
 from app.keys import FRONTS, WORKERS, BrokerAuth
@@ -119,6 +120,7 @@ class WorkerState:
     last_seen: float
     task: Task | None = None
     warming: bool = False  # still loading its models (it takes tasks meanwhile)
+    since: float = 0.0     # when its task was handed out (metrics: task durations)
 
     @property
     def name(self) -> str:
@@ -210,7 +212,7 @@ class Broker:
                 "disk_free_bytes": shutil.disk_usage(self.s.data_dir).free, "disk_full": self.stalled_until is not None,
                 "store": {"ok": True}}
         try:
-            self.store.check()
+            body["builds"] = self.store.count_by_state()  # for /metrics of fronts on any host
         except StoreUnavailable as exc:
             body["store"] = {"ok": False, "message": str(exc)}
         return body
@@ -669,6 +671,7 @@ class Broker:
         elif command == p.REJECT:
             if task is not None and worker.task == task:
                 worker.task = header["busy_with"] if self.adoptable(header["busy_with"]) else None
+                worker.since = 0.0
                 self.queue.appendleft(task)
         elif command == p.PROGRESS:
             if worker.task is not None and task is not None and worker.task.what == task.what \
@@ -691,6 +694,9 @@ class Broker:
                            f"({task.kind} of job {task.job})")
             return
         worker.task = None
+        if worker.since:  # 0: a task adopted from a worker met mid-task, its start unknown here
+            metrics.task_done(task.kind, "done" if command == p.DONE else "failed", time.monotonic() - worker.since)
+            worker.since = 0.0
         row = self.store.get(task.job)
         if row is None:  # deleted meanwhile: what the worker cached for it goes too
             logger.info("discarding a late {} result for deleted job {}", task.kind, task.job)
@@ -735,6 +741,8 @@ class Broker:
                 PhotoFeatures.from_wire(item)
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"features: {exc}") from None
+        hits = sum(1 for item in items if item.get("cached"))
+        metrics.feature_cache(hits, len(items) - hits)
         done = self.done_chunks(task.job, n)
         if task.chunk not in done:
             self.store.save_chunk(task.job, task.chunk, result)
@@ -849,7 +857,7 @@ class Broker:
             self.store.assign(task.job, idle.name, task.attempt)
             if row["state"] == JobState.QUEUED:
                 self.store.progress(task.job, JobState.EXTRACTING, JobState.EXTRACTING, 0, row["n_photos"])
-            idle.task = task
+            idle.task, idle.since = task, time.monotonic()
             self.back.send_multipart([idle.identity, *frames])
             logger.debug("job {} {} {} (attempt {}) -> {}", task.job, task.kind, task.chunk, task.attempt, idle.name)
 

@@ -129,3 +129,9 @@ def bundle_chunk(endpoint: str, keys_dir: Path, job_id: str, sha256: str, offset
 def known(endpoint: str, keys_dir: Path, ids: list[str], timeout_s: float) -> set[str]:
     """Which of these model ids the broker still has as finished models."""
     return set(call(endpoint, keys_dir, p.pack(p.KNOWN, {"ids": ids}), timeout_s)["done"])
+
+
+def search_checkpoint(endpoint: str, keys_dir: Path, job_id: str, timeout_s: float,
+                      tenant: str | None = None) -> dict | None:
+    """A running search's last checkpoint, None before its first; NOT_FOUND for another tenant's job."""
+    return call(endpoint, keys_dir, p.pack(p.SEARCH, {"id": job_id, "tenant": tenant}), timeout_s)["checkpoint"]

@@ -11,6 +11,7 @@ Front (REQ, the HTTP app) -> broker ROUTER:
     LIST {limit, offset, tenant}                      -> OK {jobs: [row...], total}
     BUNDLE {id, tenant, sha256, offset}               -> OK {sha256, size, offset} chunk  (at most BUNDLE_CHUNK bytes)
     KNOWN {ids}                                       -> OK {done: [ids of these that are finished models]}
+    SEARCH {id, tenant}                               -> OK {checkpoint: the running search's state | null}
     KEYGET {id}                                       -> OK {key: {tenant, role, salt, hash, revoked} | null}
     KEYLIST {tenant}                                  -> OK {keys: [...]}  (no salts, no hashes; on the loop)
   key changes (the broker's loop writes var/auth.sqlite; the front made the hash, the secret never travels):
@@ -54,10 +55,10 @@ from preprocessor.uploads import clean_label
 SUBMIT, STATUS, DELETE, OK, ERR = b"SUBMIT", b"STATUS", b"DELETE", b"OK", b"ERR"
 READY, HEARTBEAT, PROGRESS, DONE, FAILED, JOB = b"READY", b"HEARTBEAT", b"PROGRESS", b"DONE", b"FAILED", b"JOB"
 REJECT, PURGE = b"REJECT", b"PURGE"
-GETJOB, LIST, BUNDLE, KNOWN = b"GETJOB", b"LIST", b"BUNDLE", b"KNOWN"
+GETJOB, LIST, BUNDLE, KNOWN, SEARCH = b"GETJOB", b"LIST", b"BUNDLE", b"KNOWN", b"SEARCH"
 KEYGET, KEYLIST, KEYADD, KEYREVOKE = b"KEYGET", b"KEYLIST", b"KEYADD", b"KEYREVOKE"
 
-READ_COMMANDS = (GETJOB, LIST, BUNDLE, KNOWN, KEYGET)  # answered off the broker's loop
+READ_COMMANDS = (GETJOB, LIST, BUNDLE, KNOWN, SEARCH, KEYGET)  # answered off the broker's loop
 FRONT_COMMANDS = (SUBMIT, STATUS, DELETE, KEYADD, KEYREVOKE, KEYLIST, *READ_COMMANDS)
 WORKER_COMMANDS = (READY, HEARTBEAT, PROGRESS, DONE, FAILED, REJECT)
 
@@ -279,8 +280,8 @@ def hex_bytes(value: Any, n: int, name: str) -> str:
 
 def check_read(command: bytes, header: dict) -> dict:
     """The read side's requests and key changes: exact fields, ids in their only forms, bounded numbers."""
-    if command == GETJOB:
-        _fields(header, {"id", "tenant"}, {"id"}, "getjob")
+    if command in (GETJOB, SEARCH):
+        _fields(header, {"id", "tenant"}, {"id"}, command.decode().lower())
         job_id(header["id"])
     elif command == LIST:
         _fields(header, {"limit", "offset", "tenant"}, {"limit", "offset"}, "list")

@@ -19,7 +19,7 @@ import zmq
 from app import protocol as p
 from app.auth import read_key
 from app.protocol import ProtocolError, escape
-from app.store import StoreUnavailable, connect, list_jobs, read_job, store_errors
+from app.store import SEARCH_CHECKPOINT, StoreUnavailable, connect, list_jobs, read_job, store_errors
 from constants import Settings
 from constants.states import JobState
 from logger import logger
@@ -96,6 +96,8 @@ class Reader(threading.Thread):
                 return self.bundle(header)
             if command == p.KNOWN:
                 return p.pack(p.OK, {"done": self.known(header["ids"])})
+            if command == p.SEARCH:
+                return p.pack(p.OK, {"checkpoint": self.checkpoint(header["id"], header.get("tenant"))})
             if command == p.KEYGET:
                 row = read_key(self.s.auth_db_path, header["id"])
                 if row is not None:
@@ -150,6 +152,17 @@ class Reader(threading.Thread):
         except ProtocolError as exc:
             return p.pack(p.ERR, {"code": "BAD_REQUEST", "message": escape(exc)})
         return p.pack(p.OK, {"sha256": sha, "size": size, "offset": offset}, [piece])
+
+    def checkpoint(self, job_id: str, tenant: str | None) -> dict | None:
+        """A running search's last checkpoint (written atomically by the loop); None before its first."""
+        self.row(job_id, tenant)
+        try:
+            return json.loads((self.s.uploads_dir / job_id / SEARCH_CHECKPOINT).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:  # os.replace makes a torn read impossible: say so if it happens
+            logger.warning("search checkpoint of {} unreadable: {}", job_id, escape(exc))
+            return None
 
     def known(self, ids: list[str]) -> list[str]:
         if not ids:

@@ -5,6 +5,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from app import metrics
 from modelization.recognizer import Recognizer, load_bundle
 
 
@@ -25,6 +26,7 @@ class RecognizerCache:
             hit = self._items.get(model_id)
             if hit and hit[0] == mtime:
                 self._items.move_to_end(model_id)
+                metrics.model_cache("hit")
                 return hit[1]
         with self._load_lock:  # one load at a time (Keras'), outside the cache's lock: loading takes a while
             with self._lock:
@@ -32,6 +34,7 @@ class RecognizerCache:
             recognizer = hit[1] if hit and hit[0] == mtime else load_bundle(path, settings)
         with self._lock:
             self.loads += 1
+            metrics.model_cache("load")
             self._items[model_id] = (mtime, recognizer)
             self._items.move_to_end(model_id)
             while len(self._items) > self.size:

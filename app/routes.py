@@ -39,8 +39,8 @@ def caller_tenant() -> str | None:
     return None if caller.may(Action.ADMIN) else caller.tenant
 
 
-def find_job(job_id: str) -> tuple[dict, dict | None]:
-    """(the job's view, its bundle's {sha256, size} when built), 404 NOT_FOUND (also for another tenant's:
+def find_row(job_id: str) -> tuple[dict, dict | None]:
+    """(the job's row, its bundle's {sha256, size} when built), 404 NOT_FOUND (also for another tenant's:
     the broker checks the tenant, and so does this front), or 503 STORE_UNAVAILABLE: never a 404 for a
     store that fails."""
     s = settings()
@@ -48,7 +48,13 @@ def find_job(job_id: str) -> tuple[dict, dict | None]:
     row = answer.get("job")
     if not isinstance(row, dict) or row.get("id") != job_id or not principal().sees(row.get("tenant")):
         raise ApiError(404, "NOT_FOUND", f"no model with id {job_id}")
-    return job_view(row), answer.get("bundle")
+    return row, answer.get("bundle")
+
+
+def find_job(job_id: str) -> tuple[dict, dict | None]:
+    """(the job's view as the API shows it, its bundle's {sha256, size} when built); see find_row."""
+    row, bundle = find_row(job_id)
+    return job_view(row), bundle
 
 
 @bp.before_request

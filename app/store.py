@@ -48,6 +48,7 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created);
 """
 
 PACK_FILE, INDEX_FILE = "photos.pack", "index.json"
+SEARCH_CHECKPOINT = "search.json"  # in uploads/<id>/: the genetic search's last state (save_search)
 READ_TIMEOUT_S = 2.0  # a reader waits this long for a lock, then says the store is unavailable
 
 
@@ -199,6 +200,13 @@ class JobStore:
         """Raises StoreUnavailable unless the store answers a query now."""
         self.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (JobState.QUEUED.value,)).fetchone()
 
+    def count_by_state(self) -> dict[str, int]:
+        """Jobs in each state (every state named, 0 when none). Raises StoreUnavailable."""
+        counts = {state.value: 0 for state in JobState}
+        for state, n in self.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall():
+            counts[state] = n
+        return counts
+
     # --- uploads -------------------------------------------------------------
     def _upload_dir(self, job_id: str) -> Path:
         return self.uploads_dir / job_id
@@ -326,7 +334,7 @@ class JobStore:
 
     # --- the genetic search's checkpoint ------------------------------------------
     def _search_path(self, job_id: str) -> Path:
-        return self._upload_dir(job_id) / "search.json"
+        return self._upload_dir(job_id) / SEARCH_CHECKPOINT
 
     def save_search(self, job_id: str, state: dict) -> None:
         """Atomic write: a crash leaves the previous checkpoint whole. Raises StorageFull."""

@@ -11,7 +11,7 @@ from constants import Settings
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     settings.ensure_dirs()
-    app = Flask("api-facial-recognition")
+    app = Flask("api-facial-recognition", static_folder=None)  # the console serves static/ (app/console.py)
     app.config.update(
         SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
@@ -38,5 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(bp)
     register_error_handlers(app)
     install(app, settings, keys)
+    from app.console import install as install_console
+    install_console(app, settings)  # the web console, /docs, /openapi.json, /metrics and the request metrics
     app.wsgi_app = BodyGuard(app.wsgi_app, settings.upload_grace_s, settings.min_upload_rate)  # type: ignore[method-assign]
     return app

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
-import threading
 import time
 import zipfile
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from test.conftest import pick_people
-from test.stack import Stack, descendants, photo_files
+from test.stack import SlowBodies, Stack, descendants, photo_files, raw_request, response_of
 
 GRACE_S = 3.0
 
@@ -38,25 +36,6 @@ def model_id(stack, faces_dir):
     assert r.status_code == 202, r.text
     stack.wait_state(r.json()["id"], ("done",))
     return r.json()["id"]
-
-
-def raw_request(port: int, head: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    sock.sendall(head.encode())
-    return sock
-
-
-def response_of(sock: socket.socket, timeout: float) -> bytes:
-    sock.settimeout(timeout)
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-            if b"\r\n\r\n" in data and data.split(b"\r\n\r\n", 1)[1].rstrip().endswith(b"}"):
-                break
-    except (TimeoutError, ConnectionError):
-        pass
-    return data
 
 
 def web_processes(stack) -> list[int]:
@@ -104,45 +83,22 @@ def test_a_body_over_the_limit_is_refused_before_anything_is_spooled(stack, tmpd
 
 def test_slow_bodies_do_not_starve_the_service_and_are_cut(stack, model_id, faces_dir):
     photo = next((faces_dir / "lfw62").glob("*/*.jpg")).read_bytes()
-    head = ("POST /build_recognizer HTTP/1.1\r\nHost: x\r\n"
-            f"X-API-Key: {stack.admin_key}\r\n"
-            "Content-Type: multipart/form-data; boundary=b\r\n"
-            "Content-Length: 100000\r\n\r\n")
     warm = 0  # every web process has loaded the model (the first predict of a process loads Keras)
     deadline = time.time() + 120
     while warm < 8 and time.time() < deadline:
         t0 = time.time()
         stack.post(f"/models/{model_id}/predict", files={"image": ("p.jpg", photo)}, timeout=60)
         warm = warm + 1 if time.time() - t0 < 1.0 else 0
-    slow = [raw_request(stack.port, head) for _ in range(16)]
-    stop = threading.Event()
-
-    def trickle():
-        while not stop.is_set():
-            for s in slow:
-                try:
-                    s.send(b"x")
-                except OSError:
-                    pass
-            stop.wait(1.0)
-
-    feeder = threading.Thread(target=trickle, daemon=True)
-    feeder.start()
-    try:
+    with SlowBodies(stack, 16) as slow:
         time.sleep(1.5)  # every slow connection is now held by a web thread
         for _ in range(3):  # how fast they answer meanwhile is measured in bench/slow_clients.py
             assert stack.get("/is_alive", timeout=30).status_code == 200
             r = stack.post(f"/models/{model_id}/predict", files={"image": ("p.jpg", photo)}, timeout=30)
             assert r.status_code == 200 and r.json()["count"] == 1
         # past the grace period, a body this slow is cut with a clear answer, which frees its thread
-        replies = [response_of(s, GRACE_S + 15) for s in slow]
-    finally:
-        stop.set()
-        feeder.join(5)
-        for s in slow:
-            s.close()
+        replies = slow.replies(GRACE_S + 15)
     cut = [r for r in replies if r.startswith(b"HTTP/1.1 408")]
-    assert len(cut) == len(slow), [r[:60] for r in replies]
+    assert len(cut) == len(replies) == 16, [r[:60] for r in replies]
     assert json.loads(cut[0].split(b"\r\n\r\n", 1)[1])["error"]["code"] == "REQUEST_TIMEOUT"
 
 
