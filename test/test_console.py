@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -190,7 +191,8 @@ def test_the_key_is_asked_once_kept_for_the_session_and_sent_with_every_call(sta
     with chromium(request.node.name) as b:
         page = b.page
         sent: list[str | None] = []
-        page.on("request", lambda r: sent.append(r.headers.get("x-api-key")) if "/models" in r.url else None)
+        api = re.compile(r"/models(\?|/|$)")  # the API's answers, not /static/js/models.js
+        page.on("request", lambda r: sent.append(r.headers.get("x-api-key")) if api.search(r.url) else None)
         page.goto(stack.url + "/")
         page.wait_for_selector("#key-dialog[open]")
         assert "needs an API key" in page.locator("#key-dialog .reason").inner_text()
@@ -284,7 +286,11 @@ def test_the_api_reference_shows_every_operation(stack, request):
 
 
 # --- the command line ------------------------------------------------------------------------------
-def run_build(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_build(*args: str, key: str | None = None) -> subprocess.CompletedProcess:
+    """`run.py build` as a user runs it, with the API key in FR_API_KEY (none when `key` is None)."""
+    env = {k: v for k, v in os.environ.items() if k != "FR_API_KEY"}
+    if key:
+        env["FR_API_KEY"] = key
     return subprocess.run([sys.executable, str(ROOT / "run.py"), "build", *args], capture_output=True, text=True,
                           timeout=600, env=env)
 
@@ -298,7 +304,7 @@ def test_the_command_line_client_builds_follows_and_downloads(stack, people, tmp
     (folder / ".DS_Store").write_bytes(b"\0")
     out = tmp_path / "model.zip"
     r = run_build(str(folder), "--url", stack.url, "--optimize", "--population", "8", "--generations", "2",
-                  "-o", str(out))
+                  "-o", str(out), key=stack.admin_key)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(out)
     assert f"{3 * BUILD} photos of 3 people" in r.stderr and "uploading" in r.stderr and "100.0%" in r.stderr
@@ -316,25 +322,27 @@ def test_the_command_line_client_says_why_it_stops(stack, people, tmp_path):
     lonely = tmp_path / "lonely" / person
     lonely.mkdir(parents=True)
     (lonely / "1.jpg").write_bytes(paths[0].read_bytes())
-    r = run_build(str(lonely.parent), "--url", stack.url)
+    r = run_build(str(lonely.parent), "--url", stack.url)  # no key
+    assert r.returncode == 1 and "UNAUTHORIZED" in r.stderr and "FR_API_KEY" in r.stderr, r.stderr
+    r = run_build(str(lonely.parent), "--url", stack.url, key=stack.admin_key)
     assert r.returncode == 1 and "TOO_FEW_PEOPLE" in r.stderr, r.stderr
     loose = tmp_path / "loose"
     loose.mkdir()
     (loose / "1.jpg").write_bytes(paths[0].read_bytes())
-    r = run_build(str(loose), "--url", stack.url)
+    r = run_build(str(loose), "--url", stack.url, key=stack.admin_key)
     assert r.returncode == 1 and "not in a person's folder" in r.stderr
-    r = run_build(str(tmp_path / "missing"), "--url", stack.url)
+    r = run_build(str(tmp_path / "missing"), "--url", stack.url, key=stack.admin_key)
     assert r.returncode == 1 and "is not a folder" in r.stderr
     bad = tmp_path / "bad"
     (bad / "a").mkdir(parents=True)
     (bad / "b").mkdir()
     (bad / "a" / "1.jpg").write_bytes(b"not a photo")
     (bad / "b" / "1.jpg").write_bytes(paths[0].read_bytes())
-    r = run_build(str(bad), "--url", stack.url)
+    r = run_build(str(bad), "--url", stack.url, key=stack.admin_key)
     assert r.returncode == 1 and "NOT_AN_IMAGE" in r.stderr and "file=a/1.jpg" in r.stderr, r.stderr
     r = run_build(str(bad), "--url", "http://127.0.0.1:9")
     assert r.returncode == 1 and "cannot reach" in r.stderr
-    r = run_build(str(bad), "--url", stack.url, "--population", "8")
+    r = run_build(str(bad), "--url", stack.url, "--population", "8", key=stack.admin_key)
     assert r.returncode == 2 and "only apply with --optimize" in r.stderr
 
 
