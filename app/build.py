@@ -17,20 +17,22 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
 import numpy as np
 
-from constants import TRAINING, VERSION, Settings
+from constants import VERSION, Settings
+from constants.states import JobState
 from features.extract import FeatureCache, PhotoFeatures, cached_photos_features, pipeline_settings
 from features.select import choose_faces
 from modelization import lean
 from modelization.bundle import pack_bundle
-from modelization.dataset import Split, stratified_split
+from modelization.dataset import HELD_OUT, ONE_PHOTO, Split, protocol, stratified_split
 from modelization.metrics import accuracy, balanced_accuracy
-from modelization.network import NetworkSpec, predict_classes, to_keras
-from modelization.openset import calibrate, name_faces
+from modelization.network import NetworkSpec, to_keras
+from modelization.openset import Gallery, calibrate, name_faces
+from preprocessor.quality import assess, limits
 from preprocessor.uploads import Photo
 
 Progress = Callable[[str, str, int, int], None]
@@ -54,13 +56,20 @@ def extract_chunk(photos: list[Photo], settings: Settings) -> list[dict]:
             for photo, (feats, cached, seconds) in zip(photos, results)]
 
 
+POOR_QUALITY = "poor_quality"
+
+
 def people_report(files: list[dict], feats: list[PhotoFeatures], kept: set[str],
-                  too_few: dict[str, int], choices: dict[int, dict]) -> list[dict]:
-    """Per person: photos uploaded, used, skipped (and why), photos with several faces (and which was used)."""
-    report = defaultdict(lambda: {"photos": 0, "used": 0, "skipped": [], "several_faces": []})
+                  too_few: dict[str, int], choices: dict[int, dict], settings: Settings) -> list[dict]:
+    """Per person: photos uploaded, used, skipped (and why), photos with several faces (and which was used),
+    and every used photo's quality figures (`quality`: file, face_px, sharpness, yaw, roll, problems)."""
+    report: defaultdict[str, dict] = defaultdict(lambda: {"photos": 0, "used": 0, "skipped": [],
+                                                          "several_faces": [], "quality": []})
     for i, (file, f) in enumerate(zip(files, feats)):
         r = report[file["label"]]
         r["photos"] += 1
+        if f.quality is not None:  # usable, or skipped for its quality
+            r["quality"].append({"file": file["filename"], **f.quality, "problems": assess(f.quality, settings)})
         if f.usable:
             r["used"] += 1
             if f.faces > 1:
@@ -77,7 +86,20 @@ def people_report(files: list[dict], feats: list[PhotoFeatures], kept: set[str],
         if label in too_few:
             entry["excluded"] = f"only {too_few[label]} usable photo(s)"
             entry["used"] = 0
+        elif label in kept:
+            entry["protocol"] = protocol(r["used"])
         out.append(entry)
+    return out
+
+
+def skip_poor(feats: list[PhotoFeatures], settings: Settings) -> list[PhotoFeatures]:
+    """With FR_QUALITY_POLICY=skip: usable photos whose face is poor come back skipped (`poor_quality`)."""
+    if settings.quality_policy != "skip":
+        return feats
+    out = []
+    for f in feats:
+        bad = assess(f.quality, settings) if f.usable else []
+        out.append(replace(f, embedding=None, skipped=POOR_QUALITY, detail="face " + ", ".join(bad)) if bad else f)
     return out
 
 
@@ -104,20 +126,22 @@ def prepare(files: list[dict], features: list[dict], settings: Settings, seed: i
     feats = [PhotoFeatures(**{k: v for k, v in f.items() if k not in ("cached", "key", "seconds")})
              for f in features]
     feats, choices = choose_faces([file["label"] for file in files], feats, settings.same_person_distance)
+    feats = skip_poor(feats, settings)
 
     usable = [i for i, f in enumerate(feats) if f.usable]
     if not usable:
-        raise BuildError("NO_FACE_FOUND", "no face was found in any photo",
+        raise BuildError("NO_FACE_FOUND", "no usable face was found in any photo",
                          {"files": [{"file": file["filename"], "reason": f.skipped, "detail": f.detail}
                                     for file, f in zip(files, feats)][:1000]})
     labels = [files[i]["label"] for i in usable]
     split = stratified_split(labels, min_photos=settings.min_photos_per_person,
                              test_fraction=settings.test_fraction, val_fraction=settings.val_fraction, seed=seed)
-    people = people_report(files, feats, set(split.people), split.too_few, choices)
+    people = people_report(files, feats, set(split.people), split.too_few, choices, settings)
     if len(split.people) < 2:
+        least = max(1, settings.min_photos_per_person)
         raise BuildError("TOO_FEW_PEOPLE",
-                         f"a recognizer needs at least 2 people with {max(3, settings.min_photos_per_person)} "
-                         f"or more usable photos each; got {len(split.people)}",
+                         f"a recognizer tells people apart: it needs at least 2 people with {least} or more "
+                         f"usable photo(s) each; got {len(split.people)}",
                          {"people": [{k: p[k] for k in ("label", "photos", "used", "skipped")} for p in people]})
 
     x = np.asarray([feats[i].embedding for i in usable], dtype=np.float32)
@@ -137,8 +161,7 @@ def evaluate_genome(job: dict, files: list[dict], features: bytes, evaluation: s
     genome_key, fold = parse_eval_key(evaluation)
     data = search_data_for(job["id"], files, features, settings, seed, fold)
     return evaluate(from_key(genome_key), data, seed=seed, max_epochs=settings.search_max_epochs,
-                    patience=settings.search_patience, target_far=settings.target_far, k=settings.open_set_k,
-                    fold=fold)
+                    patience=settings.search_patience, target_far=settings.target_far, fold=fold)
 
 
 @dataclass
@@ -162,17 +185,119 @@ def search_data_for(job_id: str, files: list[dict], features: bytes, settings: S
         cache.job, cache.prepared, cache.folds = job, prepare(files, json.loads(features), settings, seed), {}
     if fold not in cache.folds:
         p = cache.prepared
+        assert p is not None
         cache.folds[fold] = search_data(p.x, p.y, p.split, settings.search_holdout_fraction, seed, fold,
                                         settings.search_fold_val_fraction)
     return cache.folds[fold]
+
+
+def figure(value: float) -> float | None:
+    """A measured rate for the manifest: None when there was nothing to measure (JSON has no NaN)."""
+    return None if value != value else round(float(value), 6)
+
+
+def measure(spec: NetworkSpec, weights, x: np.ndarray, y: np.ndarray, split: Split, settings: Settings) -> dict:
+    """The figures of a model trained without the test photos (classifier `weights`, gallery train +
+    validation, its own thresholds), per protocol (modelization/dataset.py):
+
+    - held-out photos (people with 2+ photos): each test photo named (`name_faces`) and accepted or not;
+    - leave-one-identity-out (people with 1 photo): the photo scored against everybody else (its own
+      person hidden from the gallery and the classifier): accepted as someone else or not.
+
+    -> {"metrics" (with `confusions`), "open_set" (test_dir, test_accepted, operating_points, ...),
+        "people": {label: figures}}.
+    """
+    n = len(split.people)
+    gallery_idx = np.concatenate([split.train, split.val])
+    gallery = Gallery(x[gallery_idx], y[gallery_idx], n)
+    thresholds = np.asarray(calibrate(y[gallery_idx], n, settings.target_far)["thresholds"])
+    t = settings.fusion_temperature
+
+    x_test, y_test = x[split.test], y[split.test]
+    probs = lean.predict_proba(spec, weights, x_test)
+    pred, scores = name_faces(probs, gallery.scores(x_test), t)
+    accepted = scores <= thresholds[pred] if len(pred) else np.zeros(0, bool)
+    network_pred = probs.argmax(1)
+    val_pred = lean.predict_proba(spec, weights, x[split.val]).argmax(1)
+
+    people: dict[str, dict] = {}
+    for c, label in enumerate(split.people):
+        mine = y_test == c
+        if mine.any():
+            people[label] = {"test_photos": int(mine.sum()), "named_right": int((pred[mine] == c).sum()),
+                             "accepted_right": int((accepted[mine] & (pred[mine] == c)).sum())}
+    counts = np.bincount(y[y >= 0], minlength=n)
+    single = np.flatnonzero(counts == 1)
+    false_accepts = 0
+    if len(single):
+        idx = np.asarray([np.flatnonzero(y == c)[0] for c in single])
+        probs_s = lean.predict_proba(spec, weights, x[idx])
+        scores_s = gallery.scores(x[idx])
+        probs_s[np.arange(len(single)), single] = 0.0  # hide each photo's own person
+        scores_s[np.arange(len(single)), single] = np.inf
+        as_, score_s = name_faces(probs_s, scores_s, t)
+        for person, other, score in zip(single, as_, score_s):
+            taken = bool(score <= thresholds[other])
+            false_accepts += int(taken)
+            people[split.people[person]] = {"as_stranger": {"accepted_as": split.people[other] if taken else None,
+                                                       "closest": split.people[other],
+                                                       "score": round(float(score), 6),
+                                                       "threshold": round(float(thresholds[other]), 6)}}
+    metrics = {"test_accuracy": figure(accuracy(y_test, pred)),
+               "balanced_accuracy": figure(balanced_accuracy(y_test, pred)),
+               "network_test_accuracy": figure(accuracy(y_test, network_pred)),
+               "network_balanced_accuracy": figure(balanced_accuracy(y_test, network_pred)),
+               "validation_accuracy": figure(accuracy(y[split.val], val_pred)),
+               "test_photos": int(len(y_test)),
+               "one_photo_people": int(len(single)), "one_photo_people_accepted_as_someone_else": int(false_accepts)}
+    open_set = {"test_dir": figure(np.mean(accepted & (pred == y_test)) if len(pred) else float("nan")),
+                "test_accepted": figure(np.mean(accepted) if len(pred) else float("nan")),
+                "measured_thresholds": [round(float(v), 6) for v in thresholds]}
+    return {"metrics": {**metrics, "confusions": confusions(y_test, pred, accepted, split.people)},
+            "open_set": {**open_set,
+                         "operating_points": operating_points(y[gallery_idx], n, pred, scores, y_test,
+                                                              settings.target_far)},
+            "people": people}
+
+
+# Target false-accept rates at which the manifest shows what the calibrated rule would recognise.
+OPERATING_FARS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+
+
+def confusions(y_test: np.ndarray, pred: np.ndarray, accepted: np.ndarray, people: list[str]) -> list[dict]:
+    """Test photos named as someone else, by (person, named): how many, and how many of those the
+    rule accepted (a real mistake; the others were answered "unknown"). Most frequent first."""
+    wrong = Counter((int(a), int(b)) for a, b in zip(y_test, pred) if a != b)
+    taken = Counter((int(a), int(b)) for a, b, ok in zip(y_test, pred, accepted) if a != b and ok)
+    return [{"person": people[a], "named": people[b], "photos": k, "accepted": taken[(a, b)]}
+            for (a, b), k in sorted(wrong.items(), key=lambda item: (-item[1], item[0]))]
+
+
+def operating_points(gallery_y: np.ndarray, n: int, pred: np.ndarray, scores: np.ndarray, y_test: np.ndarray,
+                     target_far: float) -> list[dict]:
+    """The FAR/DIR trade-off of the measured model: for each target false-accept rate (the build's own
+    among them), the per-person thresholds calibrated for it and, on the test photos, the share accepted
+    with the right name (`test_dir`) and accepted at all. The FAR is what the stranger model expects
+    (a build has no strangers to measure it on); the DIR is measured."""
+    points = []
+    for far in sorted({*OPERATING_FARS, target_far}):
+        t = np.asarray(calibrate(gallery_y, n, far)["thresholds"])
+        ok = scores <= t[pred] if len(pred) else np.zeros(0, bool)
+        points.append({"target_far": far, "threshold_range": [round(float(t.min()), 6), round(float(t.max()), 6)],
+                       "test_dir": figure(np.mean(ok & (pred == y_test)) if len(pred) else float("nan")),
+                       "test_accepted": figure(np.mean(ok) if len(pred) else float("nan"))})
+    return points
 
 
 def train_bundle(job: dict, files: list[dict], features: list[dict], settings: Settings,
                  progress: Progress, search: dict | None = None) -> bytes:
     """Build the bundle from every photo's features. `job`: id, name, options {optimize, seed, ...}.
 
-    `search`: the finished search's report (optimize=1): its chosen network is retrained on
-    train + validation and compared with the baselines; without it, the fixed default network.
+    Two trainings: the model that is measured learns without the test photos (split above); the
+    model that ships is refit on every usable photo, its gallery holding them all (same network,
+    the epochs the first training kept). `search`: the finished search's report (optimize=1): its
+    chosen network is used and compared with the baselines; without it (or when the search fell
+    back), the fixed default network.
     """
     started = time.time()
     options = job.get("options", {})
@@ -180,53 +305,57 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
     data = prepare(files, features, settings, seed)
     feats, usable, x, y, split, people, hits = (data.feats, data.usable, data.x, data.y, data.split,
                                                 data.people, data.hits)
+    n = len(split.people)
 
     optimization = None
     t0 = time.time()
     if search is not None and search.get("chosen"):
-        progress(TRAINING, "training the chosen network", 0, 1)
-        spec, model, epochs, optimization = train_chosen(search, x, y, split, settings, seed)
-        trained_on = ("train + validation splits, for the median of the epochs early stopping kept on the "
-                      "search's folds")
+        progress(JobState.TRAINING, "training the chosen network", 0, 1)
+        spec, weights, epochs, optimization = train_chosen(search, x, y, split, settings, seed)
+        measured_on = ("train + validation splits, for the median of the epochs early stopping kept on the "
+                       "search's folds; then refit on every photo")
     else:
         spec = NetworkSpec(learning_rate=settings.learning_rate, batch_size=settings.batch_size)
-        if search is not None:  # the budget ran out before any candidate was evaluated
-            optimization = {**search, "note": "no candidate was evaluated in the time budget: "
-                                              "the fixed default network was trained"}
-        progress(TRAINING, "training", 0, settings.max_epochs)
-        fit = lean.fit(spec, x[split.train], y[split.train], len(split.people), seed=seed,
-                       max_epochs=settings.max_epochs, x_val=x[split.val], y_val=y[split.val],
+        if search is not None:  # the search fell back, or its budget ran out before any candidate was evaluated
+            note = (f"the search could not rank networks ({search['fallback']})" if search.get("fallback")
+                    else "no candidate was evaluated in the time budget")
+            optimization = {**search, "note": note + ": the fixed default network was trained"}
+        progress(JobState.TRAINING, "training", 0, settings.max_epochs)
+        has_val = len(split.val) > 0
+        fit = lean.fit(spec, x[split.train], y[split.train], n, seed=seed,
+                       max_epochs=settings.max_epochs if has_val else settings.epochs_without_validation,
+                       x_val=x[split.val] if has_val else None, y_val=y[split.val] if has_val else None,
                        patience=settings.patience, min_delta=settings.min_delta,
-                       on_epoch=lambda e: progress(TRAINING, "training", e, settings.max_epochs))
-        model, epochs = to_keras(spec, fit.weights, x.shape[1], len(split.people)), fit.epochs
-        trained_on = "train split (validation for early stopping)"
+                       on_epoch=lambda e: progress(JobState.TRAINING, "training", e, settings.max_epochs))
+        weights, epochs = fit.weights, fit.best_epoch
+        measured_on = ("train split (validation for early stopping); then refit on every photo" if has_val else
+                       f"train split, {epochs} epochs (FR_EPOCHS_WITHOUT_VALIDATION: no person has a validation "
+                       "photo); then refit on every photo")
+    measured = measure(spec, weights, x, y, split, settings)
+
+    # The model that ships: the same network refit on every usable photo, the gallery holding them all.
+    progress(JobState.TRAINING, "refitting on every photo", 0, 1)
+    kept = np.flatnonzero(y >= 0)
+    refit = lean.fit(spec, x[kept], y[kept], n, seed=seed, max_epochs=max(1, epochs))
+    model = to_keras(spec, refit.weights, x.shape[1], n)
     train_seconds = time.time() - t0
 
-    # The gallery (train + validation) ships in the bundle: it helps name a face and sets the threshold.
-    y_test = y[split.test]
-    gallery = np.concatenate([split.train, split.val])
-    probs_test = model.predict(x[split.test], verbose=0, batch_size=1024)
-    network_pred = probs_test.argmax(1)
-    pred, test_scores = name_faces(probs_test, x[split.test], x[gallery], y[gallery], settings.open_set_k,
-                                   settings.fusion_temperature)
-    val_pred = predict_classes(model, x[split.val])
-
-    open_set = calibrate(x[gallery], y[gallery], len(split.people), settings.target_far, settings.open_set_k,
-                         settings.max_threshold)
+    open_set = calibrate(y[kept], n, settings.target_far)
     open_set["temperature"] = settings.fusion_temperature
     # The gallery is embedded once per face (build speed); a face to identify can afford a
     # second pass on its mirror image, which brings it nearer its person (README "Open set").
-    # The test figures below use the build's single-pass embeddings.
     open_set["mirror_probes"] = settings.mirror_probes
     open_set["mirror_margin"] = settings.mirror_margin
-    open_set["decision"] = ("the person maximising log p (classifier) - distance / temperature"
+    open_set["decision"] = ("the person maximising log p (classifier) - score / temperature"
                             if settings.fusion_temperature > 0 else "the classifier's most probable person")
-    accepted = test_scores <= open_set["threshold"]
-    open_set["test_dir"] = float(np.mean(accepted & (pred == y_test)))
-    open_set["test_accepted"] = float(np.mean(accepted))
+    open_set.update(measured["open_set"])
+    for person in people:
+        if person["label"] in measured["people"]:
+            person["measured"] = measured["people"][person["label"]]
+    poor = [q for p in people for q in p["quality"] if q["problems"]]
     manifest = {
         "format": "api-facial-recognition bundle",
-        "format_version": 4,
+        "format_version": 5,
         "service_version": VERSION,
         "model_id": job["id"],
         "name": job.get("name"),
@@ -237,18 +366,28 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
                   "several_faces": sum(1 for f in feats if f.usable and f.faces > 1),
                   "features_cached": hits, "extraction_seconds": round(data.extraction_seconds, 2),
                   "skipped_by_reason": dict(Counter(f.skipped for f in feats if not f.usable))},
+        "quality": {"policy": settings.quality_policy, "limits": limits(settings),
+                    "poor_photos": len(poor), "poor_photos_used": 0 if settings.quality_policy == "skip" else len(poor),
+                    "by_problem": dict(Counter(problem for q in poor for problem in q["problems"]))},
         "people": people,
         "labels": split.people,
-        "split": {"method": "per-person stratified, at least one photo per person in each part",
+        "split": {"method": "per-person stratified: 3+ photos give train/validation/test (at least one each), "
+                            "2 photos train/test, 1 photo trains (measured leave-one-identity-out)",
                   "seed": seed, "test_fraction": settings.test_fraction,
-                  "validation_fraction": settings.val_fraction, **split.summary()},
+                  "validation_fraction": settings.val_fraction, **split.summary(),
+                  "people_by_protocol": dict(Counter(p["protocol"] for p in people if p.get("in_model")))},
         "network": {**asdict(spec), "params": int(model.count_params())},
         "training": {"epochs": epochs, "max_epochs": settings.max_epochs, "patience": settings.patience,
-                     "seconds": round(train_seconds, 2), "trained_on": trained_on},
-        "metrics": {"test_accuracy": accuracy(y_test, pred), "balanced_accuracy": balanced_accuracy(y_test, pred),
-                    "network_test_accuracy": accuracy(y_test, network_pred),
-                    "network_balanced_accuracy": balanced_accuracy(y_test, network_pred),
-                    "validation_accuracy": accuracy(y[split.val], val_pred), "test_photos": int(len(y_test))},
+                     "seconds": round(train_seconds, 2), "trained_on": measured_on},
+        "refit": {"photos": int(len(kept)), "gallery_photos": int(len(kept)), "epochs": max(1, epochs),
+                  "note": "the figures in `metrics`, `open_set` (test_*) and `people[].measured` come from a model "
+                          "trained without the test photos; the shipped classifier was then retrained on every "
+                          "usable photo for the same epochs, and its gallery holds every usable photo"},
+        "metrics": {**measured["metrics"],
+                    "protocols": {HELD_OUT: "people with 2 or more photos: their test photos, never seen by the "
+                                            "measured model",
+                                  ONE_PHOTO: "people with 1 photo: scored against everybody else, their own person "
+                                             "hidden; counted in one_photo_people_accepted_as_someone_else"}},
         "open_set": open_set,
         "optimization": optimization,
         "training_task_seconds": round(time.time() - started, 2),
@@ -260,26 +399,24 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
         optimization["baselines"]["closed_set"]["chosen network + gallery (the bundle)"] = {
             "test_accuracy": manifest["metrics"]["test_accuracy"],
             "balanced_accuracy": manifest["metrics"]["balanced_accuracy"]}
-    bundle = pack_bundle(model, split.people, manifest, gallery_x=x[gallery], gallery_y=y[gallery])
+    bundle = pack_bundle(model, split.people, manifest, gallery_x=x[kept], gallery_y=y[kept])
     release_keras()
     return bundle
 
 
 def train_chosen(search: dict, x: np.ndarray, y: np.ndarray, split: Split, settings: Settings, seed: int):
-    """The search's pick retrained on train + validation, and the baselines beside it.
+    """The search's pick trained on train + validation (the measured model), and the baselines beside it.
 
-    -> (spec, Keras model, epochs, the manifest's `optimization` section).
+    -> (spec, weights, epochs, the manifest's `optimization` section).
     """
     from optimization import baselines
     from optimization.evaluate import eval_seed, search_data
     from optimization.genome import decode, key
     chosen = search["chosen"]
-    spec, epochs = decode(chosen["genome"]), int(chosen["epochs"])
+    spec, epochs = decode(chosen["genome"]), max(1, int(chosen["epochs"]))
     fit_idx = np.concatenate([split.train, split.val])
     n = len(split.people)
-    fit = lean.fit(spec, x[fit_idx], y[fit_idx], n, seed=eval_seed(seed, key(chosen["genome"])),
-                   max_epochs=max(1, epochs))
-    model = to_keras(spec, fit.weights, x.shape[1], n)
+    fit = lean.fit(spec, x[fit_idx], y[fit_idx], n, seed=eval_seed(seed, key(chosen["genome"])), max_epochs=epochs)
     data = search_data(x, y, split, settings.search_holdout_fraction, seed)
     lr_epochs = baselines.logistic_epochs(data, seed, settings.search_max_epochs, settings.search_patience)
     compared = {
@@ -287,23 +424,24 @@ def train_chosen(search: dict, x: np.ndarray, y: np.ndarray, split: Split, setti
         "closed_set": baselines.closed_set(x[fit_idx], y[fit_idx], x[split.test], y[split.test], n,
                                            logistic_epochs=lr_epochs, seed=seed),
         "open_set": baselines.open_set(data, spec, epochs, logistic_epochs=lr_epochs, seed=seed,
-                                       target_far=settings.target_far, k=settings.open_set_k,
-                                       temperature=settings.fusion_temperature),
+                                       target_far=settings.target_far, temperature=settings.fusion_temperature),
         "held_out_people": [split.people[i] for i in data.held_out],
     }
-    return spec, model, epochs, {**search, "baselines": compared}
+    return spec, fit.weights, epochs, {**search, "baselines": compared}
 
 
 def software_versions() -> dict:
     import dlib
-    import keras
-    import tensorflow as tf
+
+    from features.tf_import import keras_module, tensorflow_module
+    keras, tf = keras_module(), tensorflow_module()
     return {"python": platform.python_version(), "dlib": dlib.__version__, "keras": keras.__version__,
             "tensorflow": tf.__version__, "numpy": np.__version__}
 
 
 def release_keras() -> None:
     """Free the graph and weights of the last build so a long-lived worker stays flat in memory."""
-    import keras
+    from features.tf_import import keras_module
+    keras = keras_module()
     keras.backend.clear_session()
     gc.collect()

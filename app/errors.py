@@ -1,25 +1,31 @@
 """JSON errors: `{"status": 1, "error": {"code", "message"[, "details"]}}`, registered on the app."""
 from __future__ import annotations
 
+import errno
+
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from app.auth import AuthError
+from app.store import StoreUnavailable
 from logger import logger
 from preprocessor.errors import InputError
 
 
 class ApiError(Exception):
-    def __init__(self, http_status: int, code: str, message: str, details: dict | None = None):
+    def __init__(self, http_status: int, code: str, message: str, details: dict | None = None,
+                 headers: dict | None = None):
         super().__init__(message)
         self.http_status, self.code, self.message, self.details = http_status, code, message, details
+        self.headers = headers or {}
 
 
 # HTTP status for the input error codes the preprocessor raises.
-INPUT_STATUS = {"ZIP_BOMB": 413, "ARCHIVE_TOO_LARGE": 413, "TOO_MANY_FILES": 413}
+INPUT_STATUS = {"ZIP_BOMB": 413, "ARCHIVE_TOO_LARGE": 413, "TOO_MANY_FILES": 413, "PHOTO_TOO_LARGE": 413}
 
 
 def error_response(http_status: int, code: str, message: str, details: dict | None = None):
-    error = {"code": code, "message": message}
+    error: dict[str, object] = {"code": code, "message": message}
     if details:
         error["details"] = details
     return jsonify({"status": 1, "error": error}), http_status
@@ -28,7 +34,14 @@ def error_response(http_status: int, code: str, message: str, details: dict | No
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api(e: ApiError):
-        return error_response(e.http_status, e.code, e.message, e.details)
+        body, status = error_response(e.http_status, e.code, e.message, e.details)
+        return body, status, e.headers
+
+    @app.errorhandler(AuthError)
+    def _auth(e: AuthError):
+        body, status = error_response(e.status, "UNAUTHORIZED" if e.status == 401 else "FORBIDDEN", e.message)
+        return body, status, ({"WWW-Authenticate": 'Bearer realm="api-facial-recognition"'} if e.status == 401
+                              else {})
 
     @app.errorhandler(InputError)
     def _input(e: InputError):
@@ -38,6 +51,20 @@ def register_error_handlers(app: Flask) -> None:
     def _too_large(e):
         limit = app.config.get("MAX_CONTENT_LENGTH")
         return error_response(413, "REQUEST_TOO_LARGE", f"the request is larger than the limit of {limit} bytes")
+
+    @app.errorhandler(StoreUnavailable)
+    def _store(e: StoreUnavailable):
+        logger.error("{}", e)
+        return error_response(503, "STORE_UNAVAILABLE", "the job store cannot be read right now; try again "
+                              "shortly (the operator is told in the service log)")
+
+    @app.errorhandler(OSError)
+    def _os(e: OSError):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            logger.error("disk full while serving a request: {}", e)
+            return error_response(507, "INSUFFICIENT_STORAGE", "the service's disk is full; nothing was stored")
+        logger.exception("unhandled error")
+        return error_response(500, "INTERNAL", "internal error; see the service log")
 
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException):

@@ -1,20 +1,29 @@
-"""HTTP endpoints: build, poll, download, health; use a model: predict, list, report, delete."""
+"""HTTP endpoints: build, poll, download, health; use a model: predict, list, report, delete; API keys.
+
+Every route but `GET /is_alive` says what it does (`@requires`); app/security.py checks the caller's key
+against it. A model of another tenant is answered exactly as a model that does not exist (404).
+The front keeps no state of its own: job rows, listings and bundles come from the broker (app/client.py,
+app/bundles.py), so fronts run on any host and any number of them.
+"""
 from __future__ import annotations
 
-import json
-import sqlite3
+import re
+import time
 from pathlib import Path
 
-from flask import Blueprint, current_app, jsonify, request, send_file
+from flask import Blueprint, current_app, g, jsonify, request, send_file
 
 from app import client
+from app.auth import Action, Role
 from app.broker import new_job_id
 from app.errors import ApiError
-from app.store import connect, job_view
-from app.validation import check_images, check_people, collect_photos, parse_job_id, parse_options
-from constants import DONE, FAILED, VERSION, Settings
+from app.security import principal, requires
+from app.store import job_view
+from app.validation import check_people, collect_photos, parse_job_id, parse_options
+from constants import VERSION, Settings
+from constants.states import JobState
 from logger import logger
-from modelization.bundle import BUNDLE_FILE, MANIFEST_FILE
+from modelization.bundle import read_manifest
 from preprocessor.images import inspect_image
 
 bp = Blueprint("api", __name__)
@@ -24,35 +33,53 @@ def settings() -> Settings:
     return current_app.config["SETTINGS"]
 
 
-def find_job(job_id: str) -> dict:
-    try:
-        db = connect(settings().db_path, readonly=True)
-    except sqlite3.OperationalError:
-        raise ApiError(404, "NOT_FOUND", f"no model with id {job_id}") from None
-    try:
-        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    except sqlite3.OperationalError:  # no table yet: the broker never ran here
-        row = None
-    finally:
-        db.close()
-    if row is None:
+def caller_tenant() -> str | None:
+    """The tenant whose models the caller may see (None: every tenant, for admins)."""
+    caller = principal()
+    return None if caller.may(Action.ADMIN) else caller.tenant
+
+
+def find_row(job_id: str) -> tuple[dict, dict | None]:
+    """(the job's row, its bundle's {sha256, size} when built), 404 NOT_FOUND (also for another tenant's:
+    the broker checks the tenant, and so does this front), or 503 STORE_UNAVAILABLE: never a 404 for a
+    store that fails."""
+    s = settings()
+    answer = client.get_job(s.front_endpoint, s.front_keys_dir, job_id, s.broker_timeout_s, caller_tenant())
+    row = answer.get("job")
+    if not isinstance(row, dict) or row.get("id") != job_id or not principal().sees(row.get("tenant")):
         raise ApiError(404, "NOT_FOUND", f"no model with id {job_id}")
-    return job_view(row)
+    return row, answer.get("bundle")
+
+
+def find_job(job_id: str) -> tuple[dict, dict | None]:
+    """(the job's view as the API shows it, its bundle's {sha256, size} when built); see find_row."""
+    row, bundle = find_row(job_id)
+    return job_view(row), bundle
+
+
+@bp.before_request
+def _started() -> None:
+    g.started = time.time()
 
 
 @bp.post("/build_recognizer")
+@requires(Action.BUILD)
 def build_recognizer():
     s = settings()
     name, options = parse_options(request.form, s)
     photos, ignored = collect_photos(request, s)
     n_people = check_people(photos)
-    check_images(photos, s)
     job_id = new_job_id()
-    header = {"id": job_id, "name": name, "options": options,
-              "files": [{"label": p.label, "filename": p.filename} for p in photos]}
-    # the broker fsyncs every photo before it answers: a big upload gets time for that
-    timeout = s.broker_timeout_s + len(photos) * s.broker_submit_s_per_photo
-    client.submit(s.broker_front, header, [p.data for p in photos], timeout)
+    # Stored within the HTTP timeout, or not at all: past the deadline the broker keeps nothing,
+    # since a client whose request was cut never learns the id.
+    deadline = g.started + s.request_timeout_s - 5.0
+    g.model_id = job_id
+    header = {"id": job_id, "name": name, "options": options, "deadline": deadline,
+              "tenant": principal().tenant, "files": [{"label": p.label, "filename": p.filename} for p in photos]}
+    timeout = min(s.broker_timeout_s + len(photos) * s.broker_submit_s_per_photo, deadline - time.time())
+    if timeout <= 1.0:
+        raise ApiError(503, "DEADLINE_PASSED", "the upload took too long to check; nothing was stored")
+    client.submit(s.front_endpoint, s.front_keys_dir, header, [p.data for p in photos], timeout)
     logger.info("accepted job {}: {} photos, {} people", job_id, len(photos), n_people)
     body = {"status": 0, "id": job_id, "photos": len(photos), "people": n_people}
     if ignored:
@@ -62,27 +89,30 @@ def build_recognizer():
 
 @bp.get("/is_available")
 @bp.get("/is_available/<job_id>")
+@requires(Action.READ)
 def is_available(job_id: str | None = None):
-    job = find_job(parse_job_id(job_id or request.args.get("id")))
+    job, _ = find_job(parse_job_id(job_id or request.args.get("id")))
     return jsonify({"status": 0, **job})
 
 
 def built_model(raw_id: str) -> tuple[dict, Path]:
-    """The job and its bundle path, or the error saying why there is no model (404/409/410)."""
-    job = find_job(parse_job_id(raw_id))
-    if job["state"] == FAILED:
+    """The job and its bundle's file on this front (fetched from the broker once, checked by sha256), or
+    the error saying why there is no model (404/409/410)."""
+    job, bundle = find_job(parse_job_id(raw_id))
+    if job["state"] == JobState.FAILED:
         raise ApiError(409, "BUILD_FAILED", f"model {job['id']} failed to build: {job['error']['message']}",
                        {"error": job["error"]})
-    if job["state"] != DONE:
+    if job["state"] != JobState.DONE:
         raise ApiError(409, "NOT_READY", f"model {job['id']} is not ready (state: {job['state']}); "
                        "poll /is_available/<id>", {"state": job["state"], "progress": job["progress"]})
-    path = settings().dumps_dir / job["id"] / BUNDLE_FILE
-    if not path.exists():
+    if not bundle:
         raise ApiError(410, "GONE", f"the files of model {job['id']} are missing")
+    path = current_app.extensions["bundles"].path(job["id"], bundle["sha256"], bundle["size"], caller_tenant())
     return job, path
 
 
 @bp.get("/models/<job_id>")
+@requires(Action.READ)
 def download(job_id: str):
     job, path = built_model(job_id)
     return send_file(path, mimetype="application/zip", as_attachment=True,
@@ -90,70 +120,83 @@ def download(job_id: str):
 
 
 @bp.get("/models")
+@requires(Action.READ)
 def list_models():
     limit = _int_arg("limit", 100, 1, 1000)
     offset = _int_arg("offset", 0, 0, 10**9)
-    try:
-        db = connect(settings().db_path, readonly=True)
-        try:
-            rows = db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ? OFFSET ?", (limit, offset)).fetchall()
-            total = db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
-        finally:
-            db.close()
-    except sqlite3.OperationalError:
-        rows, total = [], 0
+    caller = principal()
+    tenant = request.args.get("tenant") if caller.may(Action.ADMIN) else caller.tenant  # admins filter at will
+    if tenant and not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", tenant):
+        raise ApiError(400, "BAD_PARAMETER", "tenant must be a tenant name (lower-case letters, digits, '_.-')")
+    s = settings()
+    rows, total = client.list_jobs(s.front_endpoint, s.front_keys_dir, limit, offset, s.broker_timeout_s,
+                                   tenant or None)
     models = [{k: v for k, v in job_view(r).items() if k not in ("progress", "search", "error", "attempts", "worker")}
               for r in rows]
     return jsonify({"status": 0, "models": models, "total": total, "limit": limit, "offset": offset})
 
 
 @bp.get("/models/<job_id>/report")
+@requires(Action.READ)
 def report(job_id: str):
     job, path = built_model(job_id)
-    manifest = json.loads((path.parent / MANIFEST_FILE).read_text())
+    manifest = read_manifest(path)
     return jsonify({"status": 0, **job, "metrics": manifest.get("metrics"), "open_set": manifest.get("open_set"),
                     "manifest": manifest})
 
 
 @bp.post("/models/<job_id>/predict")
+@requires(Action.PREDICT)
 def predict(job_id: str):
     s = settings()
     job, path = built_model(job_id)
     part = request.files.get("image")
     if part is None:
         raise ApiError(400, "NO_FILES", "send the photo as a multipart 'image' part")
-    threshold = request.form.get("threshold")
-    if threshold not in (None, ""):
-        try:
-            threshold = float(threshold)
-        except ValueError:
-            threshold = -1.0
-        if not 0.0 < threshold <= 4.0:
-            raise ApiError(400, "BAD_PARAMETER", "threshold must be a distance in (0, 4]")
-    else:
-        threshold = None
-    data = part.read()
+    threshold = _threshold(request.form.get("threshold"))
+    data = part.stream.read(s.max_photo_bytes + 1)
+    if len(data) > s.max_photo_bytes:
+        raise ApiError(413, "PHOTO_TOO_LARGE", f"the photo is over the limit of {s.max_photo_bytes} bytes")
     inspect_image(data, s.max_image_pixels)
     try:
         recognizer = current_app.extensions["recognizers"].get(job["id"], path, s)
     except FileNotFoundError:
         current_app.extensions["recognizers"].evict(job["id"])
         raise ApiError(404, "NOT_FOUND", f"no model with id {job['id']}") from None
-    faces = recognizer.predict(data, threshold)
+    faces, found = recognizer.faces(data, threshold, s.max_faces_per_predict)
     body = {"status": 0, "id": job["id"], "count": len(faces), "faces": [f.as_dict() for f in faces],
             "threshold": recognizer.threshold if threshold is None else threshold}
+    if found > len(faces):
+        body["faces_found"] = found
+        body["message"] = (f"{found} faces found; the {len(faces)} largest were identified "
+                           f"(FR_MAX_FACES_PER_PREDICT)")
     if not faces:
         body["message"] = "no face found in the photo"
     return jsonify(body)
 
 
 @bp.delete("/models/<job_id>")
+@requires(Action.DELETE)
 def delete_model(job_id: str):
     s = settings()
-    job = find_job(parse_job_id(job_id))
-    answer = client.delete(s.broker_front, job["id"], s.broker_timeout_s)
+    job, _ = find_job(parse_job_id(job_id))
+    answer = client.delete(s.front_endpoint, s.front_keys_dir, job["id"], s.broker_timeout_s, caller_tenant())
     current_app.extensions["recognizers"].evict(job["id"])
+    current_app.extensions["bundles"].forget(job["id"])  # this host's copy; other fronts drop theirs at a sweep
     return jsonify({"status": 0, **answer})
+
+
+def _threshold(raw: str | None) -> float | None:
+    """The `threshold` form field: a distance in (0, 4], or None for the bundle's own."""
+    if raw in (None, ""):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 4.0:  # also refuses nan
+        raise ApiError(400, "BAD_PARAMETER", "threshold must be a distance in (0, 4]")
+    return value
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:
@@ -171,15 +214,76 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 
 @bp.get("/is_alive")
 def is_alive():
+    """Alive when the broker answers, at least one worker is connected, the broker can read its store
+    and its data disk has its reserve free."""
     s = settings()
     try:
-        st = client.status(s.broker_front, min(s.broker_timeout_s, 3.0))
+        st = client.status(s.front_endpoint, s.front_keys_dir, min(s.broker_timeout_s, 3.0))
     except ApiError as exc:
         return jsonify({"status": 1, "alive": False, "workers": 0, "queued": None, "version": VERSION,
                         "error": {"code": exc.code, "message": exc.message}}), 503
-    alive = st["workers"] > 0
-    body = {"status": 0 if alive else 1, "alive": alive, "workers": st["workers"], "busy": st["busy"],
-            "warming": st.get("warming", 0), "queued": st["queued"], "version": VERSION}
-    if not alive:
-        body["error"] = {"code": "NO_WORKERS", "message": "no worker is connected to the broker"}
-    return jsonify(body), 200 if alive else 503
+    body = {"status": 0, "alive": True, "workers": st["workers"], "busy": st["busy"],
+            "warming": st.get("warming", 0), "queued": st["queued"], "disk_free_bytes": st["disk_free_bytes"],
+            "version": VERSION}
+    problem = None
+    if not st["store"]["ok"]:
+        problem = ("STORE_UNAVAILABLE", st["store"].get("message", "the job store cannot be read"))
+    else:
+        try:  # what the fronts' reads meet: a fresh read-only connection in a broker's reader thread
+            client.list_jobs(s.front_endpoint, s.front_keys_dir, 1, 0, min(s.broker_timeout_s, 3.0))
+        except ApiError as exc:
+            problem = (exc.code, exc.message)
+    if problem is None and st.get("disk_full"):
+        problem = ("INSUFFICIENT_STORAGE", "the data disk is full: builds wait until there is room")
+    if problem is None and st["disk_free_bytes"] < s.min_free_bytes:
+        problem = ("INSUFFICIENT_STORAGE", f"{st['disk_free_bytes']} bytes free on the data disk, "
+                                           f"{s.min_free_bytes} needed in reserve")
+    if problem is None and st["workers"] == 0:
+        problem = ("NO_WORKERS", "no worker is connected to the broker")
+    if problem:
+        body.update(status=1, alive=False, error={"code": problem[0], "message": problem[1]})
+    return jsonify(body), 503 if problem else 200
+
+
+# --- API keys (admins) -----------------------------------------------------------------------------
+def _keys():
+    return current_app.extensions["keys"]
+
+
+@bp.post("/keys")
+@requires(Action.ADMIN)
+def create_key():
+    """A new key: JSON or form fields `tenant`, `role` (admin, builder, user), `name`. The key is in this
+    answer and nowhere else, ever."""
+    body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+    fields: dict = body if isinstance(body, dict) else {}
+    tenant, role, name = fields.get("tenant"), fields.get("role"), fields.get("name")
+    if not isinstance(tenant, str) or not isinstance(role, str) or role not in {r.value for r in Role} \
+            or (name is not None and not isinstance(name, str)):
+        raise ApiError(400, "BAD_PARAMETER", "give a tenant and a role (admin, builder or user), and optionally "
+                       "a name", {"roles": [r.value for r in Role]})
+    try:
+        key, info = _keys().create(tenant, role, name)
+    except ValueError as exc:
+        raise ApiError(400, "BAD_PARAMETER", str(exc)) from None
+    g.audit_extra = {"subject_key": info["id"], "subject_tenant": info["tenant"], "subject_role": info["role"]}
+    logger.info("key {} made for tenant {} ({}) by {}", info["id"], info["tenant"], info["role"], principal().key_id)
+    return jsonify({"status": 0, "key": key, **info}), 201
+
+
+@bp.get("/keys")
+@requires(Action.ADMIN)
+def list_keys():
+    return jsonify({"status": 0, "keys": _keys().list(request.args.get("tenant") or None)})
+
+
+@bp.delete("/keys/<key_id>")
+@requires(Action.ADMIN)
+def revoke_key(key_id: str):
+    if not re.fullmatch(r"[0-9a-f]{12}", key_id):
+        raise ApiError(404, "NOT_FOUND", "no such key")
+    g.audit_extra = {"subject_key": key_id}
+    if not _keys().revoke(key_id):
+        raise ApiError(404, "NOT_FOUND", f"no working key {key_id}")
+    logger.info("key {} revoked by {}", key_id, principal().key_id)
+    return jsonify({"status": 0, "id": key_id, "revoked": True})

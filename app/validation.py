@@ -7,13 +7,12 @@ import uuid
 from flask import Request
 
 from app.errors import ApiError
-from constants import Settings
+from constants import Settings, parse_bool
 from preprocessor.errors import InputError
 from preprocessor.images import inspect_image
-from preprocessor.uploads import Photo, label_from_path, read_zip
+from preprocessor.uploads import InflateBudget, Photo, label_from_path, read_zip
 
 _UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-MAX_SEED = 2**31 - 1
 
 
 def parse_job_id(raw: str | None) -> str:
@@ -29,11 +28,10 @@ def parse_job_id(raw: str | None) -> str:
 def _flag(name: str, raw: str | None) -> bool:
     if raw is None or raw == "":
         return False
-    if raw.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if raw.strip().lower() in ("0", "false", "no", "off"):
-        return False
-    raise ApiError(400, "BAD_PARAMETER", f"{name} must be 0 or 1, got {raw[:40]!r}")
+    try:
+        return parse_bool(raw, name)
+    except ValueError as exc:
+        raise ApiError(400, "BAD_PARAMETER", str(exc), {"field": name}) from None
 
 
 def _number(form, name: str, default, low, high, cast=int):
@@ -55,13 +53,12 @@ def _number(form, name: str, default, low, high, cast=int):
 def parse_options(form, settings: Settings) -> tuple[str | None, dict]:
     """-> (name, options {optimize, seed[, population, generations, time_budget]}) from the form fields."""
     optimize = _flag("optimize", form.get("optimize"))
-    seed = _number(form, "seed", settings.default_seed, 0, MAX_SEED)
-    search = {"population": _number(form, "population", settings.search_population, 4,
-                                    settings.search_max_population),
-              "generations": _number(form, "generations", settings.search_generations, 1,
-                                     settings.search_max_generations),
-              "time_budget": _number(form, "time_budget", settings.search_budget_s, 1.0,
-                                     settings.search_max_budget_s, float)}
+    limits = settings.option_limits
+    defaults = {"seed": settings.default_seed, "population": settings.search_population,
+                "generations": settings.search_generations, "time_budget": settings.search_budget_s}
+    seed = _number(form, "seed", defaults["seed"], *limits["seed"])
+    search = {name: _number(form, name, defaults[name], *limits[name])
+              for name in ("population", "generations", "time_budget")}
     given = [k for k in search if form.get(k) not in (None, "")]
     if given and not optimize:
         raise ApiError(400, "BAD_PARAMETER", f"{', '.join(given)} only apply with optimize=1")
@@ -78,42 +75,55 @@ def parse_options(form, settings: Settings) -> tuple[str | None, dict]:
 
 
 def collect_photos(request: Request, settings: Settings) -> tuple[list[Photo], list[str]]:
-    """All labelled photos of the request (multipart `images` parts and `archive` zips). -> (photos, ignored)."""
+    """All labelled photos of the request (multipart `images` parts and `archive` zips), each checked as
+    it is read: a readable image within the limits. -> (photos, ignored names); one error lists every bad
+    file. A bad file's bytes are dropped at once, and all archive parts share one inflate budget, so a
+    request holds at most its good photos in memory."""
     photos: list[Photo] = []
     ignored: list[str] = []
+    bad: list[dict] = []
+
+    def keep(photo: Photo) -> bool:
+        try:
+            inspect_image(photo.data, settings.max_image_pixels)
+            return True
+        except InputError as exc:
+            bad.append({"file": photo.filename, "code": exc.code, "message": exc.message})
+            return False
+
     for part in request.files.getlist("images"):
         if not part.filename:
             continue
         label = label_from_path(part.filename, settings.max_label_length)
-        photos.append(Photo(label, part.filename, part.read()))
+        data = part.stream.read(settings.max_photo_bytes + 1)
+        if len(data) > settings.max_photo_bytes:
+            raise InputError("PHOTO_TOO_LARGE", f"{part.filename!r} is over the limit of "
+                             f"{settings.max_photo_bytes} bytes a photo", {"files": [part.filename]})
+        photo = Photo(label, part.filename, data)
+        if keep(photo):
+            photos.append(photo)
+        if len(photos) > settings.max_files:
+            raise ApiError(413, "TOO_MANY_FILES", f"more than {settings.max_files} photos")
+    budget = InflateBudget(settings.max_zip_uncompressed_bytes)
     for part in request.files.getlist("archive"):
         got, skipped = read_zip(part.stream, max_total=settings.max_zip_uncompressed_bytes,
                                 max_ratio=settings.max_zip_ratio, max_entries=settings.max_zip_entries,
-                                max_label_length=settings.max_label_length)
+                                max_label_length=settings.max_label_length, budget=budget,
+                                max_entry=settings.max_photo_bytes, keep=keep)
         photos.extend(got)
         ignored.extend(skipped)
+        if len(photos) > settings.max_files:
+            raise ApiError(413, "TOO_MANY_FILES", f"more than {settings.max_files} photos")
+    if bad:
+        first = bad[0]
+        raise InputError(first["code"], f"{len(bad)} file(s) are not usable images; first: "
+                         f"{first['file']!r}: {first['message']}", {"files": bad[:200]})
     unknown = sorted(set(request.files) - {"images", "archive"})
     if not photos:
         hint = f" (got file field(s) {', '.join(unknown)})" if unknown else ""
         raise ApiError(400, "NO_FILES", "no photos: send multipart 'images' parts named '<person>/<file>' "
                        "or an 'archive' zip with one folder per person" + hint)
-    if len(photos) > settings.max_files:
-        raise ApiError(413, "TOO_MANY_FILES", f"{len(photos)} photos, limit {settings.max_files}")
     return photos, ignored
-
-
-def check_images(photos: list[Photo], settings: Settings) -> None:
-    """Every photo must be a readable image within the pixel limit; one error lists all bad files."""
-    bad = []
-    for photo in photos:
-        try:
-            inspect_image(photo.data, settings.max_image_pixels)
-        except InputError as exc:
-            bad.append({"file": photo.filename, "code": exc.code, "message": exc.message})
-    if bad:
-        first = bad[0]
-        raise InputError(first["code"], f"{len(bad)} file(s) are not usable images; first: "
-                         f"{first['file']!r}: {first['message']}", {"files": bad[:200]})
 
 
 def check_people(photos: list[Photo]) -> int:

@@ -1,4 +1,6 @@
 """WSGI entry point for uWSGI (`module = app.wsgi:application` in app.ini)."""
+import threading
+
 from app.web import create_app
 from constants import Settings
 from logger import setup_logging
@@ -14,7 +16,5 @@ setup_logging("web", _settings.log_dir, _settings.log_level, _settings.log_rotat
 application = create_app(_settings)
 
 if _settings.warm_up:  # predictions run here: load their models in the background, not on a request
-    import threading
-
     from app.warm import warm_up
     threading.Thread(target=warm_up, args=(_settings, "web process"), daemon=True, name="warm-up").start()

@@ -4,8 +4,8 @@
     python bench/embedder.py [--subset lfw62 lfw62-150px] [--limit N] [--chunk 16]
 
 For each set, in one process, photo by photo with the service's own code
-(`features.extract.find_faces`): the time of each step of a photo's path (decode,
-detection with its upsampling policy, landmarks, chips), and beside it dlib's HOG
+(`features.extract.prepare_photo`): the time of each step of a photo's path (decode,
+detection with its upsampling policy, alignment: landmarks and chip, quality figures), and beside it dlib's HOG
 without upsampling alone (what the policy's first pass costs). Then every chip is
 embedded by both embedders in the batches a worker makes (the chips of `--chunk` photos
 per call; dlib's `compute_face_descriptor` and `features.resnet_tf`), and by TensorFlow one
@@ -17,7 +17,9 @@ chip per call (a prediction's batch), and the script prints:
   with each embedder;
 - the same build made from each embedder's features (`app.build.train_bundle`, the
   fixed network, seed 42, the same split): held-out accuracy, balanced accuracy, the
-  open-set threshold and rates, and how many test photos each names differently.
+  open-set thresholds and rates, and each bundle's answers on the 298 faces of
+  `strangers/` (never in a gallery) embedded by its own embedder, as `predict` embeds
+  them: false accepts, and how many strangers the two bundles answer differently.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ import numpy as np
 from constants import Settings
 
 FACES = Path(os.environ.get("FR_FACES_DIR", ROOT.parent / "shared" / "faces"))
-STEPS = ("decode", "detect", "landmarks", "chips")
+STEPS = ("decode", "detect", "align", "quality")
 
 
 def embed_all(chips_per_photo: list[list[np.ndarray]], settings: Settings, chunk: int) -> tuple[np.ndarray, float]:
@@ -52,22 +54,24 @@ def embed_all(chips_per_photo: list[list[np.ndarray]], settings: Settings, chunk
     return np.concatenate(out), seconds
 
 
-def build_answers(paths: list[Path], found: list, vectors: np.ndarray, settings: Settings) -> tuple[dict, list]:
+def build_answers(paths: list[Path], found: list, vectors: np.ndarray, settings: Settings,
+                  strangers: list[np.ndarray]) -> tuple[dict, list]:
     """The fixed network's bundle built from these features (train_bundle, seed 42): its manifest, and
-    what the bundle answers for each of its test photos (name or None, open-set distance)."""
-    from app.build import prepare, train_bundle
+    its answers (name or None, score) for the strangers' faces (one image each, as predict embeds it:
+    the mirror pass for the faces near their threshold)."""
+    from app.build import train_bundle
     from features.extract import with_embeddings
     from modelization.bundle import read_manifest
     from modelization.recognizer import load_bundle
     feats, i = [], 0
     for f in found:
-        feats.append({**dataclasses.asdict(with_embeddings(f, vectors[i:i + len(f.chips)])), "cached": False})
-        i += len(f.chips)
+        feats.append({**dataclasses.asdict(with_embeddings(f, vectors[i:i + len(f.faces)])), "cached": False})
+        i += len(f.faces)
     files = [{"label": p.parent.name, "filename": f"{p.parent.name}/{p.name}"} for p in paths]
     bundle = train_bundle({"id": "bench", "options": {"seed": 42}}, files, feats, settings, lambda *a: None)
-    data = prepare(files, feats, settings, 42)
-    answers = load_bundle(bundle, settings).identify(data.x[data.split.test])
-    return read_manifest(bundle), [(a[0], a[2]) for a in answers]
+    recognizer = load_bundle(bundle, settings)
+    answers = [recognizer.faces(image, max_faces=1)[0] for image in strangers]
+    return read_manifest(bundle), [(a[0].label, a[0].distance) if a else (None, None) for a in answers]
 
 
 def main() -> None:
@@ -78,7 +82,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=16, help="photos per batch, as a worker's extract task")
     args = ap.parse_args()
 
-    from features.extract import find_faces
+    from features.extract import prepare_photo
     from preprocessor.faces import _detector
     from preprocessor.images import decode_image
     tf_settings = Settings.from_env(embedder="tensorflow")
@@ -89,6 +93,8 @@ def main() -> None:
     load_model(tf_settings)
     load_model(dlib_settings)
     print(f"load: {os.getloadavg()[0]:.2f} (1-minute average at start)")
+    strangers = [decode_image(p.read_bytes(), tf_settings.max_image_pixels)
+                 for p in sorted((FACES / "strangers").glob("*.jpg"))]
 
     for subset in args.subset:
         paths = sorted((FACES / subset).glob("*/*.jpg"))
@@ -97,7 +103,7 @@ def main() -> None:
         found, steps, first_pass, retried = [], {k: [] for k in STEPS}, [], []
         for p in paths:
             data = p.read_bytes()
-            f = find_faces(data, tf_settings)
+            f = prepare_photo(data, tf_settings)
             found.append(f)
             for k in STEPS:
                 steps[k].append(f.steps.get(k, 0.0))
@@ -108,9 +114,9 @@ def main() -> None:
             hit = len(_detector()(image, 0)) > 0
             first_pass.append(time.perf_counter() - t0)
             retried.append(not hit and max(image.shape[:2]) <= tf_settings.upsample_max_side)
-        chips = [f.chips for f in found]
+        chips = [[face.chip for face in f.faces] for f in found]
         n_chips = sum(len(c) for c in chips)
-        no_face = sum(1 for f in found if not f.chips)
+        no_face = sum(1 for f in found if not f.faces)
         tf_vec, tf_s = embed_all(chips, tf_settings, args.chunk)
         dl_vec, dl_s = embed_all(chips, dlib_settings, args.chunk)
         flat = [c for photo in chips for c in photo]
@@ -153,17 +159,22 @@ def main() -> None:
               f"({whole_dl / whole_tf:.2f}x); the embedding's share: {100 * per_photo_faces * emb_dl / whole_dl:.0f}%"
               f" -> {100 * per_photo_faces * emb_tf / whole_tf:.0f}%")
 
-        results = {name: build_answers(paths, found, vec, st)
+        results = {name: build_answers(paths, found, vec, st, strangers)
                    for name, vec, st in (("dlib", dl_vec, dlib_settings), ("tensorflow", tf_vec, tf_settings))}
-        for name, (manifest, _) in results.items():
+        for name, (manifest, answers) in results.items():
             m, o = manifest["metrics"], manifest["open_set"]
+            accepted = sum(1 for a in answers if a[0] is not None)
             print(f"build from {name:10s} features: test accuracy {m['test_accuracy']:.4f}, balanced "
-                  f"{m['balanced_accuracy']:.4f}, network alone {m['network_test_accuracy']:.4f}; threshold "
-                  f"{o['threshold']:.4f}, test DIR {o['test_dir']:.4f}, accepted {o['test_accepted']:.4f}")
+                  f"{m['balanced_accuracy']:.4f}, network alone {m['network_test_accuracy']:.4f}; thresholds "
+                  f"{o['threshold_range'][0]:.4f}-{o['threshold_range'][1]:.4f}, test DIR {o['test_dir']:.4f}, "
+                  f"accepted {o['test_accepted']:.4f}; strangers accepted {accepted} of {len(answers)} "
+                  f"({100 * accepted / max(1, len(answers)):.2f}%)")
         (_, a_dl), (_, a_tf) = results["dlib"], results["tensorflow"]
-        print(f"the two bundles' answers on their {len(a_dl)} test photos: "
-              f"{sum(x[0] != y[0] for x, y in zip(a_dl, a_tf))} named differently (or accepted by one only); "
-              f"largest difference of an open-set distance {max(abs(x[1] - y[1]) for x, y in zip(a_dl, a_tf)):.2e}")
+        scored = [(x[1], y[1]) for x, y in zip(a_dl, a_tf) if x[1] is not None and y[1] is not None]
+        print(f"the two bundles' answers on the {len(a_dl)} strangers: "
+              f"{sum(x[0] != y[0] for x, y in zip(a_dl, a_tf))} differ (accepted by one only, or named otherwise); "
+              f"largest difference of a score {max((abs(x - y) for x, y in scored), default=0.0):.2e}")
+
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ split, the fixed default network trained as a build trains it (train part, early
 on validation; the lean loop, which matches Keras to 1e-6), and per seed:
 
 - closed set: test errors of the network alone, of the bundle (network and gallery
-  naming together, `openset.name_faces` with the build's k and temperature), and of
+  naming together, `openset.name_faces` with the build's score and temperature), and of
   1-NN, nearest centroid and logistic regression fitted on train + validation
   (`optimization/baselines.py`, as in the manifest);
 - open set with the held-out people as strangers (the search's protocol,
@@ -50,7 +50,7 @@ def one_split(files: list[dict], feats: list[dict], seed: int) -> dict:
     from constants import Settings
     from modelization import lean
     from modelization.network import NetworkSpec
-    from modelization.openset import name_faces
+    from modelization.openset import Gallery, name_faces
     from optimization import baselines
     from optimization.evaluate import search_data
     settings = Settings.from_env(data_dir=DATA)
@@ -62,7 +62,7 @@ def one_split(files: list[dict], feats: list[dict], seed: int) -> dict:
     gallery = np.concatenate([split.train, split.val])
     x_test, y_test = x[split.test], y[split.test]
     probs = lean.predict_proba(spec, fit.weights, x_test)
-    named, _ = name_faces(probs, x_test, x[gallery], y[gallery], settings.open_set_k, settings.fusion_temperature)
+    named, _ = name_faces(probs, Gallery(x[gallery], y[gallery], n).scores(x_test), settings.fusion_temperature)
     sd = search_data(x, y, split, settings.search_holdout_fraction, seed)
     lr_epochs = baselines.logistic_epochs(sd, seed, settings.search_max_epochs, settings.search_patience)
     closed = baselines.closed_set(x[gallery], y[gallery], x_test, y_test, n, logistic_epochs=lr_epochs, seed=seed)
@@ -71,7 +71,7 @@ def one_split(files: list[dict], feats: list[dict], seed: int) -> dict:
     errors["bundle"] = int((named != y_test).sum())
     # the open set as the search's manifest measures it, for this network (fixed epochs: those kept above)
     open_set = baselines.open_set(sd, spec, fit.best_epoch, logistic_epochs=lr_epochs, seed=seed,
-                                  target_far=settings.target_far, k=settings.open_set_k,
+                                  target_far=settings.target_far,
                                   temperature=settings.fusion_temperature) or {}
     return {"errors": errors, "test_photos": int(len(y_test)),
             "open_set": {name: open_set[key]["test_rate"] for name, key in

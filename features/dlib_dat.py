@@ -229,7 +229,7 @@ def read_network(data: bytes) -> Network:
         raise DatFormatError(f"the input is not {INPUT_SIZE}x{INPUT_SIZE}")
     # then the layers' bodies, innermost first
     layer_versions = iter(reversed(versions))
-    done = []
+    done: list = []
 
     def body(parse, *args):
         value = parse(r, *args)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from features.resnet_tf import TensorFlowEmbedder
 
 EMBEDDING_SIZE = 128
+RESNET_LOCK = threading.Lock()
 
 
 def resnet_model_path() -> str:
@@ -75,9 +76,10 @@ def embed_chips(chips: list[np.ndarray] | np.ndarray, mirror: bool = False,
         return np.zeros((0, EMBEDDING_SIZE), np.float32)
     batch = list(chips) + ([np.ascontiguousarray(c[:, ::-1]) for c in chips] if mirror else [])
     if s.embedder == "tensorflow":
-        vectors = _tensorflow(s.models_dir)(np.stack(batch))
+        vectors = _tensorflow(s.models_dir)(np.stack(batch))  # thread-safe (features/resnet_tf.py)
     else:
-        vectors = np.asarray([np.asarray(v) for v in _resnet().compute_face_descriptor(batch)], dtype=np.float32)
+        with RESNET_LOCK:  # the network holds its layers' outputs: one forward pass at a time per process
+            vectors = np.asarray([np.asarray(v) for v in _resnet().compute_face_descriptor(batch)], dtype=np.float32)
     if mirror:
         return (vectors[:len(chips)] + vectors[len(chips):]) / 2
     return vectors

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from features.dlib_dat import Network, read_network
+from features.tf_import import keras_module, tensorflow_module
 from preprocessor.faces import file_sha256
 
 CHIP = 150
@@ -93,8 +94,8 @@ def cached_weights(dat_path: str, cache_dir: Path) -> dict[str, np.ndarray]:
 
 def build_model(weights: dict[str, np.ndarray]):
     """The Keras model: (n, 150, 150, 3) uint8 RGB chips -> (n, 128) float32 embeddings."""
-    import keras
-    from keras import layers, ops
+    keras = keras_module()
+    from keras import layers, ops  # imported whole by keras_module()
 
     class ChannelAffine(layers.Layer):
         """dlib's affine_ layer in CONV_MODE: gamma * x + beta per channel."""
@@ -163,7 +164,7 @@ class TensorFlowEmbedder:
     """
 
     def __init__(self, dat_path: str, cache_dir: Path):
-        import tensorflow as tf
+        tf = tensorflow_module()
         self.model = build_model(cached_weights(dat_path, cache_dir))
         self._fn = tf.function(lambda x: self.model(x, training=False),
                                input_signature=[tf.TensorSpec([None, CHIP, CHIP, 3], tf.uint8)])

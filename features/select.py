@@ -61,8 +61,10 @@ def choose_faces(labels: list[str], feats: list[PhotoFeatures],
                 out[i] = PhotoFeatures(faces=f.faces, skipped=NO_MATCH,
                                        detail=f"{f.faces} faces, none within {max_distance} of the person's "
                                               f"other photos (closest {score[best]:.2f})")
-            elif best:
+            elif best and f.others:
                 face = f.others[best - 1]
-                rest = [{"box": f.box, "embedding": f.embedding}] + [o for o in f.others if o is not face]
-                out[i] = replace(f, box=face["box"], embedding=face["embedding"], others=rest)
+                rest = ([{"box": f.box, "embedding": f.embedding, "quality": f.quality}]
+                        + [o for o in f.others if o is not face])
+                out[i] = replace(f, box=face["box"], embedding=face["embedding"], quality=face.get("quality"),
+                                 others=rest)
     return out, choices

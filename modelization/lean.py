@@ -31,7 +31,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 # activation -> (f(z), f'(z) given z and f(z))
-ACTIVATIONS = {
+Activation = Callable[[np.ndarray], np.ndarray]
+ACTIVATIONS: dict[str, tuple[Activation, Callable[[np.ndarray, np.ndarray], np.ndarray]]] = {
     "relu": (lambda z: np.maximum(z, 0), lambda z, a: (z > 0).astype(F32)),
     "tanh": (np.tanh, lambda z, a: 1 - a * a),
     "elu": (lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0))), lambda z, a: np.where(z > 0, F32(1), a + 1)),
@@ -72,8 +73,11 @@ def _unit(v: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
 def _forward(spec: NetworkSpec, weights: Weights, x: np.ndarray, rng: np.random.Generator | None):
     """Logits and what backprop needs. `rng` given = training (dropout on)."""
     act = ACTIVATIONS[spec.activation][0]
-    h = x * F32(spec.input_scale)
-    inputs, pre, post, masks = [], [], [], []
+    h: np.ndarray = x * F32(spec.input_scale)
+    inputs: list[np.ndarray] = []
+    pre: list[np.ndarray] = []
+    post: list[np.ndarray] = []
+    masks: list[np.ndarray | None] = []
     for w, b in weights[:-1]:
         inputs.append(h)
         z = h @ w + b
@@ -90,7 +94,7 @@ def _forward(spec: NetworkSpec, weights: Weights, x: np.ndarray, rng: np.random.
         hn, h_norm = _unit(h, 1)
         wn, w_norm = _unit(w, 0)
         logits = F32(COSINE_SCALE) * (hn @ wn)
-        head = (h, hn, h_norm, wn, w_norm)
+        head: tuple[np.ndarray, ...] = (h, hn, h_norm, wn, w_norm)
     else:
         logits = h @ w + b
         head = (h,)
@@ -179,7 +183,7 @@ def fit(spec: NetworkSpec, x: np.ndarray, y: np.ndarray, n_classes: int, *, seed
                     weights[layer][j][...] -= lr * mj / (np.sqrt(vj) + F32(eps))
         if on_epoch is not None:
             on_epoch(epoch)
-        if x_val is None:
+        if x_val is None or y_val is None:
             continue
         loss = _loss(spec, weights, x_val, y_val)
         if loss < best_loss - min_delta:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from features.tf_import import keras_module
+
 # The cosine head's logits are COSINE_SCALE * cos(features, person direction): the scale
 # lets a softmax over values in [-1, 1] still become confident.
 COSINE_SCALE = 16.0
@@ -35,7 +37,7 @@ def build_network(n_inputs: int, n_classes: int, spec: NetworkSpec):
     The cosine head is built from stock layers (so the bundle loads anywhere):
     UnitNormalization -> Dense without bias, unit-norm columns -> Rescaling -> softmax.
     """
-    import keras
+    keras = keras_module()
     regularizer = keras.regularizers.L2(spec.l2) if spec.l2 else None
     inputs = keras.Input((n_inputs,), name="embedding")
     x = keras.layers.Rescaling(spec.input_scale, name="scale")(inputs)

@@ -1,18 +1,33 @@
-"""Saying "unknown": a distance rule calibrated at build time from the training photos only.
+"""Saying "unknown": each person's template, a score, and per-person thresholds that keep their promise.
 
-Score of a face for the person the classifier names: the mean distance from its
-embedding to that person's `k` nearest gallery embeddings (the gallery is the
-photos the model was built from). A face is accepted when the score is at most
-the threshold.
+Score (bundles of format 5, `TEMPLATE`). Each person's gallery photos are averaged into a
+template: the mean of their unit-length embeddings, scaled back to unit length. A face's
+score for a person is the euclidean distance between its unit-length embedding and that
+template (0 to 2; lower is closer). Averaging cancels much of the noise of single photos
+(pose, light, the network's own), and dropping the length of dlib's embeddings (which
+varies from photo to photo and says little about who it is) removes more: known faces
+rank far better above strangers than with the distance to the nearest photo, most with
+few photos (bench/README.md, "Few photos per person").
 
-Calibration without any stranger: every gallery photo plays a stranger once,
-scored against the *other* people's photos only (leave-one-identity-out). The
-threshold is the `target_far` quantile of those scores, so about that fraction
-of real strangers would be accepted.
+Threshold. No gallery holds enough strangers to calibrate from, and its own people are a
+poor stand-in (they are closer to each other than strangers are to them), so thresholds
+come from a model of how a stranger scores against a person with `n` photos, fitted once
+on real strangers (`python bench/stranger_model.py`: strangers-more, 2,521 faces, against
+templates drawn from lfw62's people, 1 to 20 photos each) and written here as 5 constants:
 
-With few people that estimate sees few look-alikes and comes out lenient, so the
-threshold is capped (`FR_MAX_THRESHOLD`, 0.5: below dlib's own 0.6 same-person
-distance, chosen from measurements with 5 to 62 people, README "Open set").
+    t(a, n) = c0 + c1 L + c2 L^2 + (c3 + c4 L) / n,   L = log10(a)
+
+is the score under which a fraction `a` of strangers falls for one person with `n`
+photos. The spread of stranger scores does not depend on n, their centre moves closer as
+1/n (a template of many photos is a better-placed average). For a gallery of N people
+and a target false-accept rate F, each person gets a = 1 - (1 - F)^(1/N) (a stranger
+is accepted when any person accepts them; people are close to independent) and their own
+threshold t(a, n_c): a person with many photos gets a lower threshold than one with a
+single photo, and every threshold tightens as the gallery grows.
+
+Older bundles (formats 2-4, `KMEAN`): the mean distance to the person's k nearest gallery
+photos against one threshold calibrated leave-one-identity-out on the gallery; `Gallery`
+still scores them that way so that they answer as they did.
 """
 from __future__ import annotations
 
@@ -21,10 +36,30 @@ import numpy as np
 from features.embeddings import pairwise_distances
 
 DEFAULT_K = 3
+TEMPLATE, KMEAN = "template", "kmean"
+
+# t(a, n) = c0 + c1 L + c2 L^2 + (c3 + c4 L) / n, L = log10(a): fitted by bench/stranger_model.py
+STRANGER_MODEL = (0.49182, 0.05503, 0.00198, 0.04409, 0.00232)
+STRANGER_MODEL_RANGE = (-5.5, -1.5)  # L range the fit saw (a from 3e-6 to 3%); used beyond it with care
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def templates(gallery_x: np.ndarray, gallery_y: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes, d): each person's template, the unit-length mean of their unit-length photos
+    (a person without photos gets a zero row, which no face comes within 1 of)."""
+    u = unit(gallery_x)
+    out = np.zeros((n_classes, u.shape[1]), np.float32)
+    np.add.at(out, np.asarray(gallery_y, np.int64), u)
+    return unit(out)
 
 
 def class_scores(dist: np.ndarray, gallery_y: np.ndarray, n_classes: int, k: int = DEFAULT_K) -> np.ndarray:
-    """(n, n_classes): mean of the k smallest distances to each person's gallery photos."""
+    """Formats 2-4: (n, n_classes) mean of the k smallest distances to each person's gallery photos."""
     out = np.full((dist.shape[0], n_classes), np.inf, dtype=np.float32)
     for c in range(n_classes):
         d = dist[:, gallery_y == c]
@@ -34,34 +69,44 @@ def class_scores(dist: np.ndarray, gallery_y: np.ndarray, n_classes: int, k: int
     return out
 
 
-def scores_for(x: np.ndarray, classes: np.ndarray, gallery_x: np.ndarray, gallery_y: np.ndarray,
-               n_classes: int, k: int = DEFAULT_K) -> np.ndarray:
-    """(n,): the score of each embedding `x[i]` for the person `classes[i]` (accept when <= threshold)."""
-    scores = class_scores(pairwise_distances(x, gallery_x), gallery_y, n_classes, k)
-    return scores[np.arange(len(classes)), classes]
+class Gallery:
+    """The photos a bundle knows, ready to score faces against: `scores(x)` -> (n, n_classes)."""
+
+    def __init__(self, gallery_x: np.ndarray, gallery_y: np.ndarray, n_classes: int, rule: str = TEMPLATE,
+                 k: int = DEFAULT_K):
+        if rule not in (TEMPLATE, KMEAN):
+            raise ValueError(f"unknown score rule {rule!r}")
+        self.x = np.asarray(gallery_x, np.float32)
+        self.y = np.asarray(gallery_y, np.int64)
+        self.n_classes, self.rule, self.k = n_classes, rule, k
+        self.templates = templates(self.x, self.y, n_classes) if rule == TEMPLATE else None
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        if self.templates is not None:
+            return pairwise_distances(unit(x), self.templates)
+        return class_scores(pairwise_distances(x, self.x), self.y, self.n_classes, self.k)
 
 
-def name_faces(probs: np.ndarray, x: np.ndarray, gallery_x: np.ndarray, gallery_y: np.ndarray,
-               k: int = DEFAULT_K, temperature: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Who each embedding is, and its open-set score. -> (classes, scores), both (n,).
+def name_faces(probs: np.ndarray, scores: np.ndarray, temperature: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Who each face is, and its score for that person. -> (classes, scores), both (n,).
 
-    The classifier and the gallery vote together: the person named maximises
-    log p_c(x) - d_c(x) / temperature, where p is the classifier's output and d_c the
-    mean distance to c's `k` nearest gallery photos (the open-set score). A small
-    temperature lets the gallery's distance lead and the classifier break near-ties;
-    temperature <= 0 leaves the classifier alone (bundles before format 3).
+    `scores` (n, n_classes): `Gallery.scores`. The classifier and the gallery vote together:
+    the person named maximises log p_c(x) - score_c(x) / temperature. A small temperature lets
+    the gallery lead and the classifier break near-ties; temperature <= 0 leaves the
+    classifier alone (bundles before format 3).
     """
-    d = class_scores(pairwise_distances(x, gallery_x), gallery_y, probs.shape[1], k)
     if temperature > 0:
-        classes = (np.log(np.maximum(probs, 1e-30)) - d / temperature).argmax(1)
+        classes = (np.log(np.maximum(probs, 1e-30)) - scores / temperature).argmax(1)
     else:
         classes = probs.argmax(1)
-    return classes, d[np.arange(len(classes)), classes]
+    return classes, scores[np.arange(len(classes)), classes]
 
 
-def needs_mirror_pass(scores: np.ndarray, threshold: float, margin: float) -> np.ndarray:
-    """Which faces (by their one-pass open-set score) get a second embedding from their mirror image:
-    those within `margin` of the threshold, whose answer the averaged embedding could change.
+def needs_mirror_pass(scores: np.ndarray, threshold: float | np.ndarray, margin: float) -> np.ndarray:
+    """Which faces (by their one-pass score and the named person's threshold) get a second embedding
+    from their mirror image: those within `margin` of the threshold, whose answer the averaged
+    embedding could change.
 
     The mirror pass moves a known face nearer its person (README "Open set") but costs a second
     ResNet pass; a face far below the threshold is accepted and one far above it refused either
@@ -70,35 +115,43 @@ def needs_mirror_pass(scores: np.ndarray, threshold: float, margin: float) -> np
     return np.abs(np.asarray(scores, dtype=np.float64) - threshold) <= margin
 
 
-def stranger_scores(gallery_x: np.ndarray, gallery_y: np.ndarray, n_classes: int, k: int = DEFAULT_K) -> np.ndarray:
-    """Each gallery photo scored as a stranger: its best score among the other people."""
-    scores = class_scores(pairwise_distances(gallery_x, gallery_x), gallery_y, n_classes, k)
-    scores[np.arange(len(gallery_y)), gallery_y] = np.inf  # hide its own identity
-    return scores.min(1)
+def person_far(target_far: float, n_people: int) -> float:
+    """The false-accept rate each of `n_people` may have for the gallery to have `target_far`."""
+    return float(1.0 - (1.0 - target_far) ** (1.0 / max(1, n_people)))
 
 
-def calibrate(gallery_x: np.ndarray, gallery_y: np.ndarray, n_classes: int, target_far: float,
-              k: int = DEFAULT_K, cap: float = 0.5) -> dict:
-    """The threshold for `target_far`, and how it was found (goes to the manifest).
+def stranger_quantile(a: float | np.ndarray, n: float | np.ndarray, model=STRANGER_MODEL) -> np.ndarray:
+    """The score under which a fraction `a` of strangers falls against one person with `n` photos."""
+    c0, c1, c2, c3, c4 = model
+    level = np.log10(a)
+    return c0 + c1 * level + c2 * level * level + (c3 + c4 * level) / np.asarray(n, np.float64)
 
-    `cap` bounds the threshold: with few people the gallery holds few look-alikes,
-    the calibrated value comes out too lenient, and real strangers get through.
-    """
-    pseudo = stranger_scores(gallery_x, gallery_y, n_classes, k)
-    calibrated = float(np.quantile(pseudo, target_far))
-    threshold = min(calibrated, cap)
+
+def person_thresholds(photos: np.ndarray, target_far: float, model=STRANGER_MODEL) -> np.ndarray:
+    """(n_classes,): each person's threshold, from their photo count, for the gallery to accept about
+    `target_far` of strangers."""
+    photos = np.maximum(np.asarray(photos, np.float64), 1)
+    return stranger_quantile(person_far(target_far, len(photos)), photos, model)
+
+
+def calibrate(gallery_y: np.ndarray, n_classes: int, target_far: float) -> dict:
+    """The open-set rule of a gallery (its people's photo counts): per-person thresholds and how they
+    were found (goes to the manifest)."""
+    photos = np.bincount(np.asarray(gallery_y, np.int64), minlength=n_classes)
+    thresholds = person_thresholds(photos, target_far)
+    a = person_far(target_far, n_classes)
     return {
-        "method": f"mean distance to the {k} nearest gallery photos of the predicted person <= threshold",
-        "calibration": "leave-one-identity-out on the gallery (train + validation photos): each photo "
-                       "scored against the other people stands for a stranger; threshold = target_far quantile",
-        "k": k,
+        "score": TEMPLATE,
+        "method": "distance between the face's unit-length embedding and the person's template (the unit-length "
+                  "mean of their unit-length gallery embeddings) <= that person's threshold",
+        "calibration": "a model of stranger scores fitted on real strangers (modelization/openset.py): each "
+                       f"person may accept {a:.3g} of strangers (1 - (1 - target_far)^(1/people)), their "
+                       "threshold is that quantile for their photo count",
+        "stranger_model": list(STRANGER_MODEL),
         "target_far": target_far,
-        "threshold": round(threshold, 6),
-        "calibrated_threshold": round(calibrated, 6),
-        "cap": cap,
-        "capped": calibrated > cap,
-        "pseudo_strangers": int(len(pseudo)),
-        "pseudo_stranger_identities": int(n_classes),
+        "person_far": a,
+        "thresholds": [round(float(t), 6) for t in thresholds],
+        "threshold_range": [round(float(thresholds.min()), 6), round(float(thresholds.max()), 6)],
     }
 
 

@@ -10,6 +10,7 @@ import io
 import json
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,30 +18,36 @@ import numpy as np
 
 from constants import Settings
 from features.embeddings import embed_chips
+from features.extract import find_faces
+from features.tf_import import keras_module
 from modelization.bundle import GALLERY_FILE, LABELS_FILE, MANIFEST_FILE, MODEL_FILE
-from modelization.openset import name_faces, needs_mirror_pass
-from preprocessor.faces import Box, align_face, detect_faces
+from modelization.openset import KMEAN, Gallery, name_faces, needs_mirror_pass
+from preprocessor.faces import Box
 from preprocessor.images import decode_image
+from preprocessor.quality import assess, measure
 
 
 @dataclass
 class FacePrediction:
-    """One face: its box [left, top, right, bottom], the person (None = unknown), scores."""
+    """One face: its box [left, top, right, bottom], the person (None = unknown), scores, quality."""
     box: list[int]
     label: str | None
     confidence: float      # classifier probability of the best-matching person
-    distance: float        # open-set score: mean distance to that person's nearest gallery photos
+    distance: float        # open-set score for that person (format 5: distance to their template)
     candidate: str         # the best-matching person, even when rejected
+    threshold: float       # the candidate's threshold: accepted when distance <= threshold
+    quality: dict | None = None  # face_px, sharpness, yaw, roll, problems (preprocessor/quality.py)
 
     def as_dict(self) -> dict:
         return {"box": self.box, "label": self.label if self.label is not None else "unknown",
                 "known": self.label is not None, "confidence": round(self.confidence, 6),
-                "distance": round(self.distance, 6), "candidate": self.candidate}
+                "distance": round(self.distance, 6), "threshold": round(self.threshold, 6),
+                "candidate": self.candidate, "quality": self.quality}
 
 
 def _numpy_layers(model) -> list | None:
     """The model as a list of numpy steps, or None if it holds a layer we don't mirror."""
-    steps = []
+    steps: list[tuple] = []
     for layer in model.layers:
         kind = type(layer).__name__
         if kind == "InputLayer" or kind == "Dropout":
@@ -59,7 +66,7 @@ def _numpy_layers(model) -> list | None:
     return steps
 
 
-_ACTIVATIONS = {
+_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "linear": lambda x: x,
     "relu": lambda x: np.maximum(x, 0),
     "tanh": np.tanh,
@@ -88,8 +95,13 @@ class Recognizer:
         self.gallery_y = gallery_y.astype(np.int64)
         self.settings = settings or Settings.from_env()
         self.open_set = manifest.get("open_set") or {}
-        self.threshold = float(self.open_set.get("threshold", 0.6))
-        self.k = int(self.open_set.get("k", 3))
+        # format 5: templates and a threshold per person; formats 2-4: k nearest photos, one threshold
+        rule = self.open_set.get("score", KMEAN)
+        self.gallery = Gallery(self.gallery_x, self.gallery_y, len(labels), rule, int(self.open_set.get("k", 3)))
+        if "thresholds" in self.open_set:
+            self.thresholds = np.asarray(self.open_set["thresholds"], np.float64)
+        else:
+            self.thresholds = np.full(len(labels), float(self.open_set.get("threshold", 0.6)))
         self.temperature = float(self.open_set.get("temperature", 0.0))  # format 2: the classifier alone
         self.mirror = bool(self.open_set.get("mirror_probes", False))  # format 4: chip + mirror image
         # format 4 bundles before the margin: the mirror pass for every face
@@ -117,51 +129,78 @@ class Recognizer:
                 x = _softmax(x) if act == "softmax" else _ACTIVATIONS[act](x)
         return x
 
+    @property
+    def threshold(self) -> float:
+        """One figure for the rule: the strictest person's threshold (each face is judged by its own
+        candidate's, `thresholds`)."""
+        return float(self.thresholds.min())
+
+    def decide(self, embeddings: np.ndarray, threshold: float | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """-> (candidates, probabilities (n, people), scores, thresholds) of each embedding: the person
+        named, and the score and threshold it is accepted by (`threshold` given: one for everybody)."""
+        x = np.asarray(embeddings, np.float32)
+        probs = self.probabilities(x)
+        best, scores = name_faces(probs, self.gallery.scores(x), self.temperature)
+        limits = self.thresholds[best] if threshold is None else np.full(len(best), float(threshold))
+        return best, probs, scores, limits
+
     def identify(self, embeddings: np.ndarray,
-                 threshold: float | None = None) -> list[tuple[str | None, float, float, str]]:
-        """(label or None, confidence, distance, candidate) for each embedding."""
+                 threshold: float | None = None) -> list[tuple[str | None, float, float, str, float]]:
+        """(label or None, confidence, distance, candidate, threshold) for each embedding."""
         if len(embeddings) == 0:
             return []
-        threshold = self.threshold if threshold is None else float(threshold)
-        probs = self.probabilities(embeddings)
-        best, scores = name_faces(probs, np.asarray(embeddings), self.gallery_x, self.gallery_y, self.k,
-                                  self.temperature)
-        return [(self.labels[c] if s <= threshold else None, float(probs[i, c]), float(s), self.labels[c])
-                for i, (c, s) in enumerate(zip(best, scores))]
+        best, probs, scores, limits = self.decide(embeddings, threshold)
+        return [(self.labels[c] if s <= t else None, float(probs[i, c]), float(s), self.labels[c], float(t))
+                for i, (c, s, t) in enumerate(zip(best, scores, limits))]
 
-    def embed(self, image: bytes | np.ndarray, threshold: float | None = None,
-              mirror_margin: float | None = None) -> tuple[list[Box], np.ndarray]:
-        """Every face in a photo (bytes of an image file, or an RGB array), largest first:
-        (boxes, embeddings (n, 128)) as this bundle compares them with its gallery.
+    def analyse(self, image: bytes | np.ndarray, threshold: float | None = None,
+                mirror_margin: float | None = None, max_faces: int | None = None,
+                ) -> tuple[list[Box], np.ndarray, list[dict], int]:
+        """The `max_faces` largest faces of a photo (bytes of an image file, or an RGB array):
+        (boxes, embeddings (n, 128) as this bundle compares them with its gallery, quality figures,
+        how many faces the photo holds).
 
-        With `mirror_probes`, a face whose one-pass score lies within `mirror_margin` of the
-        threshold is embedded again from its mirror image and the two embeddings are averaged
-        (`openset.needs_mirror_pass`); faces far from the threshold keep their one pass.
+        With `mirror_probes`, a face whose one-pass score lies within `mirror_margin` of its
+        candidate's threshold is embedded again from its mirror image and the two embeddings are
+        averaged (`openset.needs_mirror_pass`); faces far from the threshold keep their one pass.
         """
         s = self.settings
         if isinstance(image, (bytes, bytearray)):
             image = decode_image(bytes(image), s.max_image_pixels)
-        boxes = sorted(detect_faces(image, s.detect_max_side, s.upsample_max_side), key=lambda b: -b.area)
-        chips = [align_face(image, b, s.chip_size, s.chip_padding) for b in boxes]
+        found, n_found = find_faces(image, s, max_faces)
+        chips = [f.chip for f in found]
         x = embed_chips(chips, settings=s)  # every face in one batch
         if self.mirror and chips:
-            # The second pass needs the first one's scores: the faces near the threshold (often
+            # The second pass needs the first one's scores: the faces near their threshold (often
             # none) get it, their mirror images in one more batch. Embedding every mirror image in
             # the first batch would cost each photo a second pass for the few that need it.
-            scores = np.array([r[2] for r in self.identify(x, threshold)])
+            _, _, scores, limits = self.decide(x, threshold)
             margin = self.mirror_margin if mirror_margin is None else mirror_margin
-            again = np.flatnonzero(needs_mirror_pass(scores, self.threshold if threshold is None else threshold,
-                                                     margin))
+            again = np.flatnonzero(needs_mirror_pass(scores, limits, margin))
             if len(again):
                 flipped = [np.ascontiguousarray(chips[i][:, ::-1]) for i in again]
                 x[again] = (x[again] + embed_chips(flipped, settings=s)) / 2
+        quality = [measure(f.box, f.points, f.chip) for f in found]
+        return [f.box for f in found], x, [{**q, "problems": assess(q, s)} for q in quality], n_found
+
+    def embed(self, image: bytes | np.ndarray, threshold: float | None = None,
+              mirror_margin: float | None = None) -> tuple[list[Box], np.ndarray]:
+        """`analyse` without the quality figures, every face: (boxes, embeddings)."""
+        boxes, x, _, _ = self.analyse(image, threshold, mirror_margin)
         return boxes, x
 
-    def predict(self, image: bytes | np.ndarray, threshold: float | None = None) -> list[FacePrediction]:
-        """Every face in a photo (bytes of an image file, or an RGB array), largest first."""
-        boxes, embeddings = self.embed(image, threshold)
+    def faces(self, image: bytes | np.ndarray, threshold: float | None = None,
+              max_faces: int | None = None) -> tuple[list[FacePrediction], int]:
+        """The `max_faces` largest faces of a photo, named or unknown, and how many faces it holds."""
+        boxes, embeddings, quality, found = self.analyse(image, threshold, max_faces=max_faces)
         results = self.identify(embeddings, threshold)
-        return [FacePrediction(b.as_list(), *r) for b, r in zip(boxes, results)]
+        return [FacePrediction(b.as_list(), *r, quality=q) for b, r, q in zip(boxes, results, quality)], found
+
+    def predict(self, image: bytes | np.ndarray, threshold: float | None = None) -> list[FacePrediction]:
+        """Every face in a photo (bytes of an image file, or an RGB array), largest first, up to
+        FR_MAX_FACES_PER_PREDICT."""
+        return self.faces(image, threshold, self.settings.max_faces_per_predict)[0]
 
 
 def warm_up(settings: Settings) -> None:
@@ -176,12 +215,12 @@ def warm_up(settings: Settings) -> None:
     from preprocessor.faces import load_models
     load_models()
     load_model(settings)
-    import keras  # noqa: F401
+    keras_module()
 
 
 def load_bundle(path: str | Path | bytes, settings: Settings | None = None) -> Recognizer:
     """Open a bundle (path or zip bytes) and return its Recognizer."""
-    import keras
+    keras = keras_module()
     src = io.BytesIO(path) if isinstance(path, (bytes, bytearray)) else path
     with zipfile.ZipFile(src) as zf, tempfile.TemporaryDirectory() as tmp:
         zf.extract(MODEL_FILE, tmp)

@@ -11,8 +11,8 @@ known people's training photos, its threshold set so that `target_far` of the
 held-out people's train + validation photos are accepted, then the rate of
 known test photos accepted with the right name and the false-accept rate on
 the held-out people's test photos. Scores: 1-NN its nearest distance, nearest
-centroid its centroid distance, the networks the distance to the named person's
-`k` nearest photos; the chosen network is measured naming the person alone and,
+centroid its centroid distance, the networks the bundle's score (the distance to the named
+person's template, `openset.Gallery`); the chosen network is measured naming the person alone and,
 as the bundle does, together with its gallery (`openset.name_faces`).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from features.embeddings import pairwise_distances
 from modelization import lean
 from modelization.metrics import accuracy, balanced_accuracy
 from modelization.network import NetworkSpec
-from modelization.openset import name_faces, rate_at_far
+from modelization.openset import Gallery, name_faces, rate_at_far
 from optimization.evaluate import SearchData
 
 LOGISTIC = NetworkSpec(hidden=(), dropout=0.0, learning_rate=1e-2, batch_size=64, l2=1e-4)
@@ -70,17 +70,18 @@ def logistic_epochs(data: SearchData, seed: int, max_epochs: int, patience: int)
 
 
 def open_set(data: SearchData, chosen: NetworkSpec, chosen_epochs: int, *, logistic_epochs: int, seed: int,
-             target_far: float, k: int, temperature: float = 0.0) -> dict | None:
+             target_far: float, temperature: float = 0.0) -> dict | None:
     """Open-set rates of each method with the held-out people as strangers (None if nobody was held out)."""
     if not len(data.x_strangers) or not len(data.x_strangers_test):
         return None
     gx, gy, n = data.x_train, data.y_train, data.n_known
+    gallery = Gallery(gx, gy, n)
 
     def rules(spec: NetworkSpec, epochs: int, *temperatures: float) -> list:
         """One training of `spec`, then a (classes, scores) rule per temperature (`openset.name_faces`:
         0 = the classifier names the face; > 0 = with its gallery, as the bundle does)."""
         fit = lean.fit(spec, gx, gy, n, seed=seed, max_epochs=max(1, epochs))
-        return [lambda q, t=t: name_faces(lean.predict_proba(spec, fit.weights, q), q, gx, gy, k, t)
+        return [lambda q, t=t: name_faces(lean.predict_proba(spec, fit.weights, q), gallery.scores(q), t)
                 for t in temperatures]
 
     chosen_alone, chosen_bundle = rules(chosen, chosen_epochs, 0.0, temperature)

@@ -12,8 +12,13 @@ photos and scored on
 - open-set rate: validation photos accepted with the right name when the
   threshold lets only `target_far` of the held-out people's (non-test) photos
   through; the score is the bundle's own rejection rule
-  (distance to the named person's nearest photos) (max);
+  (distance to the named person's template, `openset.Gallery`) (max);
 - parameter count (min).
+
+Small galleries. Validation photos come from people with 3 or more photos
+(modelization/dataset.py); when fewer than 2 known people have one, networks
+cannot be told apart and `evaluate` answers `{"fallback": reason}`: the search
+stops and the build trains the fixed network, its manifest saying why.
 
 The test photos of everybody are never used here; `baselines` measures the
 chosen network on them.
@@ -37,7 +42,7 @@ import numpy as np
 from modelization import lean
 from modelization.dataset import Split
 from modelization.metrics import balanced_accuracy
-from modelization.openset import name_faces, rate_at_far
+from modelization.openset import Gallery, name_faces, rate_at_far
 from optimization.genome import Genome, decode, key
 
 
@@ -83,7 +88,8 @@ def fold_split(y: np.ndarray, split: Split, fold: int, val_fraction: float, seed
         return split.train, split.val
     rng = np.random.default_rng([seed, fold])
     pool = np.concatenate([split.train, split.val])
-    train, val = [], []
+    train: list[int] = []
+    val: list[int] = []
     for c in np.unique(y[pool]):
         idx = rng.permutation(pool[y[pool] == c])
         n_val = min(max(1, int(round(val_fraction * len(idx)))), len(idx) - 1)
@@ -130,24 +136,39 @@ def open_set_rate(data: SearchData, classes_val: np.ndarray, scores_val: np.ndar
     return rate_at_far(scores_val, classes_val == data.y_val, scores_strangers, target_far)[0]
 
 
+def unusable(data: SearchData) -> str | None:
+    """Why the search cannot compare networks on `data`, or None."""
+    people = len(np.unique(data.y_val))
+    if people < 2:
+        return (f"the validation photos show {people} known person(s); networks need at least 2 to be compared "
+                f"(a person gives a validation photo from 3 usable photos)")
+    return None
+
+
 def evaluate(genome: Genome, data: SearchData, *, seed: int, max_epochs: int, patience: int,
-             target_far: float, k: int, fold: int = 0) -> dict:
+             target_far: float, fold: int = 0) -> dict:
     """Train the genome's network on `data` (the search's parts on `fold`) and score it.
 
-    -> {balanced_accuracy, open_set, params, epochs (kept by early stopping), val_loss, seconds}.
+    -> {balanced_accuracy, open_set, params, epochs (kept by early stopping), val_loss, seconds},
+    or {fallback: reason} when the data cannot rank networks (`unusable`).
     """
+    reason = unusable(data)
+    if reason:
+        return {"fallback": reason}
     started = time.perf_counter()
     spec = decode(genome)
     fit = lean.fit(spec, data.x_train, data.y_train, data.n_known, seed=eval_seed(seed, eval_key(key(genome), fold)),
                    max_epochs=max_epochs, x_val=data.x_val, y_val=data.y_val, patience=patience)
-    gallery = (data.x_train, data.y_train, k, 0.0)  # temperature 0: the classifier names the face
-    pred_val, scores_val = name_faces(lean.predict_proba(spec, fit.weights, data.x_val), data.x_val, *gallery)
-    scores_str = (name_faces(lean.predict_proba(spec, fit.weights, data.x_strangers), data.x_strangers, *gallery)[1]
-                  if len(data.x_strangers) else None)
+    gallery = Gallery(data.x_train, data.y_train, data.n_known)
+    # temperature 0: the classifier names the face (the gallery would mask differences between networks)
+    pred_val, scores_val = name_faces(lean.predict_proba(spec, fit.weights, data.x_val), gallery.scores(data.x_val))
+    scores_str = (name_faces(lean.predict_proba(spec, fit.weights, data.x_strangers),
+                             gallery.scores(data.x_strangers))[1] if len(data.x_strangers) else None)
     open_set = open_set_rate(data, pred_val, scores_val, scores_str, target_far)
     return {"balanced_accuracy": round(balanced_accuracy(data.y_val, pred_val), 6),
             "open_set": None if open_set is None else round(open_set, 6),
             "params": lean.count_params(spec, data.x_train.shape[1], data.n_people),  # as shipped
             "epochs": fit.best_epoch,
-            "val_loss": round(fit.val_loss, 6),  # breaks ties in the final pick
+            "val_loss": (round(fit.val_loss, 6) if fit.val_loss is not None and np.isfinite(fit.val_loss)
+                         else None),  # breaks ties in the pick
             "seconds": round(time.perf_counter() - started, 3)}

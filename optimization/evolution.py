@@ -41,6 +41,7 @@ its generations are done), the finalists' folds at the budget.
 """
 from __future__ import annotations
 
+import math
 import random
 import time
 from contextlib import contextmanager
@@ -62,6 +63,26 @@ CHOICE_RULE = ("score = mean(validation balanced accuracy, validation open-set r
                "then retrained on train + validation for the median of the epochs its folds kept")
 RESULT_FIELDS = ("balanced_accuracy", "open_set", "params", "epochs", "val_loss", "seconds")
 EVOLVING, CONFIRMING = "evolving", "confirming"
+
+
+def check_result(result: dict) -> dict:
+    """An evaluation's result as `evaluate.evaluate` returns it: RESULT_FIELDS, finite numbers (open_set
+    and val_loss may be None), the scores within [0, 1]. Raises ValueError: a worker's answer is checked,
+    not trusted."""
+    if not isinstance(result, dict):
+        raise ValueError("an evaluation result must be an object")
+    kept: dict[str, float | None] = {}
+    for name in RESULT_FIELDS:
+        v = result.get(name)
+        if v is None and name in ("open_set", "val_loss"):
+            kept[name] = None
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0")
+        if name in ("balanced_accuracy", "open_set") and v > 1:
+            raise ValueError(f"{name} must be at most 1")
+        kept[name] = v
+    return kept
 
 if not hasattr(creator, "SearchFitness"):
     creator.create("SearchFitness", base.Fitness, weights=WEIGHTS)
@@ -107,6 +128,7 @@ class Evolution:
         self.population: list[Genome] = s.get("population", [])
         self.offspring: list[Genome] | None = s.get("offspring")
         self.results: dict[str, dict] = s.get("results", {})
+        self.born: dict[str, int] = s.get("born", {})  # genome key -> the generation it was first evaluated in
         self.logbook: list[dict] = s.get("logbook", [])
         self.evaluations: int = s.get("evaluations", 0)
         self.cache_hits: int = s.get("cache_hits", 0)
@@ -118,6 +140,7 @@ class Evolution:
         self.seconds_before: float = s.get("seconds", 0.0)
         self.done: bool = s.get("done", False)
         self.stop_reason: str | None = s.get("stop_reason")
+        self.fallback: str | None = s.get("fallback")  # why the build's photos cannot rank networks
         self.rng_state = s.get("rng_state")
         self.resumed_at = time.monotonic()
         if not state:
@@ -126,11 +149,12 @@ class Evolution:
     # --- state -----------------------------------------------------------------
     def to_json(self) -> dict:
         return {"controls": asdict(self.controls), "generation": self.generation, "population": self.population,
-                "offspring": self.offspring, "results": self.results, "logbook": self.logbook,
+                "offspring": self.offspring, "results": self.results, "born": self.born, "logbook": self.logbook,
                 "evaluations": self.evaluations, "cache_hits": self.cache_hits,
                 "batch_evaluations": self.batch_evaluations, "phase": self.phase, "finalists": self.finalists,
                 "fold_runs": self.fold_runs, "fold_evaluations": self.fold_evaluations, "seconds": self.seconds(),
-                "done": self.done, "stop_reason": self.stop_reason, "rng_state": self.rng_state}
+                "done": self.done, "stop_reason": self.stop_reason, "fallback": self.fallback,
+                "rng_state": self.rng_state}
 
     @classmethod
     def from_json(cls, state: dict) -> Evolution:
@@ -188,9 +212,19 @@ class Evolution:
         return not self.done and evaluation in self.needed()
 
     def tell(self, evaluation: str, result: dict) -> bool:
-        """File one evaluation (key from `needed`). -> False if it was already known (a re-delivered result)."""
+        """File one evaluation (key from `needed`). -> False if it was already known (a re-delivered result).
+
+        A result with `fallback` (optimization/evaluate.py: the photos cannot rank networks, e.g.
+        too few validation photos) ends the search with nothing evaluated: the build trains the
+        fixed network and its manifest says why."""
+        if result.get("fallback"):
+            if self.done:
+                return False
+            self.fallback = str(result["fallback"])
+            self.finish("fell back to the fixed network: " + self.fallback)
+            return True
         genome_key, fold = parse_eval_key(evaluation)
-        kept = {k: result.get(k) for k in RESULT_FIELDS}
+        kept = check_result(result)
         if fold:
             if str(fold) in self.fold_runs.get(genome_key, {}):
                 return False
@@ -200,6 +234,7 @@ class Evolution:
         if genome_key in self.results:
             return False
         self.results[genome_key] = kept
+        self.born[genome_key] = self.generation
         self.evaluations += 1
         self.batch_evaluations += 1
         return True
@@ -271,8 +306,8 @@ class Evolution:
         return ind
 
     def _record(self, population: list) -> None:
-        line = {"generation": self.generation, "evaluations": self.evaluations, "cache_hits": self.cache_hits,
-                "seconds": round(self.seconds(), 2)}
+        line: dict[str, object] = {"generation": self.generation, "evaluations": self.evaluations,
+                                   "cache_hits": self.cache_hits, "seconds": round(self.seconds(), 2)}
         for i, name in enumerate(OBJECTIVES):
             values = [ind.fitness.values[i] for ind in population]
             line[name] = {"max": max(values), "mean": round(sum(values) / len(values), 6), "min": min(values)}
@@ -290,6 +325,19 @@ class Evolution:
     def point(self, genome_key: str) -> dict:
         return {"genome": from_key(genome_key), "network": describe(from_key(genome_key)),
                 **self.results[genome_key]}
+
+    def candidates(self) -> list[dict]:
+        """Every network evaluated, in the order they were: the generation it was bred for (None in a
+        checkpoint older than this field), its shape (hidden units, activation, cosine head), validation
+        scores, size and single score. Compact: a long search has thousands."""
+        out = []
+        for k, r in self.results.items():
+            net = describe(from_key(k))
+            out.append({"generation": self.born.get(k), "genome": from_key(k), "hidden": net["hidden"],
+                        "activation": net["activation"], "cosine": net["cosine"], "params": r["params"],
+                        "balanced_accuracy": r["balanced_accuracy"], "open_set": r["open_set"],
+                        "score": round(score(r), 6)})
+        return out
 
     def best(self, n: int) -> list[str]:
         """The `n` best networks evaluated: by fold-0 score, ties to fewer parameters, then lower loss."""
@@ -350,7 +398,8 @@ class Evolution:
 
     def report(self) -> dict:
         """The manifest's `optimization` section (baselines are added by the training task)."""
-        return {"requested": True, "performed": bool(self.results), "algorithm": "NSGA-II (DEAP selNSGA2)",
+        return {"requested": True, "performed": bool(self.results), "fallback": self.fallback,
+                "algorithm": "NSGA-II (DEAP selNSGA2)",
                 "objectives": {"balanced_accuracy": "max, validation", "open_set": "max, validation",
                                "params": "min"},
                 "controls": asdict(self.controls), "population": self.controls.mu,
@@ -358,4 +407,4 @@ class Evolution:
                 "evaluations": self.evaluations, "cache_hits": self.cache_hits,
                 "seconds": round(self.seconds(), 2), "stop_reason": self.stop_reason,
                 "choice_rule": CHOICE_RULE, "chosen": self.choose(), "cross_validation": self.confirmation(),
-                "logbook": self.logbook, "pareto_front": self.pareto_front()}
+                "logbook": self.logbook, "pareto_front": self.pareto_front(), "candidates": self.candidates()}

@@ -35,8 +35,8 @@ Genome = list[int]
 
 def random_genome(rng: random.Random | None = None) -> Genome:
     """A uniformly random genome."""
-    rng = rng or random
-    return [rng.randint(lo, up) for lo, up in zip(LOW, UP)]
+    draw = rng.randint if rng is not None else random.randint
+    return [draw(lo, up) for lo, up in zip(LOW, UP)]
 
 
 def is_valid(genome: Genome) -> bool:

@@ -10,6 +10,7 @@ Detection policy, chosen for speed (see README, Performance):
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
@@ -49,6 +50,12 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
+# dlib's models keep scratch buffers inside the object: two threads of one process running a model at
+# once corrupt the heap (seen in the soak: web processes with 16 threads died of SIGSEGV and "corrupted
+# size vs. prev_size" under concurrent predictions). One lock per model: threads take turns on each.
+DETECTOR_LOCK, LANDMARKS_LOCK = threading.Lock(), threading.Lock()
+
+
 @lru_cache(maxsize=1)
 def _detector():
     return dlib.get_frontal_face_detector()
@@ -74,9 +81,10 @@ def detect_faces(image: np.ndarray, max_side: int = 1600, upsample_max_side: int
         scale = max_side / max(h, w)
         small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
                            interpolation=cv2.INTER_AREA)
-    rects = _detector()(small, 0)
-    if len(rects) == 0 and max(small.shape[:2]) <= upsample_max_side:
-        rects = _detector()(small, 1)
+    with DETECTOR_LOCK:
+        rects = _detector()(small, 0)
+        if len(rects) == 0 and max(small.shape[:2]) <= upsample_max_side:
+            rects = _detector()(small, 1)
     boxes = []
     for r in rects:
         box = Box(int(r.left() / scale), int(r.top() / scale),
@@ -92,17 +100,37 @@ def largest(boxes: list[Box]) -> Box:
     return max(boxes, key=lambda b: b.area)
 
 
-def landmarks(image: np.ndarray, box: Box) -> dlib.full_object_detection:
-    """The 5 landmarks (eye corners, nose) of the face in `box`."""
-    return _shape_predictor()(image, dlib.rectangle(box.left, box.top, box.right, box.bottom))
+def landmarks(image: np.ndarray, box: Box):
+    """dlib's 5 landmarks of the face in `box` (a `full_object_detection`): the two corners of
+    each eye (0-1: the eye on the photo's right, outer then inner; 2-3: the other) and the nose base (4)."""
+    with LANDMARKS_LOCK:
+        return _shape_predictor()(image, dlib.rectangle(box.left, box.top, box.right, box.bottom))
 
 
-def face_chip(image: np.ndarray, shape: dlib.full_object_detection, size: int = 150,
-              padding: float = 0.25) -> np.ndarray:
-    """The face cut out of `image`, aligned on its landmarks: (size, size, 3) uint8."""
+def points(shape) -> np.ndarray:
+    """(5, 2) float array of a landmark detection's points (x, y)."""
+    return np.array([(shape.part(i).x, shape.part(i).y) for i in range(shape.num_parts)], np.float64)
+
+
+def chip_from(image: np.ndarray, shape, size: int = 150, padding: float = 0.25) -> np.ndarray:
+    """The face of a landmark detection, aligned: (size, size, 3) uint8."""
     return dlib.get_face_chip(image, shape, size=size, padding=padding)
 
 
 def align_face(image: np.ndarray, box: Box, size: int = 150, padding: float = 0.25) -> np.ndarray:
     """Cut the face in `box` out of `image`, aligned on its 5 landmarks: (size, size, 3) uint8."""
-    return face_chip(image, landmarks(image, box), size, padding)
+    return chip_from(image, landmarks(image, box), size, padding)
+
+
+@dataclass
+class Face:
+    """One face of a photo: its box, its 5 landmark points (5, 2) and its aligned chip."""
+    box: Box
+    points: np.ndarray
+    chip: np.ndarray
+
+
+def face_at(image: np.ndarray, box: Box, size: int = 150, padding: float = 0.25) -> Face:
+    """The face in `box`: landmarks found once, for the chip and for the quality figures."""
+    shape = landmarks(image, box)
+    return Face(box, points(shape), chip_from(image, shape, size, padding))

@@ -52,7 +52,7 @@ def _load(im: Image.Image) -> None:
 def inspect_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
     """Validate image bytes without a full-size decode. Returns (format, width, height)."""
     im = _open(data, max_pixels)
-    fmt, (w, h) = im.format, im.size
+    fmt, (w, h) = im.format or "", im.size
     if fmt in ("JPEG", "MPO"):
         im.draft("L", (max(1, w // 8), max(1, h // 8)))  # DCT-domain downscale: fast, reads all data
     _load(im)

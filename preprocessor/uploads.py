@@ -10,8 +10,9 @@ import re
 import stat
 import unicodedata
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO
 
 from constants import IMAGE_EXTENSIONS
 from preprocessor.errors import InputError
@@ -76,14 +77,30 @@ def _skippable(name: str) -> bool:
     return parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts if p)
 
 
-def read_zip(fileobj: BinaryIO, *, max_total: int, max_ratio: float, max_entries: int,
-             max_label_length: int = 100) -> tuple[list[Photo], list[str]]:
+class InflateBudget:
+    """Bytes a request may still inflate, shared by all its archive parts (one budget per request)."""
+
+    def __init__(self, total: int):
+        self.left = total
+
+    def spend(self, n: int, what: str) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise InputError("ZIP_BOMB", f"{what} inflates the upload past its limit")
+
+
+def read_zip(fileobj: IO[bytes], *, max_total: int, max_ratio: float, max_entries: int,
+             max_label_length: int = 100, budget: InflateBudget | None = None, max_entry: int | None = None,
+             keep: Callable[[Photo], bool] | None = None) -> tuple[list[Photo], list[str]]:
     """Read a zip of `<person>/<photo>` entries. Returns (photos, ignored names).
 
     Refuses (InputError) archives that are corrupt, hold unsafe paths or symlinks,
-    or would inflate past `max_total` bytes or `max_ratio` compression ratio; the
-    sizes are enforced while reading, not just trusted from the headers.
+    or would inflate past `max_total` bytes (or the request's shared `budget`),
+    `max_entry` bytes for one entry, or `max_ratio` compression ratio; the sizes are
+    enforced while reading, not just trusted from the headers. `keep(photo)` is asked
+    right after each entry is inflated: a photo it refuses is not kept in memory.
     """
+    budget = budget or InflateBudget(max_total)
     try:
         zf = zipfile.ZipFile(fileobj)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
@@ -111,18 +128,26 @@ def read_zip(fileobj: BinaryIO, *, max_total: int, max_ratio: float, max_entries
             wanted.append(info)
         declared = sum(i.file_size for i in wanted)
         compressed = sum(i.compress_size for i in wanted)
-        if declared > max_total:
-            raise InputError("ZIP_BOMB", f"archive would inflate to {declared} bytes, limit {max_total}")
+        if declared > min(max_total, budget.left):
+            raise InputError("ZIP_BOMB", f"archive would inflate to {declared} bytes, limit "
+                             f"{min(max_total, budget.left)}")
         if compressed and declared / compressed > max_ratio:
             raise InputError("ZIP_BOMB", f"archive compression ratio {declared / compressed:.0f} "
                              f"is over the limit of {max_ratio:.0f}")
+        too_big = [i.filename for i in wanted if max_entry is not None and i.file_size > max_entry]
+        if too_big:
+            raise InputError("PHOTO_TOO_LARGE", f"{too_big[0]!r} is over the limit of {max_entry} bytes a photo",
+                             {"files": too_big[:100]})
         photos, total = [], 0
         for info in wanted:
             label = label_from_path(info.filename, max_label_length)
             limit = min(info.file_size, max_ratio * max(info.compress_size, 1))
-            data = _read_bounded(zf, info, int(limit), max_total - total)
+            data = _read_bounded(zf, info, int(limit), min(max_total - total, budget.left))
             total += len(data)
-            photos.append(Photo(label, info.filename, data))
+            budget.spend(len(data), repr(info.filename))
+            photo = Photo(label, info.filename, data)
+            if keep is None or keep(photo):
+                photos.append(photo)
     return photos, ignored
 
 

@@ -49,6 +49,20 @@ def side_by_side(small: Path, large: Path) -> bytes:
     return buf.getvalue()
 
 
+@pytest.fixture(autouse=True)
+def no_uwsgi_alarms():
+    """Fail a test during which any running stack logged a harakiri or lost a web process
+    (test/stack.UWSGI_ALARMS): such a failure must never pass because a retry hid it."""
+    from test.stack import STACKS
+    for s in STACKS:
+        s.alarms()  # what earlier tests saw is theirs
+    yield
+    seen = [(s.log, line) for s in STACKS for line in s.alarms()]
+    if seen:
+        pytest.fail("the service logged uWSGI alarms during this test:\n" +
+                    "\n".join(f"{log}: {line}" for log, line in seen[:10]))
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, request):
     """The real service (2 workers) shared by a module's tests, in a data folder of its own.

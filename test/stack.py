@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -50,6 +52,46 @@ def free_port_pair() -> int:
     raise RuntimeError("no free port pair")
 
 
+# Lines that mean uWSGI killed or lost a web process: a test whose stack logs one fails (test/conftest.py),
+# so a crash that the supervisor or uWSGI papered over can never pass silently.
+UWSGI_ALARMS = ("HARAKIRI", "DAMN ! worker", "Respawned uWSGI worker")
+STACKS: list = []  # stacks started by this test session (conftest checks their logs after every test)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (children, grandchildren, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.add(child)
+                todo.append(child)
+    return out
+
+
+def alive(pids: set[int]) -> set[int]:
+    """Those of `pids` still running (zombies count as gone)."""
+    out = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.add(pid)
+    return out
+
+
 class Stack:
     """`python run.py serve` on free ports with its own data dir.
 
@@ -61,29 +103,38 @@ class Stack:
         self.workers = workers
         self.warm = warm
         self.port = free_port()
-        self.broker_port = free_port_pair()
+        self.broker_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # every test talks to the service with an API key (an admin key given as the operator would)
+        self.admin_key = secrets.token_urlsafe(32)
         self.env = {**os.environ, "FR_HEARTBEAT_S": "0.5", "FR_HEARTBEAT_LIVENESS": "4",
-                    "FR_LOG_LEVEL": os.environ.get("FR_LOG_LEVEL", "INFO"), **(env or {})}
+                    "FR_LOG_LEVEL": os.environ.get("FR_LOG_LEVEL", "INFO"), "FR_ADMIN_KEY": self.admin_key,
+                    **(env or {})}
+        self.headers = {"X-API-Key": self.env["FR_ADMIN_KEY"]}
         self.proc: subprocess.Popen | None = None
         self.log = self.data_dir / "serve.out"
+        self.alarms_seen = 0  # UWSGI_ALARMS lines already reported
+        self.survivors: set[int] = set()  # processes that outlived the stop (then killed)
 
-    def start(self, timeout: float = 60) -> Stack:
+    def start(self, timeout: float = 60, healthy: bool = True) -> Stack:
+        """Start and wait for the workers to connect (and, with `healthy`, for /is_alive to answer 200)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "run.py"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", str(self.workers), "--data-dir", str(self.data_dir), "--broker-port", str(self.broker_port)],
             env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        STACKS.append(self)
         try:
-            self.wait_alive(self.workers, timeout, self.warm)
+            self.wait_alive(self.workers, timeout, self.warm, healthy)
         except BaseException:
             self.stop()  # a stack that never came up must not outlive its test (and load the ones after it)
             raise
         return self
 
-    def wait_alive(self, workers: int, timeout: float = 60, warm: bool = False) -> dict:
-        """Until `workers` workers are connected (and, with `warm`, none is still loading its models)."""
+    def wait_alive(self, workers: int, timeout: float = 60, warm: bool = False, healthy: bool = True) -> dict:
+        """Until `workers` workers are connected (and, with `warm`, none is still loading its models;
+        with `healthy`, /is_alive answers 200)."""
         deadline = time.time() + timeout
         last = None
         while time.time() < deadline:
@@ -92,7 +143,8 @@ class Stack:
             try:
                 r = requests.get(self.url + "/is_alive", timeout=5)
                 last = r.json()
-                if r.status_code == 200 and last["workers"] >= workers and not (warm and last.get("warming")):
+                if (r.status_code == 200 or not healthy) and last["workers"] >= workers \
+                        and not (warm and last.get("warming")):
                     return last
             except requests.RequestException:
                 pass
@@ -106,18 +158,34 @@ class Stack:
         self.stop()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
+        """SIGTERM to `serve`, as an operator stops it; it must take everything down within its 10 s.
+        Whatever outlives that is killed here and kept in `survivors` (a test can assert there are none)."""
+        if self.proc is None:
+            return
+        tree = descendants(self.proc.pid)
+        if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(20)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.kill()
                 self.proc.wait()
-        if self.proc:  # leave no orphans (uWSGI workers, dlib workers) behind
+        deadline = time.time() + 3
+        while alive(tree) and time.time() < deadline:
+            time.sleep(0.1)
+        self.survivors |= alive(tree)
+        for pid in self.survivors:  # leave no orphans behind for the tests that follow
             try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+    def alarms(self) -> list[str]:
+        """UWSGI_ALARMS lines logged since the last call."""
+        lines = [line for line in self.log.read_text(errors="replace").splitlines()
+                 if any(a in line for a in UWSGI_ALARMS)] if self.log.exists() else []
+        new, self.alarms_seen = lines[self.alarms_seen:], len(lines)
+        return new
 
     def tail(self, n: int = 60) -> str:
         try:
@@ -126,13 +194,28 @@ class Stack:
             return ""
 
     # --- API helpers -------------------------------------------------------------
+    def request(self, method: str, path: str, key: str | None = None, headers: dict | None = None,
+                **kw) -> requests.Response:
+        """`method` on `path` of this service, with the admin key (or `key`; "" for none)."""
+        auth = self.headers if key is None else ({"X-API-Key": key} if key else {})
+        return requests.request(method, self.url + path, headers={**auth, **(headers or {})}, **kw)
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return self.request("POST", path, **kw)
+
+    def delete(self, path: str, **kw) -> requests.Response:
+        return self.request("DELETE", path, **kw)
+
     def build(self, files: list[tuple[str, bytes]], **form) -> requests.Response:
         """files: (filename with person folder, bytes)."""
         parts = [("images", (name, data, "application/octet-stream")) for name, data in files]
-        return requests.post(self.url + "/build_recognizer", files=parts, data=form, timeout=120)
+        return self.post("/build_recognizer", files=parts, data=form, timeout=120)
 
     def status(self, job_id: str) -> dict:
-        return requests.get(f"{self.url}/is_available/{job_id}", timeout=10).json()
+        return self.get(f"/is_available/{job_id}", timeout=10).json()
 
     def wait_state(self, job_id: str, states: tuple[str, ...], timeout: float = 300, pred=None) -> dict:
         deadline = time.time() + timeout
@@ -147,5 +230,98 @@ class Stack:
         raise TimeoutError(f"job {job_id} not in {states} after {timeout}s: {st}\n{self.tail()}")
 
 
+def gone(path: Path, timeout: float = 10) -> bool:
+    """`path` no longer exists, within `timeout`: the broker marks a job done, then deletes its
+    uploads, so a client that sees `done` may still find them for a moment."""
+    deadline = time.time() + timeout
+    while path.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    return not path.exists()
+
+
 def photo_files(people: dict[str, list[Path]]) -> list[tuple[str, bytes]]:
     return [(f"{person}/{p.name}", p.read_bytes()) for person, paths in people.items() for p in paths]
+
+
+# --- raw HTTP, for the edge's tests and benches ----------------------------------------------------
+def raw_request(port: int, head: str) -> socket.socket:
+    """A connection that has sent `head` (request line and headers, or more)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(head.encode())
+    return sock
+
+
+def response_of(sock: socket.socket, timeout: float) -> bytes:
+    """What comes back on a raw connection: until a JSON body ends, the peer closes, or `timeout`."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+            if b"\r\n\r\n" in data and data.split(b"\r\n\r\n", 1)[1].rstrip().endswith(b"}"):
+                break
+    except (TimeoutError, ConnectionError):
+        pass
+    return data
+
+
+class SlowBodies:
+    """`n` builds whose bodies arrive at one byte a second (with the admin key), for as long as the
+    `with` block lasts: the slow clients of test_edge.py and bench/slow_clients.py."""
+
+    def __init__(self, stack: Stack, n: int, length: int = 100_000):
+        self.head = (f"POST /build_recognizer HTTP/1.1\r\nHost: x\r\nX-API-Key: {stack.admin_key}\r\n"
+                     f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {length}\r\n\r\n")
+        self.port, self.n = stack.port, n
+        self.socks: list[socket.socket] = []
+        self.stop = threading.Event()
+        self.feeder = threading.Thread(target=self.trickle, daemon=True)
+
+    def __enter__(self) -> SlowBodies:
+        self.socks = [raw_request(self.port, self.head) for _ in range(self.n)]
+        self.feeder.start()
+        return self
+
+    def trickle(self) -> None:
+        while not self.stop.is_set():
+            for s in self.socks:
+                try:
+                    s.send(b"x")
+                except OSError:
+                    pass
+            self.stop.wait(1.0)
+
+    def replies(self, timeout: float) -> list[bytes]:
+        return [response_of(s, timeout) for s in self.socks]
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.feeder.join(5)
+        for s in self.socks:
+            s.close()
+
+
+class BrokerThread:
+    """The real broker in a thread of the test's own process, for tests that drive a front with Flask's
+    client: a front keeps nothing and asks its broker for every row, listing, bundle and key."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.broker = None
+        self.thread = None
+
+    def __enter__(self):
+        import threading
+
+        import zmq
+
+        from app.broker import Broker
+        self.broker = Broker(self.settings, zmq.Context())
+        self.thread = threading.Thread(target=self.broker.run, daemon=True)
+        self.thread.start()
+        return self.broker
+
+    def __exit__(self, *exc) -> None:
+        self.broker.running = False
+        self.thread.join(5)
+        self.broker.close()

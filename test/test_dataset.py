@@ -9,16 +9,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelization.dataset import stratified_split
+from modelization.dataset import HELD_OUT, ONE_PHOTO, part_sizes, protocol, stratified_split
 from modelization.metrics import accuracy, balanced_accuracy
 
-DEFAULTS = dict(min_photos=3, test_fraction=0.2, val_fraction=0.1)
+DEFAULTS = dict(min_photos=1, test_fraction=0.2, val_fraction=0.1)
 
 
 def check_split(labels, split, min_photos):
     """The invariants every split must satisfy."""
     counts = Counter(labels)
-    kept = {p for p, n in counts.items() if n >= max(3, min_photos)}
+    kept = {p for p, n in counts.items() if n >= max(1, min_photos)}
     assert split.people == sorted(kept)
     assert split.too_few == {p: n for p, n in counts.items() if p not in kept}
     parts = [split.train, split.val, split.test]
@@ -29,8 +29,9 @@ def check_split(labels, split, min_photos):
     assert not (train & val) and not (train & test) and not (val & test)
     assert train | val | test == {i for i, lab in enumerate(labels) if lab in kept}
     for person in kept:
-        for part in (train, val, test):
-            assert any(labels[i] == person for i in part), person
+        has = [any(labels[i] == person for i in part) for part in (train, val, test)]
+        # 3+ photos: one at least in each part; 2: train and test; 1: train
+        assert has == {1: [True, False, False], 2: [True, False, True]}.get(counts[person], [True] * 3), person
     assert split.summary() == {"train": len(train), "validation": len(val), "test": len(test)}
 
 
@@ -48,19 +49,28 @@ def labels_for(sizes: dict[str, int]) -> list[str]:
 def test_split_on_an_unbalanced_set():
     labels = labels_for({"bush": 53, "blair": 14, "annan": 5, "aznar": 3, "solo": 1, "pair": 2})
     split = stratified_split(labels, seed=42, **DEFAULTS)
-    check_split(labels, split, 3)
-    assert split.people == ["annan", "aznar", "blair", "bush"]
-    assert split.too_few == {"pair": 2, "solo": 1}
+    check_split(labels, split, 1)
+    assert split.people == ["annan", "aznar", "blair", "bush", "pair", "solo"] and split.too_few == {}
     test_bush = sum(labels[i] == "bush" for i in split.test)
     val_bush = sum(labels[i] == "bush" for i in split.val)
     assert test_bush == round(53 * 0.2) and val_bush == round(53 * 0.1)
 
 
-def test_min_photos_is_at_least_three():
+def test_everyone_with_a_photo_is_in_and_how_they_are_measured():
+    labels = labels_for({"a": 1, "b": 2, "c": 3, "d": 10})
+    split = stratified_split(labels, seed=0, **DEFAULTS)
+    assert split.people == ["a", "b", "c", "d"]
+    assert [protocol(n) for n in (1, 2, 3, 10)] == [ONE_PHOTO, HELD_OUT, HELD_OUT, HELD_OUT]
+    assert [part_sizes(n, 0.2, 0.1) for n in (0, 1, 2, 3, 10)] == [(0, 0), (0, 0), (1, 0), (1, 1), (2, 1)]
+
+
+def test_a_minimum_still_leaves_people_out():
     labels = labels_for({"a": 2, "b": 3, "c": 5})
-    for min_photos in (0, 1, 2, 3):
+    for min_photos in (0, 1, 2):
         split = stratified_split(labels, min_photos=min_photos, test_fraction=0.2, val_fraction=0.1, seed=0)
-        assert split.people == ["b", "c"] and split.too_few == {"a": 2}
+        assert split.people == ["a", "b", "c"] and split.too_few == {}
+    split = stratified_split(labels, min_photos=3, test_fraction=0.2, val_fraction=0.1, seed=0)
+    assert split.people == ["b", "c"] and split.too_few == {"a": 2}
     split = stratified_split(labels, min_photos=5, test_fraction=0.2, val_fraction=0.1, seed=0)
     assert split.people == ["c"] and split.too_few == {"a": 2, "b": 3}
     check_split(labels, split, 5)
@@ -79,7 +89,7 @@ def test_same_seed_same_split_different_seed_different():
     for x, y in ((a.train, b.train), (a.val, b.val), (a.test, b.test)):
         assert np.array_equal(x, y)
     c = stratified_split(labels, seed=8, **DEFAULTS)
-    check_split(labels, c, 3)
+    check_split(labels, c, 1)
     assert not np.array_equal(a.test, c.test)
     # the split is a property of the data and seed, not of a global random state
     np.random.seed(0)
@@ -120,8 +130,8 @@ def test_split_property(sizes, min_photos, test_fraction, val_fraction, seed, or
 @pytest.mark.parametrize("n, test_fraction, val_fraction", [(3, 0.5, 0.1), (4, 0.4, 0.4)])
 def test_large_fractions_still_leave_a_training_photo(n, test_fraction, val_fraction):
     labels = ["a"] * n + ["b"] * 10
-    split = stratified_split(labels, min_photos=3, test_fraction=test_fraction, val_fraction=val_fraction, seed=0)
-    check_split(labels, split, 3)
+    split = stratified_split(labels, min_photos=1, test_fraction=test_fraction, val_fraction=val_fraction, seed=0)
+    check_split(labels, split, 1)
 
 
 # --------------------------------------------------------------------------- metrics

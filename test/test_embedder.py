@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from app.build import extract_chunk, train_bundle
-from constants import Settings
+from constants import Settings, SettingsError
 from features import resnet_tf
 from features.dlib_dat import DatFormatError, read_network
 from features.embeddings import EMBEDDING_SIZE, embed_chips, resnet_model_path
@@ -129,9 +129,12 @@ def test_embedder_setting_is_read_checked_and_recorded(monkeypatch, tmp_path):
     monkeypatch.setenv("FR_EMBEDDER", "dlib")
     dl = Settings.from_env(data_dir=tmp_path)
     assert dl.embedder == "dlib"
-    monkeypatch.setenv("FR_EMBEDDER", "torch")
-    with pytest.raises(ValueError, match="FR_EMBEDDER"):
-        Settings.from_env()
+    for bad in ("torch", "TensorFlow", " dlib2"):
+        monkeypatch.setenv("FR_EMBEDDER", bad)
+        with pytest.raises(SettingsError, match="FR_EMBEDDER must be one of tensorflow, dlib"):
+            Settings.from_env()
+    with pytest.raises(SettingsError, match="FR_EMBEDDER"):  # built in code, too
+        dataclasses.replace(dl, embedder="torch")
     tf = dataclasses.replace(dl, embedder="tensorflow")
     assert pipeline_settings(dl)["embedder"] == "dlib" and pipeline_settings(tf)["embedder"] == "tensorflow"
     # the feature cache keeps each embedder's features apart (they agree within 1e-4, not to the bit)
@@ -218,3 +221,4 @@ def test_a_batch_larger_than_the_network_takes_is_cut_and_gives_the_same_numbers
     out = embed_chips(list(many), settings=settings[0])
     np.testing.assert_allclose(out, np.concatenate([embed_chips(list(chips), settings=settings[0])] *
                                                    (len(many) // len(chips))), atol=1e-6)
+

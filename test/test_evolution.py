@@ -520,7 +520,7 @@ def test_evaluation_keys_round_trip(genome, fold):
 
 
 def run_evaluate(data, genome, seed=0):
-    return evaluate(genome, data, seed=seed, max_epochs=40, patience=3, target_far=0.1, k=3)
+    return evaluate(genome, data, seed=seed, max_epochs=40, patience=3, target_far=0.1)
 
 
 @pytest.mark.parametrize("spec", [NetworkSpec(), NetworkSpec(hidden=(), dropout=0.0, cosine=True)],
@@ -548,6 +548,27 @@ def test_evaluate_with_two_people_has_no_open_set():
     assert r["open_set"] is None and 0.0 <= r["balanced_accuracy"] <= 1.0
 
 
+def test_evaluate_falls_back_when_the_photos_cannot_rank_networks():
+    """Two photos per person: no validation photo (train/test only), so no network can be compared."""
+    x, labels = embeddings(4, per_person=2)
+    split = stratified_split(labels, min_photos=1, test_fraction=0.2, val_fraction=0.2, seed=4)
+    y = np.array([split.people.index(lab) for lab in labels])
+    data = search_data(x, y, split, 0.2, 4)
+    assert len(data.x_val) == 0
+    r = run_evaluate(data, encode(NetworkSpec()))
+    assert set(r) == {"fallback"} and "validation photos show 0 known person" in r["fallback"]
+    json.dumps(r)
+    # the search stops at that answer, with nothing chosen and the reason kept
+    evolution = Evolution(Controls(population=4, generations=2, budget_s=60, seed=1))
+    first = evolution.needed()[0]
+    assert evolution.tell(first, r) and evolution.done and evolution.needed() == []
+    assert evolution.choose() is None
+    report = Evolution.from_json(evolution.to_json()).report()  # survives a checkpoint
+    assert report["fallback"] == r["fallback"] and report["performed"] is False
+    assert report["stop_reason"].startswith("fell back to the fixed network")
+    assert not evolution.tell(evolution.population and key(evolution.population[1]), r)  # already done
+
+
 @given(st.integers(0, 200), st.floats(0.01, 0.9), st.integers(0, 2**32 - 1))
 def test_held_out_people(n, fraction, seed):
     """Deterministic; at least one stranger from 3 people on, never fewer than 2 known people."""
@@ -560,3 +581,34 @@ def test_held_out_people(n, fraction, seed):
         assert 1 <= len(held) <= n - 2
         assert len(held) == min(max(1, round(fraction * n)), n - 2)
     assert held_out_people(n, 0.0, seed) == []
+
+
+def test_every_candidate_is_listed_with_the_generation_it_was_bred_for():
+    """The console's chart of the search (#20): one entry per network evaluated, with the generation whose
+    batch first asked for it; the counts per generation add up to the logbook's, and they survive a reload."""
+    evo, told = drive(Evolution(CONTROLS), resume_mid_batch=True)
+    candidates = evo.report()["candidates"]
+    assert len(candidates) == evo.evaluations == len(genomes_told(told))
+    assert {key(c["genome"]) for c in candidates} == set(evo.results)
+    for c in candidates:
+        r = evo.results[key(c["genome"])]
+        assert (c["params"], c["balanced_accuracy"], c["open_set"]) == (r["params"], r["balanced_accuracy"],
+                                                                       r["open_set"])
+        assert c["score"] == pytest.approx(score(r), abs=1e-6)
+        assert c["hidden"] == list(decode(c["genome"]).hidden) and c["cosine"] == decode(c["genome"]).cosine
+    generations = [c["generation"] for c in candidates]
+    assert generations == sorted(generations) and generations[0] == 0
+    evaluated = [line["evaluations"] for line in evo.logbook]
+    for g in range(len(evo.logbook)):
+        new_in_g = evaluated[g] - (evaluated[g - 1] if g else 0)
+        assert generations.count(g) == new_in_g
+    assert reload(evo).candidates() == evo.candidates()
+
+
+def test_a_checkpoint_from_before_the_generations_were_kept_still_loads():
+    evo, _ = drive(Evolution(CONTROLS))
+    state = json.loads(json.dumps(evo.to_json()))
+    del state["born"]
+    old = Evolution.from_json(state)
+    assert [c["generation"] for c in old.candidates()] == [None] * len(evo.results)
+    assert old.choose() == evo.choose()

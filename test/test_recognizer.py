@@ -16,7 +16,7 @@ from constants import Settings
 from features.embeddings import embed_chips, pairwise_distances
 from features.extract import PhotoFeatures
 from modelization.bundle import GALLERY_FILE, read_manifest, save_bundle
-from modelization.openset import class_scores, name_faces, needs_mirror_pass
+from modelization.openset import Gallery, class_scores, name_faces, needs_mirror_pass, person_thresholds, templates
 from modelization.recognizer import Recognizer, load_bundle
 from preprocessor.faces import align_face, detect_faces, largest
 from preprocessor.images import decode_image
@@ -51,9 +51,15 @@ def test_bundle_holds_gallery_and_calibration(bundle, tmp_path):
     with zipfile.ZipFile(path) as zf:
         assert GALLERY_FILE in zf.namelist()
     manifest = read_manifest(bundle)
-    assert manifest["format_version"] == 4 and manifest["labels"] == PEOPLE
+    assert manifest["format_version"] == 5 and manifest["labels"] == PEOPLE
     o = manifest["open_set"]
-    assert 0 < o["threshold"] <= o["cap"] and o["pseudo_stranger_identities"] == 3
+    assert o["score"] == "template" and len(o["thresholds"]) == 3 and o["target_far"] == 0.01
+    # same photo count, same threshold; the stranger model's value for 3 people with 12 photos each
+    assert o["thresholds"] == [pytest.approx(float(person_thresholds(np.array([12, 12, 12]), 0.01)[0]), abs=1e-6)] * 3
+    # the shipped gallery holds every photo (refit), the figures come from the model trained without the test ones
+    with np.load(zipfile.ZipFile(path).open(GALLERY_FILE)) as g:
+        assert len(g["labels"]) == 36
+    assert manifest["refit"]["gallery_photos"] == 36 and manifest["metrics"]["test_photos"] == 3 * 2
 
 
 def test_identify_names_members_and_refuses_far_vectors(bundle):
@@ -132,24 +138,61 @@ def test_name_faces_classifier_alone_when_temperature_is_zero():
     gx, gy = gallery_two_people()
     x = gx[[0, 3]]
     probs = np.array([[0.2, 0.8], [0.9, 0.1]])  # the classifier contradicts the gallery
-    classes, scores = name_faces(probs, x, gx, gy, k=3, temperature=0.0)
+    scores = Gallery(gx, gy, 2).scores(x)
+    classes, named = name_faces(probs, scores, temperature=0.0)
     assert classes.tolist() == [1, 0]
-    np.testing.assert_allclose(scores, class_scores(pairwise_distances(x, gx), gy, 2, 3)[[0, 1], [1, 0]])
+    np.testing.assert_allclose(named, scores[[0, 1], [1, 0]])
 
 
 def test_name_faces_gallery_leads_and_classifier_breaks_near_ties():
     gx, gy = gallery_two_people()
     e = np.eye(128, dtype=np.float32)
-    on_0 = gx[0:1]                                   # on person 0's photos: ~1.41 from person 1
-    halfway = ((e[0] + e[1]) / 2)[None, :]           # equally far from both
+    gallery = Gallery(gx, gy, 2)
+    on_0 = gallery.scores(gx[0:1])                    # on person 0's template: ~1.41 from person 1's
+    halfway = gallery.scores(((e[0] + e[1]) / 2)[None, :])  # equally far from both
     # a mildly wrong classifier does not outvote a clear distance
-    assert name_faces(np.array([[0.3, 0.7]]), on_0, gx, gy, 3, 0.02)[0].tolist() == [0]
+    assert name_faces(np.array([[0.3, 0.7]]), on_0, 0.02)[0].tolist() == [0]
     # on a tie in distance, the classifier decides
-    assert name_faces(np.array([[0.3, 0.7]]), halfway, gx, gy, 3, 0.02)[0].tolist() == [1]
-    assert name_faces(np.array([[0.7, 0.3]]), halfway, gx, gy, 3, 0.02)[0].tolist() == [0]
-    # the score is always the named person's distance
-    _classes, scores = name_faces(np.array([[0.3, 0.7]]), on_0, gx, gy, 3, 0.02)
-    assert scores[0] == pytest.approx(np.mean([0.0, 0.01, 0.01]), abs=1e-4)  # float32 distances
+    assert name_faces(np.array([[0.3, 0.7]]), halfway, 0.02)[0].tolist() == [1]
+    assert name_faces(np.array([[0.7, 0.3]]), halfway, 0.02)[0].tolist() == [0]
+    # the score is always the named person's
+    assert name_faces(np.array([[0.3, 0.7]]), on_0, 0.02)[1][0] == pytest.approx(float(on_0[0, 0]))
+
+
+def test_templates_are_unit_means_of_unit_photos_and_scores_their_distances():
+    rng = np.random.default_rng(0)
+    gx = rng.normal(size=(7, 128)).astype(np.float32) * rng.uniform(0.5, 3, (7, 1)).astype(np.float32)
+    gy = np.array([0, 0, 0, 1, 1, 2, 2])
+    t = templates(gx, gy, 4)
+    u = gx / np.linalg.norm(gx, axis=1, keepdims=True)
+    for c in range(3):
+        mean = u[gy == c].mean(0)
+        np.testing.assert_allclose(t[c], mean / np.linalg.norm(mean), atol=1e-6)
+    assert not t[3].any()  # nobody's photos: a zero row, 1 from every face
+    x = rng.normal(size=(5, 128)).astype(np.float32)
+    scores = Gallery(gx, gy, 4).scores(x)
+    ux = x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(scores, np.linalg.norm(ux[:, None] - t[None], axis=2), atol=1e-5)
+    np.testing.assert_allclose(scores[:, 3], 1.0, atol=1e-6)
+    # the length of an embedding does not change its score
+    np.testing.assert_allclose(Gallery(gx, gy, 4).scores(3 * x), scores, atol=1e-5)
+
+
+def test_an_older_bundle_scores_and_thresholds_as_it_did(bundle):
+    """A format-4 manifest (no `score`, one `threshold`, `k`) keeps the k-nearest rule and its threshold."""
+    rec = load_bundle(bundle)
+    old_rule = {k: v for k, v in rec.open_set.items() if k not in ("score", "thresholds")}
+    old_rule.update(threshold=0.05, k=2)
+    old = Recognizer(rec._model, rec.labels, {**rec.manifest, "format_version": 4, "open_set": old_rule},
+                     rec.gallery_x, rec.gallery_y)
+    x, labels, _ = clusters(0)
+    probe = x + np.random.default_rng(1).normal(scale=0.003, size=x.shape).astype(np.float32)
+    expected = class_scores(pairwise_distances(probe, rec.gallery_x), rec.gallery_y, 3, 2)
+    got = old.identify(probe)
+    named = [rec.labels.index(g[3]) for g in got]
+    np.testing.assert_allclose([g[2] for g in got], expected[np.arange(len(x)), named], atol=1e-5)
+    assert [g[4] for g in got] == [0.05] * len(x)
+    assert [g[0] for g in got] == [lab if d <= 0.05 else None for lab, d in zip(labels, (g[2] for g in got))]
 
 
 def test_bundle_records_its_decision_rule_and_older_bundles_keep_the_classifier_alone(bundle):

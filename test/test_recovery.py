@@ -3,14 +3,13 @@ stopped mid-build and started again. In both cases the job completes."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import time
 
-import requests
-
 from test.conftest import pick_people
-from test.stack import Stack, photo_files
+from test.stack import Stack, gone, photo_files
 
 
 def _people(faces_dir, skip: int, n_people: int = 3, n_photos: int = 8):
@@ -33,7 +32,7 @@ def test_worker_killed_mid_job_is_replaced_and_the_job_finishes(tmp_path, faces_
 
         done = stack.wait_state(job_id, ("done",), timeout=300)
         assert done["attempts"] >= 2, done
-        assert requests.get(f"{stack.url}/models/{job_id}", timeout=30).status_code == 200
+        assert stack.get(f"/models/{job_id}", timeout=30).status_code == 200
         # the supervisor replaced the killed worker
         assert stack.wait_alive(2, timeout=60)["workers"] == 2
     finally:
@@ -61,8 +60,8 @@ def test_service_stopped_mid_build_finishes_the_job_after_restart(tmp_path, face
     try:
         done = stack.wait_state(job_id, ("done",), timeout=300)
         assert done["available"] == 1
-        assert requests.get(f"{stack.url}/models/{job_id}", timeout=30).status_code == 200
-        assert not (data / "var" / "uploads" / job_id).exists()
+        assert stack.get(f"/models/{job_id}", timeout=30).status_code == 200
+        assert gone(data / "var" / "uploads" / job_id)
     finally:
         stack.stop()
 
@@ -73,11 +72,23 @@ def test_a_worker_can_join_and_leave_a_running_service(tmp_path, faces_dir):
 
     from test.stack import ROOT
     stack = Stack(tmp_path / "join", workers=1).start()
+    # the operator's steps for a worker on another host (README): a key pair, its public key allowed,
+    # the broker's public key beside it
+    keys = tmp_path / "w2-keys"
+    out = subprocess.run([sys.executable, str(ROOT / "run.py"), "worker-key", "create", str(keys)],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == (keys / "worker.key").read_text().split('"')[1]
+    shutil.copy(keys / "worker.key", stack.data_dir / "var/keys/allowed/workers/w2.key")
+    shutil.copy(stack.data_dir / "var/keys/broker.key", keys / "broker.key")
+    log = open(tmp_path / "w2.log", "wb")
     extra = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "worker", "--data-dir", str(tmp_path / "w2"),
-                              "--connect", f"tcp://127.0.0.1:{stack.broker_port + 1}"], env=stack.env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              "--keys", str(keys), "--connect", f"tcp://127.0.0.1:{stack.broker_port}"],
+                             env=stack.env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        assert stack.wait_alive(2, timeout=60)["workers"] == 2
+        try:
+            stack.wait_alive(2, timeout=60)
+        except TimeoutError as exc:
+            raise AssertionError(f"the worker did not join: {(tmp_path / 'w2.log').read_text()[-3000:]}") from exc
         r = stack.build(photo_files(_people(faces_dir, skip=11, n_photos=6)))
         job_id = r.json()["id"]
         stack.wait_state(job_id, ("done",), timeout=300)
@@ -86,7 +97,7 @@ def test_a_worker_can_join_and_leave_a_running_service(tmp_path, faces_dir):
         extra.send_signal(signal.SIGKILL)
         extra.wait(10)
         deadline = time.time() + 30
-        while requests.get(stack.url + "/is_alive", timeout=10).json()["workers"] != 1:
+        while stack.get("/is_alive", timeout=10).json()["workers"] != 1:
             assert time.time() < deadline, "the broker should notice the worker left"
             time.sleep(0.3)
     finally:

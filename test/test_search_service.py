@@ -9,7 +9,6 @@ import signal
 import zipfile
 
 import pytest
-import requests
 
 from modelization.recognizer import load_bundle
 from optimization.genome import decode
@@ -34,7 +33,7 @@ def upload(people):
 
 
 def manifest_of(stack: Stack, job_id: str) -> dict:
-    bundle = requests.get(f"{stack.url}/models/{job_id}", timeout=60).content
+    bundle = stack.get(f"/models/{job_id}", timeout=60).content
     return json.loads(zipfile.ZipFile(io.BytesIO(bundle)).read("manifest.json"))
 
 
@@ -90,7 +89,7 @@ def test_a_tiny_search_builds_a_model_and_shows_what_it_did(stack, upload, peopl
     assert set(baselines["open_set"]) == METHODS and len(baselines["held_out_people"]) == 1
 
     # and it is a working recognizer: a photo it never saw gets the right name offline
-    rec = load_bundle(requests.get(f"{stack.url}/models/{job_id}", timeout=60).content)
+    rec = load_bundle(stack.get(f"/models/{job_id}", timeout=60).content)
     name, paths = next(iter(people.items()))
     faces = rec.predict(paths[8].read_bytes())
     assert faces and faces[0].candidate == name
@@ -191,6 +190,19 @@ def test_an_optimized_build_with_too_few_people_left_fails_clearly(stack, faces_
     r = stack.build(files, optimize="1", **TINY)
     st = stack.wait_state(r.json()["id"], ("failed",), timeout=120)
     assert st["error"]["code"] == "TOO_FEW_PEOPLE"
+
+
+def test_a_search_on_two_photos_per_person_falls_back_to_the_fixed_network_and_says_why(stack, upload):
+    """Two photos each: no validation photo, so no network can be ranked; the build still succeeds."""
+    few = [f for k, f in enumerate(upload) if k % 8 < 2]  # `upload` holds 8 photos per person, in order
+    assert len(few) == 12 and len({name.split("/")[0] for name, _ in few}) == 6
+    job_id, _ = build_done(stack, few, seed="3", **TINY)
+    m = manifest_of(stack, job_id)
+    opt = m["optimization"]
+    assert opt["requested"] and not opt["performed"] and opt["chosen"] is None
+    assert "validation photos show 0 known person" in opt["fallback"] and "fixed default network" in opt["note"]
+    assert opt["stop_reason"].startswith("fell back to the fixed network")
+    assert m["network"]["hidden"] == [128] and m["refit"]["gallery_photos"] == 12
 
 
 def test_two_people_search_without_an_open_set_objective(stack, upload):

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from werkzeug.datastructures import MultiDict
 
 from app.errors import ApiError
-from app.validation import MAX_SEED, parse_job_id, parse_options
-from constants import Settings
+from app.validation import parse_job_id, parse_options
+from constants import MAX_SEED, Settings
 
 SETTINGS = Settings.from_env()
 

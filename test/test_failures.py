@@ -1,0 +1,317 @@
+"""Failures reported as failures, on the real stack: a store that is locked or corrupt, a full disk,
+bad settings, a stop that must leave nothing running, children that keep dying (issue #15 rows 4, 8, 13)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import zmq
+
+from app import protocol as p
+from app.store import JobStore, StorageFull
+from constants import Settings
+from preprocessor.uploads import Photo
+from test.conftest import pick_people
+from test.stack import ROOT, Stack, alive, descendants, photo_files
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("var, value, expected", [
+    ("FR_PORT", "abc", "FR_PORT must be an integer"),
+    ("FR_KEEP_UPLOADS", "yes_please", "FR_KEEP_UPLOADS must be one of 1/true/yes/on or 0/false/no/off"),
+    ("FR_TARGET_FAR", "2", "FR_TARGET_FAR must be between 0.0001 and 0.5"),
+    ("FR_WORKERS", "-1", "FR_WORKERS must be between 0 and 256"),
+    ("FR_BROKER_BACK", "http://x", "FR_BROKER_BACK must be a tcp:// or ipc:// endpoint"),
+])
+def test_a_bad_setting_stops_the_start_and_names_the_variable(tmp_path, var, value, expected):
+    r = subprocess.run([sys.executable, str(ROOT / "run.py"), "serve", "--data-dir", str(tmp_path)],
+                       env={**os.environ, var: value}, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert expected in r.stderr, r.stderr
+
+
+def test_the_readme_lists_every_setting_and_nothing_else():
+    from dataclasses import fields
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    documented = set()
+    for row in section.splitlines():
+        if row.startswith("| `FR_"):
+            documented |= set(re.findall(r"`(FR_[A-Z0-9_]+)`", row.split("|")[1]))
+    settings = {"FR_" + f.name.upper() for f in fields(Settings)}
+    assert documented - {"FR_FACES_DIR"} == settings, (
+        f"missing from the README: {sorted(settings - documented)}; "
+        f"not settings: {sorted(documented - settings - {'FR_FACES_DIR'})}")
+
+
+# --- stopping -----------------------------------------------------------------------------------
+
+
+def test_sigterm_to_the_process_group_stops_everything_within_10_s(tmp_path):
+    """#13: the operator's stop (SIGTERM to serve's group) must leave no process behind."""
+    stack = Stack(tmp_path / "stop", workers=2).start()
+    tree = descendants(stack.proc.pid)
+    assert len(tree) >= 5  # broker, 2 workers, uWSGI master + its processes
+    t0 = time.time()
+    os.killpg(stack.proc.pid, signal.SIGTERM)
+    while alive(tree | {stack.proc.pid}) and time.time() - t0 < 12:
+        time.sleep(0.1)
+    survivors = alive(tree | {stack.proc.pid})
+    stack.stop()
+    assert not survivors, f"still running {time.time() - t0:.1f} s after SIGTERM: {survivors}"
+    assert time.time() - t0 < 11
+
+
+def test_children_die_with_a_killed_supervisor(tmp_path):
+    stack = Stack(tmp_path / "orphans", workers=1).start()
+    tree = descendants(stack.proc.pid)
+    stack.proc.send_signal(signal.SIGKILL)  # no chance to stop anything itself
+    stack.proc.wait()
+    deadline = time.time() + 12
+    while alive(tree) and time.time() < deadline:
+        time.sleep(0.1)
+    survivors = alive(tree)
+    stack.stop()
+    assert not survivors, f"orphans left by a killed supervisor: {survivors}"
+
+
+def test_a_child_that_keeps_dying_is_restarted_with_growing_delays(tmp_path):
+    stack = Stack(tmp_path / "backoff", workers=1).start()
+    try:
+        delays, pid = [], None
+        for _ in range(3):
+            pid = _worker_pid(stack, other_than=pid)
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                found = re.findall(r"worker0 \(pid (\d+)\) killed by SIGKILL after [\d.]+ s; restarting in ([\d.]+) s",
+                                   stack.tail(400))
+                mine = [float(d) for p_, d in found if int(p_) == pid]
+                if mine:
+                    delays.append(mine[0])
+                    break
+                time.sleep(0.2)
+        assert delays == [0.5, 1.0, 2.0], delays
+    finally:
+        stack.stop()
+
+
+def _worker_pid(stack, other_than: int | None, timeout: float = 30) -> int:
+    """The pid of the (restarted) worker process, once it runs."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for pid in alive(descendants(stack.proc.pid)) - {other_than}:
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[2:3] == [b"worker"]:
+                    return pid
+            except OSError:
+                continue
+        time.sleep(0.1)
+    raise AssertionError("no worker process")
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with Stack(tmp_path_factory.mktemp("failures"), workers=1) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def job(stack, faces_dir):
+    r = stack.build(photo_files(pick_people(faces_dir, 2, 3)))
+    assert r.status_code == 202
+    return r.json()["id"]
+
+
+def test_a_locked_store_is_never_a_404_nor_an_empty_list(stack, job):
+    """Another process holds SQLite's pending lock on the store (as one does on its way to an exclusive
+    lock). The fronts read through the broker's process, whose open connection keeps its shared lock, so
+    reads may still succeed; what must never happen is a 'not found' or an empty list, and the answer
+    comes within seconds (a read that cannot get in is 503 STORE_UNAVAILABLE)."""
+    import fcntl
+    stack.wait_state(job, ("done",))
+    fd = os.open(stack.data_dir / "var" / "jobs.sqlite", os.O_RDWR)
+    fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0x40000000, os.SEEK_SET)  # SQLite's PENDING_BYTE
+    try:
+        t0 = time.time()
+        r = stack.get(f"/is_available/{job}", timeout=30)
+        assert (r.status_code == 200 and r.json()["id"] == job) or \
+            (r.status_code == 503 and r.json()["error"]["code"] == "STORE_UNAVAILABLE"), r.text
+        assert time.time() - t0 < 5
+        r = stack.get("/models", timeout=30)
+        assert (r.status_code == 200 and job in [m["id"] for m in r.json()["models"]]) or \
+            (r.status_code == 503 and r.json()["error"]["code"] == "STORE_UNAVAILABLE"), r.text
+        r = stack.get("/is_alive", timeout=30)
+        assert r.status_code == 200 or r.json()["error"]["code"] == "STORE_UNAVAILABLE", r.text
+    finally:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, 0x40000000, os.SEEK_SET)
+        os.close(fd)
+    assert stack.get(f"/is_available/{job}", timeout=30).status_code == 200
+
+
+def test_a_corrupt_store_is_503_everywhere_and_builds_are_refused(tmp_path, faces_dir):
+    stack = Stack(tmp_path / "corrupt", workers=1).start()
+    try:
+        r = stack.build(photo_files(pick_people(faces_dir, 2, 3)))
+        job = r.json()["id"]
+        stack.wait_state(job, ("done",))
+        db = stack.data_dir / "var" / "jobs.sqlite"
+        for f in (db, db.with_name("jobs.sqlite-wal"), db.with_name("jobs.sqlite-shm")):
+            if f.exists():
+                f.write_bytes(b"\x13" * f.stat().st_size)  # the file is no database any more
+        for path in (f"/is_available/{job}", "/models", f"/models/{job}/report", "/is_alive"):
+            r = stack.get(path, timeout=30)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "STORE_UNAVAILABLE", (path, r.text)
+        r = stack.build(photo_files(pick_people(faces_dir, 2, 3)))
+        assert r.status_code == 503 and r.json()["error"]["code"] == "STORE_UNAVAILABLE", r.text
+        assert "broker" not in re.findall(r"(\w+) \(pid \d+\) .* restarting", stack.tail(400))
+    finally:
+        stack.stop()
+
+
+# --- a full disk --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 40 MB tmpfs (root only); skipped where it cannot be mounted."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(folder: Path, leave: int = 0) -> Path:
+    """Write a file until only `leave` bytes are free."""
+    filler = folder / f"filler-{uuid.uuid4().hex[:6]}"
+    free = shutil.disk_usage(folder).free - leave
+    with open(filler, "wb", buffering=0) as fh:  # unbuffered: nothing left to fail at close
+        while free > 0:
+            n = min(free, 1 << 20)
+            try:
+                free -= fh.write(b"\0" * n)
+            except OSError:
+                break
+    return filler
+
+
+def test_a_full_disk_while_saving_photos_leaves_nothing_behind(small_disk):
+    store = JobStore(small_disk / "jobs.sqlite", small_disk / "uploads")
+    fill(small_disk, leave=200_000)
+    job = str(uuid.uuid4())
+    with pytest.raises(StorageFull):
+        store.save_uploads(job, [Photo("a", "a/1.jpg", os.urandom(100_000)) for _ in range(5)])
+    assert list((small_disk / "uploads").iterdir()) == []
+    assert not store.has_uploads(job)
+
+
+def test_a_full_disk_refuses_new_builds_and_a_running_build_waits_for_room(small_disk, faces_dir):
+    stack = Stack(small_disk / "data", workers=1, env={"FR_MIN_FREE_BYTES": "0",
+                                                       "FR_LOG_LEVEL": "WARNING"}).start()
+    try:
+        people = pick_people(faces_dir, 2, 8)
+        r = stack.build(photo_files(people))
+        assert r.status_code == 202
+        job = r.json()["id"]
+        filler = fill(small_disk, leave=0)  # the disk fills while the build runs
+        r = stack.build(photo_files(people))
+        assert r.status_code == 507 and r.json()["error"]["code"] == "INSUFFICIENT_STORAGE", r.text
+        assert not [d for d in (small_disk / "data/var/uploads").iterdir() if d.name.startswith(".")]
+        deadline = time.time() + 60
+        while time.time() < deadline:  # the broker meets the full disk and says so
+            alive = stack.get("/is_alive", timeout=10)
+            if alive.status_code == 503:
+                break
+            time.sleep(0.5)
+        assert alive.status_code == 503 and alive.json()["error"]["code"] == "INSUFFICIENT_STORAGE", alive.text
+        assert stack.status(job)["state"] != "done"
+        filler.unlink()  # room again: the waiting build goes on and ends well
+        assert stack.wait_state(job, ("done",), timeout=300)["state"] == "done"
+        assert stack.get("/is_alive", timeout=10).status_code == 200
+        assert stack.build(photo_files(people)).status_code == 202
+        assert not re.findall(r"broker \(pid \d+\) .* restarting", stack.tail(400)), "the broker must not crash"
+    finally:
+        stack.stop()
+
+
+def test_the_reserve_makes_is_alive_503_and_refuses_builds(tmp_path, faces_dir):
+    free = shutil.disk_usage(tmp_path).free
+    stack = Stack(tmp_path / "reserve", workers=1, env={"FR_MIN_FREE_BYTES": str(free * 4)}).start(healthy=False)
+    try:
+        r = stack.get("/is_alive", timeout=10)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "INSUFFICIENT_STORAGE"
+        assert r.json()["disk_free_bytes"] > 0
+        r = stack.build(photo_files(pick_people(faces_dir, 2, 3)))
+        assert r.status_code == 507 and r.json()["error"]["code"] == "INSUFFICIENT_STORAGE"
+        assert list((stack.data_dir / "var" / "uploads").iterdir()) == []
+    finally:
+        stack.stop()
+
+
+# --- a submit that comes too late --------------------------------------------------------------
+
+
+def test_a_submit_past_its_deadline_is_not_stored(stack):
+    from app import keys
+    s = Settings.from_env(data_dir=stack.data_dir)
+    sock = keys.client_socket(zmq.Context.instance(), zmq.REQ, s.front_keys_dir, "front")
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(s.front_endpoint)
+    job = str(uuid.uuid4())
+    files = [{"label": "a", "filename": "a/1.jpg"}, {"label": "b", "filename": "b/1.jpg"}]
+    sock.send_multipart(p.pack(p.SUBMIT, {"id": job, "files": files, "options": {}, "deadline": time.time() - 1},
+                               [b"x", b"y"]))
+    assert sock.poll(5000)
+    command, answer, _ = p.unpack(sock.recv_multipart())
+    sock.close(0)
+    assert command == p.ERR and answer["code"] == "DEADLINE_PASSED"
+    assert not (stack.data_dir / "var" / "uploads" / job).exists()
+    assert stack.get(f"/is_available/{job}", timeout=10).status_code == 404
+
+
+def test_a_build_of_the_most_photos_allowed_is_answered_within_the_http_timeout(stack, faces_dir):
+    """FR_MAX_FILES photos (the same small real photo) in one request: stored, or refused, in time."""
+    n = Settings.from_env().max_files
+    photo = next((faces_dir / "lfw62").glob("*/*.jpg")).read_bytes()
+    files = [("images", (f"p{i % 50}/{i}.jpg", photo)) for i in range(n)]
+    t0 = time.time()
+    r = stack.post("/build_recognizer", files=files, timeout=400)
+    elapsed = time.time() - t0
+    assert elapsed < Settings.from_env().request_timeout_s
+    if r.status_code == 202:
+        assert r.json()["photos"] == n
+        stack.delete(f"/models/{r.json()['id']}", timeout=60)
+    else:
+        assert r.status_code == 503 and r.json()["error"]["code"] == "DEADLINE_PASSED", r.text[:300]
+        assert not any((stack.data_dir / "var" / "uploads").iterdir())
+
+
+def test_a_build_deleted_while_extracting_leaves_nothing_in_the_cache(stack, faces_dir):
+    """#9: a DELETE one second after the submit; the worker's late results must not stay cached."""
+    from features.extract import FeatureCache
+    people = pick_people(faces_dir, 20, 3)  # 60 photos: extraction is still running after a second
+    files = photo_files(dict(list(people.items())[8:]))  # people no other test of this module uploads
+    r = stack.build(files)
+    assert r.status_code == 202
+    time.sleep(1)
+    assert stack.delete(f"/models/{r.json()['id']}", timeout=60).status_code == 200
+    cache = FeatureCache(stack.data_dir / "var" / "cache", Settings.from_env(data_dir=stack.data_dir))
+    keys = [cache.key(data) for _, data in files]
+    time.sleep(15)  # the chunk in flight ends; its result arrives for a deleted job
+    left = [k for k in keys if cache._path(k).exists()]
+    assert not left, f"{len(left)} of the deleted build's photos are still cached"
