@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -157,17 +158,24 @@ def build_model(weights: dict[str, np.ndarray]):
 
 
 class TensorFlowEmbedder:
-    """Embeds batches of chips with the Keras model, traced once as a tf.function for any batch size.
+    """Embeds batches of chips with the Keras model, traced once (at construction) for any batch size.
 
-    Thread-safe: a web process's request threads share one instance. TensorFlow's thread
-    pools are the process's (a worker sets them from FR_WORKER_THREADS before TensorFlow loads).
+    Shared by the threads of a process (a web process serves predictions from 16 threads): the
+    graph is traced here, never on a call, and one forward pass runs at a time. TensorFlow's graph
+    execution is itself thread-safe (test/test_threads.py runs it from many threads), but a run
+    already spreads over the cores through TensorFlow's own thread pools, so concurrent runs would
+    not be faster, and each would hold its batch's activations (tens of MB for MAX_BATCH chips): one
+    at a time keeps a process's memory bounded whatever its request threads do. TensorFlow's pools
+    are the process's (a worker sizes them from FR_WORKER_THREADS before TensorFlow loads).
     """
 
     def __init__(self, dat_path: str, cache_dir: Path):
         tf = tensorflow_module()
         self.model = build_model(cached_weights(dat_path, cache_dir))
         self._fn = tf.function(lambda x: self.model(x, training=False),
-                               input_signature=[tf.TensorSpec([None, CHIP, CHIP, 3], tf.uint8)])
+                               input_signature=[tf.TensorSpec([None, CHIP, CHIP, 3], tf.uint8)],
+                               ).get_concrete_function()
+        self._lock = threading.Lock()
 
     def __call__(self, chips: np.ndarray) -> np.ndarray:
         """(n, 150, 150, 3) uint8 RGB chips -> (n, 128) float32.
@@ -178,10 +186,13 @@ class TensorFlowEmbedder:
         chips = np.asarray(chips, dtype=np.uint8)
         if chips.ndim != 4 or chips.shape[1:] != (CHIP, CHIP, 3):
             raise ValueError(f"chips must be (n, {CHIP}, {CHIP}, 3), got {chips.shape}")
-        if len(chips) <= MAX_BATCH:
-            return self._fn(chips).numpy()
-        return np.concatenate([self._fn(chips[i:i + MAX_BATCH]).numpy() for i in range(0, len(chips), MAX_BATCH)])
+        return np.concatenate([self._run(chips[i:i + MAX_BATCH]) for i in range(0, len(chips), MAX_BATCH)]
+                              or [np.zeros((0, 128), np.float32)])
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self._fn(batch).numpy()
 
     def warm_up(self) -> None:
-        """Run one chip through the network: the graph is traced and TensorFlow's kernels set up now."""
+        """Run one chip through the network: TensorFlow's kernels are set up now, not on the first face."""
         self(np.zeros((1, CHIP, CHIP, 3), np.uint8))
