@@ -15,6 +15,9 @@ _settings = Settings.from_env()
 setup_logging("web", _settings.log_dir, _settings.log_level, _settings.log_rotation, _settings.log_retention, _slot)
 application = create_app(_settings)
 
-if _settings.warm_up:  # predictions run here: load their models in the background, not on a request
+# Predictions run here: their models load in the background, not on a request. Only in a process that
+# serves (app.ini's lazy-apps loads the app after uWSGI's fork): a master that ran TensorFlow would fork
+# children that hang in their first TensorFlow call.
+if _settings.warm_up and _slot != 0:
     from app.warm import warm_up
     threading.Thread(target=warm_up, args=(_settings, "web process"), daemon=True, name="warm-up").start()

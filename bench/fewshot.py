@@ -39,7 +39,7 @@ import json
 import os
 import sys
 import tempfile
-from multiprocessing import Pool
+from multiprocessing import get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +105,8 @@ def describe_all(paths: list[Path], cache: Path, procs: int) -> list[dict]:
     _init(str(cache))
     if procs <= 1:
         return [_describe(str(p)) for p in paths]
-    with Pool(procs, initializer=_init, initargs=(str(cache),)) as pool:
+    # spawned, not forked: a child forked after TensorFlow loaded (the embedder, a bundle) hangs in it
+    with get_context("spawn").Pool(procs, initializer=_init, initargs=(str(cache),)) as pool:
         return pool.map(_describe, [str(p) for p in paths], chunksize=8)
 
 

@@ -8,6 +8,8 @@ same weights file, in TensorFlow (features/resnet_tf.py). `FR_EMBEDDER` chooses.
 """
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -38,10 +40,55 @@ def _resnet():
 
 _tf_lock = threading.Lock()
 _tf_embedders: dict[Path, TensorFlowEmbedder] = {}
+_tf_inherited = False  # this process was forked from one that had loaded TensorFlow
+
+
+class ForkedAfterTensorFlow(RuntimeError):
+    """TensorFlow's runtime does not survive a fork: its first call in the child never returns."""
+
+
+def tensorflow_started() -> bool:
+    """Has TensorFlow run anything in this process (the embedder, a bundle's load, a training)?
+    Importing it is harmless to a fork; running ops starts the thread pools a forked child inherits dead."""
+    if _tf_embedders:
+        return True
+    if "tensorflow" not in sys.modules:
+        return False
+    try:
+        from tensorflow.python.eager import context
+        ctx = context.context_safe()
+        return ctx is not None and ctx._context_handle is not None
+    except Exception:  # TensorFlow's internals moved: assume it ran
+        return True
+
+
+_started_at_fork = False
+
+
+def _before_fork() -> None:
+    global _started_at_fork
+    _started_at_fork = tensorflow_started()
+
+
+def _after_fork_in_child() -> None:
+    global _tf_inherited
+    _tf_inherited = _tf_inherited or _started_at_fork
+    _tf_embedders.clear()
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 def _tensorflow(models_dir: Path) -> TensorFlowEmbedder:
-    """The TensorFlow embedder (one per process: built on first use, then shared by every thread)."""
+    """The TensorFlow embedder (one per process: built on first use, then shared by every thread).
+
+    Raises ForkedAfterTensorFlow in a child forked from a process in which TensorFlow had run (such a
+    child hangs in the network's first run): start children with `spawn`, or fork before TensorFlow runs.
+    """
+    if _tf_inherited:
+        raise ForkedAfterTensorFlow("this process was forked from one in which TensorFlow had run, and "
+                                    "TensorFlow hangs in such a child: start it with multiprocessing's 'spawn' "
+                                    "(or fork before TensorFlow runs, as uWSGI's lazy-apps does)")
     with _tf_lock:
         embedder = _tf_embedders.get(models_dir)
         if embedder is None:

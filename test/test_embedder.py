@@ -222,3 +222,48 @@ def test_a_batch_larger_than_the_network_takes_is_cut_and_gives_the_same_numbers
     np.testing.assert_allclose(out, np.concatenate([embed_chips(list(chips), settings=settings[0])] *
                                                    (len(many) // len(chips))), atol=1e-6)
 
+
+# --------------------------------------------------------------------------- fork
+
+FORK_SCRIPT = r"""
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from constants import Settings
+from features.embeddings import embed_chips
+s = Settings.from_env(data_dir=sys.argv[2], embedder="tensorflow")
+chip = np.full((1, 150, 150, 3), 128, np.uint8)
+if sys.argv[3] == "after":
+    embed_chips(chip, settings=s)  # TensorFlow has run in this process
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    try:
+        embed_chips(chip, settings=s)
+        os.write(write, b"embedded")
+    except Exception as exc:
+        os.write(write, type(exc).__name__.encode() + b": " + str(exc).encode())
+    os._exit(0)
+os.close(write)
+print(os.read(read, 4096).decode())
+os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_child_forked_after_tensorflow_ran_is_refused_instead_of_hanging(tmp_path, when):
+    """TensorFlow's thread pools do not survive a fork: a child forked after the network ran hangs in its
+    first run (bench/openset.py's pool did). The embedder refuses in such a child, naming the cause; a
+    child forked before TensorFlow ran embeds normally (uWSGI's lazy-apps forks then)."""
+    import subprocess
+    import sys
+
+    from test.stack import ROOT
+    r = subprocess.run([sys.executable, "-c", FORK_SCRIPT, str(ROOT), str(tmp_path), when],
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout.strip().splitlines()[-1]
+    if when == "before":
+        assert out == "embedded"
+    else:
+        assert out.startswith("ForkedAfterTensorFlow: ") and "spawn" in out
