@@ -12,14 +12,14 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
-from constants import Settings
+from constants import EMBEDDERS, Settings
 from features.embeddings import EMBEDDING_SIZE, embed_chips, resnet_model_path
 from preprocessor.errors import InputError
 from preprocessor.faces import Face, detect_faces, face_at, file_sha256, landmarks_model_path
@@ -149,13 +149,16 @@ class FeatureCache:
         self.root = Path(root)
         self.max_bytes = settings.cache_max_bytes
         self.salt = _salt(settings)
+        # A deleted job's photos are purged from what every embedder made of them: a host that
+        # switched FR_EMBEDDER still holds the other one's entries.
+        self._all_salts = [_salt(replace(settings, embedder=e)) for e in EMBEDDERS]
 
     def key(self, data: bytes) -> str:
         return self.key_for_digest(hashlib.sha256(data).hexdigest())
 
-    def key_for_digest(self, digest: str) -> str:
+    def key_for_digest(self, digest: str, salt: str | None = None) -> str:
         """The entry of the photo whose bytes hash (sha256, hex) to `digest`."""
-        return hashlib.sha256(self.salt.encode() + bytes.fromhex(digest)).hexdigest()
+        return hashlib.sha256((salt or self.salt).encode() + bytes.fromhex(digest)).hexdigest()
 
     def _path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
@@ -217,7 +220,7 @@ class FeatureCache:
         keys: list[str] = []
         for digest in digests:
             try:
-                keys.append(self.key_for_digest(digest))
+                keys.extend(self.key_for_digest(digest, salt) for salt in self._all_salts)
             except ValueError:
                 pass
         return self.purge_keys(keys)

@@ -13,7 +13,7 @@ from constants import Settings, SettingsError
 from features import resnet_tf
 from features.dlib_dat import DatFormatError, read_network
 from features.embeddings import EMBEDDING_SIZE, embed_chips, resnet_model_path
-from features.extract import FeatureCache, pipeline_settings
+from features.extract import FeatureCache, PhotoFeatures, pipeline_settings
 from modelization.recognizer import load_bundle
 from preprocessor.faces import align_face, detect_faces
 from preprocessor.images import decode_image
@@ -139,6 +139,25 @@ def test_embedder_setting_is_read_checked_and_recorded(monkeypatch, tmp_path):
     assert pipeline_settings(dl)["embedder"] == "dlib" and pipeline_settings(tf)["embedder"] == "tensorflow"
     # the feature cache keeps each embedder's features apart (they agree within 1e-4, not to the bit)
     assert FeatureCache(tmp_path, dl).key(b"photo") != FeatureCache(tmp_path, tf).key(b"photo")
+
+
+def test_a_deleted_jobs_photos_are_purged_from_what_either_embedder_made_of_them(tmp_path, settings):
+    """A host that switched FR_EMBEDDER keeps the other embedder's entries: a purge by photo digest
+    (a job was deleted) must remove those too, whatever this process's embedder."""
+    tf, dl = (dataclasses.replace(s, data_dir=tmp_path) for s in settings)
+    photo, other = b"biometric bytes", b"another photo"
+    for s in (tf, dl):
+        cache = FeatureCache(tmp_path / "cache", s)
+        for data in (photo, other):
+            cache.put(cache.key(data), PhotoFeatures(skipped="no_face", detail="no face found"))
+    assert len(list((tmp_path / "cache").glob("??/*.json"))) == 4
+    removed = FeatureCache(tmp_path / "cache", tf).purge([hashlib.sha256(photo).hexdigest()])
+    assert removed == 2
+    left = {FeatureCache(tmp_path / "cache", s).get(FeatureCache(tmp_path / "cache", s).key(d)) is not None
+            for s in (tf, dl) for d in (photo,)}
+    assert left == {False}
+    assert all(FeatureCache(tmp_path / "cache", s).get(FeatureCache(tmp_path / "cache", s).key(other))
+               for s in (tf, dl))  # the other photo stays
 
 
 # --------------------------------------------------------------------------- bundles across embedders
