@@ -4,8 +4,11 @@
     python bench/build_lfw.py [--faces ../shared/faces/lfw62] [--workers 2] [--ref-photos 200]
 
 Prints: the reference (the raw dlib loop, single process, same photos sample, same
-run), the service's wall time from upload to `available`, photos/s, the ratio
-to the reference, and the model's held-out metrics from its manifest.
+run: timed before and again after the build, so that a change of the machine's load
+shows), the service's wall time from upload to `available`, photos/s, the ratio
+to the reference, and the model's held-out metrics from its manifest. The service runs
+with the environment's `FR_EMBEDDER` (default tensorflow); the reference is dlib's own
+loop (dlib-bin) whatever it is.
 """
 from __future__ import annotations
 
@@ -70,8 +73,10 @@ def main() -> None:
 
     paths = sorted(args.faces.glob("*/*.jpg"))
     sample = paths[:: max(1, len(paths) // args.ref_photos)][: args.ref_photos]
+    from constants import Settings
+    print(f"embedder {Settings.from_env().embedder}; load average at start {os.getloadavg()[0]:.2f}", flush=True)
     ref = reference(sample)
-    print(f"reference (raw dlib loop, 1 process, {len(sample)} photos): {ref:.2f} photos/s")
+    print(f"reference (raw dlib loop, 1 process, {len(sample)} photos): {ref:.2f} photos/s", flush=True)
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
@@ -93,9 +98,14 @@ def main() -> None:
         finally:
             stack.stop()
     n = len(paths)
+    load = os.getloadavg()[0]
+    ref_after = reference(sample)
+    print(f"reference again after the build: {ref_after:.2f} photos/s (load average before it {load:.2f})")
     print(f"service ({args.workers} worker(s)): {n} photos of {len({p.parent for p in paths})} people")
     print(f"  upload answered in {t_upload:.2f} s; available after {wall:.1f} s "
-          f"({n / wall:.2f} photos/s, {n / wall / ref:.2f}x the reference)")
+          f"({n / wall:.2f} photos/s, {n / wall / ref:.2f}x the reference before, {n / wall / ref_after:.2f}x "
+          f"after, {2 * n / wall / (ref + ref_after):.2f}x their mean)")
+    print(f"  the workers' own time on the photos: {manifest['input']['extraction_seconds']:.1f} s")
     print(f"  usable {manifest['input']['usable']}, skipped {manifest['input']['skipped_by_reason']}, "
           f"several faces {manifest['input']['several_faces']}")
     print(f"  training {manifest['training']['seconds']} s, {manifest['training']['epochs']} epochs, "

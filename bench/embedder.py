@@ -54,10 +54,18 @@ def embed_all(chips_per_photo: list[list[np.ndarray]], settings: Settings, chunk
     return np.concatenate(out), seconds
 
 
+def distances(x: np.ndarray) -> np.ndarray:
+    """Every face-to-face distance, in float64: features.embeddings.pairwise_distances works in float32,
+    whose rounding (~1e-3 near 0) would hide differences of 1e-6 between the embedders."""
+    x = x.astype(np.float64)
+    sq = (x * x).sum(1)
+    return np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * x @ x.T, 0.0))
+
+
 def build_answers(paths: list[Path], found: list, vectors: np.ndarray, settings: Settings,
                   strangers: list[np.ndarray]) -> tuple[dict, list]:
     """The fixed network's bundle built from these features (train_bundle, seed 42): its manifest, and
-    its answers (name or None, score) for the strangers' faces (one image each, as predict embeds it:
+    its answers (name or None, score, candidate) for the strangers' faces (one image each, as predict embeds it:
     the mirror pass for the faces near their threshold)."""
     from app.build import train_bundle
     from features.extract import with_embeddings
@@ -71,7 +79,7 @@ def build_answers(paths: list[Path], found: list, vectors: np.ndarray, settings:
     bundle = train_bundle({"id": "bench", "options": {"seed": 42}}, files, feats, settings, lambda *a: None)
     recognizer = load_bundle(bundle, settings)
     answers = [recognizer.faces(image, max_faces=1)[0] for image in strangers]
-    return read_manifest(bundle), [(a[0].label, a[0].distance) if a else (None, None) for a in answers]
+    return read_manifest(bundle), [(a[0].label, a[0].distance, a[0].candidate) for a in answers if a]
 
 
 def main() -> None:
@@ -129,8 +137,8 @@ def main() -> None:
         diff = np.abs(tf_vec - dl_vec)
         worst = np.unravel_index(diff.argmax(), diff.shape)
         owner = np.repeat(np.arange(len(paths)), [len(c) for c in chips])[worst[0]]
-        d_tf = np.linalg.norm(tf_vec[:, None] - tf_vec[None], axis=2) if n_chips <= 8000 else None
-        d_dl = np.linalg.norm(dl_vec[:, None] - dl_vec[None], axis=2) if d_tf is not None else None
+        d_tf = distances(tf_vec) if n_chips <= 8000 else None
+        d_dl = distances(dl_vec) if d_tf is not None else None
         print(f"\n== {subset}: {len(paths)} photos, {n_chips} faces embedded ({no_face} photos without a face; "
               f"{sum(retried)} went through the upsampled retry)")
         print(f"largest |TensorFlow - dlib| on any component: {diff.max():.2e} (face {worst[0]}, component "
@@ -167,13 +175,14 @@ def main() -> None:
             print(f"build from {name:10s} features: test accuracy {m['test_accuracy']:.4f}, balanced "
                   f"{m['balanced_accuracy']:.4f}, network alone {m['network_test_accuracy']:.4f}; thresholds "
                   f"{o['threshold_range'][0]:.4f}-{o['threshold_range'][1]:.4f}, test DIR {o['test_dir']:.4f}, "
-                  f"accepted {o['test_accepted']:.4f}; strangers accepted {accepted} of {len(answers)} "
+                  f"accepted {o['test_accepted']:.4f}; strangers accepted {accepted} of {len(answers)} faces "
                   f"({100 * accepted / max(1, len(answers)):.2f}%)")
         (_, a_dl), (_, a_tf) = results["dlib"], results["tensorflow"]
-        scored = [(x[1], y[1]) for x, y in zip(a_dl, a_tf) if x[1] is not None and y[1] is not None]
-        print(f"the two bundles' answers on the {len(a_dl)} strangers: "
+        same = [(x[1], y[1]) for x, y in zip(a_dl, a_tf) if x[2] == y[2]]
+        print(f"the two bundles' answers on the {len(a_dl)} strangers' faces: "
               f"{sum(x[0] != y[0] for x, y in zip(a_dl, a_tf))} differ (accepted by one only, or named otherwise); "
-              f"largest difference of a score {max((abs(x - y) for x, y in scored), default=0.0):.2e}")
+              f"{len(a_dl) - len(same)} have another closest person (candidate); where the candidate is the same, "
+              f"largest difference of a score {max((abs(x - y) for x, y in same), default=0.0):.2e}")
 
 
 if __name__ == "__main__":
