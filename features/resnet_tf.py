@@ -29,6 +29,7 @@ import numpy as np
 
 from features.dlib_dat import Network, read_network
 from features.tf_import import keras_module, tensorflow_module
+from logger import logger
 from preprocessor.faces import file_sha256
 
 CHIP = 150
@@ -80,15 +81,21 @@ def cached_weights(dat_path: str, cache_dir: Path) -> dict[str, np.ndarray]:
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent or damaged: convert again
         pass
     weights = convert(dat_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             arrays: dict[str, Any] = {"sha256": np.asarray(sha), **weights}  # Any: savez's stub types its kwargs
             np.savez(fh, **arrays)
         os.replace(tmp, path)
+    except OSError as exc:  # a full or read-only disk costs the cache file (converted again), not the embedder
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        logger.warning("converted ResNet weights not cached in {}: {}", path.parent, exc)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return weights
 

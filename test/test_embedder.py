@@ -122,6 +122,16 @@ def test_converted_weights_are_made_once_and_cached_by_the_dat_sha256(tmp_path, 
     assert [p.name for p in tmp_path.iterdir()] == [cached.name]  # no temporary files left
 
 
+
+def test_weights_that_cannot_be_cached_are_still_used(tmp_path):
+    """A full or unwritable data disk costs the cache file, not the embedder (a worker on a full disk
+    could not embed at all: test_failures' full-disk build waited forever)."""
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_bytes(b"a file where the cache folder should be")
+    weights = resnet_tf.cached_weights(resnet_model_path(), blocked / "models")
+    assert np.array_equal(weights["fc/kernel"], resnet_tf.convert(resnet_model_path())["fc/kernel"])
+    assert blocked.read_bytes().startswith(b"a file")
+
 # --------------------------------------------------------------------------- the setting
 
 def test_embedder_setting_is_read_checked_and_recorded(monkeypatch, tmp_path):
