@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import sqlite3
 import time
 import uuid
 import zipfile
@@ -37,9 +38,11 @@ from pathlib import Path
 import zmq
 
 from app import protocol as p
+from app import webhooks
+from app.derivation import ERASE_FILE, Derivations, as_task_features
 from app.keys import FRONTS, WORKERS, BrokerAuth
-from app.protocol import ProtocolError, Task, escape
-from app.store import JobStore, StorageFull, StoreUnavailable, disk_errors
+from app.protocol import FrontError, ProtocolError, Task, escape
+from app.store import JobStore, StorageFull, StoreUnavailable, disk_errors, job_view
 from constants import Settings
 from constants.states import TASK_STATE, JobState, TaskKind
 from features.extract import PhotoFeatures
@@ -48,7 +51,6 @@ from modelization.bundle import MANIFEST_FILE, save_bundle
 from optimization.evolution import Controls, Evolution
 from preprocessor.uploads import Photo
 
-ERASE_FILE = "erase.json"   # beside a model: its photos' digests and cache keys, for DELETE
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 DISK_RETRY_S = 5.0          # a broker stalled by a full disk looks for room this often
 MIN_ROOM = 16 * 1024 * 1024  # ... and resumes once this much is free
@@ -67,15 +69,7 @@ class WorkerState:
         return escape(self.identity, 80)
 
 
-class FrontError(Exception):
-    """A front request refused with a code the HTTP app maps to a status (app/client.py)."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-class Broker:
+class Broker(Derivations):
     def __init__(self, settings: Settings, ctx: zmq.Context | None = None):
         self.s = settings
         settings.ensure_dirs()
@@ -100,6 +94,8 @@ class Broker:
         self._store: JobStore | None = None
         self._store_retry = 0.0
         self.stalled_until: float | None = None    # the disk is full: no work handed out until then
+        self.sender = webhooks.Sender(settings)    # delivers callbacks from var/webhooks.sqlite, in its own thread
+        self._webhooks: webhooks.WebhookStore | None = None
         try:
             self.open_store()
         except StoreUnavailable as exc:
@@ -150,6 +146,7 @@ class Broker:
         poller.register(self.front, zmq.POLLIN)
         poller.register(self.back, zmq.POLLIN)
         next_beat = time.monotonic()
+        self.sender.start()
         logger.info("broker up: front {} back {}", self.s.front_endpoint, self.s.broker_back)
         while self.running:
             events = dict(poller.poll(timeout=int(self.s.heartbeat_s * 1000 / 2)))
@@ -203,6 +200,9 @@ class Broker:
         logger.info("the data disk has room again: {} task(s) queued", len(self.queue))
 
     def close(self) -> None:
+        self.sender.stop()
+        if self._webhooks is not None:
+            self._webhooks.close()
         self.front.close(0)
         self.back.close(0)
         self.auth.stop()
@@ -227,9 +227,9 @@ class Broker:
         if row is None or JobState(row["state"]).final:
             return
         if not self.store.has_uploads(job_id):
-            self.store.fail(job_id, "UPLOAD_LOST", "the uploaded photos of this job are gone")
+            self.fail(job_id, "UPLOAD_LOST", "the uploaded photos of this job are gone")
             return
-        n = row["n_photos"]
+        n = self.n_new(row)
         missing = self.missing_chunks(job_id, n)
         if missing:
             self.queue.extend(Task(job_id, TaskKind.EXTRACT, k) for k in missing)
@@ -313,6 +313,10 @@ class Broker:
                 reply = p.pack(p.OK, self.submit(header, blobs))
             elif command == p.STATUS:
                 reply = p.pack(p.OK, self.status())
+            elif command == p.DERIVE:
+                reply = p.pack(p.OK, self.derive(header, blobs))
+            elif command == p.ERASE:
+                reply = p.pack(p.OK, self.erase(header["label"], header.get("tenant")))
             else:
                 reply = p.pack(p.OK, self.delete(header["id"]))
         except ProtocolError as exc:
@@ -335,11 +339,7 @@ class Broker:
         job_id = header["id"]
         deadline = header.get("deadline")
         self.check_deadline(deadline)
-        size = sum(len(b) for b in blobs)
-        free = shutil.disk_usage(self.s.uploads_dir).free
-        if free - 2 * size < self.s.min_free_bytes:  # the photos, then their features and the model
-            raise FrontError("INSUFFICIENT_STORAGE", f"not enough free disk for {size} bytes of photos "
-                                                     f"({free} bytes free, {self.s.min_free_bytes} kept in reserve)")
+        self.check_room(sum(len(b) for b in blobs))
         if self.store.get(job_id) is not None or self.store.has_uploads(job_id):
             raise FrontError("CONFLICT", "a job with this id exists")
         photos = [Photo(f["label"], f["filename"], b) for f, b in zip(header["files"], blobs)]
@@ -347,9 +347,11 @@ class Broker:
         try:
             self.check_deadline(deadline)
             n_people = len({ph.label for ph in photos})
+            self.webhooks_call("subscribe", job_id, header.get("callback"))
             self.store.create(job_id, header.get("name"), header.get("options", {}), len(photos), n_people)
         except BaseException:
             self.store.delete_uploads(job_id)
+            self.webhooks_call("forget", job_id)
             raise
         self.plan(job_id)
         logger.info("job {} queued: {} photos of {} people", job_id, len(photos), n_people)
@@ -361,18 +363,19 @@ class Broker:
         if deadline is not None and time.time() > deadline - 1.0:
             raise FrontError("DEADLINE_PASSED", "the upload took too long to store; nothing was kept")
 
-    def delete(self, job_id: str) -> dict:
-        """Erase a job: its queued tasks, row, uploads, model folder and cached features (here, and on
-        every connected worker's host)."""
+    def delete(self, job_id: str, purge_cache: bool = True) -> dict:
+        """Erase a job: its queued tasks, row, uploads, model folder, callback and cached features (here, and
+        on every connected worker's host; not with `purge_cache=False`, when an erasure purges one person's)."""
         self.queue = deque(t for t in self.queue if t.job != job_id)
         self.forget(job_id)
         row = self.store.get(job_id)
-        keys, digests = self.erase_list(job_id, row["n_photos"] if row else 0)
+        keys, digests = self.erase_list(job_id, self.n_new(row) if row else 0) if purge_cache else ([], [])
         removed = {"job": row is not None,
                    "model": self.store.delete_model(self.s.dumps_dir, job_id),
                    "uploads": self.store.has_uploads(job_id),
                    "cached_features": self.drop_cache_entries(keys)}
         self.purge_workers(digests, keys)
+        self.webhooks_call("forget", job_id)
         self.store.delete_uploads(job_id)
         self.store.delete(job_id)
         logger.info("job {} deleted: {}", job_id, removed)
@@ -389,7 +392,10 @@ class Broker:
             return json.loads(old.read_text()), []
         keys = [f.get("key") for k in range(self.n_chunks(n_photos)) if self.store.chunk_done(job_id, k)
                 for f in self.store.load_chunk(job_id, k)]
-        return [k for k in keys if k], self.store.photo_digests(job_id)
+        inherited = self.inherited(job_id)
+        keys += [r.get("key") for r in inherited]
+        return [k for k in keys if k], self.store.photo_digests(job_id) + [r["sha256"] for r in inherited
+                                                                           if r.get("sha256")]
 
     def drop_cache_entries(self, keys: list) -> int:
         """Remove this host's cache entries by key. -> how many there were."""
@@ -510,7 +516,7 @@ class Broker:
         self.purge_workers([], keys, only=worker)  # the worker's own host, wherever it is
 
     def on_chunk(self, task: Task, row, result: bytes) -> None:
-        n = row["n_photos"]
+        n = self.n_new(row)
         expected = min(self.s.chunk_photos, n - task.chunk * self.s.chunk_photos)
         items = p.decode_json(result, p.MAX_RESULT_BYTES, "features")
         if not isinstance(items, list) or len(items) != expected:
@@ -544,11 +550,14 @@ class Broker:
         with disk_errors():
             save_bundle(self.s.dumps_dir, task.job, bundle)
         row = self.store.get(task.job)
-        keys, digests = self.erase_list(task.job, row["n_photos"] if row else 0)
+        keys, digests = self.erase_list(task.job, self.n_new(row) if row else 0)
+        records = self.keep_features(task.job, row) if row else []  # what a derivation starts from
         erase = self.s.dumps_dir / task.job / ERASE_FILE
-        with disk_errors(erase):
-            erase.write_text(json.dumps({"cache_keys": keys, "photos": digests}))  # for DELETE
+        with disk_errors(erase):  # for DELETE and ERASE
+            erase.write_text(json.dumps({"cache_keys": keys, "photos": digests,
+                                         "labels": sorted({r["label"] for r in records})}, ensure_ascii=False))
         self.store.finish(task.job)
+        self.ended(task.job)
         self.forget(task.job)
         if not self.s.keep_uploads:
             self.store.delete_uploads(task.job)
@@ -558,12 +567,51 @@ class Broker:
         self.store.fail(job_id, code, message, details)
         self.queue = deque(t for t in self.queue if t.job != job_id)
         self.forget(job_id)
+        self.ended(job_id)
         logger.info("job {} failed: {} {}", job_id, code, escape(message))
 
     def forget(self, job_id: str) -> None:
         """Drop what the broker holds in memory for a finished, failed or deleted job."""
         self.searches.pop(job_id, None)
         self.payloads.pop(job_id, None)
+
+    def ended(self, job_id: str) -> None:
+        """A job is done or failed: its callback (if it has one) is queued for the sender. Never raises: a
+        callback that cannot be queued is logged, the job's end stands."""
+        try:
+            row = self.store.get(job_id)
+            if row is None:
+                return
+            view = job_view(row)
+            data = {k: view[k] for k in ("id", "name", "state", "available", "created", "updated", "photos", "people")}
+            data["parent"] = json.loads(row["options"]).get("parent")
+            # the code and message only: details may list files, and so people's names
+            data["error"] = {k: view["error"][k] for k in ("code", "message")} if view["error"] else None
+            event = "model.done" if row["state"] == JobState.DONE else "model.failed"
+            if self.webhooks_call("enqueue", job_id, event, data):
+                self.sender.wake()
+        except (StoreUnavailable, ValueError, KeyError) as exc:
+            logger.error("job {}: its callback could not be queued: {}", job_id, escape(exc))
+
+    @property
+    def webhooks(self) -> webhooks.WebhookStore:
+        if self._webhooks is None:
+            self._webhooks = webhooks.WebhookStore(webhooks.db_path(self.s))
+        return self._webhooks
+
+    def webhooks_call(self, method: str, *args):
+        """A call on the callback queue. A subscription that cannot be stored refuses its build (503); any
+        other failure is logged and the queue reopened on the next call."""
+        try:
+            return getattr(self.webhooks, method)(*args)
+        except sqlite3.Error as exc:
+            if self._webhooks is not None:
+                self._webhooks.close()
+            self._webhooks = None
+            if method == "subscribe" and args[1]:
+                raise FrontError("CALLBACK_UNAVAILABLE", f"the callback could not be recorded ({exc})") from None
+            logger.error("webhooks: {} failed: {}", method, escape(exc))
+            return None
 
     def said_once(self, line: str) -> None:
         """A warning about a peer, at most once per 10 s for the same line (a flood cannot fill the log)."""
@@ -626,7 +674,7 @@ class Broker:
                 continue
             self.store.assign(task.job, idle.name, task.attempt)
             if row["state"] == JobState.QUEUED:
-                self.store.progress(task.job, JobState.EXTRACTING, JobState.EXTRACTING, 0, row["n_photos"])
+                self.store.progress(task.job, JobState.EXTRACTING, JobState.EXTRACTING, 0, self.n_new(row))
             idle.task = task
             self.back.send_multipart([idle.identity, *frames])
             logger.debug("job {} {} {} (attempt {}) -> {}", task.job, task.kind, task.chunk, task.attempt, idle.name)
@@ -642,9 +690,11 @@ class Broker:
             part = index[task.chunk * self.s.chunk_photos:(task.chunk + 1) * self.s.chunk_photos]
             header["files"] = [{"label": e["label"], "filename": e["filename"]} for e in part]
             return p.pack(p.JOB, header, self.store.load_photos(task.job, part))
-        header["files"] = [{"label": e["label"], "filename": e["filename"]} for e in index]
+        inherited = self.inherited(task.job)  # a derivation's photos taken from its parent, first
+        header["files"] = [{"label": e["label"], "filename": e["filename"]} for e in inherited + index]
         if task.job not in self.payloads:  # read once per job, not once per candidate
-            features = self.store.load_chunks(task.job, self.n_chunks(len(index)))
+            features = [as_task_features(r) for r in inherited]
+            features += self.store.load_chunks(task.job, self.n_chunks(len(index)))
             self.payloads[task.job] = json.dumps(features).encode()
         if task.kind == TaskKind.TRAIN and task.job in self.searches:
             header["search"] = self.searches[task.job].report()

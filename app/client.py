@@ -11,7 +11,9 @@ from app import protocol as p
 from app.errors import ApiError
 
 # What the broker's refusals mean over HTTP.
-ERR_STATUS = {"INSUFFICIENT_STORAGE": 507, "STORE_UNAVAILABLE": 503, "DEADLINE_PASSED": 503, "CONFLICT": 409}
+ERR_STATUS = {"INSUFFICIENT_STORAGE": 507, "STORE_UNAVAILABLE": 503, "DEADLINE_PASSED": 503, "CONFLICT": 409,
+              "NOT_FOUND": 404, "NOT_READY": 409, "NOT_DERIVABLE": 409, "UNKNOWN_PERSON": 404, "NO_NEW_PHOTOS": 400,
+              "TOO_FEW_PEOPLE": 400, "TOO_MANY_FILES": 413, "CALLBACK_UNAVAILABLE": 503}
 
 
 @lru_cache(maxsize=4)
@@ -57,3 +59,11 @@ def status(endpoint: str, keys_dir: Path, timeout_s: float) -> dict:
 
 def delete(endpoint: str, keys_dir: Path, job_id: str, timeout_s: float) -> dict:
     return call(endpoint, keys_dir, p.pack(p.DELETE, {"id": job_id}), timeout_s)
+
+
+def derive(endpoint: str, keys_dir: Path, header: dict, blobs: list[bytes], timeout_s: float) -> dict:
+    return call(endpoint, keys_dir, p.pack(p.DERIVE, header, blobs), timeout_s)
+
+
+def erase(endpoint: str, keys_dir: Path, label: str, tenant: str | None, timeout_s: float) -> dict:
+    return call(endpoint, keys_dir, p.pack(p.ERASE, {"label": label, "tenant": tenant}), timeout_s)

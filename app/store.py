@@ -104,6 +104,7 @@ def connect(db_path: Path, readonly: bool = False) -> sqlite3.Connection:
             conn = sqlite3.connect(db_path, timeout=10, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA secure_delete=ON")  # a deleted row leaves no bytes behind (erasure, #18)
             conn.executescript(SCHEMA)
             if "detail" not in {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}:  # stores from 0.1.0
                 conn.execute("ALTER TABLE jobs ADD COLUMN detail TEXT")
@@ -156,6 +157,7 @@ def job_view(row: sqlite3.Row) -> dict:
         "worker": row["worker"],
         "photos": row["n_photos"],
         "people": row["n_people"],
+        "parent": json.loads(row["options"] or "{}").get("parent"),  # a derived model's (issue #18)
     }
 
 
