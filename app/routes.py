@@ -11,12 +11,14 @@ from app import client
 from app.broker import new_job_id
 from app.errors import ApiError
 from app.store import StoreUnavailable, job_view, list_jobs, read_job
-from app.validation import check_people, collect_photos, parse_job_id, parse_options
+from app.usage import predict_request
+from app.validation import check_people, collect_photos, parse_callback, parse_job_id, parse_options
+from app.webhooks import delivery_view
 from constants import VERSION, Settings
 from constants.states import JobState
 from logger import logger
 from modelization.bundle import BUNDLE_FILE, MANIFEST_FILE
-from preprocessor.images import inspect_image
+from modelization.recognizer import Recognizer
 
 bp = Blueprint("api", __name__)
 
@@ -42,13 +44,14 @@ def _started() -> None:
 def build_recognizer():
     s = settings()
     name, options = parse_options(request.form, s)
+    callback = parse_callback(request.form.get("callback_url"), s)
     photos, ignored = collect_photos(request, s)
     n_people = check_people(photos)
     job_id = new_job_id()
     # Stored within the HTTP timeout, or not at all: past the deadline the broker keeps nothing,
     # since a client whose request was cut never learns the id.
     deadline = g.started + s.request_timeout_s - 5.0
-    header = {"id": job_id, "name": name, "options": options, "deadline": deadline,
+    header = {"id": job_id, "name": name, "options": options, "deadline": deadline, "callback": callback,
               "files": [{"label": p.label, "filename": p.filename} for p in photos]}
     timeout = min(s.broker_timeout_s + len(photos) * s.broker_submit_s_per_photo, deadline - time.time())
     if timeout <= 1.0:
@@ -56,6 +59,8 @@ def build_recognizer():
     client.submit(s.front_endpoint, s.front_keys_dir, header, [p.data for p in photos], timeout)
     logger.info("accepted job {}: {} photos, {} people", job_id, len(photos), n_people)
     body = {"status": 0, "id": job_id, "photos": len(photos), "people": n_people}
+    if callback:
+        body["callback"] = callback  # the secret is shown here only: it signs the callback (app/webhooks.py)
     if ignored:
         body["ignored"] = ignored[:200]
     return jsonify(body), 202
@@ -65,7 +70,8 @@ def build_recognizer():
 @bp.get("/is_available/<job_id>")
 def is_available(job_id: str | None = None):
     job = find_job(parse_job_id(job_id or request.args.get("id")))
-    return jsonify({"status": 0, **job})
+    callback = delivery_view(settings(), job["id"])
+    return jsonify({"status": 0, **job, **({"callback": callback} if callback else {})})
 
 
 def built_model(raw_id: str) -> tuple[dict, Path]:
@@ -108,33 +114,20 @@ def report(job_id: str):
                     "manifest": manifest})
 
 
-@bp.post("/models/<job_id>/predict")
-def predict(job_id: str):
-    s = settings()
-    job, path = built_model(job_id)
-    part = request.files.get("image")
-    if part is None:
-        raise ApiError(400, "NO_FILES", "send the photo as a multipart 'image' part")
-    threshold = _threshold(request.form.get("threshold"))
-    data = part.stream.read(s.max_photo_bytes + 1)
-    if len(data) > s.max_photo_bytes:
-        raise ApiError(413, "PHOTO_TOO_LARGE", f"the photo is over the limit of {s.max_photo_bytes} bytes")
-    inspect_image(data, s.max_image_pixels)
+def load_recognizer(job: dict, path: Path) -> Recognizer:
+    """The job's recognizer from this process's LRU, or 404 when its bundle went meanwhile."""
     try:
-        recognizer = current_app.extensions["recognizers"].get(job["id"], path, s)
+        return current_app.extensions["recognizers"].get(job["id"], path, settings())
     except FileNotFoundError:
         current_app.extensions["recognizers"].evict(job["id"])
         raise ApiError(404, "NOT_FOUND", f"no model with id {job['id']}") from None
-    faces, found = recognizer.faces(data, threshold, s.max_faces_per_predict)
-    body = {"status": 0, "id": job["id"], "count": len(faces), "faces": [f.as_dict() for f in faces],
-            "threshold": recognizer.threshold if threshold is None else threshold}
-    if found > len(faces):
-        body["faces_found"] = found
-        body["message"] = (f"{found} faces found; the {len(faces)} largest were identified "
-                           f"(FR_MAX_FACES_PER_PREDICT)")
-    if not faces:
-        body["message"] = "no face found in the photo"
-    return jsonify(body)
+
+
+@bp.post("/models/<job_id>/predict")
+def predict(job_id: str):
+    """Every face of a photo (or several photos, or embeddings: app/usage.py), named or unknown."""
+    job, path = built_model(job_id)
+    return jsonify(predict_request(job["id"], load_recognizer(job, path), request, settings()))
 
 
 @bp.delete("/models/<job_id>")
@@ -144,19 +137,6 @@ def delete_model(job_id: str):
     answer = client.delete(s.front_endpoint, s.front_keys_dir, job["id"], s.broker_timeout_s)
     current_app.extensions["recognizers"].evict(job["id"])
     return jsonify({"status": 0, **answer})
-
-
-def _threshold(raw: str | None) -> float | None:
-    """The `threshold` form field: a distance in (0, 4], or None for the bundle's own."""
-    if raw in (None, ""):
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value <= 4.0:  # also refuses nan
-        raise ApiError(400, "BAD_PARAMETER", "threshold must be a distance in (0, 4]")
-    return value
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:

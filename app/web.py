@@ -19,6 +19,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    from app import lifecycle  # noqa: F401 (adds derive, erase, verify and card to the blueprint)
     from app.recognizers import RecognizerCache
     from app.routes import bp
     app.extensions["recognizers"] = RecognizerCache(settings.model_cache_size)
