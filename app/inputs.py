@@ -47,7 +47,14 @@ def read_json(request: Request, settings: Settings) -> dict:
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "REQUEST_TOO_LARGE", f"a JSON body may hold at most {limit} bytes (FR_MAX_JSON_BYTES); "
                        "send large photos as multipart parts")
-    raw = request.stream.read(limit + 1)
+    chunks, size = [], 0
+    while size <= limit:  # a read returns what has arrived (app/edge.py): read until the end
+        chunk = request.stream.read(min(1 << 20, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    raw = b"".join(chunks)
     if len(raw) > limit:
         raise ApiError(413, "REQUEST_TOO_LARGE", f"a JSON body may hold at most {limit} bytes (FR_MAX_JSON_BYTES)")
     try:
@@ -73,7 +80,9 @@ def decode_image_field(value: Any, settings: Settings, name: str = "image") -> b
     if len(compact) // 4 * 3 > settings.max_photo_bytes + 3:
         raise InputError("PHOTO_TOO_LARGE", f"{name} is over the limit of {settings.max_photo_bytes} bytes a photo")
     compact = compact.replace(b"-", b"+").replace(b"_", b"/")
-    compact += b"=" * (-len(compact) % 4)
+    if compact.endswith(b"=") and len(compact) % 4:
+        raise InputError("BAD_BASE64", f"{name} is not valid base64 (its padding is wrong)")
+    compact += b"=" * (-len(compact) % 4)  # padding may be left out, as URL-safe encoders do
     try:
         data = base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError):
