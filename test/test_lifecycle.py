@@ -136,14 +136,14 @@ def test_more_photos_of_a_known_person_and_duplicates(stack, grown, people, name
 
 def test_removing_a_person_makes_a_new_model_without_them(stack, grown, people, names):
     gone = names[1]
-    r = requests.delete(f"{stack.url}/models/{grown['id']}/people/{gone}", timeout=60)
+    r = requests.delete(f"{stack.url}/models/{grown['id']}/people/{gone}", params={"name": "without"}, timeout=60)
     assert r.status_code == 202, r.text
     body = r.json()
     assert body["parent"] == grown["id"] and body["people"] == 4 and body["removed"] == {"people": 1}
     wait_done(stack, body["id"])
     m = manifest(stack, body["id"])
     assert gone not in m["labels"] and gone not in {p["label"] for p in m["people"]}
-    assert m["derivation"]["removed_people"] == 1 and m["parent"] == grown["id"]
+    assert m["derivation"]["removed_people"] == 1 and m["parent"] == grown["id"] and m["name"] == "without"
     for path in people[gone][N_UPLOAD:]:
         assert named(stack, body["id"], path) != gone  # unknown, or at worst someone else
         assert named(stack, grown["id"], path) == gone  # the parent still knows them
