@@ -227,8 +227,10 @@ class Derivations:
         """ERASE: the person out of every model (of `tenant`; None: all). Each model that held them is rebuilt
         without them under a new id, or deleted when fewer than 2 people would be left or it had failed."""
         rows = self.store.execute("SELECT * FROM jobs ORDER BY created").fetchall()
+        # as a failed job's error details name them: "label" or "label/file.jpg" (JSON, escaped or not)
+        named = [q[:-1] + end for q in {json.dumps(label), json.dumps(label, ensure_ascii=False)} for end in '"/']
         held = [r for r in rows if (tenant is None or "tenant" not in r.keys() or r["tenant"] == tenant)
-                and (label in self.labels_held(r) or label in (r["error_details"] or ""))]
+                and (label in self.labels_held(r) or any(n in (r["error_details"] or "") for n in named))]
         digests: set[str] = set()
         keys: set[str] = set()
         models, photos = [], 0
