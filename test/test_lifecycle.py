@@ -177,6 +177,32 @@ def test_bad_derivations_are_refused_clearly(stack, base, grown, people, names):
     assert requests.get(f"{stack.url}/is_alive", timeout=10).status_code == 200
 
 
+def test_a_photo_arrives_byte_for_byte_however_the_network_splits_it(stack, base, people, names):
+    """The body's end trickles in byte by byte (as TCP may deliver it): the photo that arrives must be the
+    one sent, not one with a stray CR (werkzeug's multipart decoder given the closing boundary in pieces,
+    pallets/werkzeug#3285). The oracle: a photo the model has is recognised as a duplicate."""
+    import socket
+    photo = people[names[0]][0].read_bytes()
+    boundary = "b0undary7c2f"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"{names[0]}/again.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST /models/{base}/people HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n")
+    for tail in (60, 24):
+        with socket.create_connection(("127.0.0.1", stack.port), timeout=60) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(head.encode() + body[:-tail])
+            for i in range(len(body) - tail, len(body)):
+                time.sleep(0.01)
+                sock.sendall(body[i:i + 1])
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        status = int(answer.split(b" ", 2)[1])
+        payload = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+        assert status == 400 and payload["error"]["code"] == "NO_NEW_PHOTOS", (tail, answer[-400:])
+
+
 def test_model_card_beside_the_manifest(stack, grown, names):
     r = requests.get(f"{stack.url}/models/{grown['id']}/card", timeout=30)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/markdown")
