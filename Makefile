@@ -6,7 +6,7 @@ PORT    ?= 8080
 WORKERS ?= 2
 DATA_DIR ?= .
 
-.PHONY: serve test setup setup-dev bench clean
+.PHONY: serve test setup setup-dev setup-tls browser bench clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +18,25 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# uWSGI built from source with OpenSSL, for `serve --tls-cert` (the prebuilt wheel has no TLS);
+# needs gcc, the Python headers and libssl-dev
+$(VENV)/uwsgi-tls/bin/uwsgi: $(VENV)/.installed
+	$(PY) -m pip install --quiet --upgrade --target $(VENV)/uwsgi-tls uwsgi==2.0.30
+
 setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev
+setup-tls: $(VENV)/uwsgi-tls/bin/uwsgi
 
 serve: setup
 	$(PY) run.py serve --port $(PORT) --workers $(WORKERS) --data-dir $(DATA_DIR)
 
-test: setup-dev
+# The console's tests drive a real browser: Debian's chromium (installed here when missing, as root).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } || \
+		{ echo "make test needs Debian's chromium: sudo apt-get install chromium"; exit 1; }
+
+test: setup-dev setup-tls browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest

@@ -2,8 +2,11 @@
 """Command line: `serve` (everything), `broker`, `worker`, `web` (uWSGI only), `predict` (offline), keys.
 
     python run.py serve --port 8080 --workers 2 --data-dir .
+    python run.py keys create --tenant T --role builder  # an API key (alone on the last line)
     python run.py worker-key create DIR          # a remote worker's key pair; prints its public key
     python run.py worker --connect tcp://HOST:5556 --keys DIR
+    python run.py web --broker tcp://HOST:5557 --keys DIR --port 8080   # an HTTP front on any host
+    python run.py init --data-dir D --export DIR # a multi-host start: broker keys, a front and a worker pair
 """
 from __future__ import annotations
 
@@ -66,25 +69,69 @@ def cmd_worker(args) -> None:
 
 
 def cmd_worker_key(args) -> None:
-    """A key pair for a worker on another host; its public key goes into the broker's allowed folder."""
+    """A key pair for a worker (or a front) on another host; its public key goes into the broker's allowed folder."""
     from app.keys import create_pair
+    role = getattr(args, "role", "worker")
     folder = Path(args.dir)
-    public = create_pair(folder, "worker").decode()
-    print(f"worker key pair in {folder}/ (worker.key, worker.key_secret)")
-    print(f"allow it on the broker's host:  copy {folder / 'worker.key'} to <data dir>/var/keys/allowed/workers/")
-    print(f"and give this worker the broker's public key:  copy <data dir>/var/keys/broker.key to {folder}/")
+    public = create_pair(folder, role).decode()
+    print(f"{role} key pair in {folder}/ ({role}.key, {role}.key_secret)")
+    print(f"allow it on the broker's host:  copy {folder / f'{role}.key'} to "
+          f"<data dir>/var/keys/allowed/{role}s/")
+    print(f"and give this {role} the broker's public key:  copy <data dir>/var/keys/broker.key to {folder}/")
     print(public)
 
 
-def uwsgi_command() -> list[str]:
+def cmd_init(args) -> None:
+    """First start of a deployment over several hosts or containers (docker-compose's one-shot `init`):
+    the broker's keys under the data dir, one front pair and one worker pair written to `--export`
+    (each folder with the broker's public key beside it) and allowed, and an admin API key in
+    var/admin.key unless FR_ADMIN_KEY is set. Idempotent: a second run changes nothing."""
+    import shutil
+
+    from app.auth import KeyStore, bootstrap_admin
+    from app.keys import BROKER, FRONTS, WORKERS, allowed_dir, create_pair, prepare_broker_keys
+    s = _settings(args)
+    s.ensure_dirs()
+    prepare_broker_keys(s.keys_dir)
+    export = Path(args.export)
+    for role, domain in (("front", FRONTS), ("worker", WORKERS)):
+        folder = export / role
+        create_pair(folder, role)
+        shutil.copyfile(s.keys_dir / f"{BROKER}.key", folder / f"{BROKER}.key")
+        allowed = allowed_dir(s.keys_dir, domain) / f"init-{role}.key"
+        if not allowed.exists():
+            shutil.copyfile(folder / f"{role}.key", allowed)
+        print(f"{role} keys in {folder}/ (allowed in {allowed.parent}/)")
+    made = bootstrap_admin(KeyStore(s.auth_db_path), s.admin_key_path, s.admin_key)
+    if made:
+        print(f"admin API key written to {made} (owner-only)")
+
+
+TLS_UWSGI = Path(sys.prefix) / "uwsgi-tls" / "bin" / "uwsgi"  # `make setup-tls`: uWSGI built with OpenSSL
+
+
+def uwsgi_command(s: Settings) -> list[str]:
+    """uWSGI with app.ini, listening where the settings say: HTTP, or HTTPS on uWSGI's own https socket."""
+    host = f"[{s.host}]" if ":" in s.host else s.host
+    address = f"{host}:{s.port}"
+    if s.tls_cert:
+        for path in (s.tls_cert, s.tls_key):
+            if not Path(path).is_file():
+                raise SettingsError(f"FR_TLS_CERT/FR_TLS_KEY: no file {path}")
+        if not TLS_UWSGI.exists():
+            raise SettingsError("HTTPS needs a uWSGI built with OpenSSL (the prebuilt one has none): run "
+                                "`make setup-tls` once, or serve HTTP on 127.0.0.1 behind a TLS proxy (README)")
+        return [str(TLS_UWSGI), "--home", sys.prefix, "--ini", str(ROOT / "app.ini"),
+                "--https", f"{address},{Path(s.tls_cert).resolve()},{Path(s.tls_key).resolve()}"]
     exe = Path(sys.executable).parent / "uwsgi"
-    return [str(exe) if exe.exists() else "uwsgi", "--ini", str(ROOT / "app.ini")]
+    return [str(exe) if exe.exists() else "uwsgi", "--ini", str(ROOT / "app.ini"), "--http", address]
 
 
 def uwsgi_env(s: Settings) -> dict[str, str]:
     """What app.ini and the web processes read: where to serve and how, and where the broker is."""
     return {"FR_DATA_DIR": str(s.data_dir), "FR_PORT": str(s.port), "FR_HOST": s.host,
-            "FR_BROKER_FRONT": s.front_endpoint, "FR_WEB_PROCESSES": str(s.web_processes),
+            "FR_BROKER_FRONT": s.front_endpoint, "FR_FRONT_KEYS": str(s.front_keys_dir),
+            "FR_WEB_PROCESSES": str(s.web_processes),
             "FR_WEB_THREADS": str(s.web_threads), "FR_REQUEST_TIMEOUT_S": str(s.request_timeout_s)}
 
 
@@ -129,7 +176,7 @@ class Supervisor:
                     "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         py = [sys.executable, str(ROOT / "run.py")]
         connect = loopback(s.broker_back)
-        self.children = [Child("broker", [*py, "broker"]), Child("web", uwsgi_command())]
+        self.children = [Child("broker", [*py, "broker"]), Child("web", uwsgi_command(s))]
         self.children += [Child(f"worker{i}", [*py, "worker", "--connect", connect, "--slot", str(i + 1)])
                           for i in range(n_workers)]
         self.stopping = False
@@ -197,21 +244,71 @@ class Supervisor:
 
 
 def cmd_serve(args) -> None:
-    over = {"port": args.port, "workers": args.workers, "host": args.host}
+    over = {"port": args.port, "workers": args.workers, "host": args.host, "tls_cert": args.tls_cert,
+            "tls_key": args.tls_key}
     if args.broker_port:
         over["broker_back"] = f"tcp://127.0.0.1:{args.broker_port}"
+    if args.front_port:
+        over["broker_front_tcp"] = f"tcp://127.0.0.1:{args.front_port}"
     s = _settings(args, **over)
     s.ensure_dirs()
+    uwsgi_command(s)  # a TLS setting that cannot work stops the start here
     setup_logging("serve", s.log_dir, s.log_level, s.log_rotation, s.log_retention)
+    from app.auth import KeyStore, bootstrap_admin
     from app.keys import prepare_broker_keys
     prepare_broker_keys(s.keys_dir)  # before the children start: they read their keys at once
+    if not s.auth:
+        logger.warning("API keys are off (FR_AUTH=0): anyone on this machine may use every model")
+    elif (made := bootstrap_admin(KeyStore(s.auth_db_path), s.admin_key_path, s.admin_key)) is not None:
+        logger.info("made an admin API key on first start, written to {} (owner-only): "
+                    "export FR_API_KEY=$(cat {})", made, made)
+    from app import metrics
+    metrics.reset(s)  # this run's metric files, an empty folder named to every child (app/metrics.py)
     sys.exit(Supervisor(s, s.workers).run())
 
 
 def cmd_web(args) -> None:
-    s = _settings(args, port=args.port)
+    """The HTTP front alone: with `--broker tcp://HOST:PORT --keys DIR`, on any host (it keeps nothing but
+    logs and a cache of bundles under its own data dir)."""
+    over = {"port": args.port, "host": args.host, "broker_front": args.broker,
+            "front_keys": str(Path(args.keys).resolve()) if args.keys else None}
+    s = _settings(args, **over)
+    if s.front_endpoint.startswith("tcp://"):
+        from app.keys import KeyFileError, broker_public_key, load_pair
+        try:
+            load_pair(s.front_keys_dir, "front")
+            broker_public_key(s.front_keys_dir)
+        except KeyFileError as exc:
+            raise SettingsError(f"--keys: {exc}; make a pair with `python run.py front-key create DIR` (or "
+                                "`run.py init`) and allow its front.key on the broker") from None
+    s.ensure_dirs()
     env = {**os.environ, **uwsgi_env(s)}
-    os.execvpe(uwsgi_command()[0], uwsgi_command(), env)  # noqa: S606 (our own argument list)
+    command = uwsgi_command(s)
+    os.execvpe(command[0], command, env)  # noqa: S606 (our own argument list)
+
+
+def cmd_keys(args) -> None:
+    """API keys, while the service runs or not: create (the key alone on the last line), list, revoke."""
+    from app.auth import KeyStore
+    s = _settings(args)
+    s.ensure_dirs()
+    keys = KeyStore(s.auth_db_path)
+    if args.action == "create":
+        try:
+            key, info = keys.create(args.tenant, args.role, args.name)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        print(f"key {info['id']} for tenant {info['tenant']}, role {info['role']}; it is shown only now:")
+        print(key)
+    elif args.action == "list":
+        for k in keys.list(args.tenant):
+            state = "revoked" if k["revoked"] else "active"
+            print(f"{k['id']}  {k['tenant']}  {k['role']}  {state}  {k['name'] or ''}".rstrip())
+    else:
+        if not args.key_id or not keys.revoke(args.key_id):
+            print(f"run.py keys revoke: no active key {args.key_id!r}", file=sys.stderr)
+            sys.exit(1)
+        print(f"revoked {args.key_id}")
 
 
 def cmd_predict(args) -> None:
@@ -240,16 +337,21 @@ def cmd_predict(args) -> None:
     sys.exit(1 if any("error" in r for r in results) else 0)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also read by the tests that check deploy/ names only commands that exist)."""
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="HTTP front + broker + workers, supervised")
     p.add_argument("--port", type=int, help="HTTP port (default 8080, FR_PORT)")
-    p.add_argument("--host", help="HTTP address to bind (default 0.0.0.0, FR_HOST)")
+    p.add_argument("--host", help="HTTP address to bind (default 127.0.0.1, FR_HOST)")
+    p.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM; FR_TLS_CERT)")
+    p.add_argument("--tls-key", help="... and this private key (PEM; FR_TLS_KEY)")
     p.add_argument("--workers", type=int, help="worker processes (default 2, FR_WORKERS)")
     p.add_argument("--data-dir", help="where all state lives (default: this folder, FR_DATA_DIR)")
     p.add_argument("--broker-port", type=int, help="port the broker takes workers on (default 5556, FR_BROKER_BACK)")
+    p.add_argument("--front-port", type=int, help="also take HTTP fronts of other hosts on this loopback port "
+                                                  "(FR_BROKER_FRONT_TCP for another address)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("broker", help="the ZeroMQ broker alone")
@@ -267,12 +369,35 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("worker-key", help="make a key pair for a worker on another host")
     p.add_argument("action", choices=["create"])
     p.add_argument("dir", help="folder for the pair (created, owner-only)")
-    p.set_defaults(func=cmd_worker_key)
+    p.set_defaults(func=cmd_worker_key, role="worker")
 
-    p = sub.add_parser("web", help="the HTTP front alone (uWSGI)")
+    p = sub.add_parser("front-key", help="make a key pair for an HTTP front on another host")
+    p.add_argument("action", choices=["create"])
+    p.add_argument("dir", help="folder for the pair (created, owner-only)")
+    p.set_defaults(func=cmd_worker_key, role="front")
+
+    p = sub.add_parser("init", help="broker keys, a front and a worker pair (allowed), an admin key: for "
+                                    "docker-compose and Kubernetes")
+    p.add_argument("--data-dir", help="the broker's data dir")
+    p.add_argument("--export", required=True, help="folder for front/ and worker/ key folders")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("web", help="the HTTP front alone (uWSGI), on this host or any other")
     p.add_argument("--port", type=int)
-    p.add_argument("--data-dir")
+    p.add_argument("--host")
+    p.add_argument("--broker", help="the broker's front endpoint, e.g. tcp://HOST:5557 (FR_BROKER_FRONT)")
+    p.add_argument("--keys", help="folder with this front's key pair and the broker's public key (FR_FRONT_KEYS)")
+    p.add_argument("--data-dir", help="where this front keeps its logs and cached bundles")
     p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser("keys", help="API keys: create, list, revoke")
+    p.add_argument("action", choices=["create", "list", "revoke"])
+    p.add_argument("key_id", nargs="?", help="revoke: the key's id (first column of `keys list`)")
+    p.add_argument("--tenant", help="create: the tenant the key belongs to; list: only this tenant's")
+    p.add_argument("--role", choices=["admin", "builder", "user"], default="user")
+    p.add_argument("--name", help="a note to tell keys apart")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("predict", help="name the faces in photos with a model bundle (offline)")
     p.add_argument("--model", required=True, help="a bundle downloaded from /models/<id>")
@@ -280,7 +405,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("photos", nargs="+")
     p.set_defaults(func=cmd_predict)
 
-    args = parser.parse_args(argv)
+    from app.remote import add_build_command
+    add_build_command(sub)  # build: the command line's client of a running service
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     os.umask(0o077)  # everything the service writes (photos, models, logs, keys) is its user's alone
     try:
         args.func(args)

@@ -23,37 +23,104 @@ checkpointed after every result and resumes from its last state.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import queue
 import shutil
 import sqlite3
+import threading
 import time
 import uuid
 import zipfile
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import zmq
 
+from app import metrics, webhooks
 from app import protocol as p
-from app import webhooks
-from app.derivation import ERASE_FILE, Derivations, as_task_features
+from app.auth import KeyStore
+from app.derivation import ERASE_FILE, INHERITED_FILE, Derivations, as_task_features
 from app.keys import FRONTS, WORKERS, BrokerAuth
 from app.protocol import FrontError, ProtocolError, Task, escape
+from app.reader import BundleSums, start_readers
 from app.store import JobStore, StorageFull, StoreUnavailable, disk_errors, job_view
 from constants import Settings
 from constants.states import TASK_STATE, JobState, TaskKind
 from features.extract import PhotoFeatures
 from logger import logger
-from modelization.bundle import MANIFEST_FILE, save_bundle
+from modelization.bundle import BUNDLE_FILE, MANIFEST_FILE, save_bundle
 from optimization.evolution import Controls, Evolution
 from preprocessor.uploads import Photo
 
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 DISK_RETRY_S = 5.0          # a broker stalled by a full disk looks for room this often
 MIN_ROOM = 16 * 1024 * 1024  # ... and resumes once this much is free
+MAX_PENDING_READS = 10_000   # fronts' reads waiting for a reader thread; beyond, BUSY (503)
+
+
+@dataclass
+class Upload:
+    """A submit (or derivation) being written: who to answer, and what to register once the photos are on disk."""
+    identity: bytes
+    header: dict
+    photos: list[Photo]
+    size: int
+    register: Callable[[], dict] | None = None  # a derivation's (Derivations.register_job); None: a submit's
+    inherited: list[dict] = field(default_factory=list)  # a derivation's records taken from its parent
+    tenant: str | None = None  # whose job it will be (a derivation: its parent's tenant)
+    cancelled: bool = False  # an erasure of someone it holds came meanwhile: refused once written
+
+    @property
+    def labels(self) -> set[str]:
+        return {ph.label for ph in self.photos} | {r["label"] for r in self.inherited}
+
+
+class UploadWriter:
+    """One thread that writes submits' photos (one fsynced pack each) so that the broker's loop never
+    waits on a disk write of up to FR_MAX_REQUEST_BYTES; each result goes back on an inproc socket the
+    loop polls: (job id, None) or (job id, the ERR header to answer)."""
+
+    def __init__(self, write: Callable[[str, list[Photo], list[dict] | None], None], ctx: zmq.Context):
+        self.write = write
+        self.address = f"inproc://broker-uploads-{uuid.uuid4().hex}"
+        self.results = ctx.socket(zmq.PULL)
+        self.results.bind(self.address)
+        self.ctx = ctx
+        self.queue: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self.run, daemon=True, name="upload-writer")
+        self.thread.start()
+
+    def put(self, job_id: str, photos: list[Photo], inherited: list[dict] | None = None) -> None:
+        """Write a job's photos (and, for a derivation, the records it inherits) in the background."""
+        self.queue.put((job_id, photos, inherited))
+
+    def run(self) -> None:
+        out = self.ctx.socket(zmq.PUSH)
+        out.connect(self.address)
+        try:
+            while (item := self.queue.get()) is not None:
+                job_id, photos, inherited = item
+                error = None
+                try:
+                    self.write(job_id, photos, inherited)
+                except StorageFull:
+                    error = {"code": "INSUFFICIENT_STORAGE", "message": "the data disk is full; nothing was stored"}
+                except Exception as exc:
+                    logger.exception("storing the photos of job {} failed", job_id)
+                    error = {"code": "INTERNAL", "message": type(exc).__name__}
+                out.send_json([job_id, error])
+        finally:
+            out.close()
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.thread.join(10)
+        self.results.close(0)
 
 
 @dataclass
@@ -63,6 +130,7 @@ class WorkerState:
     last_seen: float
     task: Task | None = None
     warming: bool = False  # still loading its models (it takes tasks meanwhile)
+    since: float = 0.0     # when its task was handed out (metrics: task durations)
 
     @property
     def name(self) -> str:
@@ -84,11 +152,24 @@ class Broker(Derivations):
         self.front.bind(settings.front_endpoint)
         if settings.front_endpoint.startswith("ipc://"):
             Path(settings.front_endpoint[len("ipc://"):]).chmod(0o600)
+        if settings.broker_front_tcp:  # fronts on other hosts (CURVE: only keys in allowed/fronts/)
+            self.front.bind(settings.broker_front_tcp)
         self.back.bind(settings.broker_back)
+        self.keystore = KeyStore(settings.auth_db_path)
+        self.sums = BundleSums()
+        self.reads, self.readers = start_readers(settings, self.ctx, self.sums, settings.broker_readers)
+        self.idle_readers: deque[bytes] = deque()
+        self.storing: dict[str, Upload] = {}  # submits whose photos the upload writer is writing
+        self.writer = UploadWriter(self.store_uploads, self.ctx)
+        self.stored = self.writer.results
+        self.pending_reads: deque[list[bytes]] = deque()  # reads waiting for a free reader
         self.workers: dict[bytes, WorkerState] = {}
         self.queue: deque[Task] = deque()
         self.searches: dict[str, Evolution] = {}   # jobs in or past their genetic search
         self.payloads: dict[str, bytes] = {}       # job -> all its features (JSON), for evaluate/train tasks
+        self._done: dict[str, set[int]] = {}       # job -> chunks whose features are on disk (done_chunks)
+        self._indexes: dict[str, list[dict]] = {}  # job -> its photo index (index)
+        self._inherited: dict[str, list[dict]] = {}  # job -> the records it took from its parent (inherited)
         self.running = True
         self._said: dict[str, float] = {}          # rate limit of repeated error lines
         self._store: JobStore | None = None
@@ -106,7 +187,8 @@ class Broker(Derivations):
         """Open the store and queue again every unfinished job (start, or the store came back)."""
         store = JobStore(self.s.db_path, self.s.uploads_dir)
         self._store = store
-        swept = store.sweep_uploads(keep_done=self.s.keep_uploads) + store.sweep_models(self.s.dumps_dir)
+        swept = store.sweep_uploads(keep_done=self.s.keep_uploads, busy=frozenset(self.storing)) + \
+            store.sweep_models(self.s.dumps_dir)
         if swept:
             logger.info("removed {} folder(s) left behind by a stop: {}", len(swept), swept[:5])
         unfinished = store.unfinished()
@@ -135,7 +217,7 @@ class Broker(Derivations):
                 "disk_free_bytes": shutil.disk_usage(self.s.data_dir).free, "disk_full": self.stalled_until is not None,
                 "store": {"ok": True}}
         try:
-            self.store.check()
+            body["builds"] = self.store.count_by_state()  # for /metrics of fronts on any host
         except StoreUnavailable as exc:
             body["store"] = {"ok": False, "message": str(exc)}
         return body
@@ -145,15 +227,22 @@ class Broker(Derivations):
         poller = zmq.Poller()
         poller.register(self.front, zmq.POLLIN)
         poller.register(self.back, zmq.POLLIN)
+        poller.register(self.reads, zmq.POLLIN)
+        poller.register(self.stored, zmq.POLLIN)
         next_beat = time.monotonic()
         self.sender.start()
-        logger.info("broker up: front {} back {}", self.s.front_endpoint, self.s.broker_back)
+        logger.info("broker up: front {}{} back {}", self.s.front_endpoint,
+                    f" and {self.s.broker_front_tcp}" if self.s.broker_front_tcp else "", self.s.broker_back)
         while self.running:
             events = dict(poller.poll(timeout=int(self.s.heartbeat_s * 1000 / 2)))
             if self.back in events:
                 self.safely(self.on_worker, self.back.recv_multipart(copy=False))
             if self.front in events:
                 self.safely(self.on_front, self.front.recv_multipart(copy=False))
+            if self.reads in events:
+                self.safely(self.on_read_answer)
+            if self.stored in events:
+                self.safely(self.on_stored)
             if time.monotonic() >= next_beat:
                 self.safely(self.beat)
                 next_beat = time.monotonic() + self.s.heartbeat_s
@@ -199,10 +288,21 @@ class Broker(Derivations):
         self.stalled_until = None
         logger.info("the data disk has room again: {} task(s) queued", len(self.queue))
 
+    def store_uploads(self, job_id: str, photos: list[Photo], inherited: list[dict] | None = None) -> None:
+        """In the upload writer's thread: files only, no store connection (SQLite's is the loop's). A derived
+        job's inherited records go in the same folder, renamed into place with its photos."""
+        JobStore.save_uploads_in(self.s.uploads_dir, job_id, photos, {INHERITED_FILE: inherited} if inherited else None)
+
     def close(self) -> None:
         self.sender.stop()
         if self._webhooks is not None:
             self._webhooks.close()
+        self.writer.stop()
+        for reader in self.readers:
+            reader.running = False
+        for reader in self.readers:
+            reader.join(2)
+        self.reads.close(0)
         self.front.close(0)
         self.back.close(0)
         self.auth.stop()
@@ -214,7 +314,34 @@ class Broker(Derivations):
         return -(-n_photos // self.s.chunk_photos)
 
     def missing_chunks(self, job_id: str, n_photos: int) -> list[int]:
-        return [k for k in range(self.n_chunks(n_photos)) if not self.store.chunk_done(job_id, k)]
+        done = self.done_chunks(job_id, n_photos)
+        return [k for k in range(self.n_chunks(n_photos)) if k not in done]
+
+    def done_chunks(self, job_id: str, n_photos: int) -> set[int]:
+        """The chunks of a job whose features are on disk, read once per job and then kept in memory (a
+        result is checked against this set, not against the disk, so a task costs no directory scan).
+        Feature files are written without fsync (they can be made again): one that a crash left empty or
+        cut short is removed here and its chunk extracted again."""
+        done = self._done.get(job_id)
+        if done is None:
+            done = set()
+            for k in range(self.n_chunks(n_photos)):
+                if self.store.chunk_done(job_id, k):
+                    try:
+                        self.store.load_chunk(job_id, k)
+                        done.add(k)
+                    except (OSError, ValueError):
+                        logger.warning("job {}: features of chunk {} unreadable; extracting them again", job_id, k)
+                        self.store.drop_chunk(job_id, k)
+            self._done[job_id] = done
+        return done
+
+    def index(self, job_id: str) -> list[dict]:
+        """A job's photo index, read once per job (OSError if its uploads are gone)."""
+        index = self._indexes.get(job_id)
+        if index is None:
+            index = self._indexes[job_id] = self.store.load_index(job_id)
+        return index
 
     def photos_extracted(self, n_photos: int, missing: list[int]) -> int:
         """Photos in finished chunks (the last chunk may be short)."""
@@ -309,46 +436,100 @@ class Broker(Derivations):
         identity, msg = frames[0].bytes, [f.bytes for f in frames[2:]]
         try:
             command, header, blobs = p.parse_front(msg, self.s)
-            if command == p.SUBMIT:
-                reply = p.pack(p.OK, self.submit(header, blobs))
-            elif command == p.STATUS:
-                reply = p.pack(p.OK, self.status())
-            elif command == p.DERIVE:
-                reply = p.pack(p.OK, self.derive(header, blobs))
-            elif command == p.ERASE:
-                reply = p.pack(p.OK, self.erase(header["label"], header.get("tenant")))
-            else:
-                reply = p.pack(p.OK, self.delete(header["id"]))
         except ProtocolError as exc:
             logger.warning("front: refused a request: {}", escape(exc))
-            reply = p.pack(p.ERR, {"code": "BAD_REQUEST", "message": escape(exc)})
-        except FrontError as exc:
-            reply = p.pack(p.ERR, {"code": exc.code, "message": exc.message})
-        except StoreUnavailable as exc:
-            reply = p.pack(p.ERR, {"code": "STORE_UNAVAILABLE", "message": str(exc)})
-        except StorageFull:
-            reply = p.pack(p.ERR, {"code": "INSUFFICIENT_STORAGE", "message": "the data disk is full"})
-        except Exception as exc:  # never let one request take the broker down
-            logger.exception("front request failed")
-            reply = p.pack(p.ERR, {"code": "INTERNAL", "message": f"{type(exc).__name__}"})
-        self.front.send_multipart([identity, b"", *reply])
+            self.front.send_multipart([identity, b"", *p.pack(p.ERR, {"code": "BAD_REQUEST",
+                                                                      "message": escape(exc)})])
+            return
+        self.reply(identity, lambda: self.serve_front(identity, command, header, blobs))
+
+    def serve_front(self, identity: bytes, command: bytes, header: dict, blobs: list[bytes]) -> dict | None:
+        """A checked front request -> its answer, or None when it is answered later: reads by a reader
+        thread (app/reader.py), submits once the upload writer has stored their photos (`on_stored`)."""
+        if command in p.READ_COMMANDS:
+            if len(self.pending_reads) >= MAX_PENDING_READS:
+                raise FrontError("BUSY", "the broker has too many reads waiting; try again")
+            self.pending_reads.append([identity, command, json.dumps(header).encode()])
+            self.hand_reads()
+            return None
+        if command == p.SUBMIT:
+            photos = self.admit(header, blobs)
+            self.storing[header["id"]] = Upload(identity, header, photos, sum(len(b) for b in blobs),
+                                                tenant=header.get("tenant"))
+            self.writer.put(header["id"], photos)
+            return None
+        if command == p.DERIVE:
+            job = self.admit_derive(header, blobs)
+            self.storing[job.id] = Upload(identity, header, job.fresh, sum(len(ph.data) for ph in job.fresh),
+                                          partial(self.register_job, job), job.inherited, job.tenant)
+            self.writer.put(job.id, job.fresh, job.inherited)
+            return None
+        if command == p.ERASE:
+            return self.erase(header["label"], header["tenant"])
+        if command == p.STATUS:
+            return self.status()
+        if command == p.KEYADD:
+            return {"key": self.add_key(header)}
+        if command == p.KEYREVOKE:
+            return {"id": header["id"], "revoked": self.keystore.revoke(header["id"])}
+        if command == p.KEYLIST:
+            return {"keys": self.keystore.list(header.get("tenant"))}
+        return self.delete(header["id"], header.get("tenant"))
+
+    def add_key(self, header: dict) -> dict:
+        """A key a front made (its hash: the secret never reaches the broker)."""
+        if self.keystore.lookup(header["id"]) is not None:  # ids are random: this is a replay
+            raise FrontError("CONFLICT", "a key with this id exists")
+        return self.keystore.add(header["id"], header["tenant"], header["role"], header.get("name"),
+                                 bytes.fromhex(header["salt"]), bytes.fromhex(header["hash"]))
+
+    def on_read_answer(self) -> None:
+        """A reader's answers go back to the fronts that asked (the loop alone owns the front socket); the
+        reader is free again."""
+        while True:
+            try:
+                reader, *frames = self.reads.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if frames != [b"READY"]:
+                self.front.send_multipart(frames)
+            self.idle_readers.append(reader)
+        self.hand_reads()
+
+    def hand_reads(self) -> None:
+        """Waiting reads to idle readers, the longest idle first."""
+        while self.pending_reads and self.idle_readers:
+            self.reads.send_multipart([self.idle_readers.popleft(), *self.pending_reads.popleft()])
 
     def submit(self, header: dict, blobs: list[bytes]) -> dict:
-        """Store a job durably, then queue its work. Refused (nothing left behind) when its deadline
-        passes first, when the disk would fill, or when the id is taken."""
+        """Store a job durably, then queue its work, in one go (the loop itself stores in the background:
+        `admit`, the upload writer, `register`). Refused (nothing left behind) when its deadline passes
+        first, when the disk would fill, or when the id is taken."""
+        photos = self.admit(header, blobs)
+        self.store.save_uploads(header["id"], photos)
+        return self.register(header, photos)
+
+    def admit(self, header: dict, blobs: list[bytes]) -> list[Photo]:
+        """The quick checks of a submit, before its photos are written: deadline, free disk (counting the
+        uploads being written), the id, the tenant's quotas. -> the photos to store."""
         job_id = header["id"]
-        deadline = header.get("deadline")
-        self.check_deadline(deadline)
-        self.check_room(sum(len(b) for b in blobs))
-        if self.store.get(job_id) is not None or self.store.has_uploads(job_id):
+        self.check_deadline(header.get("deadline"))
+        size = sum(len(b) for b in blobs)
+        self.check_room(size)
+        if job_id in self.storing or self.store.get(job_id) is not None or self.store.has_uploads(job_id):
             raise FrontError("CONFLICT", "a job with this id exists")
-        photos = [Photo(f["label"], f["filename"], b) for f, b in zip(header["files"], blobs)]
-        self.store.save_uploads(job_id, photos)  # durable before we answer
+        self.check_quotas(header.get("tenant"), size)
+        return [Photo(f["label"], f["filename"], b) for f, b in zip(header["files"], blobs)]
+
+    def register(self, header: dict, photos: list[Photo]) -> dict:
+        """The photos are on disk (fsynced): the job's row, unless its deadline passed meanwhile, then its work."""
+        job_id = header["id"]
         try:
-            self.check_deadline(deadline)
+            self.check_deadline(header.get("deadline"))
             n_people = len({ph.label for ph in photos})
             self.webhooks_call("subscribe", job_id, header.get("callback"))
-            self.store.create(job_id, header.get("name"), header.get("options", {}), len(photos), n_people)
+            self.store.create(job_id, header.get("name"), header.get("options", {}), len(photos), n_people,
+                              header.get("tenant"))
         except BaseException:
             self.store.delete_uploads(job_id)
             self.webhooks_call("forget", job_id)
@@ -357,19 +538,77 @@ class Broker(Derivations):
         logger.info("job {} queued: {} photos of {} people", job_id, len(photos), n_people)
         return {"id": job_id}
 
+    def on_stored(self) -> None:
+        """The upload writer finished some submits: register them and answer their fronts."""
+        while True:
+            try:
+                job_id, error = self.stored.recv_json(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            upload = self.storing.pop(job_id, None)
+            if upload is None:
+                continue
+            if error is None and upload.cancelled:
+                self.store.delete_uploads(job_id)
+                error = {"code": "CONFLICT", "message": "a person in this upload was erased while it was stored; "
+                                                        "nothing was kept"}
+            if error is None:
+                self.reply(upload.identity, upload.register or partial(self.register, upload.header, upload.photos))
+            else:
+                self.front.send_multipart([upload.identity, b"", *p.pack(p.ERR, error)])
+
+    def reply(self, identity: bytes, answer: Callable[[], dict | None]) -> None:
+        """Answer a front with OK and what `answer` returns (nothing yet if None), or ERR with the code of
+        what it raised."""
+        try:
+            body = answer()
+            if body is None:
+                return
+            frames = p.pack(p.OK, body)
+        except FrontError as exc:
+            frames = p.pack(p.ERR, {"code": exc.code, "message": exc.message})
+        except StoreUnavailable as exc:
+            frames = p.pack(p.ERR, {"code": "STORE_UNAVAILABLE", "message": str(exc)})
+        except StorageFull:
+            frames = p.pack(p.ERR, {"code": "INSUFFICIENT_STORAGE", "message": "the data disk is full"})
+        except Exception as exc:  # never let one request take the broker down
+            logger.exception("front request failed")
+            frames = p.pack(p.ERR, {"code": "INTERNAL", "message": f"{type(exc).__name__}"})
+        self.front.send_multipart([identity, b"", *frames])
+
+    def check_quotas(self, tenant: str | None, size: int) -> None:
+        """A tenant's unfinished builds (FR_MAX_ACTIVE_BUILDS) and stored bytes (FR_TENANT_MAX_BYTES)."""
+        active = self.store.active_jobs(tenant)
+        if active >= self.s.max_active_builds:
+            raise FrontError("TOO_MANY_BUILDS", f"{active} builds of this tenant are still running "
+                                                f"(FR_MAX_ACTIVE_BUILDS={self.s.max_active_builds}); try again later")
+        if self.s.tenant_max_bytes:
+            stored = self.store.stored_bytes(tenant, self.s.dumps_dir)
+            if stored + size > self.s.tenant_max_bytes:
+                raise FrontError("QUOTA_EXCEEDED", f"this tenant stores {stored} bytes; {size} more would pass its "
+                                                   f"quota of {self.s.tenant_max_bytes} (FR_TENANT_MAX_BYTES): "
+                                                   "delete models it no longer needs")
+
     @staticmethod
     def check_deadline(deadline: float | None) -> None:
         """A submit the front has stopped waiting for must not be stored (its client never learns the id)."""
         if deadline is not None and time.time() > deadline - 1.0:
             raise FrontError("DEADLINE_PASSED", "the upload took too long to store; nothing was kept")
 
-    def delete(self, job_id: str, purge_cache: bool = True) -> dict:
+    def delete(self, job_id: str, tenant: str | None = None, purge_cache: bool = True) -> dict:
         """Erase a job: its queued tasks, row, uploads, model folder, callback and cached features (here, and
-        on every connected worker's host; not with `purge_cache=False`, when an erasure purges one person's)."""
+        on every connected worker's host; not with `purge_cache=False`, when an erasure purges one person's).
+        With `tenant`, only a job of that tenant."""
+        row = self.store.get(job_id)
+        if tenant is not None and row is not None and row["tenant"] != tenant:
+            raise FrontError("NOT_FOUND", f"no model with id {job_id}")
         self.queue = deque(t for t in self.queue if t.job != job_id)
         self.forget(job_id)
-        row = self.store.get(job_id)
         keys, digests = self.erase_list(job_id, self.n_new(row) if row else 0) if purge_cache else ([], [])
+        # the row goes first: from then on the job is "not found" everywhere, never a model with files
+        # half gone (a restart sweeps whatever files a crash here would leave)
+        self.store.delete(job_id)
+        self.sums.forget(job_id)
         removed = {"job": row is not None,
                    "model": self.store.delete_model(self.s.dumps_dir, job_id),
                    "uploads": self.store.has_uploads(job_id),
@@ -377,7 +616,6 @@ class Broker(Derivations):
         self.purge_workers(digests, keys)
         self.webhooks_call("forget", job_id)
         self.store.delete_uploads(job_id)
-        self.store.delete(job_id)
         logger.info("job {} deleted: {}", job_id, removed)
         return {"id": job_id, "removed": removed}
 
@@ -460,6 +698,7 @@ class Broker(Derivations):
         elif command == p.REJECT:
             if task is not None and worker.task == task:
                 worker.task = header["busy_with"] if self.adoptable(header["busy_with"]) else None
+                worker.since = 0.0
                 self.queue.appendleft(task)
         elif command == p.PROGRESS:
             if worker.task is not None and task is not None and worker.task.what == task.what \
@@ -482,6 +721,9 @@ class Broker(Derivations):
                            f"({task.kind} of job {task.job})")
             return
         worker.task = None
+        if worker.since:  # 0: a task adopted from a worker met mid-task, its start unknown here
+            metrics.task_done(task.kind, "done" if command == p.DONE else "failed", time.monotonic() - worker.since)
+            worker.since = 0.0
         row = self.store.get(task.job)
         if row is None:  # deleted meanwhile: what the worker cached for it goes too
             logger.info("discarding a late {} result for deleted job {}", task.kind, task.job)
@@ -526,12 +768,17 @@ class Broker(Derivations):
                 PhotoFeatures.from_wire(item)
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"features: {exc}") from None
-        if not self.store.chunk_done(task.job, task.chunk):
+        hits = sum(1 for item in items if item.get("cached"))
+        metrics.feature_cache(hits, len(items) - hits)
+        done = self.done_chunks(task.job, n)
+        if task.chunk not in done:
             self.store.save_chunk(task.job, task.chunk, result)
-        missing = self.missing_chunks(task.job, n)
-        if missing:
-            self.store.progress(task.job, JobState.EXTRACTING, JobState.EXTRACTING,
-                                self.photos_extracted(n, missing), n)
+            done.add(task.chunk)
+        chunks = self.n_chunks(n)
+        if len(done) < chunks:  # (no scan of every chunk per result: a build of 20,000 photos has 1,250)
+            last = n - (chunks - 1) * self.s.chunk_photos  # the last chunk may be short
+            extracted = len(done) * self.s.chunk_photos - (self.s.chunk_photos - last if chunks - 1 in done else 0)
+            self.store.progress(task.job, JobState.EXTRACTING, JobState.EXTRACTING, extracted, n)
             return
         self.after_extraction(task.job, row)
 
@@ -548,7 +795,9 @@ class Broker(Derivations):
     def on_bundle(self, task: Task, bundle: bytes) -> None:
         check_bundle(bundle, task.job)
         with disk_errors():
-            save_bundle(self.s.dumps_dir, task.job, bundle)
+            folder = save_bundle(self.s.dumps_dir, task.job, bundle)
+        if (folder / BUNDLE_FILE).stat().st_size == len(bundle):  # (a re-delivered result keeps the first)
+            self.sums.put(task.job, folder / BUNDLE_FILE, hashlib.sha256(bundle).hexdigest())  # fronts ask at once
         row = self.store.get(task.job)
         keys, digests = self.erase_list(task.job, self.n_new(row) if row else 0)
         records = self.keep_features(task.job, row) if row else []  # what a derivation starts from
@@ -574,6 +823,9 @@ class Broker(Derivations):
         """Drop what the broker holds in memory for a finished, failed or deleted job."""
         self.searches.pop(job_id, None)
         self.payloads.pop(job_id, None)
+        self._done.pop(job_id, None)
+        self._indexes.pop(job_id, None)
+        self._inherited.pop(job_id, None)
 
     def ended(self, job_id: str) -> None:
         """A job is done or failed: its callback (if it has one) is queued for the sender. Never raises: a
@@ -642,7 +894,7 @@ class Broker(Derivations):
         row = self.store.get(task.job)
         if row is None or JobState(row["state"]).final:
             return
-        if task.kind == TaskKind.EXTRACT and self.store.chunk_done(task.job, task.chunk):
+        if task.kind == TaskKind.EXTRACT and task.chunk in self.done_chunks(task.job, self.n_new(row)):
             return
         if task.kind == TaskKind.EVALUATE and not self.search_wants(task):
             return
@@ -665,7 +917,7 @@ class Broker(Derivations):
             row = self.store.get(task.job)
             if row is None or JobState(row["state"]).final:
                 continue
-            if task.kind == TaskKind.EXTRACT and self.store.chunk_done(task.job, task.chunk):
+            if task.kind == TaskKind.EXTRACT and task.chunk in self.done_chunks(task.job, self.n_new(row)):
                 continue
             if task.kind == TaskKind.EVALUATE and not self.search_wants(task):
                 continue
@@ -675,13 +927,13 @@ class Broker(Derivations):
             self.store.assign(task.job, idle.name, task.attempt)
             if row["state"] == JobState.QUEUED:
                 self.store.progress(task.job, JobState.EXTRACTING, JobState.EXTRACTING, 0, self.n_new(row))
-            idle.task = task
+            idle.task, idle.since = task, time.monotonic()
             self.back.send_multipart([idle.identity, *frames])
             logger.debug("job {} {} {} (attempt {}) -> {}", task.job, task.kind, task.chunk, task.attempt, idle.name)
 
     def task_frames(self, task: Task, row) -> list[bytes] | None:
         try:
-            index = self.store.load_index(task.job)
+            index = self.index(task.job)
         except OSError:
             self.fail(task.job, "UPLOAD_LOST", "the uploaded photos of this job are gone")
             return None

@@ -228,7 +228,8 @@ def measure(spec: NetworkSpec, weights, x: np.ndarray, y: np.ndarray, split: Spl
     - leave-one-identity-out (people with 1 photo): the photo scored against everybody else (its own
       person hidden from the gallery and the classifier): accepted as someone else or not.
 
-    -> {"metrics", "open_set" (test_dir, test_accepted, ...), "people": {label: figures}}.
+    -> {"metrics" (with `confusions`), "open_set" (test_dir, test_accepted, operating_points, ...),
+        "people": {label: figures}}.
     """
     n = len(split.people)
     gallery_idx = np.concatenate([split.train, split.val])
@@ -276,7 +277,40 @@ def measure(spec: NetworkSpec, weights, x: np.ndarray, y: np.ndarray, split: Spl
     open_set = {"test_dir": figure(np.mean(accepted & (pred == y_test)) if len(pred) else float("nan")),
                 "test_accepted": figure(np.mean(accepted) if len(pred) else float("nan")),
                 "measured_thresholds": [round(float(v), 6) for v in thresholds]}
-    return {"metrics": metrics, "open_set": open_set, "people": people}
+    return {"metrics": {**metrics, "confusions": confusions(y_test, pred, accepted, split.people)},
+            "open_set": {**open_set,
+                         "operating_points": operating_points(y[gallery_idx], n, pred, scores, y_test,
+                                                              settings.target_far)},
+            "people": people}
+
+
+# Target false-accept rates at which the manifest shows what the calibrated rule would recognise.
+OPERATING_FARS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+
+
+def confusions(y_test: np.ndarray, pred: np.ndarray, accepted: np.ndarray, people: list[str]) -> list[dict]:
+    """Test photos named as someone else, by (person, named): how many, and how many of those the
+    rule accepted (a real mistake; the others were answered "unknown"). Most frequent first."""
+    wrong = Counter((int(a), int(b)) for a, b in zip(y_test, pred) if a != b)
+    taken = Counter((int(a), int(b)) for a, b, ok in zip(y_test, pred, accepted) if a != b and ok)
+    return [{"person": people[a], "named": people[b], "photos": k, "accepted": taken[(a, b)]}
+            for (a, b), k in sorted(wrong.items(), key=lambda item: (-item[1], item[0]))]
+
+
+def operating_points(gallery_y: np.ndarray, n: int, pred: np.ndarray, scores: np.ndarray, y_test: np.ndarray,
+                     target_far: float) -> list[dict]:
+    """The FAR/DIR trade-off of the measured model: for each target false-accept rate (the build's own
+    among them), the per-person thresholds calibrated for it and, on the test photos, the share accepted
+    with the right name (`test_dir`) and accepted at all. The FAR is what the stranger model expects
+    (a build has no strangers to measure it on); the DIR is measured."""
+    points = []
+    for far in sorted({*OPERATING_FARS, target_far}):
+        t = np.asarray(calibrate(gallery_y, n, far)["thresholds"])
+        ok = scores <= t[pred] if len(pred) else np.zeros(0, bool)
+        points.append({"target_far": far, "threshold_range": [round(float(t.min()), 6), round(float(t.max()), 6)],
+                       "test_dir": figure(np.mean(ok & (pred == y_test)) if len(pred) else float("nan")),
+                       "test_accepted": figure(np.mean(ok) if len(pred) else float("nan"))})
+    return points
 
 
 MAX_VERIFY_PROBES, MAX_VERIFY_GALLERY = 1000, 3000  # photos compared pairwise when measuring verification

@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,16 +74,36 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+@dataclass
+class NewJob:
+    """A build or derivation checked and waiting to be stored: its row's fields, what it inherits and its new
+    photos (the only ones written and extracted), and the answer its front gets once it is registered."""
+    id: str
+    name: str | None
+    options: dict
+    parent: str | None
+    tenant: str | None
+    inherited: list[dict]
+    fresh: list[Photo]
+    callback: dict | None
+    deadline: float | None
+    answer: dict
+
+
 class Derivations:
     """The broker's derive and erase requests (a mixin of app.broker.Broker: the same loop, store and queue)."""
 
     if TYPE_CHECKING:  # what the broker provides
         s: Settings
+        storing: dict[str, Any]  # job id -> app.broker.Upload being written
+        _inherited: dict[str, list[dict]]  # job id -> its inherited records (`inherited`)
 
         @property
         def store(self) -> JobStore: ...
         def plan(self, job_id: str) -> None: ...
-        def delete(self, job_id: str, purge_cache: bool = True) -> dict: ...
+        def delete(self, job_id: str, tenant: str | None = None, purge_cache: bool = True) -> dict: ...
+        def store_uploads(self, job_id: str, photos: list[Photo], inherited: list[dict] | None = None) -> None: ...
+        def check_quotas(self, tenant: str | None, size: int) -> None: ...
         @staticmethod
         def check_deadline(deadline: float | None) -> None: ...
         def drop_cache_entries(self, keys: list) -> int: ...
@@ -92,9 +112,13 @@ class Derivations:
 
     # --- what a job holds -------------------------------------------------------------------------
     def inherited(self, job_id: str) -> list[dict]:
-        """The records a derived job took from its parent ([] for a plain build)."""
-        path = self.store.uploads_dir / job_id / INHERITED_FILE
-        return read_json(path) if path.exists() else []
+        """The records a derived job took from its parent ([] for a plain build), read once per job (every
+        evaluate task of a search is sent them; `forget` drops them when the job ends)."""
+        records = self._inherited.get(job_id)
+        if records is None:
+            path = self.store.uploads_dir / job_id / INHERITED_FILE
+            records = self._inherited[job_id] = read_json(path) if path.exists() else []
+        return records
 
     def n_new(self, row) -> int:
         """Photos the job itself uploaded (the ones to extract): all of them but those inherited."""
@@ -144,14 +168,24 @@ class Derivations:
 
     # --- derive ---------------------------------------------------------------------------------------
     def derive(self, header: dict, blobs: list[bytes]) -> dict:
-        """DERIVE: a new job from a finished model, with photos added and people removed."""
+        """DERIVE in one go (the loop itself stores in the background: `admit_derive`, the upload writer,
+        `register_job`)."""
+        job = self.admit_derive(header, blobs)
+        self.store_uploads(job.id, job.fresh, job.inherited)
+        return self.register_job(job)
+
+    def admit_derive(self, header: dict, blobs: list[bytes]) -> NewJob:
+        """The checks of a DERIVE, before anything is written: deadline, room, the id, the parent (built, of the
+        caller's tenant, with its photos' features kept), the people to remove, the tenant's quotas.
+        -> the job to store (the new model belongs to its parent's tenant)."""
         job_id, parent = header["id"], header["parent"]
         self.check_deadline(header.get("deadline"))
-        self.check_room(sum(len(b) for b in blobs))
-        if self.store.get(job_id) is not None or self.store.has_uploads(job_id):
+        size = sum(len(b) for b in blobs)
+        self.check_room(size)
+        if job_id in self.storing or self.store.get(job_id) is not None or self.store.has_uploads(job_id):
             raise FrontError("CONFLICT", "a job with this id exists")
         row = self.store.get(parent)
-        if row is None:
+        if row is None or (header.get("tenant") is not None and row["tenant"] != header["tenant"]):
             raise FrontError("NOT_FOUND", f"no model with id {parent}")
         if row["state"] != JobState.DONE:
             raise FrontError("NOT_READY", f"model {parent} is not built (state: {row['state']})")
@@ -167,23 +201,24 @@ class Derivations:
         keep = [r for r in records if r["label"] not in remove]
         photos = [Photo(f["label"], f["filename"], b) for f, b in zip(header["files"], blobs)]
         options = {k: v for k, v in header.get("options", {}).items() if k not in DERIVED_OPTIONS}
-        answer = self.create_job(job_id, header.get("name"), options, parent, keep, photos, len(remove),
-                                 header.get("callback"), header.get("deadline"))
-        logger.info("job {} derived from {}: {} photos inherited, {} added, {} people removed", job_id, parent,
-                    len(keep), answer["added"]["photos"], len(remove))
-        return answer
+        options.setdefault("seed", json.loads(row["options"]).get("seed", self.s.default_seed))  # the parent's split
+        job = self.plan_job(job_id, header.get("name"), options, parent, keep, photos, len(remove), row["tenant"],
+                            header.get("callback"), header.get("deadline"))
+        self.check_quotas(row["tenant"], size)
+        return job
 
     def check_room(self, size: int) -> None:
-        free = shutil.disk_usage(self.s.uploads_dir).free
+        """Room for `size` bytes of photos, counting the uploads being written, or INSUFFICIENT_STORAGE."""
+        free = shutil.disk_usage(self.s.uploads_dir).free - sum(u.size for u in self.storing.values())
         if free - 2 * size < self.s.min_free_bytes:  # the photos, then their features and the model
             raise FrontError("INSUFFICIENT_STORAGE", f"not enough free disk for {size} bytes of photos "
                                                      f"({free} bytes free, {self.s.min_free_bytes} kept in reserve)")
 
-    def create_job(self, job_id: str, name: str | None, options: dict, parent: str | None,
-                   inherited: list[dict], photos: list[Photo], removed_people: int, callback: dict | None,
-                   deadline: float | None = None) -> dict:
-        """Store a job made of inherited records and new photos, durably, then queue its work. A new photo
-        identical to one the job inherits for the same person is left out (listed in `duplicates`)."""
+    def plan_job(self, job_id: str, name: str | None, options: dict, parent: str | None, inherited: list[dict],
+                 photos: list[Photo], removed_people: int, tenant: str | None, callback: dict | None,
+                 deadline: float | None = None) -> NewJob:
+        """A job made of inherited records and new photos, checked (nothing written). A new photo identical to
+        one the job inherits for the same person is left out (listed in `duplicates`)."""
         seen = {(r["label"], r.get("sha256")) for r in inherited}
         fresh, duplicates = [], []
         for photo in photos:
@@ -206,31 +241,52 @@ class Derivations:
             options = {**options, "parent": parent, "inherited": len(inherited)}
             if removed_people:
                 options["removed_people"] = removed_people
-        self.store.save_uploads(job_id, fresh)  # durable before we answer
+        answer = {"id": job_id, "parent": parent, "photos": total, "people": len(people),
+                  "added": {"photos": len(fresh), "people": len(people - old_people)},
+                  "removed": {"people": removed_people}, "duplicates": duplicates[:200]}
+        return NewJob(job_id, name, options, parent, tenant, inherited, fresh, callback, deadline, answer)
+
+    def register_job(self, job: NewJob) -> dict:
+        """Its photos are on disk (fsynced): the job's row, unless its deadline passed or its parent went
+        meanwhile (an erasure while the photos were written: what it inherited may hold the person), then its
+        work. -> the answer to the front."""
         try:
-            if inherited:
-                write_json(self.store.uploads_dir / job_id / INHERITED_FILE, inherited)
-            self.check_deadline(deadline)
-            self.webhooks_call("subscribe", job_id, callback)
-            self.store.create(job_id, name, options, total, len(people))
+            self.check_deadline(job.deadline)
+            if job.parent is not None and job.inherited and self.store.get(job.parent) is None:
+                raise FrontError("NOT_FOUND", f"model {job.parent} was deleted while this was stored; nothing was "
+                                              "kept")
+            self.webhooks_call("subscribe", job.id, job.callback)
+            self.store.create(job.id, job.name, job.options, job.answer["photos"], job.answer["people"], job.tenant)
         except BaseException:
-            self.store.delete_uploads(job_id)
-            self.webhooks_call("forget", job_id)
+            self.store.delete_uploads(job.id)
+            self.webhooks_call("forget", job.id)
             raise
-        self.plan(job_id)
-        return {"id": job_id, "parent": parent, "photos": total, "people": len(people),
-                "added": {"photos": len(fresh), "people": len(people - old_people)},
-                "removed": {"people": removed_people}, "duplicates": duplicates[:200]}
+        self.plan(job.id)
+        if job.parent is not None:
+            logger.info("job {} derived from {}: {} photos inherited, {} added, {} people removed", job.id,
+                        job.parent, len(job.inherited), len(job.fresh), job.answer["removed"]["people"])
+        return job.answer
+
+    def create_job(self, job_id: str, name: str | None, options: dict, parent: str | None,
+                   inherited: list[dict], photos: list[Photo], removed_people: int, tenant: str | None) -> dict:
+        """Plan, store and register a job at once (an erasure's rebuilds, on the loop)."""
+        job = self.plan_job(job_id, name, options, parent, inherited, photos, removed_people, tenant, None)
+        self.store_uploads(job.id, job.fresh, job.inherited)
+        return self.register_job(job)
 
     # --- erase ----------------------------------------------------------------------------------------
-    def erase(self, label: str, tenant: str | None = None) -> dict:
-        """ERASE: the person out of every model (of `tenant`; None: all). Each model that held them is rebuilt
-        without them under a new id, or deleted when fewer than 2 people would be left or it had failed."""
-        rows = self.store.execute("SELECT * FROM jobs ORDER BY created").fetchall()
+    def erase(self, label: str, tenant: str | None) -> dict:
+        """ERASE: the person out of every model of `tenant` (None: of every tenant). Each model that held them
+        is rebuilt without them under a new id, or deleted when fewer than 2 people would be left or it had
+        failed. An upload being written that holds them is refused when it is on disk (`cancelled`)."""
+        rows = self.store.execute("SELECT * FROM jobs WHERE ? IS NULL OR tenant = ? ORDER BY created",
+                                  (tenant, tenant)).fetchall()
         # as a failed job's error details name them: "label" or "label/file.jpg" (JSON, escaped or not)
         named = [q[:-1] + end for q in {json.dumps(label), json.dumps(label, ensure_ascii=False)} for end in '"/']
-        held = [r for r in rows if (tenant is None or "tenant" not in r.keys() or r["tenant"] == tenant)
-                and (label in self.labels_held(r) or any(n in (r["error_details"] or "") for n in named))]
+        held = [r for r in rows if label in self.labels_held(r) or any(n in (r["error_details"] or "") for n in named)]
+        for upload in self.storing.values():
+            if (tenant is None or upload.tenant == tenant) and label in upload.labels:
+                upload.cancelled = True
         digests: set[str] = set()
         keys: set[str] = set()
         models, photos = [], 0
@@ -283,7 +339,7 @@ class Derivations:
             entry.update(action="deleted", reason="fewer than 2 people would be left")
         else:
             new_id = str(uuid.uuid4())
-            self.create_job(new_id, row["name"], options, parent, others, new_photos, removed, None)
+            self.create_job(new_id, row["name"], options, parent, others, new_photos, removed, row["tenant"])
             if state != JobState.DONE:  # its client still waits for the end of this build
                 self.webhooks_call("move", job_id, new_id)
             entry.update(action="rebuilt", new_id=new_id)

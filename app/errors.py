@@ -6,15 +6,18 @@ import errno
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from app.auth import AuthError
 from app.store import StoreUnavailable
 from logger import logger
 from preprocessor.errors import InputError
 
 
 class ApiError(Exception):
-    def __init__(self, http_status: int, code: str, message: str, details: dict | None = None):
+    def __init__(self, http_status: int, code: str, message: str, details: dict | None = None,
+                 headers: dict | None = None):
         super().__init__(message)
         self.http_status, self.code, self.message, self.details = http_status, code, message, details
+        self.headers = headers or {}
 
 
 # HTTP status for the input error codes the preprocessor raises.
@@ -31,7 +34,14 @@ def error_response(http_status: int, code: str, message: str, details: dict | No
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api(e: ApiError):
-        return error_response(e.http_status, e.code, e.message, e.details)
+        body, status = error_response(e.http_status, e.code, e.message, e.details)
+        return body, status, e.headers
+
+    @app.errorhandler(AuthError)
+    def _auth(e: AuthError):
+        body, status = error_response(e.status, "UNAUTHORIZED" if e.status == 401 else "FORBIDDEN", e.message)
+        return body, status, ({"WWW-Authenticate": 'Bearer realm="api-facial-recognition"'} if e.status == 401
+                              else {})
 
     @app.errorhandler(InputError)
     def _input(e: InputError):

@@ -3,12 +3,25 @@
 A message is a command frame, a JSON header frame, then binary frames.
 
 Front (REQ, the HTTP app) -> broker ROUTER:
-    SUBMIT {id, name, options, files, deadline, callback?} photo...  -> OK {id} | ERR {code, message}
-    DERIVE {id, parent, name, options, files, remove, deadline, callback?} photo...
-                                              -> OK {id, parent, photos, people, added, removed, duplicates}
-    STATUS                                                -> OK {workers, busy, idle, warming, queued, store, disk}
-    DELETE {id}                                           -> OK {id, removed}
-    ERASE {label, tenant?}                                -> OK {label, models, removed}
+    SUBMIT {id, name, options, files, deadline, tenant, callback?} photo...  -> OK {id} | ERR {code, message}
+    DERIVE {id, parent, tenant, name, options, files, remove, deadline, callback?} photo...
+                                      -> OK {id, parent, photos, people, added, removed, duplicates}
+                                         (the parent must be `tenant`'s, None: any; the new model is its tenant's)
+    STATUS                                            -> OK {workers, busy, idle, warming, queued, store, disk}
+    DELETE {id, tenant}                               -> OK {id, removed} | ERR NOT_FOUND (another tenant's)
+    ERASE {label, tenant}                             -> OK {label, models, removed}  (tenant None: every tenant)
+  read side (served by the broker's reader threads, app/reader.py; a front on another host has no disk of ours):
+    GETJOB {id, tenant, callback?}                    -> OK {job: row, bundle?: {sha256, size}, callback?: delivery}
+                                                         | ERR NOT_FOUND
+    LIST {limit, offset, tenant}                      -> OK {jobs: [row...], total}
+    BUNDLE {id, tenant, sha256, offset}               -> OK {sha256, size, offset} chunk  (at most BUNDLE_CHUNK bytes)
+    KNOWN {ids}                                       -> OK {done: [ids of these that are finished models]}
+    SEARCH {id, tenant}                               -> OK {checkpoint: the running search's state | null}
+    KEYGET {id}                                       -> OK {key: {tenant, role, salt, hash, revoked} | null}
+    KEYLIST {tenant}                                  -> OK {keys: [...]}  (no salts, no hashes; on the loop)
+  key changes (the broker's loop writes var/auth.sqlite; the front made the hash, the secret never travels):
+    KEYADD {id, tenant, role, name, salt, hash}       -> OK {key: description}
+    KEYREVOKE {id}                                    -> OK {id, revoked}
 Worker (DEALER) -> broker ROUTER:
     READY                           idle and asking for work (sent once, on start)
     HEARTBEAT {task?, warming?}     alive; the task it is running, if any; still loading its models
@@ -48,13 +61,20 @@ SUBMIT, STATUS, DELETE, OK, ERR = b"SUBMIT", b"STATUS", b"DELETE", b"OK", b"ERR"
 DERIVE, ERASE = b"DERIVE", b"ERASE"
 READY, HEARTBEAT, PROGRESS, DONE, FAILED, JOB = b"READY", b"HEARTBEAT", b"PROGRESS", b"DONE", b"FAILED", b"JOB"
 REJECT, PURGE = b"REJECT", b"PURGE"
+GETJOB, LIST, BUNDLE, KNOWN, SEARCH = b"GETJOB", b"LIST", b"BUNDLE", b"KNOWN", b"SEARCH"
+KEYGET, KEYLIST, KEYADD, KEYREVOKE = b"KEYGET", b"KEYLIST", b"KEYADD", b"KEYREVOKE"
 
-FRONT_COMMANDS = (SUBMIT, STATUS, DELETE, DERIVE, ERASE)
+READ_COMMANDS = (GETJOB, LIST, BUNDLE, KNOWN, SEARCH, KEYGET)  # answered off the broker's loop
+FRONT_COMMANDS = (SUBMIT, STATUS, DELETE, DERIVE, ERASE, KEYADD, KEYREVOKE, KEYLIST, *READ_COMMANDS)
 WORKER_COMMANDS = (READY, HEARTBEAT, PROGRESS, DONE, FAILED, REJECT)
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024   # a submit's header lists every photo's label and file name
 MAX_RESULT_BYTES = 1024 * 1024 * 1024  # a worker's result: features JSON or a bundle
 MAX_FILENAME = 1024
+BUNDLE_CHUNK = 1024 * 1024            # a bundle travels to a front in pieces this size: no long send blocks the broker
+MAX_BUNDLE_BYTES = 4 * 1024**3
+MAX_KNOWN = 1000                      # model ids a front may ask about at once
+ROLES = ("admin", "builder", "user")
 MAX_STAGE = 200
 MAX_MESSAGE = 4000
 # The codes a worker may end a task with (app/build.py raises the first ones; BUILD_ERROR is a crash).
@@ -63,12 +83,14 @@ WORKER_FAILURES = frozenset({"NO_FACE_FOUND", "TOO_FEW_PEOPLE", "BUILD_ERROR", "
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 _EVAL_KEY = re.compile(r"[0-9]{1,4}(,[0-9]{1,4}){0,63}(/[0-9]{1,4})?")
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+_TENANT = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_KEY_ID = re.compile(r"[0-9a-f]{12}")
+_HEX = re.compile(r"[0-9a-f]{1,128}")
 _CODE = re.compile(r"[A-Z][A-Z_]{0,39}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SECRET = re.compile(r"whsec_[A-Za-z0-9+/]{32,88}={0,2}")
 MAX_URL = 2048
 MAX_REMOVE = 1000      # people removed by one derivation
-MAX_TENANT = 200
 
 
 class ProtocolError(ValueError):
@@ -104,6 +126,13 @@ def is_digest(value: Any) -> bool:
 def job_id(value: Any) -> str:
     if not is_job_id(value):
         raise ProtocolError(f"not a job id: {escape(value, 60)}")
+    return value
+
+
+def tenant(value: Any) -> str | None:
+    """A tenant name as app/auth.py makes them, or None (a job from before tenants, or any tenant)."""
+    if value is not None and not (isinstance(value, str) and _TENANT.fullmatch(value)):
+        raise ProtocolError(f"not a tenant: {escape(value, 60)}")
     return value
 
 
@@ -235,14 +264,14 @@ def check_callback(value: Any) -> dict:
 
 def check_submit(header: dict, blobs: list[bytes], settings: Settings) -> dict:
     """A SUBMIT as the HTTP front would send it: the same limits, labels and options."""
-    if set(header) - {"id", "name", "options", "files", "deadline", "callback"}:
+    if set(header) - {"id", "name", "options", "files", "deadline", "tenant", "callback"}:
         raise ProtocolError("submit has unknown fields")
     return _check_job(header, blobs, settings, least=1)
 
 
 def check_derive(header: dict, blobs: list[bytes], settings: Settings) -> dict:
     """A DERIVE: a new model from a built one (`parent`), plus photos (`files`), minus people (`remove`)."""
-    if set(header) - {"id", "parent", "name", "options", "files", "remove", "deadline", "callback"}:
+    if set(header) - {"id", "parent", "tenant", "name", "options", "files", "remove", "deadline", "callback"}:
         raise ProtocolError("derive has unknown fields")
     job_id(header.get("parent"))
     remove = header.get("remove", [])
@@ -257,18 +286,17 @@ def check_derive(header: dict, blobs: list[bytes], settings: Settings) -> dict:
 
 
 def check_erase(header: dict, settings: Settings) -> dict:
-    """An ERASE: a person's label, and the tenant whose models it covers (None: every model)."""
-    if set(header) - {"label", "tenant"} or "label" not in header:
-        raise ProtocolError("erase takes a label and a tenant")
+    """An ERASE: a person's label, and the tenant whose models it covers (None: every tenant's)."""
+    _fields(header, {"label", "tenant"}, {"label", "tenant"}, "erase")
     check_label(header["label"], settings)
-    if header.get("tenant") is not None:
-        text(header["tenant"], MAX_TENANT, "tenant")
+    tenant(header["tenant"])
     return header
 
 
 def _check_job(header: dict, blobs: list[bytes], settings: Settings, least: int) -> dict:
     """The fields a SUBMIT and a DERIVE share: id, name, options, deadline, callback, and the photos."""
     job_id(header.get("id"))
+    tenant(header.get("tenant"))
     name = header.get("name")
     if name is not None:
         text(name, settings.max_name_length, "name")
@@ -297,6 +325,73 @@ def _check_job(header: dict, blobs: list[bytes], settings: Settings, least: int)
     return header
 
 
+def _fields(header: dict, allowed: set[str], required: set[str], what: str) -> dict:
+    if set(header) - allowed or required - set(header):
+        raise ProtocolError(f"{what} takes {', '.join(sorted(allowed))} ({', '.join(sorted(required)) or 'none'} "
+                            "required)")
+    return header
+
+
+def key_id(value: Any) -> str:
+    if not (isinstance(value, str) and _KEY_ID.fullmatch(value)):
+        raise ProtocolError(f"not a key id: {escape(value, 40)}")
+    return value
+
+
+def hex_bytes(value: Any, n: int, name: str) -> str:
+    """`n` bytes written as lower-case hex."""
+    if not (isinstance(value, str) and len(value) == 2 * n and _HEX.fullmatch(value)):
+        raise ProtocolError(f"{name} must be {n} bytes in lower-case hex")
+    return value
+
+
+def check_read(command: bytes, header: dict) -> dict:
+    """The read side's requests and key changes: exact fields, ids in their only forms, bounded numbers."""
+    if command == GETJOB:
+        _fields(header, {"id", "tenant", "callback"}, {"id"}, "getjob")
+        job_id(header["id"])
+        if not isinstance(header.get("callback", False), bool):
+            raise ProtocolError("callback must be true or false")
+    elif command == SEARCH:
+        _fields(header, {"id", "tenant"}, {"id"}, "search")
+        job_id(header["id"])
+    elif command == LIST:
+        _fields(header, {"limit", "offset", "tenant"}, {"limit", "offset"}, "list")
+        integer(header["limit"], 1, 1000, "limit")
+        integer(header["offset"], 0, 10**9, "offset")
+    elif command == BUNDLE:
+        _fields(header, {"id", "tenant", "sha256", "offset"}, {"id", "offset"}, "bundle")
+        job_id(header["id"])
+        integer(header["offset"], 0, MAX_BUNDLE_BYTES, "offset")
+        if header.get("sha256") is not None and not is_digest(header["sha256"]):
+            raise ProtocolError("sha256 must be a sha256 in lower-case hex")
+    elif command == KNOWN:
+        _fields(header, {"ids"}, {"ids"}, "known")
+        if not isinstance(header["ids"], list) or len(header["ids"]) > MAX_KNOWN:
+            raise ProtocolError(f"ids must list at most {MAX_KNOWN} job ids")
+        for value in header["ids"]:
+            job_id(value)
+    elif command in (KEYGET, KEYREVOKE):
+        _fields(header, {"id"}, {"id"}, command.decode().lower())
+        key_id(header["id"])
+    elif command == KEYLIST:
+        _fields(header, {"tenant"}, set(), "keylist")
+    elif command == KEYADD:
+        _fields(header, {"id", "tenant", "role", "name", "salt", "hash"}, {"id", "tenant", "role", "salt", "hash"},
+                "keyadd")
+        key_id(header["id"])
+        if header["tenant"] is None:
+            raise ProtocolError("a key belongs to a tenant")
+        if header["role"] not in ROLES:
+            raise ProtocolError(f"role must be one of {', '.join(ROLES)}")
+        if header.get("name") is not None:
+            text(header["name"], 200, "name")
+        hex_bytes(header["salt"], 16, "salt")
+        hex_bytes(header["hash"], 32, "hash")
+    tenant(header.get("tenant"))
+    return header
+
+
 def parse_front(frames: list[bytes], settings: Settings) -> tuple[bytes, dict, list[bytes]]:
     """A front request (after the ROUTER's identity and empty delimiter) -> (command, header, blobs)."""
     if not frames or frames[0] not in FRONT_COMMANDS:
@@ -306,17 +401,21 @@ def parse_front(frames: list[bytes], settings: Settings) -> tuple[bytes, dict, l
         return command, check_submit(header_of(frames, required=True), blobs, settings), blobs
     if command == DERIVE:
         return command, check_derive(header_of(frames, required=True), blobs, settings), blobs
-    header = header_of(frames, required=command in (DELETE, ERASE))
+    header = header_of(frames, required=command not in (STATUS, KEYLIST))
     if blobs:
         raise ProtocolError(f"{command.decode()} takes no data frames")
     if command == DELETE:
-        if set(header) != {"id"}:
-            raise ProtocolError("delete takes exactly an id")
+        if set(header) - {"id", "tenant"} or "id" not in header:
+            raise ProtocolError("delete takes an id (and the tenant it must belong to)")
         job_id(header["id"])
+        tenant(header.get("tenant"))
     elif command == ERASE:
         check_erase(header, settings)
-    elif header:
-        raise ProtocolError("status takes no header")
+    elif command == STATUS:
+        if header:
+            raise ProtocolError("status takes no header")
+    else:
+        check_read(command, header)
     return command, header, blobs
 
 

@@ -5,28 +5,36 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from app import metrics
 from modelization.recognizer import Recognizer, load_bundle
 
 
 class RecognizerCache:
-    """id -> Recognizer; an entry is dropped when its bundle file changes or disappears."""
+    """id -> Recognizer; an entry is dropped when its bundle file changes (another file, or the same one
+    rewritten) or disappears."""
 
     def __init__(self, size: int):
         self.size = max(1, size)
-        self._items: OrderedDict[str, tuple[float, Recognizer]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[tuple, Recognizer]] = OrderedDict()
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
         self.loads = 0  # how many times a bundle was read from disk (for tests and metrics)
 
     def get(self, model_id: str, path: Path, settings) -> Recognizer:
-        mtime = path.stat().st_mtime  # FileNotFoundError if deleted: the caller answers 404
+        mtime = (str(path), path.stat().st_mtime)  # FileNotFoundError if deleted: the caller answers 404
         with self._lock:
             hit = self._items.get(model_id)
             if hit and hit[0] == mtime:
                 self._items.move_to_end(model_id)
+                metrics.model_cache("hit")
                 return hit[1]
-        recognizer = load_bundle(path, settings)  # outside the lock: loading takes a while
+        with self._load_lock:  # one load at a time (Keras'), outside the cache's lock: loading takes a while
+            with self._lock:
+                hit = self._items.get(model_id)
+            recognizer = hit[1] if hit and hit[0] == mtime else load_bundle(path, settings)
         with self._lock:
             self.loads += 1
+            metrics.model_cache("load")
             self._items[model_id] = (mtime, recognizer)
             self._items.move_to_end(model_id)
             while len(self._items) > self.size:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from constants.states import RUNNING_STATES, JobState, predecessors
 from preprocessor.uploads import Photo
@@ -41,12 +42,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     error_code TEXT, error_message TEXT, error_details TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,
     worker TEXT,
-    detail TEXT                     -- JSON: what the current stage shows (the search's progress)
+    detail TEXT,                    -- JSON: what the current stage shows (the search's progress)
+    tenant TEXT                     -- who owns it (the tenant of the key that built it)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created);
 """
 
 PACK_FILE, INDEX_FILE = "photos.pack", "index.json"
+SEARCH_CHECKPOINT = "search.json"  # in uploads/<id>/: the genetic search's last state (save_search)
 READ_TIMEOUT_S = 2.0  # a reader waits this long for a lock, then says the store is unavailable
 
 
@@ -106,8 +109,11 @@ def connect(db_path: Path, readonly: bool = False) -> sqlite3.Connection:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA secure_delete=ON")  # a deleted row leaves no bytes behind (erasure, #18)
             conn.executescript(SCHEMA)
-            if "detail" not in {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}:  # stores from 0.1.0
-                conn.execute("ALTER TABLE jobs ADD COLUMN detail TEXT")
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
+            for column in ("detail", "tenant"):  # stores made by earlier versions
+                if column not in columns:
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+            conn.execute("CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs(tenant, state)")
             os.chmod(db_path, 0o600)
         conn.row_factory = sqlite3.Row
     return conn
@@ -123,20 +129,21 @@ def read_job(db_path: Path, job_id: str) -> sqlite3.Row | None:
         conn.close()
 
 
-def list_jobs(db_path: Path, limit: int, offset: int) -> tuple[list[sqlite3.Row], int]:
-    """Newest first, and the total. Raises StoreUnavailable."""
+def list_jobs(db_path: Path, limit: int, offset: int, tenant: str | None = None) -> tuple[list[sqlite3.Row], int]:
+    """Newest first (of one tenant, or all), and the total. Raises StoreUnavailable."""
     conn = connect(db_path, readonly=True)
     try:
         with store_errors():
-            rows = conn.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ? OFFSET ?",
-                                (limit, offset)).fetchall()
-            total = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+            rows = conn.execute("SELECT * FROM jobs WHERE ? IS NULL OR tenant = ? ORDER BY created DESC "
+                                "LIMIT ? OFFSET ?", (tenant, tenant, limit, offset)).fetchall()
+            total = conn.execute("SELECT COUNT(*) FROM jobs WHERE ? IS NULL OR tenant = ?",
+                                 (tenant, tenant)).fetchone()[0]
         return rows, total
     finally:
         conn.close()
 
 
-def job_view(row: sqlite3.Row) -> dict:
+def job_view(row: sqlite3.Row | dict) -> dict:
     """A job row as the API shows it."""
     error = None
     if row["error_code"]:
@@ -159,6 +166,16 @@ def job_view(row: sqlite3.Row) -> dict:
         "people": row["n_people"],
         "parent": json.loads(row["options"] or "{}").get("parent"),  # a derived model's (issue #18)
     }
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for f in folder.rglob("*") if folder.is_dir() else ():
+        try:
+            total += f.stat().st_size
+        except OSError:
+            pass
+    return total
 
 
 def _fsync_dir(path: Path) -> None:
@@ -186,14 +203,27 @@ class JobStore:
         """Raises StoreUnavailable unless the store answers a query now."""
         self.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (JobState.QUEUED.value,)).fetchone()
 
+    def count_by_state(self) -> dict[str, int]:
+        """Jobs in each state (every state named, 0 when none). Raises StoreUnavailable."""
+        counts = {state.value: 0 for state in JobState}
+        for state, n in self.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall():
+            counts[state] = n
+        return counts
+
     # --- uploads -------------------------------------------------------------
     def _upload_dir(self, job_id: str) -> Path:
         return self.uploads_dir / job_id
 
-    def save_uploads(self, job_id: str, photos: list[Photo]) -> None:
+    def save_uploads(self, job_id: str, photos: list[Photo], extra: dict[str, Any] | None = None) -> None:
+        self.save_uploads_in(self.uploads_dir, job_id, photos, extra)
+
+    @staticmethod
+    def save_uploads_in(uploads_dir: Path, job_id: str, photos: list[Photo],
+                        extra: dict[str, Any] | None = None) -> None:
         """Write the photos to `uploads/<id>/` as one pack file and an index, fsynced, then renamed
-        into place (one fsync for a whole upload, not one per photo). Raises StorageFull."""
-        tmp = self.uploads_dir / f".{job_id}.tmp"
+        into place (one fsync for a whole upload, not one per photo); `extra`: JSON files (name -> value)
+        renamed into place with them. Files only: any thread may call it. Raises StorageFull."""
+        tmp = uploads_dir / f".{job_id}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         with disk_errors(tmp):
             tmp.mkdir(parents=True)
@@ -206,12 +236,13 @@ class JobStore:
                     offset += len(p.data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            with open(tmp / INDEX_FILE, "w") as fh:
-                json.dump(index, fh, ensure_ascii=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.rename(tmp, self._upload_dir(job_id))
-            _fsync_dir(self.uploads_dir)
+            for name, value in [(INDEX_FILE, index), *(extra or {}).items()]:
+                with open(tmp / name, "w") as fh:
+                    json.dump(value, fh, ensure_ascii=False)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            os.rename(tmp, uploads_dir / job_id)
+            _fsync_dir(uploads_dir)
 
     def load_index(self, job_id: str) -> list[dict]:
         """[{label, filename, offset, size, sha256}] of a job's photos, in upload order."""
@@ -241,11 +272,14 @@ class JobStore:
     def delete_uploads(self, job_id: str) -> None:
         shutil.rmtree(self._upload_dir(job_id), ignore_errors=True)
 
-    def sweep_uploads(self, keep_done: bool) -> list[str]:
+    def sweep_uploads(self, keep_done: bool, busy: frozenset[str] = frozenset()) -> list[str]:
         """Remove upload folders a crash left behind: half-written ones (`.<id>.tmp`), those of
-        deleted jobs, and (unless `keep_done`) those of finished jobs. -> the names removed."""
+        deleted jobs, and (unless `keep_done`) those of finished jobs. -> the names removed.
+        `busy`: ids of uploads being written right now (their folders have no row yet)."""
         removed = []
         for folder in self.uploads_dir.iterdir():
+            if folder.name.strip(".").split(".")[0] in busy:
+                continue
             if folder.name.startswith("."):
                 stale = True
             else:
@@ -277,15 +311,19 @@ class JobStore:
         return self._upload_dir(job_id) / f"features-{chunk:05d}.json"
 
     def save_chunk(self, job_id: str, chunk: int, data: bytes) -> None:
-        """Raises StorageFull (nothing left behind) when the disk is full."""
+        """Write a chunk's features (tmp + rename). No fsync: features can be made again, and an fsync per
+        task bounded the broker to a few dozen tasks a second; after a crash the broker reads each
+        chunk file once and extracts again any that is not whole (Broker.done_chunks).
+        Raises StorageFull (nothing left behind) when the disk is full."""
         path = self._chunk_path(job_id, chunk)
         tmp = path.with_suffix(".tmp")
         with disk_errors(tmp):
             with open(tmp, "wb") as fh:
                 fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
             os.replace(tmp, path)
+
+    def drop_chunk(self, job_id: str, chunk: int) -> None:
+        self._chunk_path(job_id, chunk).unlink(missing_ok=True)
 
     def chunk_done(self, job_id: str, chunk: int) -> bool:
         return self._chunk_path(job_id, chunk).exists()
@@ -301,7 +339,7 @@ class JobStore:
 
     # --- the genetic search's checkpoint ------------------------------------------
     def _search_path(self, job_id: str) -> Path:
-        return self._upload_dir(job_id) / "search.json"
+        return self._upload_dir(job_id) / SEARCH_CHECKPOINT
 
     def save_search(self, job_id: str, state: dict) -> None:
         """Atomic write: a crash leaves the previous checkpoint whole. Raises StorageFull."""
@@ -327,13 +365,24 @@ class JobStore:
         self.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     # --- jobs ----------------------------------------------------------------
-    def create(self, job_id: str, name: str | None, options: dict, n_photos: int, n_people: int) -> None:
+    def create(self, job_id: str, name: str | None, options: dict, n_photos: int, n_people: int,
+               tenant: str | None = None) -> None:
         now = time.time()
         self.execute(
-            "INSERT INTO jobs (id, name, state, created, updated, options, n_photos, n_people, stage, done, total)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
+            "INSERT INTO jobs (id, name, state, created, updated, options, n_photos, n_people, stage, done, total,"
+            " tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
             (job_id, name, JobState.QUEUED.value, now, now, json.dumps(options), n_photos, n_people,
-             JobState.QUEUED.value, n_photos))
+             JobState.QUEUED.value, n_photos, tenant))
+
+    def active_jobs(self, tenant: str | None) -> int:
+        """Unfinished jobs of a tenant."""
+        return self.execute("SELECT COUNT(*) FROM jobs WHERE tenant IS ? AND state NOT IN (?, ?)",
+                            (tenant, JobState.DONE.value, JobState.FAILED.value)).fetchone()[0]
+
+    def stored_bytes(self, tenant: str | None, dumps_dir: Path) -> int:
+        """Bytes a tenant keeps on disk: every upload and model folder of its jobs."""
+        ids = [r["id"] for r in self.execute("SELECT id FROM jobs WHERE tenant IS ?", (tenant,)).fetchall()]
+        return sum(_folder_bytes(folder) for job in ids for folder in (self._upload_dir(job), Path(dumps_dir) / job))
 
     def get(self, job_id: str) -> sqlite3.Row | None:
         return self.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -1,4 +1,4 @@
-"""Flask app factory: config from `constants.Settings`, one blueprint, JSON errors."""
+"""Flask app factory: config from `constants.Settings`, one blueprint, JSON errors, keys and headers."""
 from __future__ import annotations
 
 from flask import Flask
@@ -11,7 +11,7 @@ from constants import Settings
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     settings.ensure_dirs()
-    app = Flask("api-facial-recognition")
+    app = Flask("api-facial-recognition", static_folder=None)  # the console serves static/ (app/console.py)
     app.config.update(
         SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
@@ -19,11 +19,27 @@ def create_app(settings: Settings | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    import threading
+
     from app import lifecycle  # noqa: F401 (adds derive, erase, verify and card to the blueprint)
+    from app.auth import Audit, BrokerKeys
+    from app.bundles import BundleCache
     from app.recognizers import RecognizerCache
     from app.routes import bp
+    from app.security import install
     app.extensions["recognizers"] = RecognizerCache(settings.model_cache_size)
+    # everything a front knows comes from the broker: it runs on any host (`run.py web --broker`)
+    app.extensions["keys"] = keys = BrokerKeys(settings.front_endpoint, settings.front_keys_dir,
+                                               settings.broker_timeout_s, settings.admin_key)
+    app.extensions["bundles"] = bundles = BundleCache(settings.front_cache_dir, settings.front_cache_max_bytes,
+                                                      settings.front_endpoint, settings.front_keys_dir,
+                                                      settings.broker_timeout_s)
+    threading.Thread(target=bundles.sweep_forever, daemon=True, name="bundle-sweep").start()
+    app.extensions["audit"] = Audit(settings.audit_log_path)
     app.register_blueprint(bp)
     register_error_handlers(app)
+    install(app, settings, keys)
+    from app.console import install as install_console
+    install_console(app, settings)  # the web console, /docs, /openapi.json, /metrics and the request metrics
     app.wsgi_app = BodyGuard(app.wsgi_app, settings.upload_grace_s, settings.min_upload_rate)  # type: ignore[method-assign]
     return app

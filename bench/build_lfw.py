@@ -22,7 +22,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import requests
 
 from test.stack import Stack
 
@@ -82,7 +81,7 @@ def main() -> None:
         stack = Stack(Path(tmp), workers=args.workers, warm=True).start()  # a started service: models loaded
         try:
             t0 = time.perf_counter()
-            r = requests.post(stack.url + "/build_recognizer", files={"archive": ("lfw.zip", buf.getvalue())},
+            r = stack.post("/build_recognizer", files={"archive": ("lfw.zip", buf.getvalue())},
                               timeout=600)
             r.raise_for_status()
             t_upload = time.perf_counter() - t0
@@ -90,7 +89,7 @@ def main() -> None:
             stack.wait_state(job_id, ("done",), timeout=3600)
             wall = time.perf_counter() - t0
             manifest = json.loads(zipfile.ZipFile(io.BytesIO(
-                requests.get(f"{stack.url}/models/{job_id}", timeout=60).content)).read("manifest.json"))
+                stack.get(f"/models/{job_id}", timeout=60).content)).read("manifest.json"))
         finally:
             stack.stop()
     n = len(paths)

@@ -28,8 +28,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import requests
-
 from test.stack import Stack
 
 NEW_PERSON = "Barack_Obama"
@@ -57,7 +55,7 @@ def timed(stack: Stack, send) -> tuple[float, str, dict]:
 
 
 def manifest(stack: Stack, job_id: str) -> dict:
-    return requests.get(f"{stack.url}/models/{job_id}/report", timeout=60).json()["manifest"]
+    return stack.get(f"/models/{job_id}/report", timeout=60).json()["manifest"]
 
 
 def main() -> None:
@@ -77,33 +75,33 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         a = Stack(Path(tmp) / "a", workers=args.workers, env=ENV, warm=True).start()
         try:
-            t_base, base, _ = timed(a, lambda: requests.post(f"{a.url}/build_recognizer", timeout=900,
-                                                             files={"archive": ("lfw.zip", zip_of(lfw))}))
+            t_base, base, _ = timed(a, lambda: a.post("/build_recognizer", timeout=900,
+                                                      files={"archive": ("lfw.zip", zip_of(lfw))}))
             print(f"A: build of {people} people: {t_base:.1f} s")
             derive_times, derived = [], ""
             for k in range(args.repeat):
                 parts = [("images", (name, data)) for name, data in new]
-                t, derived, answer = timed(a, lambda: requests.post(
-                    f"{a.url}/models/{base}/people", files=parts, data={"seed": str(42 + k)}, timeout=300))
+                t, derived, answer = timed(a, lambda: a.post(
+                    f"/models/{base}/people", files=parts, data={"seed": str(42 + k)}, timeout=300))
                 derive_times.append(t)
                 m = manifest(a, derived)
                 print(f"A: + {NEW_PERSON} (seed {42 + k}): {t:.1f} s; {answer['photos']} photos, {answer['people']} "
                       f"people; inherited {m['input']['features_inherited']}, extracted {len(new)} in "
                       f"{m['input']['extraction_seconds']:.1f} s of worker time; training task "
                       f"{m['training_task_seconds']:.1f} s")
-            faces = requests.post(f"{a.url}/models/{derived}/predict", files={"image": ("p.jpg", probe)},
-                                  timeout=120).json()["faces"]
+            faces = a.post(f"/models/{derived}/predict", files={"image": ("p.jpg", probe)},
+                           timeout=120).json()["faces"]
             print(f"A: the derived model on obama_and_biden.jpg: {[f['label'] for f in faces]}")
             gone = lfw[0][0].split("/")[0]
-            t_remove, _, _ = timed(a, lambda: requests.delete(f"{a.url}/models/{base}/people/{gone}", timeout=300))
+            t_remove, _, _ = timed(a, lambda: a.delete(f"/models/{base}/people/{gone}", timeout=300))
             print(f"A: - {gone}: {t_remove:.1f} s")
         finally:
             a.stop()
 
         b = Stack(Path(tmp) / "b", workers=args.workers, env=ENV, warm=True).start()
         try:
-            t_scratch, full, _ = timed(b, lambda: requests.post(f"{b.url}/build_recognizer", timeout=900,
-                                                                files={"archive": ("lfw63.zip", zip_of(lfw + new))}))
+            t_scratch, full, _ = timed(b, lambda: b.post("/build_recognizer", timeout=900,
+                                                         files={"archive": ("lfw63.zip", zip_of(lfw + new))}))
             m = manifest(b, full)
             print(f"B: build of {people + 1} people from scratch: {t_scratch:.1f} s "
                   f"({m['input']['photos']} photos, worker time on photos {m['input']['extraction_seconds']:.1f} s)")

@@ -85,17 +85,17 @@ def memory(stack: Stack, field: str = "VmRSS") -> dict[str, float]:
 
 def build(stack: Stack, archive: bytes) -> tuple[float, str]:
     t0 = time.perf_counter()
-    r = requests.post(stack.url + "/build_recognizer", files={"archive": ("a.zip", archive)}, timeout=600)
+    r = stack.post("/build_recognizer", files={"archive": ("a.zip", archive)}, timeout=600)
     r.raise_for_status()
     stack.wait_state(r.json()["id"], ("done",), timeout=7200)
     return time.perf_counter() - t0, r.json()["id"]
 
 
-def latencies(url: str, photo: bytes, n: int, clients: int) -> tuple[list[float], int, float]:
+def latencies(stack, url: str, photo: bytes, n: int, clients: int) -> tuple[list[float], int, float]:
     def one(_):
         t0 = time.perf_counter()
         try:
-            ok = requests.post(url, files={"image": ("p.jpg", photo)}, timeout=60).status_code == 200
+            ok = stack.post(url, files={"image": ("p.jpg", photo)}, timeout=60).status_code == 200
         except requests.RequestException:
             ok = False
         return time.perf_counter() - t0, ok
@@ -172,7 +172,7 @@ def main() -> None:
             stack = Stack(Path(tmp), workers=workers, warm=True).start()  # a started service: models loaded
             try:
                 wall, model_id = build(stack, archive)
-                report = requests.get(f"{stack.url}/models/{model_id}/report", timeout=60).json()
+                report = stack.get(f"/models/{model_id}/report", timeout=60).json()
                 inner = report["manifest"]["input"]["extraction_seconds"]
                 print(f"service, {workers} worker(s): {wall:.1f} s, {len(paths) / wall:.2f} photos/s, "
                       f"{len(paths) / wall / ref:.2f}x the reference ({len(paths) / wall / ref_every:.2f}x the "
@@ -195,13 +195,13 @@ def main() -> None:
                       f"this wall: {alone / wall:.2f}x")
                 cached, _ = build(stack, archive)
                 print(f"cached rebuild: {cached:.1f} s ({100 * cached / wall:.1f}% of the first build)")
-                url = f"{stack.url}/models/{model_id}/predict"
+                url = f"/models/{model_id}/predict"
                 # load the model in every web process: concurrent requests reach them all
-                latencies(url, probe, 4 * args.clients, args.clients)
+                latencies(stack, url, probe, 4 * args.clients, args.clients)
                 before = memory(stack)
-                lat, err, w = latencies(url, probe, max(20, args.requests // 10), 1)
+                lat, err, w = latencies(stack, url, probe, max(20, args.requests // 10), 1)
                 # did the probe's face get the mirror pass? (only a face near the threshold does)
-                face = requests.post(url, files={"image": ("p.jpg", probe)}, timeout=60).json()["faces"][0]
+                face = stack.post(url, files={"image": ("p.jpg", probe)}, timeout=60).json()["faces"][0]
                 rule = report["manifest"]["open_set"]
                 second = bool(rule.get("mirror_probes")) and bool(needs_mirror_pass(
                     face["distance"], face["threshold"], float(rule.get("mirror_margin", "inf"))))
@@ -211,7 +211,7 @@ def main() -> None:
                       f"{face['threshold']:.3f}: {'two passes (near the threshold)' if second else 'one pass'}; "
                       f"p50 / raw pipeline doing the same work {pct(lat, .5) / same:.2f} (/ one pass "
                       f"{pct(lat, .5) / ref_once:.2f}, / two passes {pct(lat, .5) / ref_one:.2f})")
-                lat, err, w = latencies(url, probe, args.requests, args.clients)
+                lat, err, w = latencies(stack, url, probe, args.requests, args.clients)
                 print(f"predict, {args.clients} clients, {args.requests} requests: p50 {pct(lat, .5):.0f} ms, "
                       f"p95 {pct(lat, .95):.0f} ms, {len(lat) / w:.1f} req/s, {err} errors")
                 after = memory(stack)

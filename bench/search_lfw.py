@@ -42,7 +42,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np
-import requests
 
 from bench.perf import memory
 from test.stack import Stack
@@ -53,7 +52,7 @@ OURS = ("chosen network", "chosen network + gallery (the bundle)", "fixed networ
 
 
 def bundle_of(stack: Stack, job_id: str) -> bytes:
-    return requests.get(f"{stack.url}/models/{job_id}", timeout=60).content
+    return stack.get(f"/models/{job_id}", timeout=60).content
 
 
 def features(paths: list[Path]) -> list[dict]:
@@ -114,7 +113,7 @@ def open_set_vs_strangers(bundles: dict[str, bytes], probes: list[Path], feats: 
 
 def build(stack: Stack, archive: bytes, **form) -> tuple[str, float]:
     t0 = time.perf_counter()
-    r = requests.post(stack.url + "/build_recognizer", files={"archive": ("people.zip", archive)}, data=form,
+    r = stack.post("/build_recognizer", files={"archive": ("people.zip", archive)}, data=form,
                       timeout=600)
     r.raise_for_status()
     job_id = r.json()["id"]

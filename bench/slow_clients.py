@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
-
-import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from test.conftest import pick_people
-from test.stack import Stack, photo_files
+from test.stack import SlowBodies, Stack, photo_files
 
 FACES = Path(os.environ.get("FR_FACES_DIR", ROOT.parent / "shared" / "faces"))
 
@@ -37,10 +33,10 @@ def timed(stack: Stack, model: str, photo: bytes, rounds: int) -> tuple[list[flo
     alive, predict = [], []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        assert requests.get(stack.url + "/is_alive", timeout=30).status_code == 200
+        assert stack.get("/is_alive", timeout=30).status_code == 200
         alive.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        r = requests.post(f"{stack.url}/models/{model}/predict", files={"image": ("p.jpg", photo)}, timeout=30)
+        r = stack.post(f"/models/{model}/predict", files={"image": ("p.jpg", photo)}, timeout=30)
         assert r.status_code == 200
         predict.append(time.perf_counter() - t0)
     return alive, predict
@@ -65,37 +61,10 @@ def main() -> None:
         photo = sorted((FACES / "lfw62").glob("*/*.jpg"))[0].read_bytes()
         timed(stack, model, photo, 8)  # every web process loads the model
         quiet = timed(stack, model, photo, args.rounds)
-        head = ("POST /build_recognizer HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                "Content-Length: 100000\r\n\r\n")
-        slow = [socket.create_connection(("127.0.0.1", stack.port)) for _ in range(args.slow)]
-        for s in slow:
-            s.sendall(head.encode())
-        stop = threading.Event()
-
-        def trickle() -> None:
-            while not stop.is_set():
-                for s in slow:
-                    try:
-                        s.send(b"x")
-                    except OSError:
-                        pass
-                stop.wait(1.0)
-
-        feeder = threading.Thread(target=trickle, daemon=True)
-        feeder.start()
-        time.sleep(1.0)
-        loaded = timed(stack, model, photo, args.rounds)
-        ends = []
-        for s in slow:
-            s.settimeout(30)
-            try:
-                ends.append(s.recv(200).split(b"\r\n", 1)[0].decode(errors="replace"))
-            except OSError as exc:
-                ends.append(type(exc).__name__)
-        stop.set()
-        feeder.join(5)
-        for s in slow:
-            s.close()
+        with SlowBodies(stack, args.slow) as slow:
+            time.sleep(1.0)
+            loaded = timed(stack, model, photo, args.rounds)
+            ends = [r.split(b"\r\n", 1)[0].decode(errors="replace") or "no answer" for r in slow.replies(30)]
     print(f"{args.slow} slow connections (1 byte/s), {args.rounds} rounds each way, 1 worker, "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
     print(line("is_alive", *zip(*[(a, b) for a, b in zip(quiet[0], loaded[0])])))

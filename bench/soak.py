@@ -104,7 +104,7 @@ class Soak:
 
     def call(self, op: str, method: str, path: str, **kw) -> requests.Response | None:
         try:
-            r = requests.request(method, self.stack.url + path, timeout=120, **kw)
+            r = self.stack.request(method, path, timeout=120, **kw)
         except requests.RequestException as exc:
             self.count(op, type(exc).__name__)
             return None

@@ -26,6 +26,17 @@ QUALITY_POLICIES = ("keep", "skip")  # what a build does with a poor photo (FR_Q
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: a host only this machine reaches."""
+    import ipaddress
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class SettingsError(ValueError):
     """A setting that cannot be used; the message names the variable and what it accepts."""
 
@@ -100,7 +111,7 @@ class Settings:
     """All tunables. Field `x` is read from env var `FR_X` (upper case); a bad value stops the start."""
 
     data_dir: Path = ROOT
-    host: str = "0.0.0.0"  # noqa: S104
+    host: str = "127.0.0.1"           # HTTP address: loopback unless told otherwise (the Dockerfile says 0.0.0.0)
     port: int = _bounded(8080, 1, 65535)
     workers: int = _bounded(2, 0, 256)
     worker_threads: int = _bounded(1, 1, 256)   # BLAS threads per worker process (one worker per core)
@@ -111,6 +122,11 @@ class Settings:
     broker_front: str = ""
     broker_back: str = "tcp://127.0.0.1:5556"
     front_keys: str = ""  # the HTTP front's CURVE pair and the broker's public key (default var/keys/local-front)
+    # The broker also takes fronts of other hosts here (tcp, CURVE, keys in allowed/fronts/); off unless set
+    # (`serve --front-port P` binds it on loopback)
+    broker_front_tcp: str = ""
+    broker_readers: int = _bounded(2, 1, 64)     # broker threads answering fronts' reads (rows, bundles, keys)
+    front_cache_max_bytes: int = _bounded(2 * 1024**3, 0)  # bundles a front host keeps (var/front-cache/, LRU)
     broker_timeout_s: float = _bounded(10.0, 0.1, 3600)
     broker_submit_s_per_photo: float = _bounded(0.002, 0.0, 10.0)  # added to a submit's timeout per photo
 
@@ -201,6 +217,16 @@ class Settings:
     warm_up: bool = True              # workers load dlib's models and import Keras at start (in the background)
     cache_max_bytes: int = _bounded(1024**3, 0)  # feature cache bound per host, least recently used out first
 
+    # Who may do what (app/auth.py): API keys, roles, tenants, quotas, browsers.
+    auth: bool = True                 # 0 only on a loopback address: every route but /is_alive needs an API key
+    admin_key: str = field(default="", repr=False)  # an admin key given by the operator (else var/admin.key)
+    cors_origins: str = ""            # comma-separated origins whose pages may call the API (state-changing too)
+    max_active_builds: int = _bounded(4, 1, 10_000)  # unfinished builds per tenant (429 beyond)
+    tenant_max_bytes: int = _bounded(0, 0)           # photos and models a tenant may store (507 beyond; 0: no cap)
+    rate_limit_per_min: int = _bounded(600, 0)       # requests per minute per key (429 beyond; 0: no limit)
+    tls_cert: str = ""                # HTTPS through uWSGI's own https socket: certificate ...
+    tls_key: str = field(default="", repr=False)     # ... and its private key (PEM files)
+
     log_level: str = "INFO"
     log_rotation: str = "20 MB"
     log_retention: int = _bounded(5, 0, 10_000)
@@ -238,6 +264,12 @@ class Settings:
                 _check_range(key, value, meta.get("low"), meta.get("high"))
             values[key] = value
         values["data_dir"] = Path(values["data_dir"]).resolve()
+        if bool(values["tls_cert"]) != bool(values["tls_key"]):
+            raise SettingsError("FR_TLS_CERT and FR_TLS_KEY go together: give both or neither")
+        if not values["auth"] and not is_loopback(values["host"]):
+            raise SettingsError(f"FR_AUTH=0 turns API keys off, which is allowed only on a loopback address; "
+                                f"FR_HOST is {values['host']!r}: anyone who reaches it could read and erase "
+                                "every model. Keep keys on, or serve on 127.0.0.1")
         if values["quality_policy"] not in ("keep", "skip"):
             raise SettingsError(f"FR_QUALITY_POLICY must be keep or skip, got {values['quality_policy'][:40]!r}")
         if values["log_level"].upper() not in ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"):
@@ -249,6 +281,9 @@ class Settings:
             raise SettingsError("FR_SEARCH_POPULATION, FR_SEARCH_GENERATIONS and FR_SEARCH_BUDGET_S must not "
                                 "exceed their FR_SEARCH_MAX_* limits")
         webhook_allow_entries(values["webhook_allow"])  # SettingsError for an entry that is no host or address
+        if values["broker_front_tcp"] and not values["broker_front_tcp"].startswith("tcp://"):
+            raise SettingsError("FR_BROKER_FRONT_TCP must be a tcp:// endpoint, got "
+                                f"{values['broker_front_tcp'][:80]!r}")
         for key in ("broker_front", "broker_back"):
             endpoint = values[key]
             if endpoint and not endpoint.startswith(("tcp://", "ipc://")):
@@ -285,6 +320,11 @@ class Settings:
         return self.var_dir / "cache"
 
     @property
+    def front_cache_dir(self) -> Path:
+        """Bundles a front fetched from the broker, named by model id and sha256 (app/bundles.py)."""
+        return self.var_dir / "front-cache"
+
+    @property
     def log_dir(self) -> Path:
         return self.var_dir / "logs"
 
@@ -304,6 +344,23 @@ class Settings:
         return self.var_dir / "keys"
 
     @property
+    def auth_db_path(self) -> Path:
+        """API keys (hashed) live apart from the jobs: every web process and `run.py keys` write them."""
+        return self.var_dir / "auth.sqlite"
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.var_dir / "admin.key"
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.log_dir / "audit.log"
+
+    @property
+    def allowed_origins(self) -> frozenset[str]:
+        return frozenset(o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip())
+
+    @property
     def front_keys_dir(self) -> Path:
         return Path(self.front_keys) if self.front_keys else self.keys_dir / "local-front"
 
@@ -318,9 +375,11 @@ class Settings:
 
     def ensure_dirs(self) -> None:
         """Create the state folders, readable by the service's user only (the data is biometric)."""
-        for d in (self.dumps_dir, self.uploads_dir, self.cache_dir, self.log_dir, self.run_dir, self.keys_dir):
+        for d in (self.dumps_dir, self.uploads_dir, self.cache_dir, self.log_dir, self.run_dir, self.keys_dir,
+                  self.front_cache_dir):
             d.mkdir(parents=True, exist_ok=True)
-        for d in (self.dumps_dir, self.var_dir, self.uploads_dir, self.cache_dir, self.run_dir, self.keys_dir):
+        for d in (self.dumps_dir, self.var_dir, self.uploads_dir, self.cache_dir, self.run_dir, self.keys_dir,
+                  self.front_cache_dir):
             if d.stat().st_uid != os.getuid():
                 raise SettingsError(f"{d} belongs to another user: the service keeps its state to itself")
             os.chmod(d, 0o700)

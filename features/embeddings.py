@@ -5,6 +5,7 @@ downloaded at run time.
 """
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 
 import dlib
@@ -12,6 +13,7 @@ import face_recognition_models
 import numpy as np
 
 EMBEDDING_SIZE = 128
+RESNET_LOCK = threading.Lock()
 
 
 def resnet_model_path() -> str:
@@ -40,7 +42,8 @@ def embed_chips(chips: list[np.ndarray], mirror: bool = False) -> np.ndarray:
     if not chips:
         return np.zeros((0, EMBEDDING_SIZE), np.float32)
     batch = list(chips) + ([np.ascontiguousarray(c[:, ::-1]) for c in chips] if mirror else [])
-    vectors = np.asarray([np.asarray(v) for v in _resnet().compute_face_descriptor(batch)], dtype=np.float32)
+    with RESNET_LOCK:  # the network holds its layers' outputs: one forward pass at a time per process
+        vectors = np.asarray([np.asarray(v) for v in _resnet().compute_face_descriptor(batch)], dtype=np.float32)
     if mirror:
         return (vectors[:len(chips)] + vectors[len(chips):]) / 2
     return vectors

@@ -128,6 +128,7 @@ class Evolution:
         self.population: list[Genome] = s.get("population", [])
         self.offspring: list[Genome] | None = s.get("offspring")
         self.results: dict[str, dict] = s.get("results", {})
+        self.born: dict[str, int] = s.get("born", {})  # genome key -> the generation it was first evaluated in
         self.logbook: list[dict] = s.get("logbook", [])
         self.evaluations: int = s.get("evaluations", 0)
         self.cache_hits: int = s.get("cache_hits", 0)
@@ -148,7 +149,7 @@ class Evolution:
     # --- state -----------------------------------------------------------------
     def to_json(self) -> dict:
         return {"controls": asdict(self.controls), "generation": self.generation, "population": self.population,
-                "offspring": self.offspring, "results": self.results, "logbook": self.logbook,
+                "offspring": self.offspring, "results": self.results, "born": self.born, "logbook": self.logbook,
                 "evaluations": self.evaluations, "cache_hits": self.cache_hits,
                 "batch_evaluations": self.batch_evaluations, "phase": self.phase, "finalists": self.finalists,
                 "fold_runs": self.fold_runs, "fold_evaluations": self.fold_evaluations, "seconds": self.seconds(),
@@ -233,6 +234,7 @@ class Evolution:
         if genome_key in self.results:
             return False
         self.results[genome_key] = kept
+        self.born[genome_key] = self.generation
         self.evaluations += 1
         self.batch_evaluations += 1
         return True
@@ -324,6 +326,19 @@ class Evolution:
         return {"genome": from_key(genome_key), "network": describe(from_key(genome_key)),
                 **self.results[genome_key]}
 
+    def candidates(self) -> list[dict]:
+        """Every network evaluated, in the order they were: the generation it was bred for (None in a
+        checkpoint older than this field), its shape (hidden units, activation, cosine head), validation
+        scores, size and single score. Compact: a long search has thousands."""
+        out = []
+        for k, r in self.results.items():
+            net = describe(from_key(k))
+            out.append({"generation": self.born.get(k), "genome": from_key(k), "hidden": net["hidden"],
+                        "activation": net["activation"], "cosine": net["cosine"], "params": r["params"],
+                        "balanced_accuracy": r["balanced_accuracy"], "open_set": r["open_set"],
+                        "score": round(score(r), 6)})
+        return out
+
     def best(self, n: int) -> list[str]:
         """The `n` best networks evaluated: by fold-0 score, ties to fewer parameters, then lower loss."""
         return sorted(self.results, key=lambda k: (-score(self.results[k]), self.results[k]["params"],
@@ -392,4 +407,4 @@ class Evolution:
                 "evaluations": self.evaluations, "cache_hits": self.cache_hits,
                 "seconds": round(self.seconds(), 2), "stop_reason": self.stop_reason,
                 "choice_rule": CHOICE_RULE, "chosen": self.choose(), "cross_validation": self.confirmation(),
-                "logbook": self.logbook, "pareto_front": self.pareto_front()}
+                "logbook": self.logbook, "pareto_front": self.pareto_front(), "candidates": self.candidates()}

@@ -10,6 +10,7 @@ Detection policy, chosen for speed (see README, Performance):
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
@@ -49,6 +50,12 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
+# dlib's models keep scratch buffers inside the object: two threads of one process running a model at
+# once corrupt the heap (seen in the soak: web processes with 16 threads died of SIGSEGV and "corrupted
+# size vs. prev_size" under concurrent predictions). One lock per model: threads take turns on each.
+DETECTOR_LOCK, LANDMARKS_LOCK = threading.Lock(), threading.Lock()
+
+
 @lru_cache(maxsize=1)
 def _detector():
     return dlib.get_frontal_face_detector()
@@ -74,9 +81,10 @@ def detect_faces(image: np.ndarray, max_side: int = 1600, upsample_max_side: int
         scale = max_side / max(h, w)
         small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
                            interpolation=cv2.INTER_AREA)
-    rects = _detector()(small, 0)
-    if len(rects) == 0 and max(small.shape[:2]) <= upsample_max_side:
-        rects = _detector()(small, 1)
+    with DETECTOR_LOCK:
+        rects = _detector()(small, 0)
+        if len(rects) == 0 and max(small.shape[:2]) <= upsample_max_side:
+            rects = _detector()(small, 1)
     boxes = []
     for r in rects:
         box = Box(int(r.left() / scale), int(r.top() / scale),
@@ -95,7 +103,8 @@ def largest(boxes: list[Box]) -> Box:
 def landmarks(image: np.ndarray, box: Box):
     """dlib's 5 landmarks of the face in `box` (a `full_object_detection`): the two corners of
     each eye (0-1: the eye on the photo's right, outer then inner; 2-3: the other) and the nose base (4)."""
-    return _shape_predictor()(image, dlib.rectangle(box.left, box.top, box.right, box.bottom))
+    with LANDMARKS_LOCK:
+        return _shape_predictor()(image, dlib.rectangle(box.left, box.top, box.right, box.bottom))
 
 
 def points(shape) -> np.ndarray:

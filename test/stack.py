@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -103,8 +105,12 @@ class Stack:
         self.port = free_port()
         self.broker_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # every test talks to the service with an API key (an admin key given as the operator would)
+        self.admin_key = secrets.token_urlsafe(32)
         self.env = {**os.environ, "FR_HEARTBEAT_S": "0.5", "FR_HEARTBEAT_LIVENESS": "4",
-                    "FR_LOG_LEVEL": os.environ.get("FR_LOG_LEVEL", "INFO"), **(env or {})}
+                    "FR_LOG_LEVEL": os.environ.get("FR_LOG_LEVEL", "INFO"), "FR_ADMIN_KEY": self.admin_key,
+                    **(env or {})}
+        self.headers = {"X-API-Key": self.env["FR_ADMIN_KEY"]}
         self.proc: subprocess.Popen | None = None
         self.log = self.data_dir / "serve.out"
         self.alarms_seen = 0  # UWSGI_ALARMS lines already reported
@@ -188,13 +194,28 @@ class Stack:
             return ""
 
     # --- API helpers -------------------------------------------------------------
+    def request(self, method: str, path: str, key: str | None = None, headers: dict | None = None,
+                **kw) -> requests.Response:
+        """`method` on `path` of this service, with the admin key (or `key`; "" for none)."""
+        auth = self.headers if key is None else ({"X-API-Key": key} if key else {})
+        return requests.request(method, self.url + path, headers={**auth, **(headers or {})}, **kw)
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw) -> requests.Response:
+        return self.request("POST", path, **kw)
+
+    def delete(self, path: str, **kw) -> requests.Response:
+        return self.request("DELETE", path, **kw)
+
     def build(self, files: list[tuple[str, bytes]], **form) -> requests.Response:
         """files: (filename with person folder, bytes)."""
         parts = [("images", (name, data, "application/octet-stream")) for name, data in files]
-        return requests.post(self.url + "/build_recognizer", files=parts, data=form, timeout=120)
+        return self.post("/build_recognizer", files=parts, data=form, timeout=120)
 
     def status(self, job_id: str) -> dict:
-        return requests.get(f"{self.url}/is_available/{job_id}", timeout=10).json()
+        return self.get(f"/is_available/{job_id}", timeout=10).json()
 
     def wait_state(self, job_id: str, states: tuple[str, ...], timeout: float = 300, pred=None) -> dict:
         deadline = time.time() + timeout
@@ -220,3 +241,87 @@ def gone(path: Path, timeout: float = 10) -> bool:
 
 def photo_files(people: dict[str, list[Path]]) -> list[tuple[str, bytes]]:
     return [(f"{person}/{p.name}", p.read_bytes()) for person, paths in people.items() for p in paths]
+
+
+# --- raw HTTP, for the edge's tests and benches ----------------------------------------------------
+def raw_request(port: int, head: str) -> socket.socket:
+    """A connection that has sent `head` (request line and headers, or more)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(head.encode())
+    return sock
+
+
+def response_of(sock: socket.socket, timeout: float) -> bytes:
+    """What comes back on a raw connection: until a JSON body ends, the peer closes, or `timeout`."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+            if b"\r\n\r\n" in data and data.split(b"\r\n\r\n", 1)[1].rstrip().endswith(b"}"):
+                break
+    except (TimeoutError, ConnectionError):
+        pass
+    return data
+
+
+class SlowBodies:
+    """`n` builds whose bodies arrive at one byte a second (with the admin key), for as long as the
+    `with` block lasts: the slow clients of test_edge.py and bench/slow_clients.py."""
+
+    def __init__(self, stack: Stack, n: int, length: int = 100_000):
+        self.head = (f"POST /build_recognizer HTTP/1.1\r\nHost: x\r\nX-API-Key: {stack.admin_key}\r\n"
+                     f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {length}\r\n\r\n")
+        self.port, self.n = stack.port, n
+        self.socks: list[socket.socket] = []
+        self.stop = threading.Event()
+        self.feeder = threading.Thread(target=self.trickle, daemon=True)
+
+    def __enter__(self) -> SlowBodies:
+        self.socks = [raw_request(self.port, self.head) for _ in range(self.n)]
+        self.feeder.start()
+        return self
+
+    def trickle(self) -> None:
+        while not self.stop.is_set():
+            for s in self.socks:
+                try:
+                    s.send(b"x")
+                except OSError:
+                    pass
+            self.stop.wait(1.0)
+
+    def replies(self, timeout: float) -> list[bytes]:
+        return [response_of(s, timeout) for s in self.socks]
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.feeder.join(5)
+        for s in self.socks:
+            s.close()
+
+
+class BrokerThread:
+    """The real broker in a thread of the test's own process, for tests that drive a front with Flask's
+    client: a front keeps nothing and asks its broker for every row, listing, bundle and key."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.broker = None
+        self.thread = None
+
+    def __enter__(self):
+        import threading
+
+        import zmq
+
+        from app.broker import Broker
+        self.broker = Broker(self.settings, zmq.Context())
+        self.thread = threading.Thread(target=self.broker.run, daemon=True)
+        self.thread.start()
+        return self.broker
+
+    def __exit__(self, *exc) -> None:
+        self.broker.running = False
+        self.thread.join(5)
+        self.broker.close()

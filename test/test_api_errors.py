@@ -59,12 +59,12 @@ def zip_of(entries: dict[str, bytes], symlinks: tuple[str, ...] = ()) -> bytes:
 
 
 def post_archive(stack, data: bytes) -> requests.Response:
-    return requests.post(stack.url + "/build_recognizer", files={"archive": ("a.zip", data)}, timeout=60)
+    return stack.post("/build_recognizer", files={"archive": ("a.zip", data)}, timeout=60)
 
 
 def test_no_files(stack):
-    error_of(requests.post(stack.url + "/build_recognizer", timeout=10), 400, "NO_FILES")
-    error_of(requests.post(stack.url + "/build_recognizer", files={"photo": ("a/b.jpg", b"x")}, timeout=10),
+    error_of(stack.post("/build_recognizer", timeout=10), 400, "NO_FILES")
+    error_of(stack.post("/build_recognizer", files={"photo": ("a/b.jpg", b"x")}, timeout=10),
              400, "NO_FILES")
 
 
@@ -129,17 +129,17 @@ def test_bad_parameters(stack, good, field, value):
 
 def test_unknown_and_malformed_ids(stack):
     unknown = str(uuid.uuid4())
-    error_of(requests.get(f"{stack.url}/is_available/{unknown}", timeout=10), 404, "NOT_FOUND")
-    error_of(requests.get(f"{stack.url}/models/{unknown}", timeout=10), 404, "NOT_FOUND")
+    error_of(stack.get(f"/is_available/{unknown}", timeout=10), 404, "NOT_FOUND")
+    error_of(stack.get(f"/models/{unknown}", timeout=10), 404, "NOT_FOUND")
     for bad in ("123", "not-a-uuid", "../../etc/passwd", str(uuid.uuid1())):
-        error_of(requests.get(f"{stack.url}/is_available", params={"id": bad}, timeout=10), 400, "BAD_ID")
-    error_of(requests.get(f"{stack.url}/models/xyz", timeout=10), 400, "BAD_ID")
-    error_of(requests.get(f"{stack.url}/is_available", timeout=10), 400, "BAD_ID")
+        error_of(stack.get("/is_available", params={"id": bad}, timeout=10), 400, "BAD_ID")
+    error_of(stack.get("/models/xyz", timeout=10), 400, "BAD_ID")
+    error_of(stack.get("/is_available", timeout=10), 400, "BAD_ID")
 
 
 def test_unknown_route_and_method_are_json(stack):
-    error_of(requests.get(f"{stack.url}/nope", timeout=10), 404, "NOT_FOUND")
-    error_of(requests.get(f"{stack.url}/build_recognizer", timeout=10), 405, "METHOD_NOT_ALLOWED")
+    error_of(stack.get("/nope", timeout=10), 404, "NOT_FOUND")
+    error_of(stack.get("/build_recognizer", timeout=10), 405, "METHOD_NOT_ALLOWED")
 
 
 def _blank_jpeg(seed: int) -> bytes:
@@ -159,7 +159,7 @@ def test_no_face_in_any_photo_fails_the_job_with_the_files_listed(stack):
     assert st["error"]["code"] == "NO_FACE_FOUND"
     listed = {f["file"]: f["reason"] for f in st["error"]["details"]["files"]}
     assert listed == {name: "no_face" for name, _ in files}
-    err = error_of(requests.get(f"{stack.url}/models/{r.json()['id']}", timeout=10), 409, "BUILD_FAILED")
+    err = error_of(stack.get(f"/models/{r.json()['id']}", timeout=10), 409, "BUILD_FAILED")
     assert err["details"]["error"]["code"] == "NO_FACE_FOUND"
 
 
@@ -172,7 +172,7 @@ def test_person_with_few_usable_photos_is_in_the_model_and_the_bad_photo_reporte
     r = stack.build(files)
     assert r.status_code == 202, r.text
     stack.wait_state(r.json()["id"], ("done",), timeout=180)
-    manifest = zipfile.ZipFile(io.BytesIO(requests.get(f"{stack.url}/models/{r.json()['id']}", timeout=30)
+    manifest = zipfile.ZipFile(io.BytesIO(stack.get(f"/models/{r.json()['id']}", timeout=30)
                                           .content)).read("manifest.json")
     import json
     report = {p["label"]: p for p in json.loads(manifest)["people"]}
@@ -194,5 +194,5 @@ def test_too_few_people_left_after_extraction_fails_clearly(stack, faces_dir):
 
 
 def test_service_still_alive_after_all_that(stack):
-    r = requests.get(stack.url + "/is_alive", timeout=10)
+    r = stack.get("/is_alive", timeout=10)
     assert r.status_code == 200 and r.json()["alive"] is True

@@ -216,6 +216,23 @@ def test_restarted_broker_queues_only_the_missing_work(settings):
         b2.close()
 
 
+def test_a_chunk_file_a_crash_left_unreadable_is_extracted_again(settings):
+    """Chunk features are written without fsync (they can be made again): after a crash, one that is empty
+    or cut short is removed and its chunk queued again, never read as features."""
+    b1 = Broker(settings, zmq.Context())
+    job_id = _submit_direct(b1, 5)
+    b1.store.save_chunk(job_id, 0, features(2))
+    b1.store.save_chunk(job_id, 1, features(2)[:50])  # cut short
+    b1.store.save_chunk(job_id, 2, b"")                # empty
+    b1.close()
+    b2 = Broker(settings, zmq.Context())
+    try:
+        assert [(t.kind, t.chunk) for t in b2.queue] == [("extract", 1), ("extract", 2)]
+        assert b2.store.chunk_done(job_id, 0) and not b2.store.chunk_done(job_id, 1)
+    finally:
+        b2.close()
+
+
 def test_is_alive_503_without_workers_and_without_broker(broker, settings, tmp_path):
     client = create_app(settings).test_client()
     r = client.get("/is_alive")
@@ -455,11 +472,14 @@ def test_a_late_result_of_a_deleted_job_leaves_nothing_in_the_cache(broker, sett
 
 # --- hypothesis: random frames at both sockets ---------------------------------------------------
 frame = st.one_of(st.sampled_from([p.SUBMIT, p.STATUS, p.DELETE, p.READY, p.HEARTBEAT, p.PROGRESS, p.DONE,
-                                   p.FAILED, p.REJECT, b"", b"{}", b"[]", b"null"]),
+                                   p.FAILED, p.REJECT, *p.READ_COMMANDS, p.KEYADD, p.KEYREVOKE,
+                                   b"", b"{}", b"[]", b"null"]),
                   st.binary(max_size=64),
                   st.builds(lambda d: json.dumps(d).encode(),
                             st.dictionaries(st.sampled_from(["id", "task", "files", "options", "job", "kind",
-                                                             "chunk", "attempt", "code", "stage", "done"]),
+                                                             "chunk", "attempt", "code", "stage", "done",
+                                                             "offset", "ids", "limit", "tenant", "salt", "hash",
+                                                             "role", "sha256"]),
                                             st.one_of(st.none(), st.integers(), st.text(max_size=20),
                                                       st.just("../../victim"), st.lists(st.integers(), max_size=3)),
                                             max_size=5)))

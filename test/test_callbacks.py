@@ -169,7 +169,7 @@ def test_a_derivation_calls_back_too(stack, receiver, people, faces_dir):
     extra = pick_people(faces_dir, 4, 3)
     new = next(n for n in extra if n not in people)
     parts = [("images", (f"{new}/{p.name}", p.read_bytes())) for p in extra[new]]
-    d = requests.post(f"{stack.url}/models/{r.json()['id']}/people", files=parts,
+    d = stack.post(f"/models/{r.json()['id']}/people", files=parts,
                       data={"callback_url": receiver.url("/derived")}, timeout=60)
     assert d.status_code == 202, d.text
     (call,) = receiver.wait("/derived", 1)
@@ -178,7 +178,7 @@ def test_a_derivation_calls_back_too(stack, receiver, people, faces_dir):
 
 
 def test_callback_urls_the_operator_did_not_allow_are_refused(stack, receiver, people):
-    before = requests.get(f"{stack.url}/models", timeout=10).json()["total"]
+    before = stack.get("/models", timeout=10).json()["total"]
     cases = [
         ("http://example.com/hook", "CALLBACK_NOT_ALLOWED"),          # a host not listed
         (f"http://localhost:{receiver.port}/x", "CALLBACK_NOT_ALLOWED"),  # listed by address, not by this name
@@ -195,7 +195,7 @@ def test_callback_urls_the_operator_did_not_allow_are_refused(stack, receiver, p
         r = stack.build(photo_files(people), callback_url=url)
         assert r.status_code == 400 and r.json()["error"]["code"] == code, (url, r.text[:300])
         assert r.json()["error"]["details"] == {"field": "callback_url"}
-    assert requests.get(f"{stack.url}/models", timeout=10).json()["total"] == before  # nothing was stored
+    assert stack.get("/models", timeout=10).json()["total"] == before  # nothing was stored
 
 
 def test_a_pending_callback_survives_a_restart(tmp_path, receiver, people):

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import io
 import json
-import socket
-import threading
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
-import requests
 
 from test.conftest import pick_people
-from test.stack import Stack, descendants, photo_files
+from test.stack import SlowBodies, Stack, descendants, photo_files, raw_request, response_of
 
 GRACE_S = 3.0
 
@@ -39,25 +36,6 @@ def model_id(stack, faces_dir):
     assert r.status_code == 202, r.text
     stack.wait_state(r.json()["id"], ("done",))
     return r.json()["id"]
-
-
-def raw_request(port: int, head: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-    sock.sendall(head.encode())
-    return sock
-
-
-def response_of(sock: socket.socket, timeout: float) -> bytes:
-    sock.settimeout(timeout)
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-            if b"\r\n\r\n" in data and data.split(b"\r\n\r\n", 1)[1].rstrip().endswith(b"}"):
-                break
-    except (TimeoutError, ConnectionError):
-        pass
-    return data
 
 
 def web_processes(stack) -> list[int]:
@@ -86,7 +64,9 @@ def test_a_body_over_the_limit_is_refused_before_anything_is_spooled(stack, tmpd
     (`Expect: 100-continue`, as curl does for big bodies) sends none of it; one that starts sending gets the
     answer after its first bytes. Nothing of the body lands on disk either way."""
     before = set(tmpdir_of_stack.rglob("*"))
-    head = ("POST /build_recognizer HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    head = ("POST /build_recognizer HTTP/1.1\r\nHost: x\r\n"
+            f"X-API-Key: {stack.admin_key}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n"
             + ("Expect: 100-continue\r\n" if expect else "") + f"Content-Length: {700 * 1024 * 1024}\r\n\r\n")
     t0 = time.time()
     sock = raw_request(stack.port, head)
@@ -103,43 +83,22 @@ def test_a_body_over_the_limit_is_refused_before_anything_is_spooled(stack, tmpd
 
 def test_slow_bodies_do_not_starve_the_service_and_are_cut(stack, model_id, faces_dir):
     photo = next((faces_dir / "lfw62").glob("*/*.jpg")).read_bytes()
-    head = ("POST /build_recognizer HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            "Content-Length: 100000\r\n\r\n")
     warm = 0  # every web process has loaded the model (the first predict of a process loads Keras)
     deadline = time.time() + 120
     while warm < 8 and time.time() < deadline:
         t0 = time.time()
-        requests.post(f"{stack.url}/models/{model_id}/predict", files={"image": ("p.jpg", photo)}, timeout=60)
+        stack.post(f"/models/{model_id}/predict", files={"image": ("p.jpg", photo)}, timeout=60)
         warm = warm + 1 if time.time() - t0 < 1.0 else 0
-    slow = [raw_request(stack.port, head) for _ in range(16)]
-    stop = threading.Event()
-
-    def trickle():
-        while not stop.is_set():
-            for s in slow:
-                try:
-                    s.send(b"x")
-                except OSError:
-                    pass
-            stop.wait(1.0)
-
-    feeder = threading.Thread(target=trickle, daemon=True)
-    feeder.start()
-    try:
+    with SlowBodies(stack, 16) as slow:
         time.sleep(1.5)  # every slow connection is now held by a web thread
         for _ in range(3):  # how fast they answer meanwhile is measured in bench/slow_clients.py
-            assert requests.get(stack.url + "/is_alive", timeout=30).status_code == 200
-            r = requests.post(f"{stack.url}/models/{model_id}/predict", files={"image": ("p.jpg", photo)}, timeout=30)
+            assert stack.get("/is_alive", timeout=30).status_code == 200
+            r = stack.post(f"/models/{model_id}/predict", files={"image": ("p.jpg", photo)}, timeout=30)
             assert r.status_code == 200 and r.json()["count"] == 1
         # past the grace period, a body this slow is cut with a clear answer, which frees its thread
-        replies = [response_of(s, GRACE_S + 15) for s in slow]
-    finally:
-        stop.set()
-        feeder.join(5)
-        for s in slow:
-            s.close()
+        replies = slow.replies(GRACE_S + 15)
     cut = [r for r in replies if r.startswith(b"HTTP/1.1 408")]
-    assert len(cut) == len(slow), [r[:60] for r in replies]
+    assert len(cut) == len(replies) == 16, [r[:60] for r in replies]
     assert json.loads(cut[0].split(b"\r\n\r\n", 1)[1])["error"]["code"] == "REQUEST_TIMEOUT"
 
 
@@ -153,7 +112,7 @@ def zip_of(entries: dict[str, bytes]) -> bytes:
 
 def test_all_archive_parts_share_one_inflate_budget(stack):
     part = zip_of({f"p{i}/{j}.jpg": b"\0" * (25 * 1024 * 1024) for i in range(2) for j in range(5)})  # 250 MiB
-    r = requests.post(stack.url + "/build_recognizer", files=[("archive", ("a.zip", part)),
+    r = stack.post("/build_recognizer", files=[("archive", ("a.zip", part)),
                                                               ("archive", ("b.zip", part))], timeout=60)
     assert r.status_code == 413 and r.json()["error"]["code"] == "ZIP_BOMB", r.text[:300]
 
@@ -163,7 +122,7 @@ def test_bad_entries_are_dropped_as_they_are_inflated(stack, faces_dir):
     part = zip_of({f"p{i}/{j}.jpg": b"\0" * (25 * 1024 * 1024) for i in range(2) for j in range(5)})
     pids = web_processes(stack)
     before = {pid: peak_rss_mb(pid) for pid in pids}
-    r = requests.post(stack.url + "/build_recognizer", files={"archive": ("a.zip", part)}, timeout=60)
+    r = stack.post("/build_recognizer", files={"archive": ("a.zip", part)}, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["code"] == "NOT_AN_IMAGE"
     assert len(r.json()["error"]["details"]["files"]) == 10
     growth = max(peak_rss_mb(pid) - before[pid] for pid in pids)
@@ -172,7 +131,7 @@ def test_bad_entries_are_dropped_as_they_are_inflated(stack, faces_dir):
 
 def test_a_photo_with_more_faces_than_the_cap_names_the_largest_and_says_so(stack, model_id, faces_dir):
     two = (faces_dir / "wild" / "two_people.jpg").read_bytes()
-    r = requests.post(f"{stack.url}/models/{model_id}/predict", files={"image": ("p.jpg", two)}, timeout=60)
+    r = stack.post(f"/models/{model_id}/predict", files={"image": ("p.jpg", two)}, timeout=60)
     body = r.json()
     assert r.status_code == 200 and body["count"] == 1 and body["faces_found"] == 2
     assert "FR_MAX_FACES_PER_PREDICT" in body["message"]
@@ -189,6 +148,7 @@ def test_a_long_upload_beside_quick_requests_kills_no_web_process(stack):
     piece = len(body) // 30 + 1
     for _ in range(3):
         sock = raw_request(stack.port, "POST /build_recognizer HTTP/1.1\r\nHost: x\r\n"
+                                       f"X-API-Key: {stack.admin_key}\r\n"
                                        "Content-Type: multipart/form-data; boundary=b\r\n"
                                        f"Content-Length: {len(body)}\r\n\r\n")
         for i in range(30):
@@ -196,7 +156,7 @@ def test_a_long_upload_beside_quick_requests_kills_no_web_process(stack):
             time.sleep(0.1)
             if i % 5 == 0:
                 for _ in range(4):  # quick requests that end while the upload is being read
-                    assert requests.get(stack.url + "/is_alive", timeout=10).status_code == 200
+                    assert stack.get("/is_alive", timeout=10).status_code == 200
         reply = response_of(sock, 30)
         sock.close()
         assert reply.startswith(b"HTTP/1.1 400"), reply[:100]  # not a photo: a clear answer

@@ -581,3 +581,34 @@ def test_held_out_people(n, fraction, seed):
         assert 1 <= len(held) <= n - 2
         assert len(held) == min(max(1, round(fraction * n)), n - 2)
     assert held_out_people(n, 0.0, seed) == []
+
+
+def test_every_candidate_is_listed_with_the_generation_it_was_bred_for():
+    """The console's chart of the search (#20): one entry per network evaluated, with the generation whose
+    batch first asked for it; the counts per generation add up to the logbook's, and they survive a reload."""
+    evo, told = drive(Evolution(CONTROLS), resume_mid_batch=True)
+    candidates = evo.report()["candidates"]
+    assert len(candidates) == evo.evaluations == len(genomes_told(told))
+    assert {key(c["genome"]) for c in candidates} == set(evo.results)
+    for c in candidates:
+        r = evo.results[key(c["genome"])]
+        assert (c["params"], c["balanced_accuracy"], c["open_set"]) == (r["params"], r["balanced_accuracy"],
+                                                                       r["open_set"])
+        assert c["score"] == pytest.approx(score(r), abs=1e-6)
+        assert c["hidden"] == list(decode(c["genome"]).hidden) and c["cosine"] == decode(c["genome"]).cosine
+    generations = [c["generation"] for c in candidates]
+    assert generations == sorted(generations) and generations[0] == 0
+    evaluated = [line["evaluations"] for line in evo.logbook]
+    for g in range(len(evo.logbook)):
+        new_in_g = evaluated[g] - (evaluated[g - 1] if g else 0)
+        assert generations.count(g) == new_in_g
+    assert reload(evo).candidates() == evo.candidates()
+
+
+def test_a_checkpoint_from_before_the_generations_were_kept_still_loads():
+    evo, _ = drive(Evolution(CONTROLS))
+    state = json.loads(json.dumps(evo.to_json()))
+    del state["born"]
+    old = Evolution.from_json(state)
+    assert [c["generation"] for c in old.candidates()] == [None] * len(evo.results)
+    assert old.choose() == evo.choose()

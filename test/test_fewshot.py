@@ -12,7 +12,6 @@ from dataclasses import asdict
 import cv2
 import numpy as np
 import pytest
-import requests
 
 from app.build import BuildError, prepare, release_keras, train_bundle
 from constants import Settings
@@ -176,7 +175,7 @@ def test_the_service_builds_from_one_or_two_photos_and_recognises_people(stack, 
     assert r.status_code == 202, r.text
     stack.wait_state(r.json()["id"], ("done",), timeout=300)
     model = r.json()["id"]
-    m = json.loads(zipfile.ZipFile(io.BytesIO(requests.get(f"{stack.url}/models/{model}", timeout=30).content))
+    m = json.loads(zipfile.ZipFile(io.BytesIO(stack.get(f"/models/{model}", timeout=30).content))
                    .read("manifest.json"))
     assert {p["label"]: p["protocol"] for p in m["people"]} == {
         name: ONE_PHOTO if len(paths) == 1 else HELD_OUT for name, paths in enrol.items()}
@@ -184,7 +183,7 @@ def test_the_service_builds_from_one_or_two_photos_and_recognises_people(stack, 
 
     right = 0
     for name, paths in people.items():
-        r = requests.post(f"{stack.url}/models/{model}/predict", files={"image": ("p.jpg", paths[3].read_bytes())},
+        r = stack.post(f"/models/{model}/predict", files={"image": ("p.jpg", paths[3].read_bytes())},
                           timeout=60)
         assert r.status_code == 200, r.text
         face = r.json()["faces"][0]
@@ -193,9 +192,9 @@ def test_the_service_builds_from_one_or_two_photos_and_recognises_people(stack, 
         assert face["candidate"] in people and face["threshold"] > 0
     assert right >= len(people) - 1
     strangers = sorted((faces_dir / "strangers").glob("*.jpg"))[:10]
-    unknown = sum(requests.post(f"{stack.url}/models/{model}/predict", files={"image": ("s.jpg", p.read_bytes())},
+    unknown = sum(stack.post(f"/models/{model}/predict", files={"image": ("s.jpg", p.read_bytes())},
                                 timeout=60).json()["faces"][0]["label"] == "unknown" for p in strangers)
     assert unknown >= len(strangers) - 1
     # bad input still gets a clear JSON error
-    r = requests.post(f"{stack.url}/models/{model}/predict", files={"image": ("x.jpg", b"not an image")}, timeout=30)
+    r = stack.post(f"/models/{model}/predict", files={"image": ("x.jpg", b"not an image")}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["code"] == "NOT_AN_IMAGE"

@@ -39,13 +39,13 @@ def wait_done(stack: Stack, job_id: str) -> dict:
 
 
 def manifest(stack: Stack, job_id: str) -> dict:
-    r = requests.get(f"{stack.url}/models/{job_id}/report", timeout=30)
+    r = stack.get(f"/models/{job_id}/report", timeout=30)
     assert r.status_code == 200, r.text
     return r.json()["manifest"]
 
 
 def named(stack: Stack, job_id: str, path: Path) -> str:
-    r = requests.post(f"{stack.url}/models/{job_id}/predict", files={"image": ("p.jpg", path.read_bytes())},
+    r = stack.post(f"/models/{job_id}/predict", files={"image": ("p.jpg", path.read_bytes())},
                       timeout=60)
     assert r.status_code == 200, r.text
     return r.json()["faces"][0]["label"]
@@ -53,7 +53,7 @@ def named(stack: Stack, job_id: str, path: Path) -> str:
 
 def add(stack: Stack, job_id: str, files: list[tuple[str, bytes]], **form) -> requests.Response:
     parts = [("images", (name, data, "application/octet-stream")) for name, data in files]
-    return requests.post(f"{stack.url}/models/{job_id}/people", files=parts, data=form, timeout=120)
+    return stack.post(f"/models/{job_id}/people", files=parts, data=form, timeout=120)
 
 
 def error_of(r: requests.Response, status: int, code: str) -> dict:
@@ -136,7 +136,7 @@ def test_more_photos_of_a_known_person_and_duplicates(stack, grown, people, name
 
 def test_removing_a_person_makes_a_new_model_without_them(stack, grown, people, names):
     gone = names[1]
-    r = requests.delete(f"{stack.url}/models/{grown['id']}/people/{gone}", params={"name": "without"}, timeout=60)
+    r = stack.delete(f"/models/{grown['id']}/people/{gone}", params={"name": "without"}, timeout=60)
     assert r.status_code == 202, r.text
     body = r.json()
     assert body["parent"] == grown["id"] and body["people"] == 4 and body["removed"] == {"people": 1}
@@ -161,20 +161,20 @@ def test_bad_derivations_are_refused_clearly(stack, base, grown, people, names):
     error_of(add(stack, base, [(f"{names[0]}/x.jpg", people[names[0]][0].read_bytes())]), 400, "NO_NEW_PHOTOS")
     error_of(add(stack, base, [("nofolder.jpg", one[0][1])]), 400, "MISSING_LABEL")
     error_of(add(stack, base, [(f"{names[5]}/t.jpg", b"not an image")]), 400, "NOT_AN_IMAGE")
-    url = f"{stack.url}/models/{base}/people"
-    error_of(requests.delete(f"{url}/Nobody_Here", timeout=30), 404, "UNKNOWN_PERSON")
-    error_of(requests.delete(f"{url}/{'x' * 101}", timeout=30), 400, "BAD_LABEL")
-    error_of(requests.delete(f"{url}/a%01b", timeout=30), 400, "BAD_LABEL")
+    url = f"/models/{base}/people"
+    error_of(stack.delete(f"{url}/Nobody_Here", timeout=30), 404, "UNKNOWN_PERSON")
+    error_of(stack.delete(f"{url}/{'x' * 101}", timeout=30), 400, "BAD_LABEL")
+    error_of(stack.delete(f"{url}/a%01b", timeout=30), 400, "BAD_LABEL")
     # a model of two people cannot lose one: a recognizer needs two
     two = stack.build(enrol(people, names[5:7]))
     assert two.status_code == 202
     # not built yet: nothing to derive from
     error_of(add(stack, two.json()["id"], one), 409, "NOT_READY")
     wait_done(stack, two.json()["id"])
-    error_of(requests.delete(f"{stack.url}/models/{two.json()['id']}/people/{names[5]}", timeout=30), 400,
+    error_of(stack.delete(f"/models/{two.json()['id']}/people/{names[5]}", timeout=30), 400,
              "TOO_FEW_PEOPLE")
     # the service is fine afterwards
-    assert requests.get(f"{stack.url}/is_alive", timeout=10).status_code == 200
+    assert stack.get("/is_alive", timeout=10).status_code == 200
 
 
 def test_a_photo_arrives_byte_for_byte_however_the_network_splits_it(stack, base, people, names):
@@ -204,7 +204,7 @@ def test_a_photo_arrives_byte_for_byte_however_the_network_splits_it(stack, base
 
 
 def test_model_card_beside_the_manifest(stack, grown, names):
-    r = requests.get(f"{stack.url}/models/{grown['id']}/card", timeout=30)
+    r = stack.get(f"/models/{grown['id']}/card", timeout=30)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/markdown")
     card = r.text
     for needle in ("# Model card", "## Who is in it", "## How it was measured", "## What the thresholds mean",
@@ -212,7 +212,7 @@ def test_model_card_beside_the_manifest(stack, grown, names):
                    "seed 5", grown["id"], grown["parent"]):
         assert needle in card, needle
     assert all(name in card for name in names[:5])
-    with zipfile.ZipFile(io.BytesIO(requests.get(f"{stack.url}/models/{grown['id']}", timeout=30).content)) as zf:
+    with zipfile.ZipFile(io.BytesIO(stack.get(f"/models/{grown['id']}", timeout=30).content)) as zf:
         assert zf.read("MODEL_CARD.md").decode() == card
     assert (stack.data_dir / "dumps" / grown["id"] / "MODEL_CARD.md").read_text() == card
 
@@ -262,7 +262,7 @@ def person_needles(label: str, photos: list[Path], records: list[dict]) -> dict[
 def idle(stack: Stack, timeout: float = 60) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        body = requests.get(f"{stack.url}/is_alive", timeout=10).json()
+        body = stack.get("/is_alive", timeout=10).json()
         if body.get("busy") == 0 and body.get("queued") == 0:
             return
         time.sleep(0.3)
@@ -307,7 +307,7 @@ def test_erasing_a_person_leaves_nothing_of_them_in_the_data_dir(erase_stack, pe
     before = found_in(stack.data_dir, needles)
     assert set(before) == set(needles), f"the search must see them before: missing {set(needles) - set(before)}"
 
-    r = requests.delete(f"{stack.url}/people/{who}", timeout=120)
+    r = stack.delete(f"/people/{who}", timeout=120)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] == 0 and body["label"] == who
@@ -318,14 +318,14 @@ def test_erasing_a_person_leaves_nothing_of_them_in_the_data_dir(erase_stack, pe
     assert set(rebuilt) == {ra.json()["id"], rb.json()["id"], re_.json()["id"]}
     assert body["removed"]["models"] == 4 and body["removed"]["photos"] >= 2 * N_UPLOAD + 2
     for old in touched:
-        assert requests.get(f"{stack.url}/is_available/{old}", timeout=10).status_code == 404
+        assert stack.get(f"/is_available/{old}", timeout=10).status_code == 404
     for new in rebuilt.values():
         wait_done(stack, new)
         m = manifest(stack, new)
         assert who not in m["labels"] and a in m["labels"]
         assert named(stack, new, people[who][N_UPLOAD]) != who
     assert manifest(stack, rebuilt[rb.json()["id"]])["labels"] == sorted([a, b, c])
-    assert requests.get(f"{stack.url}/models/{rd.json()['id']}", timeout=30).status_code == 200  # untouched
+    assert stack.get(f"/models/{rd.json()['id']}", timeout=30).status_code == 200  # untouched
     idle(stack)
 
     left = found_in(stack.data_dir, needles)
@@ -339,7 +339,7 @@ def test_erasing_a_person_leaves_nothing_of_them_in_the_data_dir(erase_stack, pe
 
 
 def test_erasing_someone_unknown_or_badly_named(erase_stack):
-    r = requests.delete(f"{erase_stack.url}/people/Nobody_At_All", timeout=60)
+    r = erase_stack.delete("/people/Nobody_At_All", timeout=60)
     assert r.status_code == 200 and r.json()["models"] == [] and r.json()["removed"]["models"] == 0
-    error_of(requests.delete(f"{erase_stack.url}/people/{'x' * 101}", timeout=30), 400, "BAD_LABEL")
-    error_of(requests.delete(f"{erase_stack.url}/people/a%0Ab", timeout=30), 400, "BAD_LABEL")
+    error_of(erase_stack.delete(f"/people/{'x' * 101}", timeout=30), 400, "BAD_LABEL")
+    error_of(erase_stack.delete("/people/a%0Ab", timeout=30), 400, "BAD_LABEL")

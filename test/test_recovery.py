@@ -8,8 +8,6 @@ import signal
 import sqlite3
 import time
 
-import requests
-
 from test.conftest import pick_people
 from test.stack import Stack, gone, photo_files
 
@@ -34,7 +32,7 @@ def test_worker_killed_mid_job_is_replaced_and_the_job_finishes(tmp_path, faces_
 
         done = stack.wait_state(job_id, ("done",), timeout=300)
         assert done["attempts"] >= 2, done
-        assert requests.get(f"{stack.url}/models/{job_id}", timeout=30).status_code == 200
+        assert stack.get(f"/models/{job_id}", timeout=30).status_code == 200
         # the supervisor replaced the killed worker
         assert stack.wait_alive(2, timeout=60)["workers"] == 2
     finally:
@@ -62,7 +60,7 @@ def test_service_stopped_mid_build_finishes_the_job_after_restart(tmp_path, face
     try:
         done = stack.wait_state(job_id, ("done",), timeout=300)
         assert done["available"] == 1
-        assert requests.get(f"{stack.url}/models/{job_id}", timeout=30).status_code == 200
+        assert stack.get(f"/models/{job_id}", timeout=30).status_code == 200
         assert gone(data / "var" / "uploads" / job_id)
     finally:
         stack.stop()
@@ -99,7 +97,7 @@ def test_a_worker_can_join_and_leave_a_running_service(tmp_path, faces_dir):
         extra.send_signal(signal.SIGKILL)
         extra.wait(10)
         deadline = time.time() + 30
-        while requests.get(stack.url + "/is_alive", timeout=10).json()["workers"] != 1:
+        while stack.get("/is_alive", timeout=10).json()["workers"] != 1:
             assert time.time() < deadline, "the broker should notice the worker left"
             time.sleep(0.3)
     finally:

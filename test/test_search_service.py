@@ -9,7 +9,6 @@ import signal
 import zipfile
 
 import pytest
-import requests
 
 from modelization.recognizer import load_bundle
 from optimization.genome import decode
@@ -34,7 +33,7 @@ def upload(people):
 
 
 def manifest_of(stack: Stack, job_id: str) -> dict:
-    bundle = requests.get(f"{stack.url}/models/{job_id}", timeout=60).content
+    bundle = stack.get(f"/models/{job_id}", timeout=60).content
     return json.loads(zipfile.ZipFile(io.BytesIO(bundle)).read("manifest.json"))
 
 
@@ -90,7 +89,7 @@ def test_a_tiny_search_builds_a_model_and_shows_what_it_did(stack, upload, peopl
     assert set(baselines["open_set"]) == METHODS and len(baselines["held_out_people"]) == 1
 
     # and it is a working recognizer: a photo it never saw gets the right name offline
-    rec = load_bundle(requests.get(f"{stack.url}/models/{job_id}", timeout=60).content)
+    rec = load_bundle(stack.get(f"/models/{job_id}", timeout=60).content)
     name, paths = next(iter(people.items()))
     faces = rec.predict(paths[8].read_bytes())
     assert faces and faces[0].candidate == name

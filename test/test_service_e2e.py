@@ -7,7 +7,6 @@ import zipfile
 
 import numpy as np
 import pytest
-import requests
 
 from constants import Settings
 from test.conftest import pick_people, side_by_side
@@ -22,7 +21,7 @@ def people(faces_dir):
 
 
 def test_is_alive_reports_workers(stack):
-    r = requests.get(stack.url + "/is_alive", timeout=10)
+    r = stack.get("/is_alive", timeout=10)
     body = r.json()
     assert r.status_code == 200
     assert body["status"] == 0 and body["alive"] is True and body["workers"] == 2
@@ -33,7 +32,7 @@ def test_is_alive_reports_workers(stack):
 def test_each_process_logs_to_its_own_file(stack):
     """Two processes rotating one loguru file would rename each other's: one writer per file."""
     stack.wait_alive(2, timeout=120, warm=True)
-    requests.get(stack.url + "/is_alive", timeout=10)
+    stack.get("/is_alive", timeout=10)
     logs = {p.name for p in (stack.data_dir / "var" / "logs").glob("*.log")}
     assert {"broker.log", "worker-1.log", "worker-2.log", "web-1.log", "web-2.log"} <= logs, logs
     assert not {"worker.log", "web.log"} & logs, logs
@@ -63,14 +62,14 @@ def test_build_poll_download_and_recognize_held_out_photos(stack, people, tmp_pa
 
     # not ready yet -> 409 (the build takes seconds; the check runs right after the upload)
     if first["state"] != "done":
-        early = requests.get(f"{stack.url}/models/{job_id}", timeout=10)
+        early = stack.get(f"/models/{job_id}", timeout=10)
         assert early.status_code == 409 and early.json()["error"]["code"] == "NOT_READY"
 
     done = stack.wait_state(job_id, ("done",))
     assert done["available"] == 1 and done["progress"]["stage"] == "done"
-    assert requests.get(f"{stack.url}/is_available?id={job_id}", timeout=10).json()["state"] == "done"
+    assert stack.get(f"/is_available?id={job_id}", timeout=10).json()["state"] == "done"
 
-    r = requests.get(f"{stack.url}/models/{job_id}", timeout=30)
+    r = stack.get(f"/models/{job_id}", timeout=30)
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/zip"
     bundle = tmp_path / "model.zip"
     bundle.write_bytes(r.content)
@@ -122,13 +121,13 @@ def test_zip_archive_upload_and_rebuild_uses_the_feature_cache(stack, people):
         zf.writestr("team/README.txt", "not a photo")
         zf.writestr("__MACOSX/._junk", "resource fork")
     for attempt in range(2):
-        r = requests.post(stack.url + "/build_recognizer", files={"archive": ("team.zip", buf.getvalue())},
+        r = stack.post("/build_recognizer", files={"archive": ("team.zip", buf.getvalue())},
                           timeout=60)
         assert r.status_code == 202, r.text
         assert r.json()["photos"] == N_PEOPLE * 3 and r.json()["ignored"] == ["team/README.txt"]
         stack.wait_state(r.json()["id"], ("done",))
         manifest = json.loads(zipfile.ZipFile(io.BytesIO(
-            requests.get(f"{stack.url}/models/{r.json()['id']}", timeout=30).content)).read("manifest.json"))
+            stack.get(f"/models/{r.json()['id']}", timeout=30).content)).read("manifest.json"))
         if attempt == 0:  # the workers' time on the photos is recorded
             assert manifest["input"]["extraction_seconds"] > 0
         if attempt == 1:  # second build of the same photos: every embedding from the cache
@@ -146,7 +145,7 @@ def test_group_photo_without_the_person_is_skipped_and_recorded(stack, people, f
     assert r.status_code == 202, r.text
     stack.wait_state(r.json()["id"], ("done",))
     manifest = json.loads(zipfile.ZipFile(io.BytesIO(
-        requests.get(f"{stack.url}/models/{r.json()['id']}", timeout=30).content)).read("manifest.json"))
+        stack.get(f"/models/{r.json()['id']}", timeout=30).content)).read("manifest.json"))
     person = next(p for p in manifest["people"] if p["label"] == next(iter(people)))
     assert person["several_faces"] == [] and person["used"] == 3
     assert [(s["file"], s["reason"]) for s in person["skipped"]] == [

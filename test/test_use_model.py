@@ -27,7 +27,7 @@ def model_id(stack, people):
 
 
 def predict(stack, model_id, data: bytes, **form) -> requests.Response:
-    return requests.post(f"{stack.url}/models/{model_id}/predict", files={"image": ("p.jpg", data)},
+    return stack.post(f"/models/{model_id}/predict", files={"image": ("p.jpg", data)},
                          data=form, timeout=60)
 
 
@@ -81,7 +81,7 @@ def test_photo_without_a_face_is_a_clear_answer(stack, model_id):
 def test_offline_bundle_gives_the_same_answers_as_the_service(stack, model_id, people, faces_dir, tmp_path):
     from modelization.recognizer import load_bundle
     bundle = tmp_path / "model.zip"
-    bundle.write_bytes(requests.get(f"{stack.url}/models/{model_id}", timeout=30).content)
+    bundle.write_bytes(stack.get(f"/models/{model_id}", timeout=30).content)
     recognizer = load_bundle(bundle)
     photos = [paths[N_UPLOAD] for paths in people.values()] + [faces_dir / "wild" / "two_people.jpg",
                                                                 sorted((faces_dir / "strangers").glob("*.jpg"))[0]]
@@ -101,14 +101,14 @@ def test_bad_requests(stack, model_id, people):
         return r.status_code, r.json()["error"]["code"]
     assert code(predict(stack, model_id, b"not an image")) == (400, "NOT_AN_IMAGE")
     assert code(predict(stack, model_id, some[: len(some) // 2])) == (400, "CORRUPT_IMAGE")
-    assert code(requests.post(f"{stack.url}/models/{model_id}/predict", timeout=10)) == (400, "NO_FILES")
+    assert code(stack.post(f"/models/{model_id}/predict", timeout=10)) == (400, "NO_FILES")
     for bad in ("-1", "abc", "9"):
         assert code(predict(stack, model_id, some, threshold=bad)) == (400, "BAD_PARAMETER")
     assert code(predict(stack, str(uuid.uuid4()), some)) == (404, "NOT_FOUND")
     assert code(predict(stack, "nope", some)) == (400, "BAD_ID")
-    assert code(requests.get(f"{stack.url}/models/{uuid.uuid4()}/report", timeout=10)) == (404, "NOT_FOUND")
-    assert code(requests.delete(f"{stack.url}/models/{uuid.uuid4()}", timeout=10)) == (404, "NOT_FOUND")
-    assert code(requests.get(f"{stack.url}/models", params={"limit": "0"}, timeout=10)) == (400, "BAD_PARAMETER")
+    assert code(stack.get(f"/models/{uuid.uuid4()}/report", timeout=10)) == (404, "NOT_FOUND")
+    assert code(stack.delete(f"/models/{uuid.uuid4()}", timeout=10)) == (404, "NOT_FOUND")
+    assert code(stack.get("/models", params={"limit": "0"}, timeout=10)) == (400, "BAD_PARAMETER")
 
 
 def test_model_still_building_gets_409(stack, people):
@@ -117,19 +117,19 @@ def test_model_still_building_gets_409(stack, people):
     some = next(iter(people.values()))[0].read_bytes()
     answer = predict(stack, job_id, some)
     assert answer.status_code == 409 and answer.json()["error"]["code"] == "NOT_READY"
-    assert requests.get(f"{stack.url}/models/{job_id}/report", timeout=10).status_code == 409
+    assert stack.get(f"/models/{job_id}/report", timeout=10).status_code == 409
     stack.wait_state(job_id, ("done",))
 
 
 def test_list_report_and_delete(stack, model_id, people):
-    listed = requests.get(f"{stack.url}/models", timeout=10).json()
+    listed = stack.get("/models", timeout=10).json()
     assert listed["status"] == 0 and listed["total"] >= 1
     created = [m["created"] for m in listed["models"]]
     assert created == sorted(created, reverse=True)
     mine = next(m for m in listed["models"] if m["id"] == model_id)
     assert mine["name"] == "use" and mine["people"] == N_PEOPLE and mine["state"] == "done"
 
-    report = requests.get(f"{stack.url}/models/{model_id}/report", timeout=10).json()
+    report = stack.get(f"/models/{model_id}/report", timeout=10).json()
     assert report["status"] == 0 and 0 <= report["metrics"]["test_accuracy"] <= 1
     assert len(report["open_set"]["thresholds"]) == N_PEOPLE and report["manifest"]["model_id"] == model_id
 
@@ -137,13 +137,13 @@ def test_list_report_and_delete(stack, model_id, people):
     some = next(iter(people.values()))[N_UPLOAD].read_bytes()
     assert predict(stack, model_id, some).status_code == 200
     cache_files = sum(1 for _ in (stack.data_dir / "var" / "cache").glob("*/*.json"))
-    r = requests.delete(f"{stack.url}/models/{model_id}", timeout=30)
+    r = stack.delete(f"/models/{model_id}", timeout=30)
     assert r.status_code == 200, r.text
     removed = r.json()["removed"]
     assert removed["job"] and removed["model"] and removed["cached_features"] == N_PEOPLE * N_UPLOAD
     assert sum(1 for _ in (stack.data_dir / "var" / "cache").glob("*/*.json")) == cache_files - N_PEOPLE * N_UPLOAD
     assert not (stack.data_dir / "dumps" / model_id).exists()
-    assert requests.get(f"{stack.url}/is_available/{model_id}", timeout=10).status_code == 404
+    assert stack.get(f"/is_available/{model_id}", timeout=10).status_code == 404
     for _ in range(4):  # every uWSGI process, cached or not, must refuse it now
         assert predict(stack, model_id, some).status_code == 404
-    assert model_id not in [m["id"] for m in requests.get(f"{stack.url}/models", timeout=10).json()["models"]]
+    assert model_id not in [m["id"] for m in stack.get("/models", timeout=10).json()["models"]]

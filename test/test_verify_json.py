@@ -35,7 +35,7 @@ def model(stack, people) -> dict:
     r = stack.build(photo_files({n: ps[:N_UPLOAD] for n, ps in people.items()}), seed=3)
     assert r.status_code == 202, r.text
     stack.wait_state(r.json()["id"], ("done",), timeout=600)
-    report = requests.get(f"{stack.url}/models/{r.json()['id']}/report", timeout=30).json()
+    report = stack.get(f"/models/{r.json()['id']}/report", timeout=30).json()
     return {"id": r.json()["id"], "manifest": report["manifest"]}
 
 
@@ -44,7 +44,7 @@ def b64(data: bytes) -> str:
 
 
 def post(stack, model, what: str, **kw) -> requests.Response:
-    return requests.post(f"{stack.url}/models/{model['id']}/{what}", timeout=120, **kw)
+    return stack.post(f"/models/{model['id']}/{what}", timeout=120, **kw)
 
 
 def error_of(r: requests.Response, status: int, code: str) -> dict:
@@ -186,7 +186,7 @@ def test_embeddings_in_and_out(stack, model, people):
     # the flag as a form field and as a query argument
     r = post(stack, model, "predict", files={"image": ("p.jpg", photo)}, data={"return_embeddings": "1"})
     assert len(r.json()["faces"][0]["embedding"]) == 128
-    r = requests.post(f"{stack.url}/models/{model['id']}/predict?return_embeddings=true",
+    r = stack.post(f"/models/{model['id']}/predict?return_embeddings=true",
                       files={"image": ("p.jpg", photo)}, timeout=60)
     assert len(r.json()["faces"][0]["embedding"]) == 128
     assert "embedding" not in post(stack, model, "predict", json={"image": b64(photo)}).json()["faces"][0]
@@ -245,4 +245,4 @@ def test_every_bad_json_input_gets_a_clear_error(stack, model, people):
     # a batch item's error carries its own code; the service is fine afterwards
     r = post(stack, model, "predict", json={"embeddings": [e, e[:3]]})
     assert r.json()["results"][1]["error"]["code"] == "BAD_EMBEDDING"
-    assert requests.get(f"{stack.url}/is_alive", timeout=10).status_code == 200
+    assert stack.get("/is_alive", timeout=10).status_code == 200

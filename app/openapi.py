@@ -1,0 +1,441 @@
+"""The whole HTTP API as an OpenAPI 3.1 document (served at `/openapi.json`, read by `/docs`).
+
+Written by hand, next to the routes it describes; test/test_openapi.py fails when a route of the app is
+missing here or a path here is not a route, and validates the document (openapi-spec-validator).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from constants import VERSION
+from constants.states import JobState, TaskKind
+
+JSON = "application/json"
+
+
+def ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(required: list[str] | None = None, **props: Any) -> dict:
+    out: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        out["required"] = required
+    return out
+
+
+def num(description: str = "", **extra: Any) -> dict:
+    return {"type": "number", **({"description": description} if description else {}), **extra}
+
+
+def integer(description: str = "", **extra: Any) -> dict:
+    return {"type": "integer", **({"description": description} if description else {}), **extra}
+
+
+def text(description: str = "", **extra: Any) -> dict:
+    return {"type": "string", **({"description": description} if description else {}), **extra}
+
+
+def nullable(schema: dict) -> dict:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def answer(description: str, schema: dict | None = None, example: Any = None) -> dict:
+    content: dict[str, Any] = {"schema": schema or ref("Ok")}
+    if example is not None:
+        content["example"] = example
+    return {"description": description, "content": {JSON: content}}
+
+
+def errors(*cases: tuple[int, str]) -> dict:
+    """Error answers: (HTTP status, which codes and when)."""
+    out: dict[str, dict] = {}
+    for status, when in cases:
+        out[str(status)] = {"description": when, "content": {JSON: {"schema": ref("Error")}}}
+    return out
+
+
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "description": "the model's id (a uuid4)",
+          "schema": {"type": "string", "format": "uuid"}}
+ID_ERRORS = ((400, "`BAD_ID`: not a uuid4"), (404, "`NOT_FOUND`: no such model (or another tenant's)"),
+             (503, "`STORE_UNAVAILABLE`: the job store cannot be read right now"))
+MODEL_ERRORS = ID_ERRORS + ((409, "`NOT_READY` while the model builds (details: state, progress); "
+                                  "`BUILD_FAILED` if it failed (details: the job's error)"),
+                            (410, "`GONE`: the model's files are missing"))
+LABEL = {"name": "label", "in": "path", "required": True, "description": "a person's label (as in the upload)",
+         "schema": {"type": "string"}}
+PUBLIC: list = []  # `security` of the routes that need no API key
+AUTH_ERRORS = ((401, "`UNAUTHORIZED`: no key, or an unknown or revoked one"),
+               (403, "`FORBIDDEN`: the key's role may not do this, or another site's page sent it"),
+               (429, "`RATE_LIMITED` (with Retry-After)"))
+
+
+def schemas() -> dict:
+    face_quality = obj(face_px=integer("the face's width in pixels"),
+                       sharpness=num("variance of the Laplacian of the aligned chip"),
+                       yaw=nullable(num("nose offset from the eyes' middle, in eye distances")),
+                       roll=nullable(num("tilt of the eye line, degrees")),
+                       problems={"type": "array", "items": {"enum": ["small", "blurred", "turned"]}})
+    search_progress = obj(
+        generation=integer(), generations=integer(), evaluations=integer("networks trained so far"),
+        phase={"enum": ["evolving", "confirming"]}, finalists=integer(), fold_evaluations=integer(),
+        fold_evaluations_planned=integer(), cache_hits=integer(), seconds=num(), budget_s=num(),
+        best=obj(balanced_accuracy=num(), open_set=nullable(num()), smallest_params=integer()),
+        done={"type": "boolean"}, stop_reason=nullable(text()))
+    job_error = obj(["code", "message"], code=text(), message=text(), details={"type": "object"})
+    job = obj(["id", "state", "available", "progress"],
+              id=text(format="uuid"), name=nullable(text()),
+              state={"enum": [s.value for s in JobState],
+                     "description": "queued → extracting (→ optimizing) → training → done, or failed"},
+              available={"enum": [0, 1]},
+              progress=obj(stage=text("what the job is doing, e.g. `generation 2 of 6`"), done=integer(),
+                           total=integer()),
+              search=nullable(search_progress), error=nullable(job_error),
+              created=num("unix time"), updated=num("unix time"), attempts=integer(), worker=nullable(text()),
+              photos=integer(), people=integer(),
+              parent=nullable(text("the model it was derived from (adding or removing people)", format="uuid")),
+              callback=obj(url=text(), state=text("waiting for the job to end, pending, delivered or failed"),
+                           webhook_id=text(), attempts=integer(), last_status=nullable(integer()),
+                           last_error=nullable(text()), next_attempt=nullable(num("unix time"))))
+    candidate = obj(generation=nullable(integer("the generation whose batch first asked for it")),
+                    genome={"type": "array", "items": {"type": "integer"}},
+                    hidden={"type": "array", "items": {"type": "integer"}}, activation=nullable(text()),
+                    cosine={"type": "boolean"}, params=integer(), balanced_accuracy=num(),
+                    open_set=nullable(num()), score=num("mean of balanced_accuracy and open_set"))
+    callback = obj(url=text(), secret=text("whsec_...: signs each delivery (Standard Webhooks); shown once"))
+    key_info: dict[str, Any] = dict(id=text("the key's public id (12 hex characters)"), tenant=text(),
+                    role={"type": "string", "enum": ["admin", "builder", "user"]}, name=nullable(text()),
+                    created=num("unix time"), revoked=nullable(num("unix time")))
+    return {
+        "NewKey": obj(["status", "key", "id"], status={"const": 0}, key=text("fr_<id>_<secret>: keep it"),
+                      **key_info),
+        "KeyList": obj(["status", "keys"], status={"const": 0}, keys={"type": "array", "items": obj(**key_info)}),
+        "Ok": obj(["status"], status={"const": 0}),
+        "Error": obj(["status", "error"], status={"const": 1},
+                     error=obj(["code", "message"], code=text("machine-readable, e.g. `NOT_AN_IMAGE`"),
+                               message=text("for people"),
+                               details={"type": "object", "description": "e.g. `files`: every bad file and why"})),
+        "Job": {"allOf": [ref("Ok"), job]},
+        "BuildAccepted": {"allOf": [ref("Ok"), obj(
+            ["id", "photos", "people"], id=text(format="uuid"), photos=integer(), people=integer(),
+            ignored={"type": "array", "items": {"type": "string"},
+                     "description": "files of a zip that are not photos (`README.txt`)"},
+            callback=callback)]},
+        "DeriveAccepted": {"allOf": [ref("Ok"), obj(
+            ["id", "parent", "photos", "people"], id=text("the new model's id", format="uuid"),
+            parent=text(format="uuid"), photos=integer("photos of the new model, inherited and new"),
+            people=integer(), added=obj(photos=integer(), people=integer()), removed=obj(people=integer()),
+            duplicates={"type": "array", "items": text(), "description": "photos sent that the model already "
+                                                                        "holds for that person (left out)"},
+            ignored={"type": "array", "items": text()}, callback=callback)]},
+        "Erased": {"allOf": [ref("Ok"), obj(
+            ["label", "models", "removed"], label=text(),
+            models={"type": "array", "items": obj(
+                id=text("a model that held the person (it is deleted)", format="uuid"), state=text(),
+                new_id=nullable(text("the model rebuilt without them", format="uuid")),
+                action={"enum": ["rebuilt", "deleted"]}, reason=text())},
+            removed=obj(models=integer(), photos=integer(), cached_features=integer()))]},
+        "Verification": {"allOf": [ref("Ok"), obj(
+            id=text(format="uuid"), mode={"enum": ["pair", "label"]}, label=text(),
+            same={"type": "boolean"}, distance=num(), threshold=num("calibrated at build time (manifest "
+                                                                     "`verification`)"),
+            far=num("the false-accept rate per comparison that threshold was set for"),
+            face=nullable(obj(box={"type": "array", "items": {"type": "integer"}}, quality=face_quality,
+                              faces_found=integer())),
+            face2=nullable({"type": "object"}), embedding={"type": "array", "items": num()},
+            embedding2={"type": "array", "items": num()},
+            count=integer("a batch: how many results"),
+            results={"type": "array", "items": {"type": "object"},
+                     "description": "a batch: one entry per item, in order (`index`, `status`, and the fields "
+                                    "above or its own `error`)"})]},
+        "ModelList": {"allOf": [ref("Ok"), obj(
+            ["models", "total"], models={"type": "array", "items": obj(
+                id=text(format="uuid"), name=nullable(text()), state=text(), available={"enum": [0, 1]},
+                created=num(), updated=num(), photos=integer(), people=integer())},
+            total=integer(), limit=integer(), offset=integer())]},
+        "Face": obj(["box", "label", "known"],
+                    box={"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4,
+                         "description": "[left, top, right, bottom] in the photo's pixels (after EXIF rotation)"},
+                    label=text("the person, or `unknown`"), known={"type": "boolean"},
+                    confidence=num("the classifier's probability for `candidate`"),
+                    distance=num("the open-set score: distance to the candidate's template"),
+                    threshold=num("the candidate's own threshold (known when distance <= threshold)"),
+                    candidate=text("the nearest person, known or not"), quality=face_quality),
+        "Prediction": {"allOf": [ref("Ok"), obj(
+            ["count"], id=text(format="uuid"), count=integer("faces found, or results of a batch"), threshold=num(),
+            faces={"type": "array", "items": ref("Face"),
+                   "description": "with return_embeddings=1 each face has its `embedding` (128 numbers)"},
+            faces_found=integer("more faces than FR_MAX_FACES_PER_PREDICT: how many there were"),
+            message=text(),
+            results={"type": "array", "items": {"type": "object"},
+                     "description": "a batch: one entry per image or embedding, in order (`index`, `status`, "
+                                    "`count`, `faces`, or its own `error`)"})]},
+        "Report": {"allOf": [ref("Job"), obj(
+            metrics=nullable({"type": "object", "description": "held-out figures of the model trained without "
+                                                               "the test photos; `confusions`"}),
+            open_set={"type": "object", "description": "the rejection rule: thresholds, target_far, "
+                                                       "operating_points (FAR/DIR trade-off)"},
+            manifest={"type": "object", "description": "the bundle's whole manifest.json"})]},
+        "Summary": {"allOf": [ref("Ok"), obj(
+            id=text(format="uuid"), name=nullable(text()), state=text(), created=num(), photos=integer(),
+            people=integer(), people_in_model=integer(), people_excluded={"type": "array", "items": text()},
+            photos_used=integer(), photos_skipped=integer(),
+            metrics=nullable(obj(test_accuracy=nullable(num()), balanced_accuracy=nullable(num()),
+                                 test_photos=integer(), one_photo_people=integer(),
+                                 one_photo_people_accepted_as_someone_else=integer())),
+            open_set=obj(target_far=num(), threshold_range={"type": "array", "items": num()},
+                         test_dir=nullable(num())),
+            network=obj(hidden={"type": "array", "items": {"type": "integer"}}, params=integer()),
+            optimized={"type": "boolean"}, format_version=integer())]},
+        "Search": {"allOf": [ref("Ok"), obj(
+            ["requested", "candidates"], id=text(format="uuid"), state=text(),
+            requested={"type": "boolean", "description": "the build asked for a search (optimize=1)"},
+            source=nullable({"enum": ["checkpoint", "manifest"]}), progress=nullable(search_progress),
+            candidates={"type": "array", "items": candidate},
+            logbook={"type": "array", "items": {"type": "object"}},
+            pareto_front={"type": "array", "items": {"type": "object"}},
+            finalists={"type": "array", "items": {"type": "object"}},
+            chosen=nullable({"type": "object"}),
+            baselines=nullable({"type": "object", "description": "1-NN, nearest centroid, logistic regression "
+                                                                 "beside the pick (built models)"}),
+            fallback=nullable(text()), stop_reason=nullable(text()))]},
+        "Deleted": {"allOf": [ref("Ok"), obj(id=text(format="uuid"), removed=obj(
+            job={"type": "boolean"}, model={"type": "boolean"}, uploads={"type": "boolean"},
+            cached_features=integer()))]},
+        "Alive": obj(["status", "alive"], status={"enum": [0, 1]}, alive={"type": "boolean"},
+                     workers=integer(), busy=integer(), warming=integer(), queued=nullable(integer()),
+                     disk_free_bytes=integer(), version=text(), error=job_error),
+    }
+
+
+def build_form() -> dict:
+    return {"multipart/form-data": {"schema": obj(
+        images={"type": "array", "items": {"type": "string", "format": "binary"},
+                "description": "one part per photo; the folder in its filename names the person "
+                               "(`filename=alice/1.jpg`)"},
+        archive={"type": "string", "format": "binary",
+                 "description": "a zip with one folder per person (`team/alice/1.jpg` is alice)"},
+        name=text("a name for people"), seed=integer("fixes the split, the training and the search",
+                                                     minimum=0, maximum=2**31 - 1),
+        optimize={"enum": ["0", "1", "true", "false", "yes", "no", "on", "off"],
+                  "description": "evolve the network (NSGA-II over the workers)"},
+        population=integer("with optimize=1: 4-256, default 32, rounded up to a multiple of 4"),
+        generations=integer("with optimize=1: 1-100, default 6"),
+        time_budget=num("with optimize=1: seconds, 1-86400, default 300"),
+        callback_url=text("POSTed the job's status when it ends, signed (Standard Webhooks); its host must be "
+                          "in FR_WEBHOOK_ALLOW"))}}
+
+
+def photo_json() -> dict:
+    """The JSON body of predict and verify: one photo or embedding, or a batch."""
+    b64 = text("a photo in base64, or a data: URI (`data:image/jpeg;base64,...`)")
+    embedding = {"type": "array", "items": num(), "minItems": 128, "maxItems": 128,
+                 "description": "a dlib face embedding computed by the client"}
+    return {"image": b64, "images": {"type": "array", "items": b64, "description": "a batch (up to FR_MAX_BATCH)"},
+            "embedding": embedding, "embeddings": {"type": "array", "items": embedding},
+            "return_embeddings": {"type": "boolean", "description": "add each face's embedding to the answer"}}
+
+
+def operations() -> dict:
+    page = {"200": {"description": "an HTML page", "content": {"text/html": {"schema": text()}}}}
+    return {
+        "/": {"get": {"tags": ["pages"], "summary": "The web console", "security": PUBLIC, "responses": page,
+                      "description": "Models, new model, a model's report and search, try it. The page is "
+                                     "public; its data comes from the API with the key typed once."}},
+        "/docs": {"get": {"tags": ["pages"], "summary": "This reference, readable", "security": PUBLIC,
+                          "responses": page}},
+        "/static/{filename}": {"get": {
+            "tags": ["pages"], "summary": "The pages' scripts and styles", "security": PUBLIC,
+            "parameters": [{"name": "filename", "in": "path", "required": True, "schema": text()}],
+            "responses": {"200": {"description": "the file"}, **errors((404, "`NOT_FOUND`"))}}},
+        "/openapi.json": {"get": {"tags": ["pages"], "summary": "This document (OpenAPI 3.1)", "security": PUBLIC,
+                                  "responses": {"200": answer("the document", {"type": "object"})}}},
+        "/metrics": {"get": {
+            "tags": ["operations"], "summary": "Prometheus metrics",
+            "description": "Requests by route and status with latency histograms, builds by state, queue, "
+                           "workers connected and busy, task durations by kind, cache hits, faces predicted "
+                           "(prometheus_client, summed over the web processes and the broker). With API "
+                           "keys: admin keys only.",
+            "responses": {"200": {"description": "Prometheus text format",
+                                  "content": {"text/plain": {"schema": text()}}},
+                          **errors((401, "`UNAUTHORIZED`"), (403, "`FORBIDDEN`: not an admin key"))}}},
+        "/build_recognizer": {"post": {
+            "tags": ["models"], "summary": "Build a model from labelled photos",
+            "description": "Photos as `images` parts or one `archive` zip (one folder per person). Answered "
+                           "once the upload is checked and stored; the work happens in the workers: poll "
+                           "`/is_available/{job_id}`.",
+            "requestBody": {"required": True, "content": build_form()},
+            "responses": {"202": answer("accepted", ref("BuildAccepted"),
+                                        {"status": 0, "id": "0d5c0a3e-5a4b-4c1e-9d7e-2f0a7c1b9e11", "photos": 6,
+                                         "people": 2}),
+                          **errors((400, "`NO_FILES`, `MISSING_LABEL`, `BAD_LABEL`, `NOT_AN_IMAGE`, "
+                                         "`UNSUPPORTED_FORMAT`, `CORRUPT_IMAGE`, `IMAGE_TOO_LARGE`, "
+                                         "`UNSAFE_ARCHIVE`, `BAD_ARCHIVE`, `TOO_FEW_PEOPLE`, `BAD_PARAMETER` "
+                                         "(every bad file listed in `details.files`)"),
+                                   (408, "`REQUEST_TIMEOUT`: the body arrived too slowly"),
+                                   (413, "`REQUEST_TOO_LARGE`, `PHOTO_TOO_LARGE`, `ZIP_BOMB`, `TOO_MANY_FILES`"),
+                                   (503, "`BROKER_UNAVAILABLE`, `STORE_UNAVAILABLE`, `DEADLINE_PASSED`"),
+                                   (507, "`INSUFFICIENT_STORAGE`: nothing was stored"))}}},
+        "/is_available": {"get": {
+            "tags": ["models"], "summary": "A build's state and progress (id as a query parameter)",
+            "parameters": [{"name": "id", "in": "query", "required": True, "schema": text(format="uuid")}],
+            "responses": {"200": answer("the job", ref("Job")), **errors(*ID_ERRORS)}}},
+        "/is_available/{job_id}": {"get": {
+            "tags": ["models"], "summary": "A build's state and progress",
+            "description": "`state` walks queued → extracting (→ optimizing) → training → done, or ends failed "
+                           "with `error`. While a search runs, `search` holds its progress.",
+            "parameters": [JOB_ID], "responses": {"200": answer("the job", ref("Job")), **errors(*ID_ERRORS)}}},
+        "/models": {"get": {
+            "tags": ["models"], "summary": "Models, newest first",
+            "parameters": [{"name": "limit", "in": "query", "schema": integer(minimum=1, maximum=1000, default=100)},
+                           {"name": "offset", "in": "query", "schema": integer(minimum=0, default=0)}],
+            "responses": {"200": answer("a page of models", ref("ModelList")),
+                          **errors((400, "`BAD_PARAMETER`"), (503, "`STORE_UNAVAILABLE`"))}}},
+        "/models/{job_id}": {
+            "get": {"tags": ["models"], "summary": "Download the model bundle (zip)", "parameters": [JOB_ID],
+                    "responses": {"200": {"description": "the bundle: model.keras, labels.json, gallery.npz, "
+                                                         "manifest.json, MODEL_CARD.md",
+                                          "content": {"application/zip": {"schema": text(format="binary")}}},
+                                  **errors(*MODEL_ERRORS)}},
+            "delete": {"tags": ["models"], "summary": "Erase a model, its uploads and cached features",
+                       "parameters": [JOB_ID],
+                       "responses": {"200": answer("what was removed", ref("Deleted")),
+                                     **errors(*ID_ERRORS, (503, "`BROKER_UNAVAILABLE`"))}}},
+        "/models/{job_id}/report": {"get": {
+            "tags": ["models"], "summary": "Status, held-out figures, open set and the whole manifest",
+            "parameters": [JOB_ID], "responses": {"200": answer("the report", ref("Report")),
+                                                  **errors(*MODEL_ERRORS)}}},
+        "/models/{job_id}/summary": {"get": {
+            "tags": ["models"], "summary": "A built model's headline figures (a few hundred bytes)",
+            "parameters": [JOB_ID], "responses": {"200": answer("the summary", ref("Summary")),
+                                                  **errors(*MODEL_ERRORS)}}},
+        "/models/{job_id}/search": {"get": {
+            "tags": ["models"], "summary": "The genetic search: every candidate, logbook, Pareto front, pick",
+            "description": "Live while the search runs (from its checkpoint), from the manifest once built. "
+                           "`requested` is false for a build without optimize=1.",
+            "parameters": [JOB_ID], "responses": {"200": answer("the search", ref("Search")),
+                                                  **errors(*MODEL_ERRORS)}}},
+        "/models/{job_id}/predict": {"post": {
+            "tags": ["use"], "summary": "Name every face in a photo",
+            "parameters": [JOB_ID],
+            "description": "A photo as a multipart `image` part (several: `images` parts), or a JSON body: "
+                           "base64 or data: URIs, a batch, or dlib embeddings the client computed. A batch is "
+                           "answered item by item, in order, each with its own error when it was bad.",
+            "requestBody": {"required": True, "content": {
+                "multipart/form-data": {"schema": obj(
+                    image=text(format="binary"), images={"type": "array", "items": text(format="binary")},
+                    threshold=num("one distance threshold for everybody instead of each person's own, (0, 4]"),
+                    return_embeddings={"enum": ["0", "1", "true", "false"]})},
+                JSON: {"schema": obj(**photo_json(), threshold=num("(0, 4]"))}}},
+            "responses": {"200": answer("the faces, largest first (none: count 0 and a message)",
+                                        ref("Prediction")),
+                          **errors(*MODEL_ERRORS, (400, "`BAD_ID`, `NO_FILES`, `BAD_PARAMETER`, `NOT_AN_IMAGE`, "
+                                                        "`UNSUPPORTED_FORMAT`, `CORRUPT_IMAGE`, `IMAGE_TOO_LARGE`, "
+                                                        "`BAD_JSON`, `BAD_BASE64`, `BAD_DATA_URI`, `BAD_EMBEDDING`, "
+                                                        "`EMPTY_BATCH`"),
+                                   (413, "`PHOTO_TOO_LARGE`, `REQUEST_TOO_LARGE`, `BATCH_TOO_LARGE`"))}}},
+        "/models/{job_id}/verify": {"post": {
+            "tags": ["use"], "summary": "1:1: is this the same person as another photo, or as a person of the model?",
+            "description": "`image` (or `images`, `embedding`, `embeddings`) against `image2` (or `embedding2`) "
+                           "or against `label`. Each photo's largest face is compared; the threshold was "
+                           "calibrated at build time for the false-accept rate in `far`.",
+            "parameters": [JOB_ID],
+            "requestBody": {"required": True, "content": {
+                "multipart/form-data": {"schema": obj(
+                    ["image"], image=text(format="binary"), images={"type": "array", "items": text(format="binary")},
+                    image2=text(format="binary"), label=text("a person of the model"),
+                    return_embeddings={"enum": ["0", "1", "true", "false"]})},
+                JSON: {"schema": obj(**photo_json(), image2=text("base64 or a data: URI"),
+                                     embedding2={"type": "array", "items": num()}, label=text())}}},
+            "responses": {"200": answer("same or not, with the distance and the threshold", ref("Verification")),
+                          **errors(*MODEL_ERRORS, (400, "`NO_FILES`, `NO_REFERENCE`, `NO_FACE`, `BAD_LABEL`, "
+                                                        "`BAD_JSON`, `BAD_BASE64`, `BAD_DATA_URI`, `BAD_EMBEDDING`, "
+                                                        "`EMPTY_BATCH`, `BAD_PARAMETER`, `NOT_AN_IMAGE`"),
+                                   (413, "`PHOTO_TOO_LARGE`, `REQUEST_TOO_LARGE`, `BATCH_TOO_LARGE`"))}}},
+        "/models/{job_id}/card": {"get": {
+            "tags": ["models"], "summary": "The model card (Markdown): people, figures, thresholds, limits, licences",
+            "parameters": [JOB_ID],
+            "responses": {"200": {"description": "MODEL_CARD.md of the bundle",
+                                  "content": {"text/markdown": {"schema": text()}}}, **errors(*MODEL_ERRORS)}}},
+        "/models/{job_id}/people": {"post": {
+            "tags": ["models"], "summary": "Derive a new model: this one's people plus the photos sent",
+            "description": "New people, or more photos of known ones, with the form of a build. The model "
+                           "itself never changes: the answer names a new model (`parent`: this one), built "
+                           "from this one's kept embeddings and the new photos only. Poll the new id.",
+            "parameters": [JOB_ID], "requestBody": {"required": True, "content": build_form()},
+            "responses": {"202": answer("accepted", ref("DeriveAccepted")),
+                          **errors(*MODEL_ERRORS, (400, "as a build, and `NO_NEW_PHOTOS`, `TOO_FEW_PEOPLE`"),
+                                   (413, "as a build, and `TOO_MANY_FILES` for the whole new model"),
+                                   (429, "`TOO_MANY_BUILDS`"), (507, "`INSUFFICIENT_STORAGE`, `QUOTA_EXCEEDED`"))}}},
+        "/models/{job_id}/people/{label}": {"delete": {
+            "tags": ["models"], "summary": "Derive a new model without one person",
+            "description": "This model stays as it is; erase the person everywhere with DELETE /people/{label}.",
+            "parameters": [JOB_ID, LABEL] + [{"name": n, "in": "query", "schema": text()}
+                                              for n in ("name", "seed", "callback_url")],
+            "responses": {"202": answer("accepted", ref("DeriveAccepted")),
+                          **errors(*MODEL_ERRORS, (400, "`BAD_LABEL`, `TOO_FEW_PEOPLE`"),
+                                   (404, "`NOT_FOUND`, `UNKNOWN_PERSON`: not a person of the model"),
+                                   (429, "`TOO_MANY_BUILDS`"))}}},
+        "/people/{label}": {"delete": {
+            "tags": ["models"], "summary": "Erase a person from every model of the key's tenant",
+            "description": "Each model that held them is rebuilt without them under a new id (or deleted when "
+                           "fewer than 2 people would be left), then deleted with its uploads, features, "
+                           "cached embeddings and callback messages. Admins erase in their own tenant, in "
+                           "another with `tenant=NAME`, in every tenant with `tenant=*`.",
+            "parameters": [LABEL, {"name": "tenant", "in": "query", "schema": text(), "description": "admins only"}],
+            "responses": {"200": answer("the models touched and their new ids", ref("Erased")),
+                          **errors((400, "`BAD_LABEL`, `BAD_PARAMETER`"), *AUTH_ERRORS,
+                                   (503, "`BROKER_UNAVAILABLE`, `STORE_UNAVAILABLE`"))}}},
+        "/keys": {
+            "post": {"tags": ["keys"], "summary": "Make an API key (admins)",
+                     "description": "The key is in this answer and nowhere else, ever; it is stored as an "
+                                    "scrypt hash.",
+                     "requestBody": {"required": True, "content": {JSON: {"schema": obj(
+                         ["tenant", "role"], tenant=text("the tenant the key belongs to: 1-63 of a-z 0-9 _ . -"),
+                         role={"type": "string", "enum": ["admin", "builder", "user"]},
+                         name=text("a note to tell keys apart"))}}},
+                     "responses": {"201": answer("the key, shown once", ref("NewKey")),
+                                   **errors((400, "`BAD_PARAMETER`"), *AUTH_ERRORS)}},
+            "get": {"tags": ["keys"], "summary": "Every key (admins): ids, tenants, roles, never the keys",
+                    "parameters": [{"name": "tenant", "in": "query", "schema": text()}],
+                    "responses": {"200": answer("the keys", ref("KeyList")), **errors(*AUTH_ERRORS)}}},
+        "/keys/{key_id}": {"delete": {
+            "tags": ["keys"], "summary": "Revoke a key (admins): refused at once by every web process",
+            "parameters": [{"name": "key_id", "in": "path", "required": True, "schema": text()}],
+            "responses": {"200": answer("revoked"), **errors((404, "`NOT_FOUND`: no working key"), *AUTH_ERRORS)}}},
+        "/is_alive": {"get": {
+            "tags": ["operations"], "summary": "Health: broker, workers, store and disk", "security": PUBLIC,
+            "responses": {"200": answer("alive", ref("Alive")),
+                          "503": answer("not alive: `BROKER_UNAVAILABLE`, `STORE_UNAVAILABLE`, "
+                                        "`INSUFFICIENT_STORAGE` or `NO_WORKERS` in `error.code`", ref("Alive"))}}},
+    }
+
+
+@lru_cache(maxsize=1)
+def document() -> dict:
+    """The OpenAPI 3.1 document (paths relative to where it is served)."""
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "api-facial-recognition", "version": VERSION,
+                 "description": "Builds face-recognition models on demand: upload labelled photos, poll the "
+                                "build, download the bundle or name faces with it. Every answer is JSON but "
+                                "the bundle and the pages; errors are `{\"status\": 1, \"error\": {\"code\", "
+                                "\"message\", \"details\"?}}`. A build's tasks are of kinds "
+                                + ", ".join(k.value for k in TaskKind) + "."},
+        "servers": [{"url": "/"}],
+        "tags": [{"name": "models", "description": "build, follow, derive, download, delete, erase a person"},
+                 {"name": "use", "description": "name faces with a model, verify one against another"},
+                 {"name": "operations", "description": "health and metrics"},
+                 {"name": "keys", "description": "API keys (admins)"},
+                 {"name": "pages", "description": "the console and this reference"}],
+        "components": {
+            "securitySchemes": {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                           "description": "a key of this service (`python run.py keys create`); when keys are "
+                                          "off, no key is needed"},
+                "Bearer": {"type": "http", "scheme": "bearer", "description": "the same key as a bearer token"}},
+            "schemas": schemas()},
+        "security": [{"ApiKey": []}, {"Bearer": []}],
+        "paths": operations(),
+    }

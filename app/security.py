@@ -1,0 +1,118 @@
+"""The checks every request passes before its route runs, and the headers every answer carries.
+
+- `requires(action)` marks a route with what it does (app/auth.Action); a route without a mark is
+  public (only `GET /is_alive`). The guard finds the caller's key, checks its role and its rate.
+- A state-changing request from a page of another origin (`Origin`, or `Sec-Fetch-Site` when the
+  browser sends no Origin) is refused unless FR_CORS_ORIGINS lists that origin: a multipart POST
+  needs no preflight, so without this any web page could start builds with a visitor's cookies or
+  network position.
+- Answers carry nosniff, a Content-Security-Policy that forbids framing, no referrer, and
+  `Cache-Control: no-store` (models, reports and keys are not for caches).
+- Builds, derivations, downloads, deletions, erasures and key changes leave one line in the audit log, whatever
+  their outcome (an erasure's line names no person).
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from flask import Flask, current_app, g, request
+
+from app.auth import OPEN, Action, AuthError, Keys, RateLimiter, presented_key
+from app.errors import ApiError
+from constants import Settings
+
+F = TypeVar("F", bound=Callable)
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; object-src 'none'; "
+       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+AUDITED = {"api.build_recognizer": "build", "api.download": "download", "api.delete_model": "delete",
+           "api.add_people": "derive", "api.remove_person": "derive", "api.erase_person": "erase",
+           "api.create_key": "key_create", "api.revoke_key": "key_revoke"}
+
+
+def requires(action: Action) -> Callable[[F], F]:
+    """Mark a route with the action it performs; the guard lets only keys whose role allows it through."""
+    def mark(view: F) -> F:
+        view.action = action  # type: ignore[attr-defined]
+        return view
+    return mark
+
+
+def principal():
+    """The caller of the current request (app/auth.Principal)."""
+    return g.principal
+
+
+def install(app: Flask, settings: Settings, keys: Keys) -> None:
+    limiter = RateLimiter(settings.rate_limit_per_min)
+    allowed_origins = settings.allowed_origins
+
+    @app.before_request
+    def _guard() -> None:
+        g.principal = None
+        g.model_id = None
+        if request.method not in SAFE_METHODS:
+            refuse_cross_origin(allowed_origins)
+        view = app.view_functions.get(request.endpoint or "")
+        action = getattr(view, "action", None)
+        if action is None or request.method == "OPTIONS":
+            return  # public, unknown (404 follows) or a preflight
+        if not settings.auth:
+            g.principal = OPEN
+            return
+        caller = keys.authenticate(presented_key(request.headers))
+        g.principal = caller
+        if not caller.may(action):
+            raise AuthError(403, f"a {caller.role} key may not {action} (key {caller.key_id})")
+        wait = limiter.hit(caller.key_id)
+        if wait is not None:
+            raise ApiError(429, "RATE_LIMITED", f"more than {settings.rate_limit_per_min} requests a minute with "
+                           f"this key; try again in {wait} s", headers={"Retry-After": str(wait)})
+
+    @app.after_request
+    def _headers(response):
+        origin = request.headers.get("Origin", "").rstrip("/")
+        if origin and origin in allowed_origins:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Headers"] = "X-API-Key, Authorization, Content-Type"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE"
+            response.headers.add("Vary", "Origin")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers.setdefault("Content-Security-Policy", CSP)
+        response.headers["Referrer-Policy"] = "no-referrer"
+        if request.endpoint != "static":  # models, reports and keys are for nobody's cache
+            response.headers["Cache-Control"] = "no-store"
+        event = AUDITED.get(request.endpoint or "")
+        if event:
+            audit(event, response)
+        return response
+
+
+def refuse_cross_origin(allowed: frozenset[str]) -> None:
+    """403 for a state-changing request a browser sends from another origin (not listed)."""
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        if origin.rstrip("/") == request.host_url.rstrip("/") or origin.rstrip("/") in allowed:
+            return
+        raise AuthError(403, f"cross-origin request from {origin[:100]!r} refused (FR_CORS_ORIGINS)")
+    site = request.headers.get("Sec-Fetch-Site", "").lower()
+    if site in ("cross-site", "same-site"):
+        raise AuthError(403, "cross-origin request refused (FR_CORS_ORIGINS)")
+
+
+def audit(event: str, response) -> None:
+    """One line: time, event, key id, tenant, model, remote address, outcome (HTTP status and error code)."""
+    caller = g.get("principal")
+    outcome: dict = {"status": response.status_code}
+    if response.status_code >= 400 and response.is_json:
+        outcome["error"] = (response.get_json(silent=True) or {}).get("error", {}).get("code")
+    line = {"time": round(time.time(), 3), "event": event,
+            "key_id": caller.key_id if caller else None, "tenant": caller.tenant if caller else None,
+            "model_id": g.get("model_id") or (request.view_args or {}).get("job_id"),
+            "remote": request.remote_addr, "outcome": outcome}
+    if g.get("audit_extra"):
+        line.update(g.audit_extra)
+    current_app.extensions["audit"].write(json.dumps(line, ensure_ascii=False))

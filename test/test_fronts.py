@@ -1,0 +1,334 @@
+"""A front on another host: it has no job store, no dumps/ and no auth.sqlite, and gets everything from
+the broker over tcp + CURVE (app/client.py, app/reader.py, app/bundles.py). A real broker runs in a
+thread; the front is the real Flask app with its own data dir, talking over real sockets."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import threading
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+import zmq
+
+from app import keys
+from app import protocol as p
+from app.auth import KeyStore
+from app.broker import Broker
+from app.bundles import BundleCache
+from app.errors import ApiError
+from app.store import JobStore
+from app.web import create_app
+from constants import Settings
+from constants.states import JobState
+from modelization.bundle import BUNDLE_FILE, MANIFEST_FILE
+from test.stack import free_port
+
+ADMIN = "an-operator-admin-key-for-the-front-tests"
+
+
+@pytest.fixture
+def broker_settings(tmp_path):
+    return Settings.from_env(data_dir=tmp_path / "broker", broker_back=f"tcp://127.0.0.1:{free_port()}",
+                             broker_front_tcp=f"tcp://127.0.0.1:{free_port()}", heartbeat_s=0.2,
+                             heartbeat_liveness=3, broker_timeout_s=3.0)
+
+
+@pytest.fixture
+def broker(broker_settings):
+    b = Broker(broker_settings, zmq.Context())
+    t = threading.Thread(target=b.run, daemon=True)
+    t.start()
+    yield b
+    b.running = False
+    t.join(5)
+    b.close()
+
+
+def front_keys(broker_settings: Settings, folder: Path, allow: bool = True) -> Path:
+    """A front's key folder as an operator makes it (`run.py front-key create`), allowed on the broker."""
+    keys.create_pair(folder, "front")
+    (folder / "broker.key").write_bytes((broker_settings.keys_dir / "broker.key").read_bytes())
+    if allow:
+        (keys.allowed_dir(broker_settings.keys_dir, keys.FRONTS) / f"{folder.name}.key").write_bytes(
+            (folder / "front.key").read_bytes())
+    return folder
+
+
+@pytest.fixture
+def front_settings(broker, broker_settings, tmp_path):
+    folder = front_keys(broker_settings, tmp_path / "front-keys")
+    return Settings.from_env(data_dir=tmp_path / "front", broker_front=broker_settings.broker_front_tcp,
+                             front_keys=str(folder), admin_key=ADMIN, broker_timeout_s=3.0)
+
+
+@pytest.fixture
+def front(front_settings):
+    app = create_app(front_settings)
+    return app, app.test_client()
+
+
+def admin(**extra) -> dict:
+    return {"headers": {"X-API-Key": ADMIN}, **extra}
+
+
+def finished_model(s: Settings, tenant: str | None, size: int = 2_600_000) -> tuple[str, bytes]:
+    """A done job of `tenant` and its bundle in the broker's dumps/ (a zip with a manifest, several
+    transfer pieces long)."""
+    job_id = str(uuid.uuid4())
+    store = JobStore(s.db_path, s.uploads_dir)
+    store.create(job_id, "m", {}, 4, 2, tenant)
+    store.progress(job_id, JobState.TRAINING, JobState.TRAINING, 0, 1)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(MANIFEST_FILE, json.dumps({"model_id": job_id, "metrics": {"accuracy": 0.5}}))
+        zf.writestr("padding.bin", os.urandom(size))
+    (s.dumps_dir / job_id).mkdir(parents=True)
+    (s.dumps_dir / job_id / BUNDLE_FILE).write_bytes(buf.getvalue())
+    assert store.finish(job_id)
+    store.close()
+    return job_id, buf.getvalue()
+
+
+def raw(settings: Settings, folder: Path, frames: list[bytes], timeout: float = 3.0) -> tuple[bytes, dict, list]:
+    sock = keys.client_socket(zmq.Context.instance(), zmq.REQ, folder, "front")
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(settings.broker_front_tcp)
+    try:
+        sock.send_multipart(frames)
+        if not sock.poll(int(timeout * 1000)):
+            raise TimeoutError("no answer")
+        return p.unpack(sock.recv_multipart())
+    finally:
+        sock.close(0)
+
+
+def test_a_front_on_another_host_reads_jobs_lists_and_reports_through_the_broker(front, broker_settings,
+                                                                                 front_settings):
+    app, c = front
+    job_id, bundle = finished_model(broker_settings, "admin")
+    assert not front_settings.db_path.exists() and not (front_settings.dumps_dir / job_id).exists()
+    r = c.get(f"/is_available/{job_id}", **admin())
+    assert r.status_code == 200 and r.json["state"] == "done" and r.json["available"] == 1, r.json
+    r = c.get("/models", **admin())
+    assert r.status_code == 200 and r.json["total"] == 1 and r.json["models"][0]["id"] == job_id
+    r = c.get(f"/models/{job_id}/report", **admin())
+    assert r.status_code == 200 and r.json["metrics"] == {"accuracy": 0.5}
+    r = c.get(f"/models/{job_id}", **admin())
+    assert r.status_code == 200 and r.data == bundle
+    # fetched once (in pieces), cached under its sha256, checked; the second use reads the cache
+    sha = hashlib.sha256(bundle).hexdigest()
+    assert (front_settings.front_cache_dir / f"{job_id}.{sha}.zip").read_bytes() == bundle
+    assert app.extensions["bundles"].fetches == 1
+    assert c.get(f"/models/{job_id}", **admin()).data == bundle
+    assert app.extensions["bundles"].fetches == 1
+    assert not front_settings.db_path.exists()  # the front never made a store of its own
+    r = c.get(f"/is_available/{uuid.uuid4()}", **admin())
+    assert r.status_code == 404 and r.json["error"]["code"] == "NOT_FOUND"
+
+
+def test_api_keys_live_on_the_broker_and_a_revocation_holds_at_the_next_request(front, broker_settings,
+                                                                                front_settings):
+    _, c = front
+    r = c.post("/keys", json={"tenant": "team-a", "role": "builder", "name": "ci"}, **admin())
+    assert r.status_code == 201, r.json
+    key, key_id = r.json["key"], r.json["id"]
+    # the broker's var/auth.sqlite has the row (a hash: the secret never left the front)
+    row = KeyStore(broker_settings.auth_db_path).lookup(key_id)
+    assert row is not None and row["tenant"] == "team-a" and key.encode() not in bytes(row["hash"])
+    assert not front_settings.auth_db_path.exists()
+    assert c.get("/models", headers={"X-API-Key": key}).status_code == 200
+    listed = c.get("/keys", **admin()).json["keys"]
+    assert [k["id"] for k in listed] == [key_id] and "hash" not in listed[0] and "salt" not in listed[0]
+    assert c.delete(f"/keys/{key_id}", **admin()).status_code == 200
+    r = c.get("/models", headers={"X-API-Key": key})
+    assert r.status_code == 401 and r.json["error"]["code"] == "UNAUTHORIZED"
+    # a key made with the command line on the broker's host works on the remote front at once
+    made, _ = KeyStore(broker_settings.auth_db_path).create("team-b", "user")
+    assert c.get("/models", headers={"X-API-Key": made}).status_code == 200
+    # the audit line is written by the front that served the change
+    audit = (front_settings.audit_log_path).read_text().splitlines()
+    assert [json.loads(line)["event"] for line in audit] == ["key_create", "key_revoke"]
+
+
+def test_tenants_hold_through_a_remote_front_and_at_the_broker(front, broker_settings, front_settings):
+    _, c = front
+    job_id, _ = finished_model(broker_settings, "team-a", size=1000)
+    other, _ = KeyStore(broker_settings.auth_db_path).create("team-b", "builder")
+    mine, _ = KeyStore(broker_settings.auth_db_path).create("team-a", "user")
+    for path in (f"/is_available/{job_id}", f"/models/{job_id}", f"/models/{job_id}/report"):
+        r = c.get(path, headers={"X-API-Key": other})
+        assert r.status_code == 404 and r.json["error"]["code"] == "NOT_FOUND", (path, r.json)
+        assert c.get(path, headers={"X-API-Key": mine}).status_code == 200, path
+    assert c.get("/models", headers={"X-API-Key": other}).json["total"] == 0
+    assert c.delete(f"/models/{job_id}", headers={"X-API-Key": other}).status_code == 404
+    # the broker itself answers another tenant's model as not found (a front that lies gets nothing)
+    folder = Path(front_settings.front_keys)
+    for frames in (p.pack(p.GETJOB, {"id": job_id, "tenant": "team-b"}),
+                   p.pack(p.BUNDLE, {"id": job_id, "tenant": "team-b", "offset": 0})):
+        command, header, blobs = raw(broker_settings, folder, frames)
+        assert command == p.ERR and header["code"] == "NOT_FOUND" and not blobs
+    _, header, _ = raw(broker_settings, folder, p.pack(p.LIST, {"limit": 10, "offset": 0, "tenant": "team-b"}))
+    assert header["total"] == 0
+
+
+def test_deleting_a_model_removes_its_cached_bundle_here_and_at_other_fronts_sweep(front, broker_settings,
+                                                                                   front_settings, tmp_path):
+    _, c = front
+    job_id, bundle = finished_model(broker_settings, "admin", size=5000)
+    assert c.get(f"/models/{job_id}", **admin()).status_code == 200
+    # a second front host has it cached too
+    other = Settings.from_env(data_dir=tmp_path / "front2", broker_front=broker_settings.broker_front_tcp,
+                              front_keys=front_settings.front_keys, admin_key=ADMIN)
+    app2 = create_app(other)
+    assert app2.test_client().get(f"/models/{job_id}", **admin()).data == bundle
+    assert c.delete(f"/models/{job_id}", **admin()).status_code == 200
+    assert not list(front_settings.front_cache_dir.glob(f"{job_id}.*"))
+    assert list(other.front_cache_dir.glob(f"{job_id}.*"))
+    assert app2.extensions["bundles"].sweep() == 1
+    assert not list(other.front_cache_dir.glob(f"{job_id}.*"))
+
+
+def test_a_bundle_that_arrives_damaged_is_not_kept(broker, broker_settings, front_settings):
+    job_id, bundle = finished_model(broker_settings, "admin", size=1_500_000)
+    cache = BundleCache(front_settings.front_cache_dir, 10**9, front_settings.front_endpoint,
+                        front_settings.front_keys_dir, 3.0)
+    wrong = hashlib.sha256(b"not it").hexdigest()
+    with pytest.raises(ApiError) as info:  # the broker refuses a piece of another bundle
+        cache.path(job_id, wrong, len(bundle), None)
+    assert info.value.code == "CONFLICT"
+    with pytest.raises(ApiError) as info:  # a size that does not match: the file is checked, then dropped
+        cache.path(job_id, hashlib.sha256(bundle).hexdigest(), len(bundle) + 10, None)
+    assert info.value.http_status == 502
+    assert not any(front_settings.front_cache_dir.iterdir())
+    assert cache.path(job_id, hashlib.sha256(bundle).hexdigest(), len(bundle), None).read_bytes() == bundle
+
+
+def test_the_cache_of_bundles_stays_within_its_bound(broker, broker_settings, front_settings):
+    cache = BundleCache(front_settings.front_cache_dir, 25_000, front_settings.front_endpoint,
+                        front_settings.front_keys_dir, 3.0)
+    paths = []
+    for _ in range(4):
+        job_id, bundle = finished_model(broker_settings, "admin", size=10_000)
+        paths.append(cache.path(job_id, hashlib.sha256(bundle).hexdigest(), len(bundle), None))
+        time.sleep(0.02)
+    assert [q.exists() for q in paths] == [False, False, True, True]
+
+
+@pytest.mark.parametrize("frames, says", [
+    (p.pack(p.GETJOB, {"id": "../../victim"}), "job id"),
+    (p.pack(p.GETJOB, {"id": str(uuid.uuid4()), "extra": 1}), "takes"),
+    (p.pack(p.LIST, {"limit": 0, "offset": 0}), "limit"),
+    (p.pack(p.LIST, {"limit": 10, "offset": -1}), "offset"),
+    (p.pack(p.BUNDLE, {"id": str(uuid.uuid4()), "offset": 2**40}), "offset"),
+    (p.pack(p.BUNDLE, {"id": str(uuid.uuid4()), "offset": 0, "sha256": "../x"}), "sha256"),
+    (p.pack(p.KNOWN, {"ids": [str(uuid.uuid4())] * 1001}), "at most"),
+    (p.pack(p.KEYGET, {"id": "' OR 1=1 --"}), "key id"),
+    (p.pack(p.KEYADD, {"id": "0123456789ab", "tenant": "t", "role": "root", "salt": "00" * 16,
+                       "hash": "00" * 32}), "role"),
+    (p.pack(p.KEYADD, {"id": "0123456789ab", "tenant": "t", "role": "user", "salt": "zz" * 16,
+                       "hash": "00" * 32}), "salt"),
+    (p.pack(p.KEYADD, {"id": "0123456789ab", "tenant": "../t", "role": "user", "salt": "00" * 16,
+                       "hash": "00" * 32}), "tenant"),
+    (p.pack(p.KEYLIST, {"tenant": 5}), "tenant"),
+    (p.pack(p.LIST, {"limit": 1, "offset": 0}, [b"extra"]), "no data frames"),
+])
+def test_bad_front_requests_are_refused_with_a_reason(broker, broker_settings, front_settings, frames, says):
+    command, header, _ = raw(broker_settings, Path(front_settings.front_keys), frames)
+    assert command == p.ERR and header["code"] == "BAD_REQUEST" and says in header["message"], header
+    assert raw(broker_settings, Path(front_settings.front_keys), p.pack(p.STATUS))[0] == p.OK
+
+
+def test_a_front_whose_key_is_not_allowed_gets_nothing(broker, broker_settings, tmp_path):
+    folder = front_keys(broker_settings, tmp_path / "stranger", allow=False)
+    with pytest.raises(TimeoutError):
+        raw(broker_settings, folder, p.pack(p.STATUS), timeout=1.0)
+    s = Settings.from_env(data_dir=tmp_path / "f", broker_front=broker_settings.broker_front_tcp,
+                          front_keys=str(folder), admin_key=ADMIN, broker_timeout_s=1.0)
+    r = create_app(s).test_client().get("/models", **admin())
+    assert r.status_code == 503 and r.json["error"]["code"] == "BROKER_UNAVAILABLE"
+
+
+def test_a_key_add_replayed_is_a_conflict(broker, broker_settings, front_settings):
+    frames = p.pack(p.KEYADD, {"id": "0123456789ab", "tenant": "t", "role": "user", "salt": "00" * 16,
+                               "hash": "00" * 32})
+    folder = Path(front_settings.front_keys)
+    assert raw(broker_settings, folder, frames)[0] == p.OK
+    command, header, _ = raw(broker_settings, folder, frames)
+    assert command == p.ERR and header["code"] == "CONFLICT"
+
+
+def test_a_slow_read_does_not_hold_up_the_loop(broker, broker_settings, front_settings, monkeypatch):
+    """Reads run in the broker's reader threads: while one is slow (a store that takes seconds to answer,
+    a bundle off a cold disk), STATUS (answered by the loop) and the other reader still answer at once."""
+    import app.reader
+    job_id, _ = finished_model(broker_settings, "admin", size=100)
+    folder = Path(front_settings.front_keys)
+    real = app.reader.read_job
+
+    def slow_read(db_path, wanted):
+        if wanted == job_id:
+            time.sleep(3)
+        return real(db_path, wanted)
+
+    monkeypatch.setattr(app.reader, "read_job", slow_read)
+    slow: list = []
+    t = threading.Thread(target=lambda: slow.append(raw(broker_settings, folder, p.pack(p.GETJOB, {"id": job_id}),
+                                                        10)))
+    t.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    assert raw(broker_settings, folder, p.pack(p.STATUS), 10)[0] == p.OK
+    assert raw(broker_settings, folder, p.pack(p.LIST, {"limit": 1, "offset": 0}), 10)[0] == p.OK
+    assert raw(broker_settings, folder, p.pack(p.GETJOB, {"id": str(uuid.uuid4())}), 10)[1]["code"] == "NOT_FOUND"
+    assert time.monotonic() - t0 < 1.5  # not behind the slow read (3 s)
+    t.join(10)
+    assert slow and slow[0][0] == p.OK
+
+
+def submit_frames(n: int = 2, deadline: float | None = None) -> tuple[str, list[bytes]]:
+    job_id = str(uuid.uuid4())
+    header: dict = {"id": job_id, "files": [{"label": f"p{i}", "filename": f"p{i}/1.jpg"} for i in range(n)]}
+    if deadline is not None:
+        header["deadline"] = deadline
+    return job_id, p.pack(p.SUBMIT, header, [b"photo%d" % i for i in range(n)])
+
+
+def test_a_submit_is_written_off_the_loop(broker, broker_settings, front_settings, monkeypatch):
+    """The photos of a submit (up to FR_MAX_REQUEST_BYTES) are written by the upload writer: while one is
+    being written, the loop still answers; the front gets its answer once the photos are on disk; a submit
+    whose deadline passes while it is written is refused with nothing left behind."""
+    real = JobStore.save_uploads_in
+
+    def slow(uploads_dir, job_id, photos, extra=None):
+        time.sleep(2.5)
+        real(uploads_dir, job_id, photos, extra)
+
+    monkeypatch.setattr(JobStore, "save_uploads_in", staticmethod(slow))
+    folder = Path(front_settings.front_keys)
+    answers: dict = {}
+    job_id, frames = submit_frames()
+    late_id, late = submit_frames(deadline=time.time() + 2.0)  # passes while it waits to be written
+    threads = [threading.Thread(target=lambda k=k, f=f: answers.__setitem__(k, raw(broker_settings, folder, f, 15)))
+               for k, f in (("ok", frames), ("late", late))]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    command, _, _ = raw(broker_settings, folder, p.pack(p.STATUS), 10)
+    assert command == p.OK and time.monotonic() - t0 < 1.0
+    assert "ok" not in answers  # still being written
+    for t in threads:
+        t.join(15)
+    assert answers["ok"][0] == p.OK and answers["ok"][1] == {"id": job_id}
+    assert raw(broker_settings, folder, p.pack(p.GETJOB, {"id": job_id}))[1]["job"]["state"] == "queued"
+    assert answers["late"][0] == p.ERR and answers["late"][1]["code"] == "DEADLINE_PASSED"
+    assert not (broker_settings.uploads_dir / late_id).exists()
+    assert raw(broker_settings, folder, p.pack(p.GETJOB, {"id": late_id}))[1]["code"] == "NOT_FOUND"
+    # the same id again: a conflict
+    assert raw(broker_settings, folder, frames)[1]["code"] == "CONFLICT"

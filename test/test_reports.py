@@ -1,0 +1,100 @@
+"""The model views the console reads (#20), with Flask's client on a job store made here (the broker runs in
+a thread: the front asks it for everything): a running search read from the broker's checkpoint, a
+model's summary, and the same errors as the API's routes."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from app.store import JobStore
+from app.web import create_app
+from constants import Settings
+from constants.states import JobState
+from optimization.evolution import Controls, Evolution
+from test.stack import BrokerThread, free_port
+from test.test_evolution import fake
+
+
+@pytest.fixture
+def service(tmp_path):
+    settings = Settings.from_env(data_dir=tmp_path, admin_key="reports-test-admin",
+                                 broker_back=f"tcp://127.0.0.1:{free_port()}")
+    with BrokerThread(settings):
+        app = create_app(settings)
+        store = JobStore(settings.db_path, settings.uploads_dir)
+        client = app.test_client()
+        client.environ_base["HTTP_X_API_KEY"] = settings.admin_key
+        yield client, store, settings
+        store.close()
+
+
+def new_job(store: JobStore, optimize: bool) -> str:
+    job_id = str(uuid.uuid4())
+    store.create(job_id, "a search" if optimize else "plain", {"optimize": optimize, "seed": 1}, 12, 3)
+    return job_id
+
+
+def test_a_running_search_is_read_from_its_checkpoint(service):
+    client, store, settings = service
+    job_id = new_job(store, optimize=True)
+    (settings.uploads_dir / job_id).mkdir()
+    r = client.get(f"/models/{job_id}/search")
+    assert r.status_code == 200 and r.json["requested"] and r.json["source"] is None and r.json["candidates"] == []
+
+    evolution = Evolution(Controls(population=8, generations=3, budget_s=1e9, seed=1))
+    for generation in range(2):  # two batches told, the third not
+        for k in evolution.needed():
+            evolution.tell(k, fake(k))
+        evolution.advance()
+        assert evolution.generation == generation + 1
+    store.save_search(job_id, evolution.to_json())
+    store.progress(job_id, JobState.OPTIMIZING, "generation 2 of 3", 2, 3, evolution.progress())
+    body = client.get(f"/models/{job_id}/search").json
+    assert body["source"] == "checkpoint" and body["state"] == "optimizing"
+    assert body["progress"]["generation"] == 2 and body["progress"]["evaluations"] == evolution.evaluations
+    assert len(body["candidates"]) == evolution.evaluations == len(evolution.results)
+    assert {c["generation"] for c in body["candidates"]} == {0, 1}
+    assert body["logbook"] == evolution.logbook and len(body["logbook"]) == 2
+    assert [p["genome"] for p in body["pareto_front"]] == [p["genome"] for p in evolution.pareto_front()]
+    assert body["chosen"] is None and body["finalists"] == []
+
+
+def test_a_build_without_a_search_says_so(service):
+    client, store, _ = service
+    job_id = new_job(store, optimize=False)
+    body = client.get(f"/models/{job_id}/search").json
+    assert body["status"] == 0 and body["requested"] is False and body["candidates"] == []
+
+
+@pytest.mark.parametrize("path", ["summary", "search"])
+def test_bad_ids_unknown_models_and_unbuilt_ones_answer_as_the_api_does(service, path):
+    client, store, _ = service
+
+    def error(url):
+        r = client.get(url)
+        return r.status_code, r.json["error"]["code"]
+
+    assert error(f"/models/not-an-id/{path}") == (400, "BAD_ID")
+    assert error(f"/models/{uuid.uuid4()}/{path}") == (404, "NOT_FOUND")
+    job_id = new_job(store, optimize=True)
+    if path == "summary":
+        assert error(f"/models/{job_id}/summary") == (409, "NOT_READY")
+        store.fail(job_id, "NO_FACE_FOUND", "no usable face")
+        assert error(f"/models/{job_id}/summary") == (409, "BUILD_FAILED")
+    else:
+        store.fail(job_id, "NO_FACE_FOUND", "no usable face")
+        assert client.get(f"/models/{job_id}/search").json["state"] == "failed"
+
+
+def test_pages_are_public_static_files_stay_in_their_folder_and_carry_a_strict_policy(service):
+    client, _, _ = service
+    for path in ("/", "/docs", "/static/console.css", "/static/js/console.js"):
+        r = client.get(path)
+        assert r.status_code == 200, path
+        assert "default-src 'self'" in r.headers["Content-Security-Policy"], path
+        assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert client.get("/static/js/console.js").mimetype in ("text/javascript", "application/javascript")
+    for path in ("/static/../app/web.py", "/static/%2e%2e/run.py", "/static/nothing.js"):
+        r = client.get(path)
+        assert r.status_code == 404 and r.json["error"]["code"] == "NOT_FOUND", path
