@@ -187,6 +187,7 @@ def test_a_photo_arrives_byte_for_byte_however_the_network_splits_it(stack, base
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"{names[0]}/again.jpg\"\r\n"
             f"Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
     head = (f"POST /models/{base}/people HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            f"X-API-Key: {stack.admin_key}\r\n"
             f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n")
     for tail in (60, 24):
         with socket.create_connection(("127.0.0.1", stack.port), timeout=60) as sock:
