@@ -95,6 +95,7 @@ def test_derive_and_erase_messages_pass_their_schema():
     command, header, blobs = p.parse_front(derive(good, [b"jpeg"]), S)
     assert command == p.DERIVE and header["parent"] == PARENT and blobs == [b"jpeg"]
     assert p.parse_front(derive({**good, "files": []}), S)[0] == p.DERIVE  # a removal alone
+    assert p.parse_front(derive({**good, "tenant": "team-a"}, [b"jpeg"]), S)[1]["tenant"] == "team-a"
     assert p.parse_front(p.pack(p.ERASE, {"label": "bob", "tenant": None}), S)[1]["label"] == "bob"
     assert p.parse_front(p.pack(p.ERASE, {"label": "bob", "tenant": "team-a"}), S)[1]["tenant"] == "team-a"
 
@@ -103,7 +104,7 @@ def test_derive_and_erase_messages_pass_their_schema():
     {"parent": "../x"}, {"parent": None}, {"remove": "bob"}, {"remove": ["b\nob"]}, {"remove": [" bob"]},
     {"remove": [], "files": []}, {"options": {"parent": PARENT}}, {"options": {"inherited": 3}},
     {"callback": {"url": "ftp://h/x", "secret": SECRET}}, {"callback": {"url": "https://h/x", "secret": "abc"}},
-    {"callback": {"url": "https://h/x"}}, {"extra": 1}, {"id": "nope"},
+    {"callback": {"url": "https://h/x"}}, {"extra": 1}, {"id": "nope"}, {"tenant": "Team A"}, {"tenant": 7},
 ])
 def test_bad_derive_messages_are_refused(change):
     good = {"id": ID, "parent": PARENT, "options": {}, "files": [{"label": "ann", "filename": "ann/1.jpg"}],
@@ -114,7 +115,8 @@ def test_bad_derive_messages_are_refused(change):
 
 
 @pytest.mark.parametrize("header", [{}, {"label": "../x"}, {"label": "bob", "tenant": 3}, {"label": "bob", "x": 1},
-                                    {"label": ""}, {"label": "a" * 101}])
+                                    {"label": ""}, {"label": "a" * 101}, {"label": "bob"},  # whose: always said
+                                    {"label": "bob", "tenant": "../acme"}, {"label": "bob", "tenant": "Acme"}])
 def test_bad_erase_messages_are_refused(header):
     with pytest.raises(p.ProtocolError):
         p.parse_front(p.pack(p.ERASE, header), S)
