@@ -19,7 +19,6 @@ import zmq
 from app import keys
 from app import protocol as p
 from app.auth import KeyStore
-from app.broker import Broker
 from app.bundles import BundleCache
 from app.errors import ApiError
 from app.store import JobStore
@@ -27,7 +26,7 @@ from app.web import create_app
 from constants import Settings
 from constants.states import JobState
 from modelization.bundle import BUNDLE_FILE, MANIFEST_FILE
-from test.stack import free_port
+from test.stack import BrokerThread, free_port
 
 ADMIN = "an-operator-admin-key-for-the-front-tests"
 
@@ -41,13 +40,8 @@ def broker_settings(tmp_path):
 
 @pytest.fixture
 def broker(broker_settings):
-    b = Broker(broker_settings, zmq.Context())
-    t = threading.Thread(target=b.run, daemon=True)
-    t.start()
-    yield b
-    b.running = False
-    t.join(5)
-    b.close()
+    with BrokerThread(broker_settings) as b:
+        yield b
 
 
 def front_keys(broker_settings: Settings, folder: Path, allow: bool = True) -> Path:
