@@ -11,8 +11,10 @@ Fronts on any host read and change them through the broker (BrokerKeys): a front
 
 Roles (a key has one, and belongs to one tenant):
     admin    everything, every tenant; manages keys; /metrics
-    builder  builds, uses, lists, downloads and deletes its tenant's models
-    user     predicts with, lists, reads the reports of and downloads its tenant's models
+    builder  builds, derives, uses, lists, downloads and deletes its tenant's models; erases a person
+             from them
+    user     predicts and verifies with, lists, reads the reports and cards of and downloads its tenant's
+             models
 
 An operator's admin key can also come from the environment (FR_ADMIN_KEY); otherwise the
 first start of `serve` makes one and writes it to `var/admin.key` (owner-only).

@@ -28,25 +28,27 @@ import io
 import json
 import queue
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
 import zipfile
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import zmq
 
-from app import metrics
+from app import metrics, webhooks
 from app import protocol as p
 from app.auth import KeyStore
+from app.derivation import ERASE_FILE, INHERITED_FILE, Derivations, as_task_features
 from app.keys import FRONTS, WORKERS, BrokerAuth
-from app.protocol import ProtocolError, Task, escape
+from app.protocol import FrontError, ProtocolError, Task, escape
 from app.reader import BundleSums, start_readers
-from app.store import JobStore, StorageFull, StoreUnavailable, disk_errors
+from app.store import JobStore, StorageFull, StoreUnavailable, disk_errors, job_view
 from constants import Settings
 from constants.states import TASK_STATE, JobState, TaskKind
 from features.extract import PhotoFeatures
@@ -55,7 +57,6 @@ from modelization.bundle import BUNDLE_FILE, MANIFEST_FILE, save_bundle
 from optimization.evolution import Controls, Evolution
 from preprocessor.uploads import Photo
 
-ERASE_FILE = "erase.json"   # beside a model: its photos' digests and cache keys, for DELETE
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 DISK_RETRY_S = 5.0          # a broker stalled by a full disk looks for room this often
 MIN_ROOM = 16 * 1024 * 1024  # ... and resumes once this much is free
@@ -64,11 +65,19 @@ MAX_PENDING_READS = 10_000   # fronts' reads waiting for a reader thread; beyond
 
 @dataclass
 class Upload:
-    """A submit being written: who to answer, and what to register once the photos are on disk."""
+    """A submit (or derivation) being written: who to answer, and what to register once the photos are on disk."""
     identity: bytes
     header: dict
     photos: list[Photo]
     size: int
+    register: Callable[[], dict] | None = None  # a derivation's (Derivations.register_job); None: a submit's
+    inherited: list[dict] = field(default_factory=list)  # a derivation's records taken from its parent
+    tenant: str | None = None  # whose job it will be (a derivation: its parent's tenant)
+    cancelled: bool = False  # an erasure of someone it holds came meanwhile: refused once written
+
+    @property
+    def labels(self) -> set[str]:
+        return {ph.label for ph in self.photos} | {r["label"] for r in self.inherited}
 
 
 class UploadWriter:
@@ -76,7 +85,7 @@ class UploadWriter:
     waits on a disk write of up to FR_MAX_REQUEST_BYTES; each result goes back on an inproc socket the
     loop polls: (job id, None) or (job id, the ERR header to answer)."""
 
-    def __init__(self, write: Callable[[str, list[Photo]], None], ctx: zmq.Context):
+    def __init__(self, write: Callable[[str, list[Photo], list[dict] | None], None], ctx: zmq.Context):
         self.write = write
         self.address = f"inproc://broker-uploads-{uuid.uuid4().hex}"
         self.results = ctx.socket(zmq.PULL)
@@ -86,18 +95,19 @@ class UploadWriter:
         self.thread = threading.Thread(target=self.run, daemon=True, name="upload-writer")
         self.thread.start()
 
-    def put(self, job_id: str, photos: list[Photo]) -> None:
-        self.queue.put((job_id, photos))
+    def put(self, job_id: str, photos: list[Photo], inherited: list[dict] | None = None) -> None:
+        """Write a job's photos (and, for a derivation, the records it inherits) in the background."""
+        self.queue.put((job_id, photos, inherited))
 
     def run(self) -> None:
         out = self.ctx.socket(zmq.PUSH)
         out.connect(self.address)
         try:
             while (item := self.queue.get()) is not None:
-                job_id, photos = item
+                job_id, photos, inherited = item
                 error = None
                 try:
-                    self.write(job_id, photos)
+                    self.write(job_id, photos, inherited)
                 except StorageFull:
                     error = {"code": "INSUFFICIENT_STORAGE", "message": "the data disk is full; nothing was stored"}
                 except Exception as exc:
@@ -127,15 +137,7 @@ class WorkerState:
         return escape(self.identity, 80)
 
 
-class FrontError(Exception):
-    """A front request refused with a code the HTTP app maps to a status (app/client.py)."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
-class Broker:
+class Broker(Derivations):
     def __init__(self, settings: Settings, ctx: zmq.Context | None = None):
         self.s = settings
         settings.ensure_dirs()
@@ -167,11 +169,14 @@ class Broker:
         self.payloads: dict[str, bytes] = {}       # job -> all its features (JSON), for evaluate/train tasks
         self._done: dict[str, set[int]] = {}       # job -> chunks whose features are on disk (done_chunks)
         self._indexes: dict[str, list[dict]] = {}  # job -> its photo index (index)
+        self._inherited: dict[str, list[dict]] = {}  # job -> the records it took from its parent (inherited)
         self.running = True
         self._said: dict[str, float] = {}          # rate limit of repeated error lines
         self._store: JobStore | None = None
         self._store_retry = 0.0
         self.stalled_until: float | None = None    # the disk is full: no work handed out until then
+        self.sender = webhooks.Sender(settings)    # delivers callbacks from var/webhooks.sqlite, in its own thread
+        self._webhooks: webhooks.WebhookStore | None = None
         try:
             self.open_store()
         except StoreUnavailable as exc:
@@ -225,6 +230,7 @@ class Broker:
         poller.register(self.reads, zmq.POLLIN)
         poller.register(self.stored, zmq.POLLIN)
         next_beat = time.monotonic()
+        self.sender.start()
         logger.info("broker up: front {}{} back {}", self.s.front_endpoint,
                     f" and {self.s.broker_front_tcp}" if self.s.broker_front_tcp else "", self.s.broker_back)
         while self.running:
@@ -282,11 +288,15 @@ class Broker:
         self.stalled_until = None
         logger.info("the data disk has room again: {} task(s) queued", len(self.queue))
 
-    def store_uploads(self, job_id: str, photos: list[Photo]) -> None:
-        """In the upload writer's thread: files only, no store connection (SQLite's is the loop's)."""
-        JobStore.save_uploads_in(self.s.uploads_dir, job_id, photos)
+    def store_uploads(self, job_id: str, photos: list[Photo], inherited: list[dict] | None = None) -> None:
+        """In the upload writer's thread: files only, no store connection (SQLite's is the loop's). A derived
+        job's inherited records go in the same folder, renamed into place with its photos."""
+        JobStore.save_uploads_in(self.s.uploads_dir, job_id, photos, {INHERITED_FILE: inherited} if inherited else None)
 
     def close(self) -> None:
+        self.sender.stop()
+        if self._webhooks is not None:
+            self._webhooks.close()
         self.writer.stop()
         for reader in self.readers:
             reader.running = False
@@ -344,9 +354,9 @@ class Broker:
         if row is None or JobState(row["state"]).final:
             return
         if not self.store.has_uploads(job_id):
-            self.store.fail(job_id, "UPLOAD_LOST", "the uploaded photos of this job are gone")
+            self.fail(job_id, "UPLOAD_LOST", "the uploaded photos of this job are gone")
             return
-        n = row["n_photos"]
+        n = self.n_new(row)
         missing = self.missing_chunks(job_id, n)
         if missing:
             self.queue.extend(Task(job_id, TaskKind.EXTRACT, k) for k in missing)
@@ -444,9 +454,18 @@ class Broker:
             return None
         if command == p.SUBMIT:
             photos = self.admit(header, blobs)
-            self.storing[header["id"]] = Upload(identity, header, photos, sum(len(b) for b in blobs))
+            self.storing[header["id"]] = Upload(identity, header, photos, sum(len(b) for b in blobs),
+                                                tenant=header.get("tenant"))
             self.writer.put(header["id"], photos)
             return None
+        if command == p.DERIVE:
+            job = self.admit_derive(header, blobs)
+            self.storing[job.id] = Upload(identity, header, job.fresh, sum(len(ph.data) for ph in job.fresh),
+                                          partial(self.register_job, job), job.inherited, job.tenant)
+            self.writer.put(job.id, job.fresh, job.inherited)
+            return None
+        if command == p.ERASE:
+            return self.erase(header["label"], header["tenant"])
         if command == p.STATUS:
             return self.status()
         if command == p.KEYADD:
@@ -496,10 +515,7 @@ class Broker:
         job_id = header["id"]
         self.check_deadline(header.get("deadline"))
         size = sum(len(b) for b in blobs)
-        free = shutil.disk_usage(self.s.uploads_dir).free - sum(u.size for u in self.storing.values())
-        if free - 2 * size < self.s.min_free_bytes:  # the photos, then their features and the model
-            raise FrontError("INSUFFICIENT_STORAGE", f"not enough free disk for {size} bytes of photos "
-                                                     f"({free} bytes free, {self.s.min_free_bytes} kept in reserve)")
+        self.check_room(size)
         if job_id in self.storing or self.store.get(job_id) is not None or self.store.has_uploads(job_id):
             raise FrontError("CONFLICT", "a job with this id exists")
         self.check_quotas(header.get("tenant"), size)
@@ -511,10 +527,12 @@ class Broker:
         try:
             self.check_deadline(header.get("deadline"))
             n_people = len({ph.label for ph in photos})
+            self.webhooks_call("subscribe", job_id, header.get("callback"))
             self.store.create(job_id, header.get("name"), header.get("options", {}), len(photos), n_people,
                               header.get("tenant"))
         except BaseException:
             self.store.delete_uploads(job_id)
+            self.webhooks_call("forget", job_id)
             raise
         self.plan(job_id)
         logger.info("job {} queued: {} photos of {} people", job_id, len(photos), n_people)
@@ -530,8 +548,12 @@ class Broker:
             upload = self.storing.pop(job_id, None)
             if upload is None:
                 continue
+            if error is None and upload.cancelled:
+                self.store.delete_uploads(job_id)
+                error = {"code": "CONFLICT", "message": "a person in this upload was erased while it was stored; "
+                                                        "nothing was kept"}
             if error is None:
-                self.reply(upload.identity, partial(self.register, upload.header, upload.photos))
+                self.reply(upload.identity, upload.register or partial(self.register, upload.header, upload.photos))
             else:
                 self.front.send_multipart([upload.identity, b"", *p.pack(p.ERR, error)])
 
@@ -573,15 +595,16 @@ class Broker:
         if deadline is not None and time.time() > deadline - 1.0:
             raise FrontError("DEADLINE_PASSED", "the upload took too long to store; nothing was kept")
 
-    def delete(self, job_id: str, tenant: str | None = None) -> dict:
-        """Erase a job: its queued tasks, row, uploads, model folder and cached features (here, and on
-        every connected worker's host). With `tenant`, only a job of that tenant."""
+    def delete(self, job_id: str, tenant: str | None = None, purge_cache: bool = True) -> dict:
+        """Erase a job: its queued tasks, row, uploads, model folder, callback and cached features (here, and
+        on every connected worker's host; not with `purge_cache=False`, when an erasure purges one person's).
+        With `tenant`, only a job of that tenant."""
         row = self.store.get(job_id)
         if tenant is not None and row is not None and row["tenant"] != tenant:
             raise FrontError("NOT_FOUND", f"no model with id {job_id}")
         self.queue = deque(t for t in self.queue if t.job != job_id)
         self.forget(job_id)
-        keys, digests = self.erase_list(job_id, row["n_photos"] if row else 0)
+        keys, digests = self.erase_list(job_id, self.n_new(row) if row else 0) if purge_cache else ([], [])
         # the row goes first: from then on the job is "not found" everywhere, never a model with files
         # half gone (a restart sweeps whatever files a crash here would leave)
         self.store.delete(job_id)
@@ -591,6 +614,7 @@ class Broker:
                    "uploads": self.store.has_uploads(job_id),
                    "cached_features": self.drop_cache_entries(keys)}
         self.purge_workers(digests, keys)
+        self.webhooks_call("forget", job_id)
         self.store.delete_uploads(job_id)
         logger.info("job {} deleted: {}", job_id, removed)
         return {"id": job_id, "removed": removed}
@@ -606,7 +630,10 @@ class Broker:
             return json.loads(old.read_text()), []
         keys = [f.get("key") for k in range(self.n_chunks(n_photos)) if self.store.chunk_done(job_id, k)
                 for f in self.store.load_chunk(job_id, k)]
-        return [k for k in keys if k], self.store.photo_digests(job_id)
+        inherited = self.inherited(job_id)
+        keys += [r.get("key") for r in inherited]
+        return [k for k in keys if k], self.store.photo_digests(job_id) + [r["sha256"] for r in inherited
+                                                                           if r.get("sha256")]
 
     def drop_cache_entries(self, keys: list) -> int:
         """Remove this host's cache entries by key. -> how many there were."""
@@ -731,7 +758,7 @@ class Broker:
         self.purge_workers([], keys, only=worker)  # the worker's own host, wherever it is
 
     def on_chunk(self, task: Task, row, result: bytes) -> None:
-        n = row["n_photos"]
+        n = self.n_new(row)
         expected = min(self.s.chunk_photos, n - task.chunk * self.s.chunk_photos)
         items = p.decode_json(result, p.MAX_RESULT_BYTES, "features")
         if not isinstance(items, list) or len(items) != expected:
@@ -772,11 +799,14 @@ class Broker:
         if (folder / BUNDLE_FILE).stat().st_size == len(bundle):  # (a re-delivered result keeps the first)
             self.sums.put(task.job, folder / BUNDLE_FILE, hashlib.sha256(bundle).hexdigest())  # fronts ask at once
         row = self.store.get(task.job)
-        keys, digests = self.erase_list(task.job, row["n_photos"] if row else 0)
+        keys, digests = self.erase_list(task.job, self.n_new(row) if row else 0)
+        records = self.keep_features(task.job, row) if row else []  # what a derivation starts from
         erase = self.s.dumps_dir / task.job / ERASE_FILE
-        with disk_errors(erase):
-            erase.write_text(json.dumps({"cache_keys": keys, "photos": digests}))  # for DELETE
+        with disk_errors(erase):  # for DELETE and ERASE
+            erase.write_text(json.dumps({"cache_keys": keys, "photos": digests,
+                                         "labels": sorted({r["label"] for r in records})}, ensure_ascii=False))
         self.store.finish(task.job)
+        self.ended(task.job)
         self.forget(task.job)
         if not self.s.keep_uploads:
             self.store.delete_uploads(task.job)
@@ -786,6 +816,7 @@ class Broker:
         self.store.fail(job_id, code, message, details)
         self.queue = deque(t for t in self.queue if t.job != job_id)
         self.forget(job_id)
+        self.ended(job_id)
         logger.info("job {} failed: {} {}", job_id, code, escape(message))
 
     def forget(self, job_id: str) -> None:
@@ -794,6 +825,45 @@ class Broker:
         self.payloads.pop(job_id, None)
         self._done.pop(job_id, None)
         self._indexes.pop(job_id, None)
+        self._inherited.pop(job_id, None)
+
+    def ended(self, job_id: str) -> None:
+        """A job is done or failed: its callback (if it has one) is queued for the sender. Never raises: a
+        callback that cannot be queued is logged, the job's end stands."""
+        try:
+            row = self.store.get(job_id)
+            if row is None:
+                return
+            view = job_view(row)
+            data = {k: view[k] for k in ("id", "name", "state", "available", "created", "updated", "photos", "people")}
+            data["parent"] = json.loads(row["options"]).get("parent")
+            # the code and message only: details may list files, and so people's names
+            data["error"] = {k: view["error"][k] for k in ("code", "message")} if view["error"] else None
+            event = "model.done" if row["state"] == JobState.DONE else "model.failed"
+            if self.webhooks_call("enqueue", job_id, event, data):
+                self.sender.wake()
+        except (StoreUnavailable, ValueError, KeyError) as exc:
+            logger.error("job {}: its callback could not be queued: {}", job_id, escape(exc))
+
+    @property
+    def webhooks(self) -> webhooks.WebhookStore:
+        if self._webhooks is None:
+            self._webhooks = webhooks.WebhookStore(webhooks.db_path(self.s))
+        return self._webhooks
+
+    def webhooks_call(self, method: str, *args):
+        """A call on the callback queue. A subscription that cannot be stored refuses its build (503); any
+        other failure is logged and the queue reopened on the next call."""
+        try:
+            return getattr(self.webhooks, method)(*args)
+        except sqlite3.Error as exc:
+            if self._webhooks is not None:
+                self._webhooks.close()
+            self._webhooks = None
+            if method == "subscribe" and args[1]:
+                raise FrontError("CALLBACK_UNAVAILABLE", f"the callback could not be recorded ({exc})") from None
+            logger.error("webhooks: {} failed: {}", method, escape(exc))
+            return None
 
     def said_once(self, line: str) -> None:
         """A warning about a peer, at most once per 10 s for the same line (a flood cannot fill the log)."""
@@ -824,7 +894,7 @@ class Broker:
         row = self.store.get(task.job)
         if row is None or JobState(row["state"]).final:
             return
-        if task.kind == TaskKind.EXTRACT and task.chunk in self.done_chunks(task.job, row["n_photos"]):
+        if task.kind == TaskKind.EXTRACT and task.chunk in self.done_chunks(task.job, self.n_new(row)):
             return
         if task.kind == TaskKind.EVALUATE and not self.search_wants(task):
             return
@@ -847,7 +917,7 @@ class Broker:
             row = self.store.get(task.job)
             if row is None or JobState(row["state"]).final:
                 continue
-            if task.kind == TaskKind.EXTRACT and task.chunk in self.done_chunks(task.job, row["n_photos"]):
+            if task.kind == TaskKind.EXTRACT and task.chunk in self.done_chunks(task.job, self.n_new(row)):
                 continue
             if task.kind == TaskKind.EVALUATE and not self.search_wants(task):
                 continue
@@ -856,7 +926,7 @@ class Broker:
                 continue
             self.store.assign(task.job, idle.name, task.attempt)
             if row["state"] == JobState.QUEUED:
-                self.store.progress(task.job, JobState.EXTRACTING, JobState.EXTRACTING, 0, row["n_photos"])
+                self.store.progress(task.job, JobState.EXTRACTING, JobState.EXTRACTING, 0, self.n_new(row))
             idle.task, idle.since = task, time.monotonic()
             self.back.send_multipart([idle.identity, *frames])
             logger.debug("job {} {} {} (attempt {}) -> {}", task.job, task.kind, task.chunk, task.attempt, idle.name)
@@ -872,9 +942,11 @@ class Broker:
             part = index[task.chunk * self.s.chunk_photos:(task.chunk + 1) * self.s.chunk_photos]
             header["files"] = [{"label": e["label"], "filename": e["filename"]} for e in part]
             return p.pack(p.JOB, header, self.store.load_photos(task.job, part))
-        header["files"] = [{"label": e["label"], "filename": e["filename"]} for e in index]
+        inherited = self.inherited(task.job)  # a derivation's photos taken from its parent, first
+        header["files"] = [{"label": e["label"], "filename": e["filename"]} for e in inherited + index]
         if task.job not in self.payloads:  # read once per job, not once per candidate
-            features = self.store.load_chunks(task.job, self.n_chunks(len(index)))
+            features = [as_task_features(r) for r in inherited]
+            features += self.store.load_chunks(task.job, self.n_chunks(len(index)))
             self.payloads[task.job] = json.dumps(features).encode()
         if task.kind == TaskKind.TRAIN and task.job in self.searches:
             header["search"] = self.searches[task.job].report()

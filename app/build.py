@@ -28,10 +28,18 @@ from features.extract import FeatureCache, PhotoFeatures, cached_photos_features
 from features.select import choose_faces
 from modelization import lean
 from modelization.bundle import pack_bundle
+from modelization.card import model_card
 from modelization.dataset import HELD_OUT, ONE_PHOTO, Split, protocol, stratified_split
 from modelization.metrics import accuracy, balanced_accuracy
 from modelization.network import NetworkSpec, to_keras
-from modelization.openset import Gallery, calibrate, name_faces
+from modelization.openset import (
+    Gallery,
+    calibrate,
+    calibrate_verification,
+    name_faces,
+    pair_distance,
+    verification_thresholds,
+)
 from preprocessor.quality import assess, limits
 from preprocessor.uploads import Photo
 
@@ -289,6 +297,47 @@ def operating_points(gallery_y: np.ndarray, n: int, pred: np.ndarray, scores: np
     return points
 
 
+MAX_VERIFY_PROBES, MAX_VERIFY_GALLERY = 1000, 3000  # photos compared pairwise when measuring verification
+
+
+def measure_verification(x: np.ndarray, y: np.ndarray, split: Split, far: float, seed: int) -> dict | None:
+    """1:1 verification measured like the rest: the test photos against the measured model's gallery
+    (train + validation), with thresholds calibrated on that gallery's photo counts. Pairs: every test
+    photo against every gallery photo (same person: genuine, else impostor). Against people: every test
+    photo against every person's template. None without test photos.
+
+    The impostors are the gallery's other people, who look more alike than strangers do: the impostor
+    rate measured here is a pessimistic stand-in for the false-accept rate the thresholds are set for.
+    """
+    if len(split.test) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    n = len(split.people)
+    gallery_idx = np.concatenate([split.train, split.val])
+    pair_t, person_t = verification_thresholds(np.bincount(y[gallery_idx], minlength=n), far)
+    test = split.test
+    scores = Gallery(x[gallery_idx], y[gallery_idx], n).scores(x[test])  # (tests, people)
+    own = np.zeros_like(scores, dtype=bool)
+    own[np.arange(len(test)), y[test]] = True
+    accepted = scores <= person_t[None, :]
+    probes = test if len(test) <= MAX_VERIFY_PROBES else rng.choice(test, MAX_VERIFY_PROBES, replace=False)
+    refs = gallery_idx if len(gallery_idx) <= MAX_VERIFY_GALLERY else rng.choice(gallery_idx, MAX_VERIFY_GALLERY,
+                                                                                    replace=False)
+    same = y[probes][:, None] == y[refs][None, :]
+    d = np.stack([pair_distance(np.repeat(x[i][None, :], len(refs), 0), x[refs]) for i in probes])
+    ok = d <= pair_t
+
+    def rate(hits: np.ndarray, mask: np.ndarray) -> float | None:
+        return figure(float(hits[mask].mean())) if mask.any() else None
+
+    return {"on": "the test photos against the measured model's gallery (train + validation photos), its "
+                  "thresholds calibrated on that gallery; impostors are the gallery's other people",
+            "genuine_pairs": int(same.sum()), "genuine_accept_rate": rate(ok, same),
+            "impostor_pairs": int((~same).sum()), "impostor_accept_rate": rate(ok, ~same),
+            "by_person": {"genuine": int(own.sum()), "genuine_accept_rate": rate(accepted, own),
+                          "impostor": int((~own).sum()), "impostor_accept_rate": rate(accepted, ~own)}}
+
+
 def train_bundle(job: dict, files: list[dict], features: list[dict], settings: Settings,
                  progress: Progress, search: dict | None = None) -> bytes:
     """Build the bundle from every photo's features. `job`: id, name, options {optimize, seed, ...}.
@@ -353,18 +402,29 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
         if person["label"] in measured["people"]:
             person["measured"] = measured["people"][person["label"]]
     poor = [q for p in people for q in p["quality"] if q["problems"]]
+    verification = calibrate_verification(y[kept], n, settings.verify_far)
+    verification["measured"] = measure_verification(x, y, split, settings.verify_far, seed)
+    inherited = int(options.get("inherited", 0))
+    derivation = None if not options.get("parent") else {
+        "parent": options["parent"], "inherited_photos": inherited, "added_photos": len(files) - inherited,
+        "removed_people": int(options.get("removed_people", 0)),
+        "note": "the parent's per-photo features were reused (nothing re-uploaded or re-embedded); only the added "
+                "photos were extracted, and the model was split, measured, calibrated and trained anew"}
     manifest = {
         "format": "api-facial-recognition bundle",
         "format_version": 5,
         "service_version": VERSION,
         "model_id": job["id"],
         "name": job.get("name"),
+        "parent": options.get("parent"),
+        "derivation": derivation,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "software": software_versions(),
         "pipeline": pipeline_settings(settings),
         "input": {"photos": len(files), "usable": len(usable), "skipped": len(files) - len(usable),
                   "several_faces": sum(1 for f in feats if f.usable and f.faces > 1),
-                  "features_cached": hits, "extraction_seconds": round(data.extraction_seconds, 2),
+                  "features_cached": hits, "features_inherited": inherited,
+                  "extraction_seconds": round(data.extraction_seconds, 2),
                   "skipped_by_reason": dict(Counter(f.skipped for f in feats if not f.usable))},
         "quality": {"policy": settings.quality_policy, "limits": limits(settings),
                     "poor_photos": len(poor), "poor_photos_used": 0 if settings.quality_policy == "skip" else len(poor),
@@ -389,6 +449,7 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
                                   ONE_PHOTO: "people with 1 photo: scored against everybody else, their own person "
                                              "hidden; counted in one_photo_people_accepted_as_someone_else"}},
         "open_set": open_set,
+        "verification": verification,
         "optimization": optimization,
         "training_task_seconds": round(time.time() - started, 2),
     }
@@ -399,7 +460,8 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
         optimization["baselines"]["closed_set"]["chosen network + gallery (the bundle)"] = {
             "test_accuracy": manifest["metrics"]["test_accuracy"],
             "balanced_accuracy": manifest["metrics"]["balanced_accuracy"]}
-    bundle = pack_bundle(model, split.people, manifest, gallery_x=x[kept], gallery_y=y[kept])
+    bundle = pack_bundle(model, split.people, manifest, gallery_x=x[kept], gallery_y=y[kept],
+                         card=model_card(manifest))
     release_keras()
     return bundle
 

@@ -20,7 +20,9 @@ from app.errors import ApiError
 
 # What the broker's refusals mean over HTTP.
 ERR_STATUS = {"INSUFFICIENT_STORAGE": 507, "STORE_UNAVAILABLE": 503, "DEADLINE_PASSED": 503, "CONFLICT": 409,
-              "TOO_MANY_BUILDS": 429, "QUOTA_EXCEEDED": 507, "NOT_FOUND": 404, "GONE": 410, "BUSY": 503}
+              "TOO_MANY_BUILDS": 429, "QUOTA_EXCEEDED": 507, "NOT_FOUND": 404, "GONE": 410, "BUSY": 503,
+              "NOT_READY": 409, "NOT_DERIVABLE": 409, "UNKNOWN_PERSON": 404, "NO_NEW_PHOTOS": 400,
+              "TOO_FEW_PEOPLE": 400, "TOO_MANY_FILES": 413, "CALLBACK_UNAVAILABLE": 503}
 RETRY_AFTER = {"TOO_MANY_BUILDS": "30", "BUSY": "1"}  # seconds: builds take minutes, polling sooner is pointless
 
 _local = threading.local()
@@ -103,9 +105,14 @@ def delete(endpoint: str, keys_dir: Path, job_id: str, timeout_s: float, tenant:
     return call(endpoint, keys_dir, p.pack(p.DELETE, {"id": job_id, "tenant": tenant}), timeout_s)
 
 
-def get_job(endpoint: str, keys_dir: Path, job_id: str, timeout_s: float, tenant: str | None = None) -> dict:
-    """{job: its row, bundle?: {sha256, size}}; NOT_FOUND (404) for no such job or another tenant's."""
-    return call(endpoint, keys_dir, p.pack(p.GETJOB, {"id": job_id, "tenant": tenant}), timeout_s)
+def get_job(endpoint: str, keys_dir: Path, job_id: str, timeout_s: float, tenant: str | None = None,
+            callback: bool = False) -> dict:
+    """{job: its row, bundle?: {sha256, size}, callback?: its delivery (with `callback`: app/webhooks.py)};
+    NOT_FOUND (404) for no such job or another tenant's."""
+    header: dict = {"id": job_id, "tenant": tenant}
+    if callback:
+        header["callback"] = True
+    return call(endpoint, keys_dir, p.pack(p.GETJOB, header), timeout_s)
 
 
 def list_jobs(endpoint: str, keys_dir: Path, limit: int, offset: int, timeout_s: float,
@@ -135,3 +142,13 @@ def search_checkpoint(endpoint: str, keys_dir: Path, job_id: str, timeout_s: flo
                       tenant: str | None = None) -> dict | None:
     """A running search's last checkpoint, None before its first; NOT_FOUND for another tenant's job."""
     return call(endpoint, keys_dir, p.pack(p.SEARCH, {"id": job_id, "tenant": tenant}), timeout_s)["checkpoint"]
+
+
+def derive(endpoint: str, keys_dir: Path, header: dict, blobs: list[bytes], timeout_s: float) -> dict:
+    """A new model from a built one (its `parent`, of `tenant`), photos added and people removed."""
+    return call(endpoint, keys_dir, p.pack(p.DERIVE, header, blobs), timeout_s)
+
+
+def erase(endpoint: str, keys_dir: Path, label: str, tenant: str | None, timeout_s: float) -> dict:
+    """A person out of every model of `tenant`: {label, models: [{id, state, new_id, action}], removed}."""
+    return call(endpoint, keys_dir, p.pack(p.ERASE, {"label": label, "tenant": tenant}), timeout_s)

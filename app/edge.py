@@ -11,7 +11,8 @@ second, and answers 408 REQUEST_TIMEOUT otherwise, which frees the thread.
 uWSGI's `wsgi.input.read(n)` returns only once it has all n bytes, so a guard
 that checked the pace between reads could wait hours inside one read. The
 guard asks the socket how much has arrived (FIONREAD) and never reads more than
-that (at least one byte, which uWSGI waits for at most `socket-timeout`).
+that (at least one byte, which uWSGI waits for at most `socket-timeout`); a
+`read(n)` gathers such reads until it has its n bytes, checking the pace between them.
 
 An answer given before the body was read (413 from Content-Length, 400 at the first bad
 byte) would reach most clients as a connection reset: they send their whole body before
@@ -38,6 +39,11 @@ except ImportError:  # tests with Flask's client, `flask run`
 
 
 LINGER_S = 5.0
+# A read hands over whole chunks, and the body's last TAIL bytes in one piece: werkzeug's multipart decoder
+# appends a stray CR to the last part when the closing boundary reaches it in pieces (pallets/werkzeug#3285,
+# open in 3.1.9), which reads of whatever has arrived made happen (a photo stored one byte longer). TAIL is
+# more than the longest closing delimiter (a boundary has at most 70 characters).
+TAIL = 256
 
 
 class BodyTooSlow(RequestTimeout):
@@ -57,9 +63,10 @@ def _available(fd: int) -> int:
 class PacedInput:
     """A file-like request body that raises BodyTooSlow once it falls behind the pace."""
 
-    def __init__(self, inner: Any, fd: int | None, grace_s: float, min_rate: int):
+    def __init__(self, inner: Any, fd: int | None, grace_s: float, min_rate: int, length: int | None = None):
         self.inner, self.fd = inner, fd
         self.grace_s, self.min_rate = grace_s, min_rate
+        self.length = length  # Content-Length, when known
         self.started = time.monotonic()
         self.received = 0
 
@@ -85,9 +92,22 @@ class PacedInput:
             while chunk := self.read(1 << 16):
                 parts.append(chunk)
             return b"".join(parts)
-        data = self.inner.read(self._size(n))
-        self.received += len(data)
-        return data
+        want = n
+        if self.length is not None:
+            left = self.length - self.received
+            if 0 < left - n <= TAIL:  # stop short: the next read takes the whole tail
+                want = max(1, left - TAIL)
+        parts, got = [], 0
+        while got < want:  # each inner read takes what has arrived (>= 1 byte), the pace checked between
+            if got:
+                self._check()
+            data = self.inner.read(self._size(want - got))
+            if not data:
+                break
+            parts.append(data)
+            got += len(data)
+            self.received += len(data)
+        return b"".join(parts)
 
     def readline(self, limit: int = -1) -> bytes:
         self._check()
@@ -148,6 +168,6 @@ class BodyGuard:
         if length <= 0:
             return self.app(environ, start_response)
         fd = uwsgi.connection_fd() if uwsgi is not None else None
-        body = PacedInput(environ["wsgi.input"], fd, self.grace_s, self.min_rate)
+        body = PacedInput(environ["wsgi.input"], fd, self.grace_s, self.min_rate, length)
         environ["wsgi.input"] = body
         return Lingering(self.app(environ, start_response), body, length)

@@ -63,6 +63,8 @@ ID_ERRORS = ((400, "`BAD_ID`: not a uuid4"), (404, "`NOT_FOUND`: no such model (
 MODEL_ERRORS = ID_ERRORS + ((409, "`NOT_READY` while the model builds (details: state, progress); "
                                   "`BUILD_FAILED` if it failed (details: the job's error)"),
                             (410, "`GONE`: the model's files are missing"))
+LABEL = {"name": "label", "in": "path", "required": True, "description": "a person's label (as in the upload)",
+         "schema": {"type": "string"}}
 PUBLIC: list = []  # `security` of the routes that need no API key
 AUTH_ERRORS = ((401, "`UNAUTHORIZED`: no key, or an unknown or revoked one"),
                (403, "`FORBIDDEN`: the key's role may not do this, or another site's page sent it"),
@@ -91,12 +93,17 @@ def schemas() -> dict:
                            total=integer()),
               search=nullable(search_progress), error=nullable(job_error),
               created=num("unix time"), updated=num("unix time"), attempts=integer(), worker=nullable(text()),
-              photos=integer(), people=integer())
+              photos=integer(), people=integer(),
+              parent=nullable(text("the model it was derived from (adding or removing people)", format="uuid")),
+              callback=obj(url=text(), state=text("waiting for the job to end, pending, delivered or failed"),
+                           webhook_id=text(), attempts=integer(), last_status=nullable(integer()),
+                           last_error=nullable(text()), next_attempt=nullable(num("unix time"))))
     candidate = obj(generation=nullable(integer("the generation whose batch first asked for it")),
                     genome={"type": "array", "items": {"type": "integer"}},
                     hidden={"type": "array", "items": {"type": "integer"}}, activation=nullable(text()),
                     cosine={"type": "boolean"}, params=integer(), balanced_accuracy=num(),
                     open_set=nullable(num()), score=num("mean of balanced_accuracy and open_set"))
+    callback = obj(url=text(), secret=text("whsec_...: signs each delivery (Standard Webhooks); shown once"))
     key_info: dict[str, Any] = dict(id=text("the key's public id (12 hex characters)"), tenant=text(),
                     role={"type": "string", "enum": ["admin", "builder", "user"]}, name=nullable(text()),
                     created=num("unix time"), revoked=nullable(num("unix time")))
@@ -113,7 +120,35 @@ def schemas() -> dict:
         "BuildAccepted": {"allOf": [ref("Ok"), obj(
             ["id", "photos", "people"], id=text(format="uuid"), photos=integer(), people=integer(),
             ignored={"type": "array", "items": {"type": "string"},
-                     "description": "files of a zip that are not photos (`README.txt`)"})]},
+                     "description": "files of a zip that are not photos (`README.txt`)"},
+            callback=callback)]},
+        "DeriveAccepted": {"allOf": [ref("Ok"), obj(
+            ["id", "parent", "photos", "people"], id=text("the new model's id", format="uuid"),
+            parent=text(format="uuid"), photos=integer("photos of the new model, inherited and new"),
+            people=integer(), added=obj(photos=integer(), people=integer()), removed=obj(people=integer()),
+            duplicates={"type": "array", "items": text(), "description": "photos sent that the model already "
+                                                                        "holds for that person (left out)"},
+            ignored={"type": "array", "items": text()}, callback=callback)]},
+        "Erased": {"allOf": [ref("Ok"), obj(
+            ["label", "models", "removed"], label=text(),
+            models={"type": "array", "items": obj(
+                id=text("a model that held the person (it is deleted)", format="uuid"), state=text(),
+                new_id=nullable(text("the model rebuilt without them", format="uuid")),
+                action={"enum": ["rebuilt", "deleted"]}, reason=text())},
+            removed=obj(models=integer(), photos=integer(), cached_features=integer()))]},
+        "Verification": {"allOf": [ref("Ok"), obj(
+            id=text(format="uuid"), mode={"enum": ["pair", "label"]}, label=text(),
+            same={"type": "boolean"}, distance=num(), threshold=num("calibrated at build time (manifest "
+                                                                     "`verification`)"),
+            far=num("the false-accept rate per comparison that threshold was set for"),
+            face=nullable(obj(box={"type": "array", "items": {"type": "integer"}}, quality=face_quality,
+                              faces_found=integer())),
+            face2=nullable({"type": "object"}), embedding={"type": "array", "items": num()},
+            embedding2={"type": "array", "items": num()},
+            count=integer("a batch: how many results"),
+            results={"type": "array", "items": {"type": "object"},
+                     "description": "a batch: one entry per item, in order (`index`, `status`, and the fields "
+                                    "above or its own `error`)"})]},
         "ModelList": {"allOf": [ref("Ok"), obj(
             ["models", "total"], models={"type": "array", "items": obj(
                 id=text(format="uuid"), name=nullable(text()), state=text(), available={"enum": [0, 1]},
@@ -128,10 +163,14 @@ def schemas() -> dict:
                     threshold=num("the candidate's own threshold (known when distance <= threshold)"),
                     candidate=text("the nearest person, known or not"), quality=face_quality),
         "Prediction": {"allOf": [ref("Ok"), obj(
-            ["count", "faces"], id=text(format="uuid"), count=integer(), threshold=num(),
-            faces={"type": "array", "items": ref("Face")},
+            ["count"], id=text(format="uuid"), count=integer("faces found, or results of a batch"), threshold=num(),
+            faces={"type": "array", "items": ref("Face"),
+                   "description": "with return_embeddings=1 each face has its `embedding` (128 numbers)"},
             faces_found=integer("more faces than FR_MAX_FACES_PER_PREDICT: how many there were"),
-            message=text())]},
+            message=text(),
+            results={"type": "array", "items": {"type": "object"},
+                     "description": "a batch: one entry per image or embedding, in order (`index`, `status`, "
+                                    "`count`, `faces`, or its own `error`)"})]},
         "Report": {"allOf": [ref("Job"), obj(
             metrics=nullable({"type": "object", "description": "held-out figures of the model trained without "
                                                                "the test photos; `confusions`"}),
@@ -183,7 +222,19 @@ def build_form() -> dict:
                   "description": "evolve the network (NSGA-II over the workers)"},
         population=integer("with optimize=1: 4-256, default 32, rounded up to a multiple of 4"),
         generations=integer("with optimize=1: 1-100, default 6"),
-        time_budget=num("with optimize=1: seconds, 1-86400, default 300"))}}
+        time_budget=num("with optimize=1: seconds, 1-86400, default 300"),
+        callback_url=text("POSTed the job's status when it ends, signed (Standard Webhooks); its host must be "
+                          "in FR_WEBHOOK_ALLOW"))}}
+
+
+def photo_json() -> dict:
+    """The JSON body of predict and verify: one photo or embedding, or a batch."""
+    b64 = text("a photo in base64, or a data: URI (`data:image/jpeg;base64,...`)")
+    embedding = {"type": "array", "items": num(), "minItems": 128, "maxItems": 128,
+                 "description": "a dlib face embedding computed by the client"}
+    return {"image": b64, "images": {"type": "array", "items": b64, "description": "a batch (up to FR_MAX_BATCH)"},
+            "embedding": embedding, "embeddings": {"type": "array", "items": embedding},
+            "return_embeddings": {"type": "boolean", "description": "add each face's embedding to the answer"}}
 
 
 def operations() -> dict:
@@ -244,7 +295,7 @@ def operations() -> dict:
         "/models/{job_id}": {
             "get": {"tags": ["models"], "summary": "Download the model bundle (zip)", "parameters": [JOB_ID],
                     "responses": {"200": {"description": "the bundle: model.keras, labels.json, gallery.npz, "
-                                                         "manifest.json",
+                                                         "manifest.json, MODEL_CARD.md",
                                           "content": {"application/zip": {"schema": text(format="binary")}}},
                                   **errors(*MODEL_ERRORS)}},
             "delete": {"tags": ["models"], "summary": "Erase a model, its uploads and cached features",
@@ -268,14 +319,74 @@ def operations() -> dict:
         "/models/{job_id}/predict": {"post": {
             "tags": ["use"], "summary": "Name every face in a photo",
             "parameters": [JOB_ID],
-            "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": obj(
-                ["image"], image=text(format="binary"),
-                threshold=num("one distance threshold for everybody instead of each person's own, (0, 4]"))}}},
+            "description": "A photo as a multipart `image` part (several: `images` parts), or a JSON body: "
+                           "base64 or data: URIs, a batch, or dlib embeddings the client computed. A batch is "
+                           "answered item by item, in order, each with its own error when it was bad.",
+            "requestBody": {"required": True, "content": {
+                "multipart/form-data": {"schema": obj(
+                    image=text(format="binary"), images={"type": "array", "items": text(format="binary")},
+                    threshold=num("one distance threshold for everybody instead of each person's own, (0, 4]"),
+                    return_embeddings={"enum": ["0", "1", "true", "false"]})},
+                JSON: {"schema": obj(**photo_json(), threshold=num("(0, 4]"))}}},
             "responses": {"200": answer("the faces, largest first (none: count 0 and a message)",
                                         ref("Prediction")),
                           **errors(*MODEL_ERRORS, (400, "`BAD_ID`, `NO_FILES`, `BAD_PARAMETER`, `NOT_AN_IMAGE`, "
-                                                        "`UNSUPPORTED_FORMAT`, `CORRUPT_IMAGE`, `IMAGE_TOO_LARGE`"),
-                                   (413, "`PHOTO_TOO_LARGE`, `REQUEST_TOO_LARGE`"))}}},
+                                                        "`UNSUPPORTED_FORMAT`, `CORRUPT_IMAGE`, `IMAGE_TOO_LARGE`, "
+                                                        "`BAD_JSON`, `BAD_BASE64`, `BAD_DATA_URI`, `BAD_EMBEDDING`, "
+                                                        "`EMPTY_BATCH`"),
+                                   (413, "`PHOTO_TOO_LARGE`, `REQUEST_TOO_LARGE`, `BATCH_TOO_LARGE`"))}}},
+        "/models/{job_id}/verify": {"post": {
+            "tags": ["use"], "summary": "1:1: is this the same person as another photo, or as a person of the model?",
+            "description": "`image` (or `images`, `embedding`, `embeddings`) against `image2` (or `embedding2`) "
+                           "or against `label`. Each photo's largest face is compared; the threshold was "
+                           "calibrated at build time for the false-accept rate in `far`.",
+            "parameters": [JOB_ID],
+            "requestBody": {"required": True, "content": {
+                "multipart/form-data": {"schema": obj(
+                    ["image"], image=text(format="binary"), images={"type": "array", "items": text(format="binary")},
+                    image2=text(format="binary"), label=text("a person of the model"),
+                    return_embeddings={"enum": ["0", "1", "true", "false"]})},
+                JSON: {"schema": obj(**photo_json(), image2=text("base64 or a data: URI"),
+                                     embedding2={"type": "array", "items": num()}, label=text())}}},
+            "responses": {"200": answer("same or not, with the distance and the threshold", ref("Verification")),
+                          **errors(*MODEL_ERRORS, (400, "`NO_FILES`, `NO_REFERENCE`, `NO_FACE`, `BAD_LABEL`, "
+                                                        "`BAD_JSON`, `BAD_BASE64`, `BAD_DATA_URI`, `BAD_EMBEDDING`, "
+                                                        "`EMPTY_BATCH`, `BAD_PARAMETER`, `NOT_AN_IMAGE`"),
+                                   (413, "`PHOTO_TOO_LARGE`, `REQUEST_TOO_LARGE`, `BATCH_TOO_LARGE`"))}}},
+        "/models/{job_id}/card": {"get": {
+            "tags": ["models"], "summary": "The model card (Markdown): people, figures, thresholds, limits, licences",
+            "parameters": [JOB_ID],
+            "responses": {"200": {"description": "MODEL_CARD.md of the bundle",
+                                  "content": {"text/markdown": {"schema": text()}}}, **errors(*MODEL_ERRORS)}}},
+        "/models/{job_id}/people": {"post": {
+            "tags": ["models"], "summary": "Derive a new model: this one's people plus the photos sent",
+            "description": "New people, or more photos of known ones, with the form of a build. The model "
+                           "itself never changes: the answer names a new model (`parent`: this one), built "
+                           "from this one's kept embeddings and the new photos only. Poll the new id.",
+            "parameters": [JOB_ID], "requestBody": {"required": True, "content": build_form()},
+            "responses": {"202": answer("accepted", ref("DeriveAccepted")),
+                          **errors(*MODEL_ERRORS, (400, "as a build, and `NO_NEW_PHOTOS`, `TOO_FEW_PEOPLE`"),
+                                   (413, "as a build, and `TOO_MANY_FILES` for the whole new model"),
+                                   (429, "`TOO_MANY_BUILDS`"), (507, "`INSUFFICIENT_STORAGE`, `QUOTA_EXCEEDED`"))}}},
+        "/models/{job_id}/people/{label}": {"delete": {
+            "tags": ["models"], "summary": "Derive a new model without one person",
+            "description": "This model stays as it is; erase the person everywhere with DELETE /people/{label}.",
+            "parameters": [JOB_ID, LABEL] + [{"name": n, "in": "query", "schema": text()}
+                                              for n in ("name", "seed", "callback_url")],
+            "responses": {"202": answer("accepted", ref("DeriveAccepted")),
+                          **errors(*MODEL_ERRORS, (400, "`BAD_LABEL`, `TOO_FEW_PEOPLE`"),
+                                   (404, "`NOT_FOUND`, `UNKNOWN_PERSON`: not a person of the model"),
+                                   (429, "`TOO_MANY_BUILDS`"))}}},
+        "/people/{label}": {"delete": {
+            "tags": ["models"], "summary": "Erase a person from every model of the key's tenant",
+            "description": "Each model that held them is rebuilt without them under a new id (or deleted when "
+                           "fewer than 2 people would be left), then deleted with its uploads, features, "
+                           "cached embeddings and callback messages. Admins erase in their own tenant, in "
+                           "another with `tenant=NAME`, in every tenant with `tenant=*`.",
+            "parameters": [LABEL, {"name": "tenant", "in": "query", "schema": text(), "description": "admins only"}],
+            "responses": {"200": answer("the models touched and their new ids", ref("Erased")),
+                          **errors((400, "`BAD_LABEL`, `BAD_PARAMETER`"), *AUTH_ERRORS,
+                                   (503, "`BROKER_UNAVAILABLE`, `STORE_UNAVAILABLE`"))}}},
         "/keys": {
             "post": {"tags": ["keys"], "summary": "Make an API key (admins)",
                      "description": "The key is in this answer and nowhere else, ever; it is stored as an "
@@ -313,8 +424,8 @@ def document() -> dict:
                                 "\"message\", \"details\"?}}`. A build's tasks are of kinds "
                                 + ", ".join(k.value for k in TaskKind) + "."},
         "servers": [{"url": "/"}],
-        "tags": [{"name": "models", "description": "build, follow, download, delete"},
-                 {"name": "use", "description": "name faces with a model"},
+        "tags": [{"name": "models", "description": "build, follow, derive, download, delete, erase a person"},
+                 {"name": "use", "description": "name faces with a model, verify one against another"},
                  {"name": "operations", "description": "health and metrics"},
                  {"name": "keys", "description": "API keys (admins)"},
                  {"name": "pages", "description": "the console and this reference"}],

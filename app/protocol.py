@@ -3,11 +3,16 @@
 A message is a command frame, a JSON header frame, then binary frames.
 
 Front (REQ, the HTTP app) -> broker ROUTER:
-    SUBMIT {id, name, options, files, deadline, tenant} photo...  -> OK {id} | ERR {code, message}
+    SUBMIT {id, name, options, files, deadline, tenant, callback?} photo...  -> OK {id} | ERR {code, message}
+    DERIVE {id, parent, tenant, name, options, files, remove, deadline, callback?} photo...
+                                      -> OK {id, parent, photos, people, added, removed, duplicates}
+                                         (the parent must be `tenant`'s, None: any; the new model is its tenant's)
     STATUS                                            -> OK {workers, busy, idle, warming, queued, store, disk}
     DELETE {id, tenant}                               -> OK {id, removed} | ERR NOT_FOUND (another tenant's)
+    ERASE {label, tenant}                             -> OK {label, models, removed}  (tenant None: every tenant)
   read side (served by the broker's reader threads, app/reader.py; a front on another host has no disk of ours):
-    GETJOB {id, tenant}                               -> OK {job: row, bundle?: {sha256, size}} | ERR NOT_FOUND
+    GETJOB {id, tenant, callback?}                    -> OK {job: row, bundle?: {sha256, size}, callback?: delivery}
+                                                         | ERR NOT_FOUND
     LIST {limit, offset, tenant}                      -> OK {jobs: [row...], total}
     BUNDLE {id, tenant, sha256, offset}               -> OK {sha256, size, offset} chunk  (at most BUNDLE_CHUNK bytes)
     KNOWN {ids}                                       -> OK {done: [ids of these that are finished models]}
@@ -53,13 +58,14 @@ from preprocessor.errors import InputError
 from preprocessor.uploads import clean_label
 
 SUBMIT, STATUS, DELETE, OK, ERR = b"SUBMIT", b"STATUS", b"DELETE", b"OK", b"ERR"
+DERIVE, ERASE = b"DERIVE", b"ERASE"
 READY, HEARTBEAT, PROGRESS, DONE, FAILED, JOB = b"READY", b"HEARTBEAT", b"PROGRESS", b"DONE", b"FAILED", b"JOB"
 REJECT, PURGE = b"REJECT", b"PURGE"
 GETJOB, LIST, BUNDLE, KNOWN, SEARCH = b"GETJOB", b"LIST", b"BUNDLE", b"KNOWN", b"SEARCH"
 KEYGET, KEYLIST, KEYADD, KEYREVOKE = b"KEYGET", b"KEYLIST", b"KEYADD", b"KEYREVOKE"
 
 READ_COMMANDS = (GETJOB, LIST, BUNDLE, KNOWN, SEARCH, KEYGET)  # answered off the broker's loop
-FRONT_COMMANDS = (SUBMIT, STATUS, DELETE, KEYADD, KEYREVOKE, KEYLIST, *READ_COMMANDS)
+FRONT_COMMANDS = (SUBMIT, STATUS, DELETE, DERIVE, ERASE, KEYADD, KEYREVOKE, KEYLIST, *READ_COMMANDS)
 WORKER_COMMANDS = (READY, HEARTBEAT, PROGRESS, DONE, FAILED, REJECT)
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024   # a submit's header lists every photo's label and file name
@@ -82,10 +88,21 @@ _KEY_ID = re.compile(r"[0-9a-f]{12}")
 _HEX = re.compile(r"[0-9a-f]{1,128}")
 _CODE = re.compile(r"[A-Z][A-Z_]{0,39}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SECRET = re.compile(r"whsec_[A-Za-z0-9+/]{32,88}={0,2}")
+MAX_URL = 2048
+MAX_REMOVE = 1000      # people removed by one derivation
 
 
 class ProtocolError(ValueError):
     """A message that does not fit its schema; it is dropped (and logged, escaped)."""
+
+
+class FrontError(Exception):
+    """A front request refused with a code the HTTP app maps to a status (app/client.py)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
 
 
 def escape(value: Any, limit: int = 200) -> str:
@@ -222,10 +239,62 @@ def check_options(value: Any, settings: Settings) -> dict:
     return options
 
 
+def check_label(value: Any, settings: Settings) -> str:
+    """A person's label exactly as the HTTP front cleans it."""
+    try:
+        if clean_label(value, settings.max_label_length) != value:
+            raise ProtocolError("label is not in its clean form")
+    except (InputError, TypeError, AttributeError):
+        raise ProtocolError(f"bad label {escape(value, 60)}") from None
+    return value
+
+
+def check_callback(value: Any) -> dict:
+    """A build's callback: an http(s) URL the front checked against FR_WEBHOOK_ALLOW, and its signing secret."""
+    callback = mapping(value, "callback")
+    if set(callback) != {"url", "secret"}:
+        raise ProtocolError("a callback takes exactly url and secret")
+    url = text(callback["url"], MAX_URL, "callback url")
+    if not url.lower().startswith(("http://", "https://")):
+        raise ProtocolError("a callback url must be http or https")
+    if not isinstance(callback["secret"], str) or not _SECRET.fullmatch(callback["secret"]):
+        raise ProtocolError("a callback secret must be whsec_ and base64")
+    return callback
+
+
 def check_submit(header: dict, blobs: list[bytes], settings: Settings) -> dict:
     """A SUBMIT as the HTTP front would send it: the same limits, labels and options."""
-    if set(header) - {"id", "name", "options", "files", "deadline", "tenant"}:
+    if set(header) - {"id", "name", "options", "files", "deadline", "tenant", "callback"}:
         raise ProtocolError("submit has unknown fields")
+    return _check_job(header, blobs, settings, least=1)
+
+
+def check_derive(header: dict, blobs: list[bytes], settings: Settings) -> dict:
+    """A DERIVE: a new model from a built one (`parent`), plus photos (`files`), minus people (`remove`)."""
+    if set(header) - {"id", "parent", "tenant", "name", "options", "files", "remove", "deadline", "callback"}:
+        raise ProtocolError("derive has unknown fields")
+    job_id(header.get("parent"))
+    remove = header.get("remove", [])
+    if not isinstance(remove, list) or len(remove) > MAX_REMOVE:
+        raise ProtocolError(f"remove must list at most {MAX_REMOVE} people")
+    for label in remove:
+        check_label(label, settings)
+    _check_job(header, blobs, settings, least=0)
+    if not header["files"] and not remove:
+        raise ProtocolError("a derivation adds photos or removes people")
+    return header
+
+
+def check_erase(header: dict, settings: Settings) -> dict:
+    """An ERASE: a person's label, and the tenant whose models it covers (None: every tenant's)."""
+    _fields(header, {"label", "tenant"}, {"label", "tenant"}, "erase")
+    check_label(header["label"], settings)
+    tenant(header["tenant"])
+    return header
+
+
+def _check_job(header: dict, blobs: list[bytes], settings: Settings, least: int) -> dict:
+    """The fields a SUBMIT and a DERIVE share: id, name, options, deadline, callback, and the photos."""
     job_id(header.get("id"))
     tenant(header.get("tenant"))
     name = header.get("name")
@@ -234,9 +303,11 @@ def check_submit(header: dict, blobs: list[bytes], settings: Settings) -> dict:
     check_options(header.get("options", {}), settings)
     if "deadline" in header:
         number(header["deadline"], 0, 1e11, "deadline")
+    if header.get("callback") is not None:
+        check_callback(header["callback"])
     files = header.get("files")
-    if not isinstance(files, list) or not 1 <= len(files) <= settings.max_files:
-        raise ProtocolError(f"files must list 1 to {settings.max_files} photos")
+    if not isinstance(files, list) or not least <= len(files) <= settings.max_files:
+        raise ProtocolError(f"files must list {least} to {settings.max_files} photos")
     if len(files) != len(blobs):
         raise ProtocolError("the file list and the photo frames differ in length")
     total = 0
@@ -244,11 +315,7 @@ def check_submit(header: dict, blobs: list[bytes], settings: Settings) -> dict:
         f = mapping(f, "file")
         if set(f) != {"label", "filename"}:
             raise ProtocolError("a file needs exactly a label and a filename")
-        try:
-            if clean_label(f["label"], settings.max_label_length) != f["label"]:
-                raise ProtocolError("label is not in its clean form")
-        except (InputError, TypeError, AttributeError):
-            raise ProtocolError(f"bad label {escape(f['label'], 60)}") from None
+        check_label(f["label"], settings)
         text(f["filename"], MAX_FILENAME, "filename")
         if not 0 < len(blob) <= settings.max_photo_bytes:
             raise ProtocolError(f"a photo must be 1 to {settings.max_photo_bytes} bytes")
@@ -280,8 +347,13 @@ def hex_bytes(value: Any, n: int, name: str) -> str:
 
 def check_read(command: bytes, header: dict) -> dict:
     """The read side's requests and key changes: exact fields, ids in their only forms, bounded numbers."""
-    if command in (GETJOB, SEARCH):
-        _fields(header, {"id", "tenant"}, {"id"}, command.decode().lower())
+    if command == GETJOB:
+        _fields(header, {"id", "tenant", "callback"}, {"id"}, "getjob")
+        job_id(header["id"])
+        if not isinstance(header.get("callback", False), bool):
+            raise ProtocolError("callback must be true or false")
+    elif command == SEARCH:
+        _fields(header, {"id", "tenant"}, {"id"}, "search")
         job_id(header["id"])
     elif command == LIST:
         _fields(header, {"limit", "offset", "tenant"}, {"limit", "offset"}, "list")
@@ -327,6 +399,8 @@ def parse_front(frames: list[bytes], settings: Settings) -> tuple[bytes, dict, l
     command, blobs = frames[0], list(frames[2:])
     if command == SUBMIT:
         return command, check_submit(header_of(frames, required=True), blobs, settings), blobs
+    if command == DERIVE:
+        return command, check_derive(header_of(frames, required=True), blobs, settings), blobs
     header = header_of(frames, required=command not in (STATUS, KEYLIST))
     if blobs:
         raise ProtocolError(f"{command.decode()} takes no data frames")
@@ -335,6 +409,8 @@ def parse_front(frames: list[bytes], settings: Settings) -> tuple[bytes, dict, l
             raise ProtocolError("delete takes an id (and the tenant it must belong to)")
         job_id(header["id"])
         tenant(header.get("tenant"))
+    elif command == ERASE:
+        check_erase(header, settings)
     elif command == STATUS:
         if header:
             raise ProtocolError("status takes no header")

@@ -4,7 +4,8 @@ The broker's loop checks every front request against its schema (app/protocol.py
 requests to these threads over an inproc socket, so a slow read (a locked store, a bundle piece off a
 cold disk, hashing a bundle the first time) never holds up the workers' heartbeats, dispatch or submits.
 Each answer goes back through the loop, which alone owns the front socket. Readers only read: the job
-store read-only (a connection per request, as the fronts used to open), `dumps/` and `var/auth.sqlite`.
+store read-only (a connection per request, as the fronts used to open), `dumps/`, `var/auth.sqlite` and
+`var/webhooks.sqlite` (a job's callback delivery, for GET /is_available).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from app import protocol as p
 from app.auth import read_key
 from app.protocol import ProtocolError, escape
 from app.store import SEARCH_CHECKPOINT, StoreUnavailable, connect, list_jobs, read_job, store_errors
+from app.webhooks import delivery_view
 from constants import Settings
 from constants.states import JobState
 from logger import logger
@@ -88,7 +90,10 @@ class Reader(threading.Thread):
     def answer(self, command: bytes, header: dict) -> list[bytes]:
         try:
             if command == p.GETJOB:
-                return p.pack(p.OK, self.get_job(header["id"], header.get("tenant")))
+                body = self.get_job(header["id"], header.get("tenant"))
+                if header.get("callback"):  # the job's callback delivery (var/webhooks.sqlite, read-only)
+                    body["callback"] = delivery_view(self.s, header["id"])
+                return p.pack(p.OK, body)
             if command == p.LIST:
                 rows, total = list_jobs(self.s.db_path, header["limit"], header["offset"], header.get("tenant"))
                 return p.pack(p.OK, {"jobs": [dict(r) for r in rows], "total": total})

@@ -19,12 +19,13 @@ from app.broker import new_job_id
 from app.errors import ApiError
 from app.security import principal, requires
 from app.store import job_view
-from app.validation import check_people, collect_photos, parse_job_id, parse_options
+from app.usage import predict_request
+from app.validation import check_people, collect_photos, parse_callback, parse_job_id, parse_options
 from constants import VERSION, Settings
 from constants.states import JobState
 from logger import logger
 from modelization.bundle import read_manifest
-from preprocessor.images import inspect_image
+from modelization.recognizer import Recognizer
 
 bp = Blueprint("api", __name__)
 
@@ -39,16 +40,35 @@ def caller_tenant() -> str | None:
     return None if caller.may(Action.ADMIN) else caller.tenant
 
 
-def find_row(job_id: str) -> tuple[dict, dict | None]:
-    """(the job's row, its bundle's {sha256, size} when built), 404 NOT_FOUND (also for another tenant's:
-    the broker checks the tenant, and so does this front), or 503 STORE_UNAVAILABLE: never a 404 for a
-    store that fails."""
+def job_answer(job_id: str, callback: bool = False) -> dict:
+    """The broker's answer for a job: {job: its row, bundle?: {sha256, size}, callback?: its delivery}.
+    404 NOT_FOUND (also for another tenant's: the broker checks the tenant, and so does this front), or
+    503 STORE_UNAVAILABLE: never a 404 for a store that fails. A model the broker no longer has leaves
+    this process at once (its cached bundle and loaded recognizer), whichever front deleted it."""
     s = settings()
-    answer = client.get_job(s.front_endpoint, s.front_keys_dir, job_id, s.broker_timeout_s, caller_tenant())
+    try:
+        answer = client.get_job(s.front_endpoint, s.front_keys_dir, job_id, s.broker_timeout_s, caller_tenant(),
+                                callback)
+    except ApiError as exc:
+        if exc.code == "NOT_FOUND":  # (or another tenant's: dropping a live model's copy costs a fetch)
+            forget_model(job_id)
+        raise
     row = answer.get("job")
     if not isinstance(row, dict) or row.get("id") != job_id or not principal().sees(row.get("tenant")):
         raise ApiError(404, "NOT_FOUND", f"no model with id {job_id}")
-    return row, answer.get("bundle")
+    return answer
+
+
+def forget_model(model_id: str) -> None:
+    """Drop what this process holds of a model that is gone: its loaded recognizer and its cached bundle."""
+    current_app.extensions["recognizers"].evict(model_id)
+    current_app.extensions["bundles"].forget(model_id)
+
+
+def find_row(job_id: str) -> tuple[dict, dict | None]:
+    """(the job's row, its bundle's {sha256, size} when built); errors as `job_answer`."""
+    answer = job_answer(job_id)
+    return answer["job"], answer.get("bundle")
 
 
 def find_job(job_id: str) -> tuple[dict, dict | None]:
@@ -67,6 +87,7 @@ def _started() -> None:
 def build_recognizer():
     s = settings()
     name, options = parse_options(request.form, s)
+    callback = parse_callback(request.form.get("callback_url"), s)
     photos, ignored = collect_photos(request, s)
     n_people = check_people(photos)
     job_id = new_job_id()
@@ -74,7 +95,7 @@ def build_recognizer():
     # since a client whose request was cut never learns the id.
     deadline = g.started + s.request_timeout_s - 5.0
     g.model_id = job_id
-    header = {"id": job_id, "name": name, "options": options, "deadline": deadline,
+    header = {"id": job_id, "name": name, "options": options, "deadline": deadline, "callback": callback,
               "tenant": principal().tenant, "files": [{"label": p.label, "filename": p.filename} for p in photos]}
     timeout = min(s.broker_timeout_s + len(photos) * s.broker_submit_s_per_photo, deadline - time.time())
     if timeout <= 1.0:
@@ -82,6 +103,8 @@ def build_recognizer():
     client.submit(s.front_endpoint, s.front_keys_dir, header, [p.data for p in photos], timeout)
     logger.info("accepted job {}: {} photos, {} people", job_id, len(photos), n_people)
     body = {"status": 0, "id": job_id, "photos": len(photos), "people": n_people}
+    if callback:
+        body["callback"] = callback  # the secret is shown here only: it signs the callback (app/webhooks.py)
     if ignored:
         body["ignored"] = ignored[:200]
     return jsonify(body), 202
@@ -91,20 +114,29 @@ def build_recognizer():
 @bp.get("/is_available/<job_id>")
 @requires(Action.READ)
 def is_available(job_id: str | None = None):
-    job, _ = find_job(parse_job_id(job_id or request.args.get("id")))
-    return jsonify({"status": 0, **job})
+    answer = job_answer(parse_job_id(job_id or request.args.get("id")), callback=True)
+    callback = answer.get("callback")
+    return jsonify({"status": 0, **job_view(answer["job"]), **({"callback": callback} if callback else {})})
 
 
-def built_model(raw_id: str) -> tuple[dict, Path]:
-    """The job and its bundle's file on this front (fetched from the broker once, checked by sha256), or
-    the error saying why there is no model (404/409/410)."""
-    job, bundle = find_job(parse_job_id(raw_id))
+def finished_job(raw_id: str) -> tuple[dict, dict, dict | None]:
+    """(the job's view, its row, its bundle's {sha256, size}) of a model that was built, or the error saying
+    why there is none (404/409)."""
+    row, bundle = find_row(parse_job_id(raw_id))
+    job = job_view(row)
     if job["state"] == JobState.FAILED:
         raise ApiError(409, "BUILD_FAILED", f"model {job['id']} failed to build: {job['error']['message']}",
                        {"error": job["error"]})
     if job["state"] != JobState.DONE:
         raise ApiError(409, "NOT_READY", f"model {job['id']} is not ready (state: {job['state']}); "
                        "poll /is_available/<id>", {"state": job["state"], "progress": job["progress"]})
+    return job, row, bundle
+
+
+def built_model(raw_id: str) -> tuple[dict, Path]:
+    """The job and its bundle's file on this front (fetched from the broker once, checked by sha256), or
+    the error saying why there is no model (404/409/410)."""
+    job, _, bundle = finished_job(raw_id)
     if not bundle:
         raise ApiError(410, "GONE", f"the files of model {job['id']} are missing")
     path = current_app.extensions["bundles"].path(job["id"], bundle["sha256"], bundle["size"], caller_tenant())
@@ -145,34 +177,21 @@ def report(job_id: str):
                     "manifest": manifest})
 
 
-@bp.post("/models/<job_id>/predict")
-@requires(Action.PREDICT)
-def predict(job_id: str):
-    s = settings()
-    job, path = built_model(job_id)
-    part = request.files.get("image")
-    if part is None:
-        raise ApiError(400, "NO_FILES", "send the photo as a multipart 'image' part")
-    threshold = _threshold(request.form.get("threshold"))
-    data = part.stream.read(s.max_photo_bytes + 1)
-    if len(data) > s.max_photo_bytes:
-        raise ApiError(413, "PHOTO_TOO_LARGE", f"the photo is over the limit of {s.max_photo_bytes} bytes")
-    inspect_image(data, s.max_image_pixels)
+def load_recognizer(job: dict, path: Path) -> Recognizer:
+    """The job's recognizer from this process's LRU, or 404 when its bundle went meanwhile."""
     try:
-        recognizer = current_app.extensions["recognizers"].get(job["id"], path, s)
+        return current_app.extensions["recognizers"].get(job["id"], path, settings())
     except FileNotFoundError:
         current_app.extensions["recognizers"].evict(job["id"])
         raise ApiError(404, "NOT_FOUND", f"no model with id {job['id']}") from None
-    faces, found = recognizer.faces(data, threshold, s.max_faces_per_predict)
-    body = {"status": 0, "id": job["id"], "count": len(faces), "faces": [f.as_dict() for f in faces],
-            "threshold": recognizer.threshold if threshold is None else threshold}
-    if found > len(faces):
-        body["faces_found"] = found
-        body["message"] = (f"{found} faces found; the {len(faces)} largest were identified "
-                           f"(FR_MAX_FACES_PER_PREDICT)")
-    if not faces:
-        body["message"] = "no face found in the photo"
-    return jsonify(body)
+
+
+@bp.post("/models/<job_id>/predict")
+@requires(Action.PREDICT)
+def predict(job_id: str):
+    """Every face of a photo (or several photos, or embeddings: app/usage.py), named or unknown."""
+    job, path = built_model(job_id)
+    return jsonify(predict_request(job["id"], load_recognizer(job, path), request, settings()))
 
 
 @bp.delete("/models/<job_id>")
@@ -181,22 +200,8 @@ def delete_model(job_id: str):
     s = settings()
     job, _ = find_job(parse_job_id(job_id))
     answer = client.delete(s.front_endpoint, s.front_keys_dir, job["id"], s.broker_timeout_s, caller_tenant())
-    current_app.extensions["recognizers"].evict(job["id"])
-    current_app.extensions["bundles"].forget(job["id"])  # this host's copy; other fronts drop theirs at a sweep
+    forget_model(job["id"])  # this host's copy; other fronts drop theirs at their next request for it or sweep
     return jsonify({"status": 0, **answer})
-
-
-def _threshold(raw: str | None) -> float | None:
-    """The `threshold` form field: a distance in (0, 4], or None for the bundle's own."""
-    if raw in (None, ""):
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value <= 4.0:  # also refuses nan
-        raise ApiError(400, "BAD_PARAMETER", "threshold must be a distance in (0, 4]")
-    return value
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:

@@ -8,7 +8,8 @@
   network position.
 - Answers carry nosniff, a Content-Security-Policy that forbids framing, no referrer, and
   `Cache-Control: no-store` (models, reports and keys are not for caches).
-- Builds, downloads, deletions and key changes leave one line in the audit log, whatever their outcome.
+- Builds, derivations, downloads, deletions, erasures and key changes leave one line in the audit log, whatever
+  their outcome (an erasure's line names no person).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 AUDITED = {"api.build_recognizer": "build", "api.download": "download", "api.delete_model": "delete",
+           "api.add_people": "derive", "api.remove_person": "derive", "api.erase_person": "erase",
            "api.create_key": "key_create", "api.revoke_key": "key_revoke"}
 
 

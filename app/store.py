@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from constants.states import RUNNING_STATES, JobState, predecessors
 from preprocessor.uploads import Photo
@@ -106,6 +107,7 @@ def connect(db_path: Path, readonly: bool = False) -> sqlite3.Connection:
             conn = sqlite3.connect(db_path, timeout=10, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA secure_delete=ON")  # a deleted row leaves no bytes behind (erasure, #18)
             conn.executescript(SCHEMA)
             columns = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
             for column in ("detail", "tenant"):  # stores made by earlier versions
@@ -162,6 +164,7 @@ def job_view(row: sqlite3.Row | dict) -> dict:
         "worker": row["worker"],
         "photos": row["n_photos"],
         "people": row["n_people"],
+        "parent": json.loads(row["options"] or "{}").get("parent"),  # a derived model's (issue #18)
     }
 
 
@@ -211,14 +214,15 @@ class JobStore:
     def _upload_dir(self, job_id: str) -> Path:
         return self.uploads_dir / job_id
 
-    def save_uploads(self, job_id: str, photos: list[Photo]) -> None:
-        self.save_uploads_in(self.uploads_dir, job_id, photos)
+    def save_uploads(self, job_id: str, photos: list[Photo], extra: dict[str, Any] | None = None) -> None:
+        self.save_uploads_in(self.uploads_dir, job_id, photos, extra)
 
     @staticmethod
-    def save_uploads_in(uploads_dir: Path, job_id: str, photos: list[Photo]) -> None:
+    def save_uploads_in(uploads_dir: Path, job_id: str, photos: list[Photo],
+                        extra: dict[str, Any] | None = None) -> None:
         """Write the photos to `uploads/<id>/` as one pack file and an index, fsynced, then renamed
-        into place (one fsync for a whole upload, not one per photo). Files only: any thread may call
-        it. Raises StorageFull."""
+        into place (one fsync for a whole upload, not one per photo); `extra`: JSON files (name -> value)
+        renamed into place with them. Files only: any thread may call it. Raises StorageFull."""
         tmp = uploads_dir / f".{job_id}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         with disk_errors(tmp):
@@ -232,10 +236,11 @@ class JobStore:
                     offset += len(p.data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            with open(tmp / INDEX_FILE, "w") as fh:
-                json.dump(index, fh, ensure_ascii=False)
-                fh.flush()
-                os.fsync(fh.fileno())
+            for name, value in [(INDEX_FILE, index), *(extra or {}).items()]:
+                with open(tmp / name, "w") as fh:
+                    json.dump(value, fh, ensure_ascii=False)
+                    fh.flush()
+                    os.fsync(fh.fileno())
             os.rename(tmp, uploads_dir / job_id)
             _fsync_dir(uploads_dir)
 

@@ -7,6 +7,7 @@ import uuid
 from flask import Request
 
 from app.errors import ApiError
+from app.webhooks import CallbackRefused, callback_for
 from constants import Settings, parse_bool
 from preprocessor.errors import InputError
 from preprocessor.images import inspect_image
@@ -72,6 +73,15 @@ def parse_options(form, settings: Settings) -> tuple[str | None, dict]:
     if optimize:
         options.update(search)
     return name, options
+
+
+def parse_callback(raw: str | None, settings: Settings) -> dict | None:
+    """The `callback_url` field -> {url, secret} (a new signing secret), None when absent; 400 when the URL
+    is malformed or names a host FR_WEBHOOK_ALLOW does not allow (or a private address it does not list)."""
+    try:
+        return callback_for(raw, settings)
+    except CallbackRefused as exc:
+        raise ApiError(400, exc.code, exc.message, {"field": "callback_url"}) from None
 
 
 def collect_photos(request: Request, settings: Settings) -> tuple[list[Photo], list[str]]:

@@ -21,6 +21,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     import threading
 
+    from app import lifecycle  # noqa: F401 (adds derive, erase, verify and card to the blueprint)
     from app.auth import Audit, BrokerKeys
     from app.bundles import BundleCache
     from app.recognizers import RecognizerCache

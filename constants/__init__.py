@@ -7,7 +7,9 @@ environment.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -54,6 +56,25 @@ def parse_bool(raw: str, name: str) -> bool:
     if word in FALSE_WORDS:
         return False
     raise ValueError(f"{name} must be one of {'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}, got {raw[:40]!r}")
+
+
+_HOST_NAME = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def webhook_allow_entries(raw: str) -> list[str]:
+    """FR_WEBHOOK_ALLOW's entries (comma or space separated, lower case): host names, `*.domain`, IP
+    addresses, networks (CIDR). Raises SettingsError for anything else."""
+    entries = [e.strip().lower() for e in re.split(r"[,\s]+", raw or "") if e.strip()]
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+            continue
+        except ValueError:
+            pass
+        if not _HOST_NAME.fullmatch(entry.rstrip(".")) or (entry.startswith("*.") and "." not in entry[2:]):
+            raise SettingsError(f"FR_WEBHOOK_ALLOW: {entry[:80]!r} is not a host name, *.domain, IP address or "
+                                "network")
+    return [e.rstrip(".") for e in entries]
 
 
 def _bounded(default, low=None, high=None):
@@ -142,6 +163,8 @@ class Settings:
     # who runs dlib's face ResNet: "tensorflow" (the same network and weights, several times faster)
     # or "dlib" (compute_face_descriptor); the same embeddings within 1e-4 (features/embeddings.py)
     embedder: str = "tensorflow"
+    max_batch: int = _bounded(16, 1, 1000)          # photos or embeddings in one predict/verify request
+    max_json_bytes: int = _bounded(64 * 1024 * 1024, 1024)  # a JSON body (photos in base64 inside)
     same_person_distance: float = _bounded(0.6, 0.0, 4.0)  # a group photo's face must be this close to the person
 
     # Enrolment quality (preprocessor/quality.py): every face is measured; below these limits it is "poor".
@@ -186,8 +209,17 @@ class Settings:
     mirror_probes: bool = True        # new bundles embed a face to identify with its mirror image too (2 passes)
     mirror_margin: float = _bounded(0.06, 0.0)  # ... only when its one-pass score is this close to its threshold
     model_cache_size: int = _bounded(8, 1, 10_000)  # loaded recognizers kept per web process (LRU)
+    # 1:1 verification (/verify): false-accept rate per comparison its thresholds are set for (the stranger
+    # model's fitted range, modelization/openset.py)
+    verify_far: float = _bounded(0.001, 0.00001, 0.03)
 
     keep_uploads: bool = False        # keep uploaded photos after a successful build
+    # Callbacks (app/webhooks.py): the hosts a build's callback_url may name (names, *.domain, IPs, networks;
+    # empty: no callbacks), the wait for a receiver, the first retry delay (it doubles) and how long to retry.
+    webhook_allow: str = ""
+    webhook_timeout_s: float = _bounded(10.0, 0.5, 120)
+    webhook_retry_s: float = _bounded(5.0, 0.1, 3600)
+    webhook_retry_for_s: float = _bounded(86_400.0, 600, 30 * 86_400)  # at least 10 minutes
     warm_up: bool = True              # workers and web processes load dlib's models, the embedder and Keras at
                                       # start (in the background)
     cache_max_bytes: int = _bounded(1024**3, 0)  # feature cache bound per host, least recently used out first
@@ -259,6 +291,7 @@ class Settings:
                 values["search_max_budget_s"] < values["search_budget_s"]:
             raise SettingsError("FR_SEARCH_POPULATION, FR_SEARCH_GENERATIONS and FR_SEARCH_BUDGET_S must not "
                                 "exceed their FR_SEARCH_MAX_* limits")
+        webhook_allow_entries(values["webhook_allow"])  # SettingsError for an entry that is no host or address
         if values["broker_front_tcp"] and not values["broker_front_tcp"].startswith("tcp://"):
             raise SettingsError("FR_BROKER_FRONT_TCP must be a tcp:// endpoint, got "
                                 f"{values['broker_front_tcp'][:80]!r}")

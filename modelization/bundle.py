@@ -1,4 +1,5 @@
-"""The model bundle: a zip holding `model.keras`, `labels.json` and `manifest.json`.
+"""The model bundle: a zip holding `model.keras`, `labels.json`, `gallery.npz`, `manifest.json` and
+`MODEL_CARD.md`.
 
 `pack_bundle` runs in the worker (which may be on another host); the broker
 receives the bytes and `save_bundle` writes them atomically to `dumps/<id>/`.
@@ -20,10 +21,12 @@ MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.keras"
 LABELS_FILE = "labels.json"
 GALLERY_FILE = "gallery.npz"
+CARD_FILE = "MODEL_CARD.md"
 
 
-def pack_bundle(model, labels: list[str], manifest: dict, gallery_x=None, gallery_y=None) -> bytes:
-    """Serialise a Keras model, its class labels, manifest and gallery embeddings into zip bytes."""
+def pack_bundle(model, labels: list[str], manifest: dict, gallery_x=None, gallery_y=None,
+                card: str | None = None) -> bytes:
+    """Serialise a Keras model, its class labels, manifest, gallery embeddings and model card into zip bytes."""
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / MODEL_FILE
         model.save(model_path)
@@ -37,6 +40,8 @@ def pack_bundle(model, labels: list[str], manifest: dict, gallery_x=None, galler
                 zf.writestr(GALLERY_FILE, g.getvalue())
             zf.writestr(LABELS_FILE, json.dumps(labels, ensure_ascii=False, indent=1))
             zf.writestr(MANIFEST_FILE, json.dumps(manifest, ensure_ascii=False, indent=1))
+            if card is not None:
+                zf.writestr(CARD_FILE, card)
     return buf.getvalue()
 
 
@@ -48,7 +53,7 @@ def read_manifest(bundle: bytes | Path) -> dict:
 
 
 def save_bundle(dumps_dir: Path, model_id: str, bundle: bytes) -> Path:
-    """Write `dumps/<id>/{model.zip, manifest.json}` atomically (rename of a finished folder)."""
+    """Write `dumps/<id>/{model.zip, manifest.json, MODEL_CARD.md}` atomically (rename of a finished folder)."""
     dumps_dir = Path(dumps_dir)
     dumps_dir.mkdir(parents=True, exist_ok=True)
     final = dumps_dir / model_id
@@ -58,6 +63,9 @@ def save_bundle(dumps_dir: Path, model_id: str, bundle: bytes) -> Path:
     try:
         (tmp / BUNDLE_FILE).write_bytes(bundle)
         (tmp / MANIFEST_FILE).write_text(json.dumps(read_manifest(bundle), ensure_ascii=False, indent=1))
+        with zipfile.ZipFile(io.BytesIO(bundle)) as zf:
+            if CARD_FILE in zf.namelist() and zf.getinfo(CARD_FILE).file_size <= 16 * 1024 * 1024:
+                (tmp / CARD_FILE).write_bytes(zf.read(CARD_FILE))
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

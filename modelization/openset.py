@@ -155,6 +155,44 @@ def calibrate(gallery_y: np.ndarray, n_classes: int, target_far: float) -> dict:
     }
 
 
+def verification_thresholds(photos: np.ndarray, far: float, model=STRANGER_MODEL) -> tuple[float, np.ndarray]:
+    """1:1 verification at a false-accept rate `far` per comparison: (the threshold for two single faces,
+    each person's threshold for a face against their template). -> (pair threshold, (n_classes,)).
+
+    One comparison is one stranger against one template, which is what the stranger model describes:
+    a face against another face is the case n = 1 (the template of one photo is its unit-length
+    embedding), a face against a person the case n = their photo count. Unlike identification, no share
+    of the rate is split among the gallery's people: the client names the one person to compare with.
+    """
+    pair = float(stranger_quantile(far, 1, model))
+    return pair, stranger_quantile(far, np.maximum(np.asarray(photos, np.float64), 1), model)
+
+
+def calibrate_verification(gallery_y: np.ndarray, n_classes: int, far: float) -> dict:
+    """The 1:1 verification rule of a gallery (goes to the manifest's `verification`)."""
+    photos = np.bincount(np.asarray(gallery_y, np.int64), minlength=n_classes)
+    pair, per_person = verification_thresholds(photos, far)
+    return {
+        "score": TEMPLATE,
+        "far": far,
+        "method": "two faces: the distance between their unit-length embeddings <= pair_threshold; a face and a "
+                  "person: the distance between the face's unit-length embedding and the person's template <= "
+                  "that person's threshold",
+        "calibration": f"the model of stranger scores (modelization/openset.py) at a false-accept rate of {far:.3g} "
+                       "per comparison: a template of one photo for two faces, of the person's photo count for a "
+                       "face and a person",
+        "stranger_model": list(STRANGER_MODEL),
+        "pair_threshold": round(pair, 6),
+        "thresholds": [round(float(t), 6) for t in per_person],
+    }
+
+
+def pair_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise distance between the unit-length embeddings of `a` and `b` (both (n, d)): verification's
+    score for two faces (0 to 2; lower is closer)."""
+    return np.linalg.norm(unit(a) - unit(b), axis=1)
+
+
 def rate_at_far(known_scores: np.ndarray, known_correct: np.ndarray, stranger_scores: np.ndarray,
                 target_far: float) -> tuple[float, float]:
     """Detection-and-identification rate when the threshold lets `target_far` of the strangers through.

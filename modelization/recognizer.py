@@ -21,7 +21,15 @@ from features.embeddings import embed_chips
 from features.extract import find_faces
 from features.tf_import import keras_module
 from modelization.bundle import GALLERY_FILE, LABELS_FILE, MANIFEST_FILE, MODEL_FILE
-from modelization.openset import KMEAN, Gallery, name_faces, needs_mirror_pass
+from modelization.openset import (
+    KMEAN,
+    TEMPLATE,
+    Gallery,
+    calibrate_verification,
+    name_faces,
+    needs_mirror_pass,
+    pair_distance,
+)
 from preprocessor.faces import Box
 from preprocessor.images import decode_image
 from preprocessor.quality import assess, measure
@@ -30,7 +38,7 @@ from preprocessor.quality import assess, measure
 @dataclass
 class FacePrediction:
     """One face: its box [left, top, right, bottom], the person (None = unknown), scores, quality."""
-    box: list[int]
+    box: list[int] | None  # None for an embedding a client sent
     label: str | None
     confidence: float      # classifier probability of the best-matching person
     distance: float        # open-set score for that person (format 5: distance to their template)
@@ -106,6 +114,13 @@ class Recognizer:
         self.mirror = bool(self.open_set.get("mirror_probes", False))  # format 4: chip + mirror image
         # format 4 bundles before the margin: the mirror pass for every face
         self.mirror_margin = float(self.open_set.get("mirror_margin", float("inf")))
+        # 1:1 verification scores against templates whatever the bundle's identification rule; bundles
+        # built before verification get thresholds calibrated now, at FR_VERIFY_FAR
+        self.verify_gallery = self.gallery if rule == TEMPLATE else Gallery(self.gallery_x, self.gallery_y,
+                                                                            len(labels), TEMPLATE)
+        self.verification = manifest.get("verification") or {
+            **calibrate_verification(self.gallery_y, len(labels), self.settings.verify_far),
+            "note": "calibrated when the bundle was loaded: it was built before verification"}
         self._model = model
         self._steps = _numpy_layers(model)
         if self._steps is not None and any(s[0] == "dense" and s[3] not in _ACTIVATIONS | {"softmax": 0}
@@ -193,9 +208,42 @@ class Recognizer:
     def faces(self, image: bytes | np.ndarray, threshold: float | None = None,
               max_faces: int | None = None) -> tuple[list[FacePrediction], int]:
         """The `max_faces` largest faces of a photo, named or unknown, and how many faces it holds."""
+        faces, found, _ = self.faces_and_embeddings(image, threshold, max_faces)
+        return faces, found
+
+    def faces_and_embeddings(self, image: bytes | np.ndarray, threshold: float | None = None,
+                             max_faces: int | None = None) -> tuple[list[FacePrediction], int, np.ndarray]:
+        """`faces`, and the embeddings (n, 128) they were named by."""
         boxes, embeddings, quality, found = self.analyse(image, threshold, max_faces=max_faces)
         results = self.identify(embeddings, threshold)
-        return [FacePrediction(b.as_list(), *r, quality=q) for b, r, q in zip(boxes, results, quality)], found
+        return ([FacePrediction(b.as_list(), *r, quality=q) for b, r, q in zip(boxes, results, quality)], found,
+                embeddings)
+
+    def largest_face(self, image: bytes | np.ndarray) -> tuple[Box | None, np.ndarray | None, dict | None, int]:
+        """The largest face of a photo for verification, embedded in one pass (verification's thresholds are
+        calibrated on one-pass embeddings): (box, embedding (128,), quality, faces found); None without a face."""
+        boxes, x, quality, found = self.analyse(image, mirror_margin=-1.0, max_faces=1)
+        if not boxes:
+            return None, None, None, found
+        return boxes[0], x[0], quality[0], found
+
+    def verify_pair(self, a: np.ndarray, b: np.ndarray) -> dict:
+        """Are two faces (embeddings) the same person? -> {same, distance, threshold, far}."""
+        distance = float(pair_distance(np.asarray(a, np.float32)[None, :], np.asarray(b, np.float32)[None, :])[0])
+        threshold = float(self.verification["pair_threshold"])
+        return {"same": distance <= threshold, "distance": round(distance, 6), "threshold": round(threshold, 6),
+                "far": self.verification["far"]}
+
+    def verify_label(self, x: np.ndarray, label: str) -> dict:
+        """Is this face (embedding) the person `label`? KeyError for a person not in the model.
+        -> {same, distance, threshold, far}."""
+        c = self.labels.index(label) if label in self.labels else None
+        if c is None:
+            raise KeyError(label)
+        distance = float(self.verify_gallery.scores(np.asarray(x, np.float32)[None, :])[0, c])
+        threshold = float(self.verification["thresholds"][c])
+        return {"same": distance <= threshold, "distance": round(distance, 6), "threshold": round(threshold, 6),
+                "far": self.verification["far"]}
 
     def predict(self, image: bytes | np.ndarray, threshold: float | None = None) -> list[FacePrediction]:
         """Every face in a photo (bytes of an image file, or an RGB array), largest first, up to

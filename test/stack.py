@@ -1,6 +1,7 @@
 """Start and drive the real service (uWSGI + broker + workers) for end-to-end tests."""
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import secrets
@@ -92,6 +93,15 @@ def alive(pids: set[int]) -> set[int]:
     return out
 
 
+def stop_with_test_process() -> None:
+    """In the stack's `serve`, before exec: SIGTERM when the test process dies (Linux), so a run killed
+    before its teardown (Ctrl-C twice, a CI timeout, SIGKILL) leaves no stack behind."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 class Stack:
     """`python run.py serve` on free ports with its own data dir.
 
@@ -123,7 +133,8 @@ class Stack:
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "run.py"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", str(self.workers), "--data-dir", str(self.data_dir), "--broker-port", str(self.broker_port)],
-            env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=stop_with_test_process)
         STACKS.append(self)
         try:
             self.wait_alive(self.workers, timeout, self.warm, healthy)

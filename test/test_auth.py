@@ -81,6 +81,13 @@ def routes(models: dict, photo: bytes, victim_key: str) -> list[tuple[str, str, 
         ("GET", f"/models/{model}/search", "read", {}),
         ("GET", "/metrics", "admin", {}),
         ("POST", f"/models/{model}/predict", "predict", {"files": {"image": ("p.jpg", photo)}}),
+        ("POST", f"/models/{model}/verify", "predict",
+         {"files": {"image": ("p.jpg", photo), "image2": ("q.jpg", photo)}}),
+        ("GET", f"/models/{model}/card", "read", {}),
+        # derivations refused after the role and tenant checks (no photo / no such person): no work is made
+        ("POST", f"/models/{model}/people", "build", {"files": [("images", ("c/1.jpg", b"not a photo"))]}),
+        ("DELETE", f"/models/{model}/people/Nobody_Here", "build", {}),
+        ("DELETE", "/people/Nobody_Here", "delete", {}),
         ("DELETE", f"/models/{uuid.uuid4()}", "delete", {}),
         ("POST", "/keys", "admin", {"json": {"tenant": "acme", "role": "user"}}),
         ("GET", "/keys", "admin", {}),
@@ -103,7 +110,7 @@ def test_every_route_of_the_app_is_in_the_table(stack, models, keys, faces_dir):
     rules = {(m, re.sub(r"<[^>]+>", "X", rule.rule)) for rule in app.url_map.iter_rules()
              for m in rule.methods - {"HEAD", "OPTIONS"} if rule.endpoint != "static"}
     photo = b"x"
-    listed = {(m, re.sub(r"[0-9a-f-]{36}|[0-9a-f]{12}", "X", p.split("?")[0])) for m, p, _, _ in
+    listed = {(m, re.sub(r"[0-9a-f-]{36}|[0-9a-f]{12}|(?<=/people/)[^/]+", "X", p.split("?")[0])) for m, p, _, _ in
               routes(models, photo, keys["revoked"])}
     public = {("GET", "/is_alive"), ("GET", "/"), ("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/static/X")}
     assert rules - public == listed
@@ -137,14 +144,20 @@ def test_a_role_may_do_what_it_allows_and_no_more(stack, models, keys, faces_dir
 def test_another_tenants_model_is_not_found(stack, models, keys, faces_dir):
     photo = next((faces_dir / "lfw62").glob("*/*.jpg")).read_bytes()
     theirs = models["acme"]
+    person = next(faces_dir.glob("lfw62/*/*.jpg"))
+    derive = {"files": [("images", (f"{person.parent.name}/1.jpg", person.read_bytes()))]}
     for key in (keys[("globex", "builder")], keys[("globex", "user")]):
         for method, path in (("GET", f"/is_available/{theirs}"), ("GET", f"/models/{theirs}"),
                              ("GET", f"/models/{theirs}/report"), ("POST", f"/models/{theirs}/predict"),
+                             ("POST", f"/models/{theirs}/verify"), ("GET", f"/models/{theirs}/card"),
+                             ("POST", f"/models/{theirs}/people"), ("DELETE", f"/models/{theirs}/people/x"),
                              ("DELETE", f"/models/{theirs}")):
-            kw = {"files": {"image": ("p.jpg", photo)}} if path.endswith("predict") else {}
+            kw = {"files": {"image": ("p.jpg", photo)}} if path.endswith("predict") else \
+                {"files": {"image": ("p.jpg", photo), "image2": ("q.jpg", photo)}} if path.endswith("verify") else \
+                derive if path.endswith("people") else {}
             r = stack.request(method, path, key=key, timeout=60, **kw)
-            if method == "DELETE" and key == keys[("globex", "user")]:
-                assert error_code(r) == (403, "FORBIDDEN")  # its role is checked first: a user deletes nothing
+            if (method == "DELETE" or "/people" in path) and key == keys[("globex", "user")]:
+                assert error_code(r) == (403, "FORBIDDEN")  # its role is checked first: a user changes nothing
                 continue
             assert error_code(r) == (404, "NOT_FOUND"), (method, path, r.text[:200])
             assert r.json()["error"]["message"] == f"no model with id {theirs}"  # as for an id that never was
@@ -155,6 +168,50 @@ def test_another_tenants_model_is_not_found(stack, models, keys, faces_dir):
     assert {models["acme"], models["globex"]} <= {m["id"] for m in everyone}
     only = stack.get("/models?tenant=globex", timeout=10).json()["models"]
     assert [m["id"] for m in only] == [models["globex"]]
+
+
+def test_erasing_a_person_touches_only_the_callers_tenant(stack, keys, faces_dir):
+    """Two tenants each have someone labelled "Pat_Same_Name" (different people, different photos): erasing
+    that label with one tenant's key rebuilds that tenant's model alone; the other's is untouched."""
+    people = list(pick_people(faces_dir, 6, 3).values())
+    shared = "Pat_Same_Name"
+    built = {}
+    for tenant, photos in (("acme", people[0:3]), ("globex", people[3:6])):
+        labelled = {shared: photos[0], photos[1][0].parent.name: photos[1], photos[2][0].parent.name: photos[2]}
+        r = stack.post("/build_recognizer", key=keys[(tenant, "builder")], timeout=120,
+                       files=[("images", (n, d)) for n, d in photo_files(labelled)])
+        assert r.status_code == 202, r.text
+        built[tenant] = r.json()["id"]
+    for job in built.values():
+        stack.wait_state(job, ("done",))
+    # who may erase, and where
+    assert error_code(stack.delete(f"/people/{shared}", key=keys[("acme", "user")], timeout=30)) == (403, "FORBIDDEN")
+    assert error_code(stack.delete(f"/people/{shared}?tenant=acme", key=keys[("globex", "builder")],
+                                   timeout=30)) == (403, "FORBIDDEN")  # only an admin names another tenant
+    assert error_code(stack.delete(f"/people/{shared}?tenant=Not%20A%20Tenant", timeout=30)) == (400, "BAD_PARAMETER")
+
+    r = stack.delete(f"/people/{shared}", key=keys[("globex", "builder")], timeout=120)
+    assert r.status_code == 200, r.text
+    touched = r.json()["models"]
+    assert [m["id"] for m in touched] == [built["globex"]] and touched[0]["action"] == "rebuilt", touched
+    new_id = touched[0]["new_id"]
+    # acme's model and its Pat are as they were
+    acme = stack.get(f"/models/{built['acme']}/report", key=keys[("acme", "user")], timeout=30)
+    assert acme.status_code == 200 and acme.json()["state"] == "done"
+    assert shared in acme.json()["manifest"]["labels"]
+    # globex's old model is gone; its rebuild is globex's, without Pat, and derived from it
+    assert error_code(stack.get(f"/is_available/{built['globex']}", key=keys[("globex", "user")], timeout=30)) == \
+        (404, "NOT_FOUND")
+    stack.wait_state(new_id, ("done",))
+    again = stack.get(f"/models/{new_id}/report", key=keys[("globex", "user")], timeout=30).json()
+    assert shared not in again["manifest"]["labels"] and len(again["manifest"]["labels"]) == 2
+    assert again["parent"] == built["globex"]
+    assert error_code(stack.get(f"/models/{new_id}", key=keys[("acme", "user")], timeout=30)) == (404, "NOT_FOUND")
+    # the audit trail has the erasure, and no person's name
+    lines = [json.loads(line) for line in (stack.data_dir / "var/logs/audit.log").read_text().splitlines()]
+    erasures = [e for e in lines if e["event"] == "erase" and e["outcome"]["status"] == 200]
+    assert erasures and all(e["tenant"] in ("acme", "globex") for e in erasures)
+    assert shared not in (stack.data_dir / "var/logs/audit.log").read_text()
 
 
 def test_keys_over_http_for_admins(stack):
@@ -177,8 +234,7 @@ def test_a_revocation_holds_at_once_in_every_web_process(stack):
     pids = set()
     for _ in range(40):  # until both web processes have checked (and cached) this key
         assert stack.get("/models", key=key, timeout=10).status_code == 200
-        pids = set(re.findall(r"\[pid: (\d+)\|app: 0\|req: \d+/\d+\] 127\.0\.0\.1 \(\) \{\d+ vars in \d+ bytes\} "
-                              r"\[[^\]]+\] GET /models =>", stack.log.read_text()))
+        pids = set(re.findall(r"\[pid: (\d+)\] 127\.0\.0\.1 \[[^\]]+\] GET /models =>", stack.log.read_text()))
         if len(pids) >= 2:
             break
     assert len(pids) >= 2, "both web processes should have served this key"

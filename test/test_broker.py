@@ -20,7 +20,7 @@ from app import protocol as p
 from app.broker import Broker
 from app.web import create_app
 from constants import Settings
-from test.stack import free_port
+from test.stack import BrokerThread, free_port
 
 
 @pytest.fixture
@@ -32,13 +32,8 @@ def settings(tmp_path):
 
 @pytest.fixture
 def broker(settings):
-    b = Broker(settings, zmq.Context())
-    t = threading.Thread(target=b.run, daemon=True)
-    t.start()
-    yield b
-    b.running = False
-    t.join(5)
-    b.close()
+    with BrokerThread(settings) as b:
+        yield b
 
 
 def features(n: int, tag: float = 0.0) -> bytes:

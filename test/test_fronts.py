@@ -19,7 +19,6 @@ import zmq
 from app import keys
 from app import protocol as p
 from app.auth import KeyStore
-from app.broker import Broker
 from app.bundles import BundleCache
 from app.errors import ApiError
 from app.store import JobStore
@@ -27,7 +26,7 @@ from app.web import create_app
 from constants import Settings
 from constants.states import JobState
 from modelization.bundle import BUNDLE_FILE, MANIFEST_FILE
-from test.stack import free_port
+from test.stack import BrokerThread, free_port
 
 ADMIN = "an-operator-admin-key-for-the-front-tests"
 
@@ -41,13 +40,8 @@ def broker_settings(tmp_path):
 
 @pytest.fixture
 def broker(broker_settings):
-    b = Broker(broker_settings, zmq.Context())
-    t = threading.Thread(target=b.run, daemon=True)
-    t.start()
-    yield b
-    b.running = False
-    t.join(5)
-    b.close()
+    with BrokerThread(broker_settings) as b:
+        yield b
 
 
 def front_keys(broker_settings: Settings, folder: Path, allow: bool = True) -> Path:
@@ -194,6 +188,77 @@ def test_deleting_a_model_removes_its_cached_bundle_here_and_at_other_fronts_swe
     assert not list(other.front_cache_dir.glob(f"{job_id}.*"))
 
 
+def labelled_model(s: Settings, tenant: str | None, labels: list[str]) -> tuple[str, bytes]:
+    """A done model holding `labels` as the broker knows a model's people (its erase.json), built before models
+    kept their photos' features: an erasure deletes it (nothing to rebuild it from, no worker needed)."""
+    job_id, bundle = finished_model(s, tenant, size=5000)
+    (s.dumps_dir / job_id / "erase.json").write_text(json.dumps({"cache_keys": [], "photos": [], "labels": labels}))
+    return job_id, bundle
+
+
+def test_an_erased_model_is_never_served_again_by_any_front_and_leaves_their_caches(front, broker_settings,
+                                                                                   front_settings, tmp_path):
+    """DELETE /people/<label> through one front: the erased models' bundles leave that front at once. A front on
+    another host that cached them never serves them again: every use asks the broker for the model first (404),
+    the broker gives no piece of their bundles, the first request for one drops its copy, its sweep the rest."""
+    _, c = front
+    asked, _ = labelled_model(broker_settings, "admin", ["alice", "bob"])
+    unasked, _ = labelled_model(broker_settings, "admin", ["alice", "carol"])
+    kept, bundle = labelled_model(broker_settings, "admin", ["bob", "carol"])
+    other = Settings.from_env(data_dir=tmp_path / "front2", broker_front=broker_settings.broker_front_tcp,
+                              front_keys=front_settings.front_keys, admin_key=ADMIN)
+    app2 = create_app(other)
+    c2 = app2.test_client()
+    for model in (asked, unasked, kept):
+        assert c.get(f"/models/{model}", **admin()).status_code == 200
+        assert c2.get(f"/models/{model}", **admin()).status_code == 200
+    r = c.delete("/people/alice", **admin())
+    assert r.status_code == 200, r.json
+    assert {m["id"]: m["action"] for m in r.json["models"]} == {asked: "deleted", unasked: "deleted"}
+    for model in (asked, unasked):
+        assert not list(front_settings.front_cache_dir.glob(f"{model}.*"))  # the front that asked: at once
+        command, header, blobs = raw(broker_settings, Path(front_settings.front_keys),
+                                     p.pack(p.BUNDLE, {"id": model, "offset": 0}))
+        assert command == p.ERR and header["code"] == "NOT_FOUND" and not blobs
+    # the other front still holds both files, but serves neither
+    assert list(other.front_cache_dir.glob(f"{asked}.*")) and list(other.front_cache_dir.glob(f"{unasked}.*"))
+    for path in (f"/models/{asked}", f"/models/{asked}/card", f"/models/{asked}/report",
+                 f"/models/{asked}/summary"):
+        r = c2.get(path, **admin())
+        assert r.status_code == 404 and r.json["error"]["code"] == "NOT_FOUND", (path, r.json)
+    assert not list(other.front_cache_dir.glob(f"{asked}.*"))  # dropped at the first 404
+    assert app2.extensions["bundles"].sweep() == 1  # the one nobody asked for: at the sweep
+    assert not list(other.front_cache_dir.glob(f"{unasked}.*"))
+    assert c2.get(f"/models/{kept}", **admin()).data == bundle  # a model without her is untouched
+    assert app2.extensions["bundles"].fetches == 3  # ... and still served from the cache
+
+
+def test_an_erasure_covers_the_callers_tenant_only(front, broker_settings):
+    """Two tenants both have someone labelled "pat": a builder's erasure reaches its own tenant's models; an
+    admin names a tenant (`?tenant=`), or every tenant with `*` (models from before tenants too)."""
+    _, c = front
+    mine, _ = labelled_model(broker_settings, "team-a", ["pat", "bob"])
+    theirs, _ = labelled_model(broker_settings, "team-b", ["pat", "bob"])
+    legacy, _ = labelled_model(broker_settings, None, ["pat", "bob"])
+    spare, _ = labelled_model(broker_settings, "team-b", ["pat", "bob"])
+    builder, _ = KeyStore(broker_settings.auth_db_path).create("team-a", "builder")
+    user, _ = KeyStore(broker_settings.auth_db_path).create("team-a", "user")
+    assert c.delete("/people/pat", headers={"X-API-Key": user}).status_code == 403
+    r = c.delete("/people/pat?tenant=team-b", headers={"X-API-Key": builder})
+    assert r.status_code == 403 and r.json["error"]["code"] == "FORBIDDEN"  # only admins name a tenant
+    r = c.delete("/people/pat", headers={"X-API-Key": builder})
+    assert r.status_code == 200 and [m["id"] for m in r.json["models"]] == [mine], r.json
+    for model in (theirs, legacy, spare):
+        assert c.get(f"/is_available/{model}", **admin()).status_code == 200
+    r = c.delete("/people/pat?tenant=Team%20B", **admin())
+    assert r.status_code == 400 and r.json["error"]["code"] == "BAD_PARAMETER"
+    assert c.delete("/people/pat", **admin()).json["models"] == []  # the admin's own tenant holds no pat
+    r = c.delete("/people/pat?tenant=team-b", **admin())
+    assert sorted(m["id"] for m in r.json["models"]) == sorted([theirs, spare])
+    r = c.delete("/people/pat?tenant=*", **admin())
+    assert [m["id"] for m in r.json["models"]] == [legacy]
+
+
 def test_a_bundle_that_arrives_damaged_is_not_kept(broker, broker_settings, front_settings):
     job_id, bundle = finished_model(broker_settings, "admin", size=1_500_000)
     cache = BundleCache(front_settings.front_cache_dir, 10**9, front_settings.front_endpoint,
@@ -305,9 +370,9 @@ def test_a_submit_is_written_off_the_loop(broker, broker_settings, front_setting
     whose deadline passes while it is written is refused with nothing left behind."""
     real = JobStore.save_uploads_in
 
-    def slow(uploads_dir, job_id, photos):
+    def slow(uploads_dir, job_id, photos, extra=None):
         time.sleep(2.5)
-        real(uploads_dir, job_id, photos)
+        real(uploads_dir, job_id, photos, extra)
 
     monkeypatch.setattr(JobStore, "save_uploads_in", staticmethod(slow))
     folder = Path(front_settings.front_keys)
@@ -332,3 +397,52 @@ def test_a_submit_is_written_off_the_loop(broker, broker_settings, front_setting
     assert raw(broker_settings, folder, p.pack(p.GETJOB, {"id": late_id}))[1]["code"] == "NOT_FOUND"
     # the same id again: a conflict
     assert raw(broker_settings, folder, frames)[1]["code"] == "CONFLICT"
+
+
+def test_an_erasure_refuses_the_uploads_in_flight_that_hold_the_person(broker, broker_settings, front_settings,
+                                                                       monkeypatch):
+    """A submit or derivation being written when the person is erased is refused once on disk (CONFLICT,
+    nothing kept): what it holds of them was sent before the erasure, and its client learns it was not kept.
+    Uploads in flight without them, or of another tenant, go on."""
+    real = JobStore.save_uploads_in
+
+    def slow(uploads_dir, job_id, photos, extra=None):
+        time.sleep(2.0)
+        real(uploads_dir, job_id, photos, extra)
+
+    monkeypatch.setattr(JobStore, "save_uploads_in", staticmethod(slow))
+    parent, _ = labelled_model(broker_settings, "admin", ["pat", "bob", "eve"])
+    records = [{"label": who, "filename": f"{who}/1.jpg", "sha256": hashlib.sha256(who.encode()).hexdigest(),
+                "key": None, "features": {}} for who in ("pat", "bob", "eve")]
+    (broker_settings.dumps_dir / parent / "features.json").write_text(json.dumps(records))
+
+    def submit(tenant: str, labels: list[str]) -> tuple[str, list[bytes]]:
+        job_id = str(uuid.uuid4())
+        header = {"id": job_id, "tenant": tenant, "files": [{"label": x, "filename": f"{x}/1.jpg"} for x in labels]}
+        return job_id, p.pack(p.SUBMIT, header, [x.encode() for x in labels])
+
+    derived = str(uuid.uuid4())
+    flights = {
+        "derive": (derived, p.pack(p.DERIVE, {"id": derived, "parent": parent, "tenant": "admin", "remove": [],
+                                              "files": [{"label": "ann", "filename": "ann/1.jpg"}]}, [b"ann"])),
+        "holds": submit("admin", ["pat", "ann"]), "without": submit("admin", ["ann", "bob"]),
+        "other_tenant": submit("team-b", ["pat", "ann"])}
+    folder = Path(front_settings.front_keys)
+    answers: dict = {}
+    threads = [threading.Thread(target=lambda k=k, f=f: answers.__setitem__(k, raw(broker_settings, folder, f, 20)))
+               for k, (_, f) in flights.items()]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    command, erased, _ = raw(broker_settings, folder, p.pack(p.ERASE, {"label": "pat", "tenant": "admin"}), 10)
+    assert command == p.OK and [m["id"] for m in erased["models"]] == [parent]
+    for t in threads:
+        t.join(20)
+    for name in ("derive", "holds"):
+        assert answers[name][0] == p.ERR and answers[name][1]["code"] == "CONFLICT", (name, answers[name])
+        job_id = flights[name][0]
+        assert not (broker_settings.uploads_dir / job_id).exists()
+        assert raw(broker_settings, folder, p.pack(p.GETJOB, {"id": job_id}))[1]["code"] == "NOT_FOUND"
+    for name in ("without", "other_tenant"):
+        assert answers[name][0] == p.OK, (name, answers[name])
+        assert raw(broker_settings, folder, p.pack(p.GETJOB, {"id": flights[name][0]}))[0] == p.OK

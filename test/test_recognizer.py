@@ -108,7 +108,7 @@ def test_cache_reuses_reloads_on_change_and_is_bounded(bundle, tmp_path):
 
 def test_save_bundle_is_atomic_and_keeps_the_first_result(bundle, tmp_path):
     folder = save_bundle(tmp_path, "m1", bundle)
-    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model.zip"]
+    assert sorted(p.name for p in folder.iterdir()) == ["MODEL_CARD.md", "manifest.json", "model.zip"]
     again = save_bundle(tmp_path, "m1", b"PK-not-used")  # a re-delivered result is ignored
     assert again == folder and (folder / "model.zip").read_bytes() == bundle
     assert [p.name for p in tmp_path.iterdir()] == ["m1"]  # no temporary folders left
