@@ -10,8 +10,8 @@ from modelization.recognizer import Recognizer, load_bundle
 
 
 class RecognizerCache:
-    """id -> Recognizer; an entry is dropped when its bundle file changes (another file, or the same one
-    rewritten) or disappears."""
+    """id -> Recognizer; an entry is dropped when its bundle file changes (another file, or the same name
+    written anew) or disappears."""
 
     def __init__(self, size: int):
         self.size = max(1, size)
@@ -21,7 +21,10 @@ class RecognizerCache:
         self.loads = 0  # how many times a bundle was read from disk (for tests and metrics)
 
     def get(self, model_id: str, path: Path, settings) -> Recognizer:
-        mtime = (str(path), path.stat().st_mtime)  # FileNotFoundError if deleted: the caller answers 404
+        st = path.stat()  # FileNotFoundError if deleted: the caller answers 404
+        # Which file, not when it was touched: the bundle cache bumps a file's mtime on every use (its LRU
+        # order), and a key with the mtime reloaded the bundle on every prediction.
+        mtime = (str(path), st.st_ino, st.st_size)
         with self._lock:
             hit = self._items.get(model_id)
             if hit and hit[0] == mtime:

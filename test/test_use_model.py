@@ -49,6 +49,25 @@ def test_known_people_are_named(stack, model_id, people):
     assert right >= total - 1, f"{right}/{total} held-out photos named right"
 
 
+def model_loads(stack) -> float:
+    """How many times the web processes have read a bundle from disk (fr_model_cache_total{result="load"})."""
+    text = stack.get("/metrics", timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('fr_model_cache_total{result="load"}'))
+
+
+def test_predictions_reuse_the_loaded_model(stack, model_id, people):
+    """Each web process reads a bundle once: the bundle cache's use of a file (its LRU order) must not look
+    like a new bundle to the loaded models' cache (it did: every prediction read the bundle again)."""
+    photo = next(iter(people.values()))[N_UPLOAD].read_bytes()
+    for _ in range(4):  # both web processes have it loaded
+        assert predict(stack, model_id, photo).status_code == 200
+    before = model_loads(stack)
+    for _ in range(10):
+        assert predict(stack, model_id, photo).status_code == 200
+    assert model_loads(stack) - before == 0
+
+
 def test_two_people_in_one_photo_give_two_faces(stack, model_id, faces_dir):
     body = predict(stack, model_id, (faces_dir / "wild" / "two_people.jpg").read_bytes()).json()
     assert body["count"] == 2 and len(body["faces"]) == 2
