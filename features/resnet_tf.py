@@ -19,6 +19,7 @@ What has to match dlib exactly (dlib/dnn/input.h, layers.h, cuda/cpu_dlib.cpp):
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 import zipfile
@@ -65,6 +66,11 @@ def _flatten(net: Network) -> dict[str, np.ndarray]:
     return out
 
 
+# The cache is a convenience (a conversion takes seconds): it never takes the data disk's last room, which
+# builds need (a web process caching the weights on a nearly full disk kept a stalled build from resuming).
+CACHE_KEEPS_FREE = 64 * 1024 * 1024
+
+
 def cached_weights(dat_path: str, cache_dir: Path) -> dict[str, np.ndarray]:
     """The converted weights, from `cache_dir` if they were converted before, else converted and stored.
 
@@ -84,6 +90,11 @@ def cached_weights(dat_path: str, cache_dir: Path) -> dict[str, np.ndarray]:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        need = sum(a.nbytes for a in weights.values()) + CACHE_KEEPS_FREE
+        if shutil.disk_usage(path.parent).free < need:
+            logger.warning("converted ResNet weights not cached in {}: the disk has less than {} MB free",
+                           path.parent, need >> 20)
+            return weights
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             arrays: dict[str, Any] = {"sha256": np.asarray(sha), **weights}  # Any: savez's stub types its kwargs

@@ -232,6 +232,18 @@ def test_a_full_disk_while_saving_photos_leaves_nothing_behind(small_disk):
     assert not store.has_uploads(job)
 
 
+def test_the_converted_weights_are_not_cached_on_a_nearly_full_disk(small_disk):
+    """The TensorFlow embedder's weight cache (22 MB) never takes the data disk's last room: a web process
+    warming up after room came back filled this 40 MB disk again, and the stalled build never resumed."""
+    from features import resnet_tf
+    from features.embeddings import resnet_model_path
+    free = shutil.disk_usage(small_disk).free
+    weights = resnet_tf.cached_weights(resnet_model_path(), small_disk / "models")
+    assert weights["fc/kernel"].size > 0  # converted and used all the same
+    assert list((small_disk / "models").iterdir()) == []
+    assert shutil.disk_usage(small_disk).free >= free - 1024 * 1024
+
+
 def test_a_full_disk_refuses_new_builds_and_a_running_build_waits_for_room(small_disk, faces_dir):
     stack = Stack(small_disk / "data", workers=1, env={"FR_MIN_FREE_BYTES": "0",
                                                        "FR_LOG_LEVEL": "WARNING"}).start()
