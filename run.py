@@ -138,8 +138,9 @@ def uwsgi_env(s: Settings) -> dict[str, str]:
             "FR_WEB_THREADS": str(s.web_threads), "FR_REQUEST_TIMEOUT_S": str(s.request_timeout_s)}
 
 
-def _die_with_parent() -> None:
-    """In a child, before exec: its own process group, and SIGTERM when the supervisor dies (Linux)."""
+def die_with_parent() -> None:
+    """In a child, before exec: SIGTERM when the process that started it dies (Linux), so no child outlives
+    its supervisor (or a test's stack its test run)."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except OSError:
@@ -186,7 +187,7 @@ class Supervisor:
 
     def start(self, child: Child) -> None:
         child.proc = subprocess.Popen(child.argv, env=self.env, cwd=ROOT, start_new_session=True,
-                                      preexec_fn=_die_with_parent)
+                                      preexec_fn=die_with_parent)
         child.started = time.monotonic()
         logger.info("started {} (pid {})", child.name, child.proc.pid)
 

@@ -24,21 +24,21 @@ class RecognizerCache:
         st = path.stat()  # FileNotFoundError if deleted: the caller answers 404
         # Which file, not when it was touched: the bundle cache bumps a file's mtime on every use (its LRU
         # order), and a key with the mtime reloaded the bundle on every prediction.
-        mtime = (str(path), st.st_ino, st.st_size)
+        which = (str(path), st.st_ino, st.st_size)
         with self._lock:
             hit = self._items.get(model_id)
-            if hit and hit[0] == mtime:
+            if hit and hit[0] == which:
                 self._items.move_to_end(model_id)
                 metrics.model_cache("hit")
                 return hit[1]
         with self._load_lock:  # one load at a time (Keras'), outside the cache's lock: loading takes a while
             with self._lock:
                 hit = self._items.get(model_id)
-            recognizer = hit[1] if hit and hit[0] == mtime else load_bundle(path, settings)
+            recognizer = hit[1] if hit and hit[0] == which else load_bundle(path, settings)
         with self._lock:
             self.loads += 1
             metrics.model_cache("load")
-            self._items[model_id] = (mtime, recognizer)
+            self._items[model_id] = (which, recognizer)
             self._items.move_to_end(model_id)
             while len(self._items) > self.size:
                 self._items.popitem(last=False)

@@ -1,7 +1,6 @@
 """Start and drive the real service (uWSGI + broker + workers) for end-to-end tests."""
 from __future__ import annotations
 
-import ctypes
 import os
 import random
 import secrets
@@ -14,6 +13,8 @@ import time
 from pathlib import Path
 
 import requests
+
+from run import die_with_parent
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,15 +94,6 @@ def alive(pids: set[int]) -> set[int]:
     return out
 
 
-def stop_with_test_process() -> None:
-    """In the stack's `serve`, before exec: SIGTERM when the test process dies (Linux), so a run killed
-    before its teardown (Ctrl-C twice, a CI timeout, SIGKILL) leaves no stack behind."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 class Stack:
     """`python run.py serve` on free ports with its own data dir.
 
@@ -134,7 +126,7 @@ class Stack:
             [sys.executable, str(ROOT / "run.py"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", str(self.workers), "--data-dir", str(self.data_dir), "--broker-port", str(self.broker_port)],
             env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=stop_with_test_process)
+            preexec_fn=die_with_parent)  # a test run killed before its teardown leaves no stack behind
         STACKS.append(self)
         try:
             self.wait_alive(self.workers, timeout, self.warm, healthy)
