@@ -48,16 +48,14 @@ def _row(*cells) -> str:
 
 
 def model_card(manifest: dict, licence: dict | None = None) -> str:
-    """The card of a bundle, in Markdown."""
+    """The card of a bundle, in Markdown: one section per question a user asks of it."""
     m = manifest
-    licence = licence or licences()
-    people = [p for p in m.get("people", []) if p.get("in_model")]
-    left_out = [p for p in m.get("people", []) if not p.get("in_model")]
-    metrics = m.get("metrics") or {}
-    open_set = m.get("open_set") or {}
-    verification = m.get("verification") or {}
-    split = m.get("split") or {}
-    inp = m.get("input") or {}
+    lines = _title(m) + _who(m) + _how_measured(m) + _thresholds(m) + _intended_use() + \
+        _software(m, licence or licences()) + _rebuild(m)
+    return "\n".join(lines)
+
+
+def _title(m: dict) -> list[str]:
     lines = [f"# Model card: {m.get('name') or 'unnamed model'} (`{m.get('model_id')}`)", ""]
     lines += [f"Built {m.get('created')} by api-facial-recognition {m.get('service_version')} "
               f"(bundle format {m.get('format_version')}).", ""]
@@ -66,12 +64,19 @@ def model_card(manifest: dict, licence: dict | None = None) -> str:
         lines += [f"Derived from model `{m['parent']}`: {d.get('inherited_photos', 0)} photos' embeddings reused "
                   f"from it, {d.get('added_photos', 0)} photo(s) added, {d.get('removed_people', 0)} "
                   "person(s) removed. It was measured, calibrated and trained again like any build.", ""]
+    return lines
 
-    lines += ["## Who is in it", "",
-              f"{len(people)} people, recognised from {inp.get('usable', '?')} usable photos of "
-              f"{inp.get('photos', '?')} given.", "",
-              _row("person", "photos given", "photos used", "measured by", "result"), _row("---", "---:", "---:",
-                                                                                          "---", "---")]
+
+def _who(m: dict) -> list[str]:
+    """Who is in it: a row per person with how they were measured."""
+    people = [p for p in m.get("people", []) if p.get("in_model")]
+    left_out = [p for p in m.get("people", []) if not p.get("in_model")]
+    inp = m.get("input") or {}
+    lines = ["## Who is in it", "",
+             f"{len(people)} people, recognised from {inp.get('usable', '?')} usable photos of "
+             f"{inp.get('photos', '?')} given.", "",
+             _row("person", "photos given", "photos used", "measured by", "result"), _row("---", "---:", "---:",
+                                                                                         "---", "---")]
     for p in people:
         measured = p.get("measured") or {}
         if "test_photos" in measured:
@@ -85,12 +90,20 @@ def model_card(manifest: dict, licence: dict | None = None) -> str:
     if left_out:
         lines += ["", "Left out (no usable photo, or fewer than the minimum): " +
                   ", ".join(f"{p['label']} ({p.get('excluded') or 'no usable photo'})" for p in left_out) + "."]
+    return lines
 
-    lines += ["", "## How it was measured", "",
-              f"The photos were split per person with seed {split.get('seed')} (train {split.get('train')}, "
-              f"validation {split.get('validation')}, test {split.get('test')} photos). A model trained without "
-              "the test photos was measured on them; the model shipped was then trained again on every usable "
-              "photo (it knows one photo more per person than the one measured).", ""]
+
+def _how_measured(m: dict) -> list[str]:
+    """The split, and what the model trained without the test photos scored on them."""
+    metrics = m.get("metrics") or {}
+    open_set = m.get("open_set") or {}
+    verification = m.get("verification") or {}
+    split = m.get("split") or {}
+    lines = ["", "## How it was measured", "",
+             f"The photos were split per person with seed {split.get('seed')} (train {split.get('train')}, "
+             f"validation {split.get('validation')}, test {split.get('test')} photos). A model trained without "
+             "the test photos was measured on them; the model shipped was then trained again on every usable "
+             "photo (it knows one photo more per person than the one measured).", ""]
     if metrics.get("test_photos"):
         lines += [f"- held-out test photos: {metrics['test_photos']}; named right: "
                   f"{_pct(metrics.get('test_accuracy'))} (balanced over people: "
@@ -109,12 +122,18 @@ def model_card(manifest: dict, licence: dict | None = None) -> str:
                      f"{_pct(v.get('impostor_accept_rate'))} of different-person pairs accepted "
                      f"({v.get('genuine_pairs')} and {v.get('impostor_pairs')} pairs; the people of one gallery "
                      "look more alike than strangers do, so the second figure is pessimistic)")
+    return lines
 
-    lines += ["", "## What the thresholds mean", "",
-              f"- Identification (`predict`): a face is named only when it is within its person's threshold "
-              f"({open_set.get('threshold_range')}); the thresholds are set so that about "
-              f"{_pct(open_set.get('target_far'))} of strangers (people not in the model) are taken for "
-              "someone in it, whatever the number of people. Otherwise it is \"unknown\"."]
+
+def _thresholds(m: dict) -> list[str]:
+    """What the identification and verification thresholds mean in false accepts."""
+    open_set = m.get("open_set") or {}
+    verification = m.get("verification") or {}
+    lines = ["", "## What the thresholds mean", "",
+             f"- Identification (`predict`): a face is named only when it is within its person's threshold "
+             f"({open_set.get('threshold_range')}); the thresholds are set so that about "
+             f"{_pct(open_set.get('target_far'))} of strangers (people not in the model) are taken for "
+             "someone in it, whatever the number of people. Otherwise it is \"unknown\"."]
     if verification:
         lines.append(f"- Verification (`verify`): two faces are called the same person when their distance is at "
                      f"most {verification.get('pair_threshold')}; a face is called a given person when it is "
@@ -124,44 +143,54 @@ def model_card(manifest: dict, licence: dict | None = None) -> str:
               "press photos of adults). People whose faces the embedding places near many others (look-alikes, "
               "relatives) are mistaken more often; faces unlike LFW's (children, infrared, tiny, strongly turned) "
               "may get other rates. Measure on your own strangers if it matters."]
+    return lines
 
-    lines += ["", "## Intended use and limits", "",
-              "- Intended: recognising a small, consenting group (a team, a household, an event's staff) in photos "
-              "where faces are fairly frontal and well lit, with a human able to correct mistakes.",
-              "- Not intended: identifying people who did not agree to it, surveillance of public spaces, or "
-              "decisions with legal or similarly significant effects on a person without human review.",
-              "- The model holds an embedding of every usable photo (`gallery.npz`) and every person's name: it is "
-              "biometric data about them. Keep it as such; erase a person with the service's "
-              "`DELETE /people/<label>`.",
-              "- Accuracy differs between groups of people; dlib's ResNet was trained mostly on adult faces from "
-              "the web. Photos flagged as poor quality (small, blurred, turned) are recognised less reliably."]
 
+def _intended_use() -> list[str]:
+    return ["", "## Intended use and limits", "",
+            "- Intended: recognising a small, consenting group (a team, a household, an event's staff) in photos "
+            "where faces are fairly frontal and well lit, with a human able to correct mistakes.",
+            "- Not intended: identifying people who did not agree to it, surveillance of public spaces, or "
+            "decisions with legal or similarly significant effects on a person without human review.",
+            "- The model holds an embedding of every usable photo (`gallery.npz`) and every person's name: it is "
+            "biometric data about them. Keep it as such; erase a person with the service's "
+            "`DELETE /people/<label>`.",
+            "- Accuracy differs between groups of people; dlib's ResNet was trained mostly on adult faces from "
+            "the web. Photos flagged as poor quality (small, blurred, turned) are recognised less reliably."]
+
+
+def _software(m: dict, licence: dict) -> list[str]:
     lic_d, lic_m = licence.get("dlib", {}), licence.get("models", {})
-    lines += ["", "## Software and licences", "",
-              f"- dlib {lic_d.get('version', '')} (`{lic_d.get('package')}`): {lic_d.get('licence')}; its HOG face "
-              "detector is built into dlib.",
-              f"- `shape_predictor_5_face_landmarks.dat` and `dlib_face_recognition_resnet_model_v1.dat` "
-              f"(`{lic_m.get('package')}` {lic_m.get('version', '')}): Davis King's models, {lic_m.get('licence')} "
-              "as published by their author. (dlib's 68-point landmark model, whose training data forbids "
-              "commercial use, is not used.)",
-              "- The classifier and gallery in this bundle were trained by this service on the photos above.",
-              "- Versions: " + ", ".join(f"{k} {v}" for k, v in (m.get("software") or {}).items())]
+    return ["", "## Software and licences", "",
+            f"- dlib {lic_d.get('version', '')} (`{lic_d.get('package')}`): {lic_d.get('licence')}; its HOG face "
+            "detector is built into dlib.",
+            f"- `shape_predictor_5_face_landmarks.dat` and `dlib_face_recognition_resnet_model_v1.dat` "
+            f"(`{lic_m.get('package')}` {lic_m.get('version', '')}): Davis King's models, {lic_m.get('licence')} "
+            "as published by their author. (dlib's 68-point landmark model, whose training data forbids "
+            "commercial use, is not used.)",
+            "- The classifier and gallery in this bundle were trained by this service on the photos above.",
+            "- Versions: " + ", ".join(f"{k} {v}" for k, v in (m.get("software") or {}).items())]
 
+
+def _rebuild(m: dict) -> list[str]:
+    """The seed and settings that build the same model from the same photos."""
+    split = m.get("split") or {}
+    open_set = m.get("open_set") or {}
+    verification = m.get("verification") or {}
     pipeline = m.get("pipeline") or {}
     network = m.get("network") or {}
-    lines += ["", "## How to rebuild it", "",
-              f"Service version {m.get('service_version')}, seed {split.get('seed')}. Upload the same photos "
-              f"(same labels) with `seed={split.get('seed')}` and the same settings:", "",
-              f"- split: test fraction {split.get('test_fraction')}, validation fraction "
-              f"{split.get('validation_fraction')}; quality policy {(m.get('quality') or {}).get('policy')}",
-              f"- pipeline: chip {pipeline.get('chip_size')} px, padding {pipeline.get('chip_padding')}, "
-              f"detect max side {pipeline.get('detect_max_side')}, upsample max side "
-              f"{pipeline.get('upsample_max_side')}, pipeline version {pipeline.get('pipeline_version')}",
-              f"- network: {network.get('params')} parameters, learning rate {network.get('learning_rate')}, "
-              f"batch {network.get('batch_size')}, {(m.get('training') or {}).get('epochs')} epochs kept"
-              + ("; chosen by the genetic search (optimize=1)" if (m.get("optimization") or {}).get("chosen")
-                 else ""),
-              f"- open set: target false-accept rate {open_set.get('target_far')} (FR_TARGET_FAR)"
-              + (f"; verification {verification.get('far')} (FR_VERIFY_FAR)" if verification else ""),
-              "", "The full record is `manifest.json` beside this card.", ""]
-    return "\n".join(lines)
+    return ["", "## How to rebuild it", "",
+            f"Service version {m.get('service_version')}, seed {split.get('seed')}. Upload the same photos "
+            f"(same labels) with `seed={split.get('seed')}` and the same settings:", "",
+            f"- split: test fraction {split.get('test_fraction')}, validation fraction "
+            f"{split.get('validation_fraction')}; quality policy {(m.get('quality') or {}).get('policy')}",
+            f"- pipeline: chip {pipeline.get('chip_size')} px, padding {pipeline.get('chip_padding')}, "
+            f"detect max side {pipeline.get('detect_max_side')}, upsample max side "
+            f"{pipeline.get('upsample_max_side')}, pipeline version {pipeline.get('pipeline_version')}",
+            f"- network: {network.get('params')} parameters, learning rate {network.get('learning_rate')}, "
+            f"batch {network.get('batch_size')}, {(m.get('training') or {}).get('epochs')} epochs kept"
+            + ("; chosen by the genetic search (optimize=1)" if (m.get("optimization") or {}).get("chosen")
+               else ""),
+            f"- open set: target false-accept rate {open_set.get('target_far')} (FR_TARGET_FAR)"
+            + (f"; verification {verification.get('far')} (FR_VERIFY_FAR)" if verification else ""),
+            "", "The full record is `manifest.json` beside this card.", ""]
