@@ -7,7 +7,7 @@
   checkpoint (written after every result, atomically; asked of the broker: a front has no disk of
   its), once the model is built, from its manifest (with the baselines measured beside the pick).
 
-Both use the same look-ups as the API's routes (app/routes.py), so an id answers here exactly as it
+Both use the same look-ups as the API's routes (app/web/routes.py), so an id answers here exactly as it
 does there (400 BAD_ID, 404 NOT_FOUND, 409 NOT_READY / BUILD_FAILED, 503 STORE_UNAVAILABLE).
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify
 
-from app import client
-from app.routes import built_model, caller_tenant, find_row
-from app.store import job_view
-from app.validation import parse_job_id
+from app.shared.jobs import job_view
+from app.web import broker_client as client
+from app.web.forms import parse_job_id
+from app.web.routes import built_model, caller_tenant, find_row
 from constants import Settings
 from constants.states import JobState
 from modelization.bundle import read_manifest
@@ -31,7 +31,7 @@ bp = Blueprint("reports", __name__)
 
 def needs(action: str):
     """What a route does, for the API-key guard (issue #16 reads `view.action`; the same words as its
-    app/auth.Action: read, predict, build, delete, admin). Without keys it changes nothing."""
+    app/shared/api_keys.Action: read, predict, build, delete, admin). Without keys it changes nothing."""
     def mark(view):
         view.action = action
         return view
@@ -84,10 +84,11 @@ def summary(job_id: str):
                     **_figures(str(path), path.stat().st_mtime)})
 
 
-def checkpoint(job_id: str) -> dict | None:
-    """The running search's state as the broker last saved it; None before its first save (or gone)."""
+def running_search(job_id: str) -> dict | None:
+    """The running search as the broker last saved it, in the view's fields; None before its first save (or
+    gone). The broker reads the checkpoint (app/broker/reader.py): the front carries no genetic search."""
     s = settings()
-    return client.search_checkpoint(s.front_endpoint, s.front_keys_dir, job_id, s.broker_timeout_s, caller_tenant())
+    return client.search_view(s.front_endpoint, s.front_keys_dir, job_id, s.broker_timeout_s, caller_tenant())
 
 
 @bp.get("/models/<job_id>/search")
@@ -107,17 +108,10 @@ def search(job_id: str):
                 "chosen", "logbook", "pareto_front", "candidates", "baselines")
         return jsonify({**body, "source": "manifest", **{k: report.get(k) for k in keep},
                         "finalists": (report.get("cross_validation") or {}).get("finalists", [])})
-    state = checkpoint(job["id"])
-    if state is None:
+    view = running_search(job["id"])
+    if view is None:
         # queued or extracting (the search starts after the photos), a build without a search, or a
         # finished job whose checkpoint went with its uploads
         return jsonify({**body, "source": None, "candidates": [],
                         "logbook": [], "pareto_front": [], "finalists": [], "chosen": None})
-    from optimization.evolution import Evolution
-    evolution = Evolution.from_json(state)
-    return jsonify({**body, "source": "checkpoint", "fallback": evolution.fallback,
-                    "evaluations": evolution.evaluations, "cache_hits": evolution.cache_hits,
-                    "stop_reason": evolution.stop_reason, "logbook": evolution.logbook,
-                    "candidates": evolution.candidates(), "pareto_front": evolution.pareto_front(),
-                    "finalists": evolution.confirmation()["finalists"],
-                    "chosen": evolution.choose() if evolution.done else None})
+    return jsonify({**body, "source": "checkpoint", **view})

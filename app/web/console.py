@@ -13,13 +13,14 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request, send_from_directory
 
-from app import client, metrics
-from app.openapi import document
-from app.reports import bp as reports_bp
-from app.reports import needs
+from app.shared import metrics
+from app.web import broker_client as client
+from app.web.openapi import document
+from app.web.reports import bp as reports_bp
+from app.web.reports import needs
 from constants import Settings
 
-STATIC = Path(__file__).resolve().parent.parent / "static"
+STATIC = Path(__file__).resolve().parents[2] / "static"
 CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 

@@ -10,13 +10,13 @@ Front (REQ, the HTTP app) -> broker ROUTER:
     STATUS                                            -> OK {workers, busy, idle, warming, queued, store, disk}
     DELETE {id, tenant}                               -> OK {id, removed} | ERR NOT_FOUND (another tenant's)
     ERASE {label, tenant}                             -> OK {label, models, removed}  (tenant None: every tenant)
-  read side (served by the broker's reader threads, app/reader.py; a front on another host has no disk of ours):
+  read side (served by the broker's reader threads, app/broker/reader.py; a front on another host has no disk of ours):
     GETJOB {id, tenant, callback?}                    -> OK {job: row, bundle?: {sha256, size}, callback?: delivery}
                                                          | ERR NOT_FOUND
     LIST {limit, offset, tenant}                      -> OK {jobs: [row...], total}
     BUNDLE {id, tenant, sha256, offset}               -> OK {sha256, size, offset} chunk  (at most BUNDLE_CHUNK bytes)
     KNOWN {ids}                                       -> OK {done: [ids of these that are finished models]}
-    SEARCH {id, tenant}                               -> OK {checkpoint: the running search's state | null}
+    SEARCH {id, tenant}                               -> OK {search: the running search's view | null}
     KEYGET {id}                                       -> OK {key: {tenant, role, salt, hash, revoked} | null}
     KEYLIST {tenant}                                  -> OK {keys: [...]}  (no salts, no hashes; on the loop)
   key changes (the broker's loop writes var/auth.sqlite; the front made the hash, the secret never travels):
@@ -77,7 +77,7 @@ MAX_KNOWN = 1000                      # model ids a front may ask about at once
 ROLES = ("admin", "builder", "user")
 MAX_STAGE = 200
 MAX_MESSAGE = 4000
-# The codes a worker may end a task with (app/build.py raises the first ones; BUILD_ERROR is a crash).
+# The codes a worker may end a task with (app/worker/tasks.py raises the first ones; BUILD_ERROR is a crash).
 WORKER_FAILURES = frozenset({"NO_FACE_FOUND", "TOO_FEW_PEOPLE", "BUILD_ERROR", "INSUFFICIENT_STORAGE"})
 
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -98,7 +98,7 @@ class ProtocolError(ValueError):
 
 
 class FrontError(Exception):
-    """A front request refused with a code the HTTP app maps to a status (app/client.py)."""
+    """A front request refused with a code the HTTP app maps to a status (app/wire/client.py)."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -130,7 +130,7 @@ def job_id(value: Any) -> str:
 
 
 def tenant(value: Any) -> str | None:
-    """A tenant name as app/auth.py makes them, or None (a job from before tenants, or any tenant)."""
+    """A tenant name as app/shared/api_keys.py makes them, or None (a job from before tenants, or any tenant)."""
     if value is not None and not (isinstance(value, str) and _TENANT.fullmatch(value)):
         raise ProtocolError(f"not a tenant: {escape(value, 60)}")
     return value
@@ -224,7 +224,7 @@ class Task:
 
 # --- front messages ---------------------------------------------------------------------------
 def check_options(value: Any, settings: Settings) -> dict:
-    """A build's options as the HTTP front makes them (app/validation.parse_options), with its limits."""
+    """A build's options as the HTTP front makes them (app/web/forms.parse_options), with its limits."""
     options = mapping(value, "options")
     limits = settings.option_limits
     allowed = {"optimize", "seed"} | (set(limits) if options.get("optimize") else set())

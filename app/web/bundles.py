@@ -17,8 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from app import client
-from app.errors import ApiError
+from app.web import broker_client as client
+from app.web.errors import ApiError
 from logger import logger
 
 NAME = re.compile(r"([0-9a-f-]{36})\.([0-9a-f]{64})\.zip")

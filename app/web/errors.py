@@ -1,4 +1,5 @@
-"""JSON errors: `{"status": 1, "error": {"code", "message"[, "details"]}}`, registered on the app."""
+"""JSON errors: `{"status": 1, "error": {"code", "message"[, "details"]}}`, registered on the app; and what
+the broker's answers (app/wire/errors.py) mean over HTTP."""
 from __future__ import annotations
 
 import errno
@@ -6,8 +7,9 @@ import errno
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from app.auth import AuthError
-from app.store import StoreUnavailable
+from app.shared.api_keys import AuthError
+from app.shared.storage import StoreUnavailable
+from app.wire.errors import BrokerError, BrokerRefused, BrokerUnavailable
 from logger import logger
 from preprocessor.errors import InputError
 
@@ -18,6 +20,24 @@ class ApiError(Exception):
         super().__init__(message)
         self.http_status, self.code, self.message, self.details = http_status, code, message, details
         self.headers = headers or {}
+
+
+# What the broker's refusals mean over HTTP.
+ERR_STATUS = {"INSUFFICIENT_STORAGE": 507, "STORE_UNAVAILABLE": 503, "DEADLINE_PASSED": 503, "CONFLICT": 409,
+              "TOO_MANY_BUILDS": 429, "QUOTA_EXCEEDED": 507, "NOT_FOUND": 404, "GONE": 410, "BUSY": 503,
+              "NOT_READY": 409, "NOT_DERIVABLE": 409, "UNKNOWN_PERSON": 404, "NO_NEW_PHOTOS": 400,
+              "TOO_FEW_PEOPLE": 400, "TOO_MANY_FILES": 413, "CALLBACK_UNAVAILABLE": 503}
+RETRY_AFTER = {"TOO_MANY_BUILDS": "30", "BUSY": "1"}  # seconds: builds take minutes, polling sooner is pointless
+
+
+def from_broker(exc: BrokerError) -> ApiError:
+    """A broker call's failure as the API answers it: a refusal -> the status its code has (500 for a code
+    this table does not know), no answer -> 503, an answer this front cannot read -> 502."""
+    if isinstance(exc, BrokerRefused):
+        retry = RETRY_AFTER.get(exc.code)
+        return ApiError(ERR_STATUS.get(exc.code, 500), exc.code, exc.message,
+                        headers={"Retry-After": retry} if retry else None)
+    return ApiError(503 if isinstance(exc, BrokerUnavailable) else 502, exc.code, exc.message)
 
 
 # HTTP status for the input error codes the preprocessor raises.
@@ -36,6 +56,10 @@ def register_error_handlers(app: Flask) -> None:
     def _api(e: ApiError):
         body, status = error_response(e.http_status, e.code, e.message, e.details)
         return body, status, e.headers
+
+    @app.errorhandler(BrokerError)
+    def _broker(e: BrokerError):  # a broker call made outside app/web/broker_client.py
+        return _api(from_broker(e))
 
     @app.errorhandler(AuthError)
     def _auth(e: AuthError):

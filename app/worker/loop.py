@@ -1,6 +1,6 @@
 """A worker: one loop that talks to the broker while a thread runs the current task.
 
-It authenticates to the broker with its CURVE key pair (app/keys.py) and checks
+It authenticates to the broker with its CURVE key pair (app/wire/curve.py) and checks
 the broker's key in turn; every message it receives is checked before use
 (`protocol.parse_job`). The loop never blocks on work, so heartbeats keep flowing during a long task.
 The task thread posts its messages (progress, then the result) on an inproc
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import zmq
 
-from app import keys
-from app import protocol as p
-from app.protocol import ProtocolError, Task
+from app.wire import curve
+from app.wire import protocol as p
+from app.wire.protocol import ProtocolError, Task
 from constants import Settings
 from constants.states import TaskKind
 from features.extract import FeatureCache
@@ -40,7 +40,7 @@ class Worker:
         # host:pid in the identity makes `worker` in the job store point at a real process
         host = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-.")[:40] or "host"
         self.identity = f"{host}:{os.getpid()}:{uuid.uuid4().hex[:6]}".encode()
-        self.sock = keys.client_socket(self.ctx, zmq.DEALER, keys_dir, "worker")
+        self.sock = curve.client_socket(self.ctx, zmq.DEALER, keys_dir, "worker")
         self.sock.setsockopt(zmq.IDENTITY, self.identity)
         self.sock.setsockopt(zmq.RECONNECT_IVL, 100)      # zmq reconnects by itself, backing off to 5 s
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 5000)
@@ -97,7 +97,7 @@ class Worker:
         return body
 
     def warm_up(self) -> None:
-        from app.warm import warm_up
+        from app.shared.warm_up import warm_up
         try:
             warm_up(self.s, "worker")
         finally:
@@ -114,7 +114,7 @@ class Worker:
 
     def work(self, header: dict, blobs: list[bytes]) -> None:
         """Runs in the task thread: do the task, then post DONE or FAILED."""
-        from app.build import BuildError, evaluate_genome, extract_chunk, train_bundle
+        from app.worker.tasks import BuildError, evaluate_genome, extract_chunk, train_bundle
         task: Task = header["task"]
         job_id = task.job
         last = [0.0]

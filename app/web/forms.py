@@ -6,8 +6,8 @@ import uuid
 
 from flask import Request
 
-from app.errors import ApiError
-from app.webhooks import CallbackRefused, callback_for
+from app.shared.callbacks import CallbackRefused, callback_for
+from app.web.errors import ApiError
 from constants import Settings, parse_bool
 from preprocessor.errors import InputError
 from preprocessor.images import inspect_image

@@ -29,15 +29,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.protocol import FrontError
-from app.store import disk_errors
+from app.shared.storage import disk_errors
+from app.wire.protocol import FrontError
 from constants.states import JobState
 from features.extract import FeatureCache, PhotoFeatures
 from logger import logger
 from preprocessor.uploads import Photo
 
 if TYPE_CHECKING:
-    from app.store import JobStore
+    from app.broker.store import JobStore
     from constants import Settings
 
 FEATURES_FILE = "features.json"    # dumps/<id>/: every photo's label, file name, sha256, cache key, features
@@ -91,11 +91,11 @@ class NewJob:
 
 
 class Derivations:
-    """The broker's derive and erase requests (a mixin of app.broker.Broker: the same loop, store and queue)."""
+    """The broker's derive and erase requests (a mixin of app.broker.loop.Broker: the same loop, store and queue)."""
 
     if TYPE_CHECKING:  # what the broker provides
         s: Settings
-        storing: dict[str, Any]  # job id -> app.broker.Upload being written
+        storing: dict[str, Any]  # job id -> app.broker.loop.Upload being written
         _inherited: dict[str, list[dict]]  # job id -> its inherited records (`inherited`)
 
         @property

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app.edge import BodyGuard
-from app.errors import register_error_handlers
+from app.web.body_guard import BodyGuard
+from app.web.errors import register_error_handlers
 from constants import Settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     settings.ensure_dirs()
-    app = Flask("api-facial-recognition", static_folder=None)  # the console serves static/ (app/console.py)
+    app = Flask("api-facial-recognition", static_folder=None)  # the console serves static/ (app/web/console.py)
     app.config.update(
         SETTINGS=settings,
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
@@ -21,12 +21,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     import threading
 
-    from app import lifecycle  # noqa: F401 (adds derive, erase, verify and card to the blueprint)
-    from app.auth import Audit, BrokerKeys
-    from app.bundles import BundleCache
-    from app.recognizers import RecognizerCache
-    from app.routes import bp
-    from app.security import install
+    from app.web import lifecycle  # noqa: F401 (adds derive, erase, verify and card to the blueprint)
+    from app.web.bundles import BundleCache
+    from app.web.recognizers import RecognizerCache
+    from app.web.routes import bp
+    from app.web.security import Audit, BrokerKeys, install
     app.extensions["recognizers"] = RecognizerCache(settings.model_cache_size)
     # everything a front knows comes from the broker: it runs on any host (`run.py web --broker`)
     app.extensions["keys"] = keys = BrokerKeys(settings.front_endpoint, settings.front_keys_dir,
@@ -39,7 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(bp)
     register_error_handlers(app)
     install(app, settings, keys)
-    from app.console import install as install_console
+    from app.web.console import install as install_console
     install_console(app, settings)  # the web console, /docs, /openapi.json, /metrics and the request metrics
     app.wsgi_app = BodyGuard(app.wsgi_app, settings.upload_grace_s, settings.min_upload_rate)  # type: ignore[method-assign]
     return app

@@ -1,4 +1,4 @@
-"""The HTTP front's side of the broker: REQ calls over ZeroMQ, authenticated by CURVE.
+"""A front's side of the broker: REQ calls over ZeroMQ, authenticated by CURVE (app/wire/errors.py: how they fail).
 
 A front keeps nothing of the service's state: job rows, listings, bundles and API-key rows all come
 from the broker (`python run.py web --broker tcp://HOST:PORT --keys DIR` runs a front on any host).
@@ -14,24 +14,17 @@ from pathlib import Path
 
 import zmq
 
-from app import keys
-from app import protocol as p
-from app.errors import ApiError
-
-# What the broker's refusals mean over HTTP.
-ERR_STATUS = {"INSUFFICIENT_STORAGE": 507, "STORE_UNAVAILABLE": 503, "DEADLINE_PASSED": 503, "CONFLICT": 409,
-              "TOO_MANY_BUILDS": 429, "QUOTA_EXCEEDED": 507, "NOT_FOUND": 404, "GONE": 410, "BUSY": 503,
-              "NOT_READY": 409, "NOT_DERIVABLE": 409, "UNKNOWN_PERSON": 404, "NO_NEW_PHOTOS": 400,
-              "TOO_FEW_PEOPLE": 400, "TOO_MANY_FILES": 413, "CALLBACK_UNAVAILABLE": 503}
-RETRY_AFTER = {"TOO_MANY_BUILDS": "30", "BUSY": "1"}  # seconds: builds take minutes, polling sooner is pointless
+from app.wire import curve
+from app.wire import protocol as p
+from app.wire.errors import BrokerRefused, BrokerUnavailable, BrokerUnreadable
 
 _local = threading.local()
 
 
 @lru_cache(maxsize=4)
 def _keys(folder: str) -> tuple[bytes, bytes, bytes]:
-    public, secret = keys.load_pair(Path(folder), "front")
-    return public, secret, keys.broker_public_key(Path(folder))
+    public, secret = curve.load_pair(Path(folder), "front")
+    return public, secret, curve.broker_public_key(Path(folder))
 
 
 def _socket(endpoint: str, keys_dir: Path) -> zmq.Socket:
@@ -41,8 +34,8 @@ def _socket(endpoint: str, keys_dir: Path) -> zmq.Socket:
     if sock is None:
         try:
             public, secret, server = _keys(str(keys_dir))
-        except keys.KeyFileError as exc:
-            raise ApiError(503, "BROKER_UNAVAILABLE", f"this front has no keys for the broker ({exc})") from None
+        except curve.KeyFileError as exc:
+            raise BrokerUnavailable(f"this front has no keys for the broker ({exc})") from None
         sock = zmq.Context.instance().socket(zmq.REQ)
         for option, value in ((zmq.CURVE_PUBLICKEY, public), (zmq.CURVE_SECRETKEY, secret),
                               (zmq.CURVE_SERVERKEY, server)):
@@ -61,7 +54,7 @@ def _drop(endpoint: str, keys_dir: Path) -> None:
 
 def exchange(endpoint: str, keys_dir: Path, frames: list[bytes], timeout_s: float) -> tuple[dict, list[bytes]]:
     """Send one request to the broker's front socket; -> (the OK answer's header, its data frames).
-    The broker's refusals become ApiError with the status ERR_STATUS gives their code."""
+    Raises BrokerRefused (the broker's refusal, with its code), BrokerUnavailable or BrokerUnreadable."""
     sock = _socket(endpoint, keys_dir)
     ms = max(1, int(timeout_s * 1000))
     try:
@@ -72,18 +65,15 @@ def exchange(endpoint: str, keys_dir: Path, frames: list[bytes], timeout_s: floa
         command, header, blobs = p.unpack(sock.recv_multipart())
     except zmq.Again:
         _drop(endpoint, keys_dir)
-        raise ApiError(503, "BROKER_UNAVAILABLE", "the job broker did not answer; try again shortly") from None
+        raise BrokerUnavailable("the job broker did not answer; try again shortly") from None
     except p.ProtocolError:
         _drop(endpoint, keys_dir)
-        raise ApiError(502, "BROKER_ERROR", "the job broker sent an answer this front cannot read") from None
+        raise BrokerUnreadable("the job broker sent an answer this front cannot read") from None
     except BaseException:
         _drop(endpoint, keys_dir)
         raise
     if command != p.OK:
-        code = str(header.get("code", "BROKER_ERROR"))
-        retry = RETRY_AFTER.get(code)
-        raise ApiError(ERR_STATUS.get(code, 500), code, str(header.get("message", "broker error")),
-                       headers={"Retry-After": retry} if retry else None)
+        raise BrokerRefused(str(header.get("code", "BROKER_ERROR")), str(header.get("message", "broker error")))
     return header, blobs
 
 
@@ -107,7 +97,7 @@ def delete(endpoint: str, keys_dir: Path, job_id: str, timeout_s: float, tenant:
 
 def get_job(endpoint: str, keys_dir: Path, job_id: str, timeout_s: float, tenant: str | None = None,
             callback: bool = False) -> dict:
-    """{job: its row, bundle?: {sha256, size}, callback?: its delivery (with `callback`: app/webhooks.py)};
+    """{job: its row, bundle?: {sha256, size}, callback?: its delivery (with `callback`: app/broker/webhooks.py)};
     NOT_FOUND (404) for no such job or another tenant's."""
     header: dict = {"id": job_id, "tenant": tenant}
     if callback:
@@ -129,7 +119,7 @@ def bundle_chunk(endpoint: str, keys_dir: Path, job_id: str, sha256: str, offset
     header, blobs = exchange(endpoint, keys_dir, p.pack(p.BUNDLE, {"id": job_id, "tenant": tenant, "sha256": sha256,
                                                                   "offset": offset}), timeout_s)
     if len(blobs) != 1:
-        raise ApiError(502, "BROKER_ERROR", "the job broker sent a bundle piece this front cannot read")
+        raise BrokerUnreadable("the job broker sent a bundle piece this front cannot read")
     return header, blobs[0]
 
 
@@ -138,10 +128,11 @@ def known(endpoint: str, keys_dir: Path, ids: list[str], timeout_s: float) -> se
     return set(call(endpoint, keys_dir, p.pack(p.KNOWN, {"ids": ids}), timeout_s)["done"])
 
 
-def search_checkpoint(endpoint: str, keys_dir: Path, job_id: str, timeout_s: float,
-                      tenant: str | None = None) -> dict | None:
-    """A running search's last checkpoint, None before its first; NOT_FOUND for another tenant's job."""
-    return call(endpoint, keys_dir, p.pack(p.SEARCH, {"id": job_id, "tenant": tenant}), timeout_s)["checkpoint"]
+def search_view(endpoint: str, keys_dir: Path, job_id: str, timeout_s: float,
+                tenant: str | None = None) -> dict | None:
+    """A running search's view from its last checkpoint (candidates, logbook, Pareto front, finalists, pick),
+    None before its first; NOT_FOUND for another tenant's job."""
+    return call(endpoint, keys_dir, p.pack(p.SEARCH, {"id": job_id, "tenant": tenant}), timeout_s)["search"]
 
 
 def derive(endpoint: str, keys_dir: Path, header: dict, blobs: list[bytes], timeout_s: float) -> dict:

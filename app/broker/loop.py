@@ -7,10 +7,10 @@ NSGA-II state machine of optimization/evolution.py, workers train candidates),
 then one `train` task (all embeddings -> the model bundle). One loop, one
 thread, the only writer of the job store.
 
-Trust: both sockets are CURVE servers (app/keys.py): only the service's own
+Trust: both sockets are CURVE servers (app/wire/curve.py): only the service's own
 fronts reach the front socket, only allowed workers the back one, and a key
 removed from `allowed/` is refused on its next message. Every message is checked
-against its schema (app/protocol.py) before anything reads it; a result counts
+against its schema (app/wire/protocol.py) before anything reads it; a result counts
 only from the worker its task was given to, for that job and kind of task. A
 message that does not fit is logged (escaped) and dropped: no message, and no
 failing disk or store, stops the loop.
@@ -41,14 +41,17 @@ from pathlib import Path
 
 import zmq
 
-from app import metrics, webhooks
-from app import protocol as p
-from app.auth import KeyStore
-from app.derivation import ERASE_FILE, INHERITED_FILE, Derivations, as_task_features
-from app.keys import FRONTS, WORKERS, BrokerAuth
-from app.protocol import FrontError, ProtocolError, Task, escape
-from app.reader import BundleSums, start_readers
-from app.store import JobStore, StorageFull, StoreUnavailable, disk_errors, job_view
+from app.broker import webhooks
+from app.broker.derivation import ERASE_FILE, INHERITED_FILE, Derivations, as_task_features
+from app.broker.reader import BundleSums, start_readers
+from app.broker.store import JobStore
+from app.shared import metrics
+from app.shared.api_keys import KeyStore
+from app.shared.jobs import job_view
+from app.shared.storage import StorageFull, StoreUnavailable, disk_errors
+from app.wire import protocol as p
+from app.wire.curve import FRONTS, WORKERS, BrokerAuth
+from app.wire.protocol import FrontError, ProtocolError, Task, escape
 from constants import Settings
 from constants.states import TASK_STATE, JobState, TaskKind
 from features.extract import PhotoFeatures
@@ -445,7 +448,7 @@ class Broker(Derivations):
 
     def serve_front(self, identity: bytes, command: bytes, header: dict, blobs: list[bytes]) -> dict | None:
         """A checked front request -> its answer, or None when it is answered later: reads by a reader
-        thread (app/reader.py), submits once the upload writer has stored their photos (`on_stored`)."""
+        thread (app/broker/reader.py), submits once the upload writer has stored their photos (`on_stored`)."""
         if command in p.READ_COMMANDS:
             if len(self.pending_reads) >= MAX_PENDING_READS:
                 raise FrontError("BUSY", "the broker has too many reads waiting; try again")
@@ -973,10 +976,6 @@ def check_bundle(bundle: bytes, job_id: str) -> None:
         raise ProtocolError(f"the bundle lacks {sorted(missing)}")
     if not isinstance(manifest, dict) or manifest.get("model_id") != job_id:
         raise ProtocolError("the bundle belongs to another job")
-
-
-def new_job_id() -> str:
-    return str(uuid.uuid4())
 
 
 def run_broker(settings: Settings) -> None:

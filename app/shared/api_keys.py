@@ -6,7 +6,7 @@ is made, and stored only as an scrypt hash (hashlib) beside its salt. Keys live 
 `var/auth.sqlite`, apart from the job store, because every web process and the command
 line (`run.py keys`) write them; every request reads its key's row, so a revoked key is
 refused at once in every process, while the slow hash is checked once per process and key.
-Fronts on any host read and change them through the broker (BrokerKeys): a front has no
+Fronts on any host read and change them through the broker (app/web/security.BrokerKeys): a front has no
 `var/auth.sqlite` of its own and the secret of a new key never leaves the front that made it.
 
 Roles (a key has one, and belongs to one tenant):
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from app.store import store_errors
+from app.shared.storage import store_errors
 
 SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}  # ~50 ms a check: slow to guess, once per process and key
 KEY_FORMAT = re.compile(r"fr_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
@@ -276,44 +276,6 @@ def read_key(db_path: Path, key_id: str) -> dict | None:
     return dict(row) if row is not None else None
 
 
-class BrokerKeys(Keys):
-    """Keys whose rows the broker keeps: what a front on any host uses (app/client.py). The row of the
-    presented key is asked for on every request (a revocation holds at the next request); a broker that
-    does not answer is 503, never a pass."""
-
-    def __init__(self, endpoint: str, keys_dir: Path, timeout_s: float, env_admin_key: str = ""):
-        super().__init__(env_admin_key)
-        self.endpoint, self.keys_dir, self.timeout_s = endpoint, Path(keys_dir), timeout_s
-
-    def _call(self, frames: list[bytes]) -> dict:
-        from app import client
-        return client.call(self.endpoint, self.keys_dir, frames, self.timeout_s)
-
-    def lookup(self, key_id: str) -> dict | None:
-        from app import protocol as p
-        row = self._call(p.pack(p.KEYGET, {"id": key_id})).get("key")
-        if not isinstance(row, dict):
-            return None
-        try:
-            return {"tenant": row["tenant"], "role": row["role"], "salt": bytes.fromhex(row["salt"]),
-                    "hash": bytes.fromhex(row["hash"]), "revoked": row["revoked"]}
-        except (KeyError, TypeError, ValueError):
-            return None  # an answer this front cannot read lets nobody in
-
-    def add(self, key_id: str, tenant: str, role: Role | str, name: str | None, salt: bytes, digest: bytes) -> dict:
-        from app import protocol as p
-        return self._call(p.pack(p.KEYADD, {"id": key_id, "tenant": check_tenant(tenant), "role": Role(role).value,
-                                            "name": name, "salt": salt.hex(), "hash": digest.hex()}))["key"]
-
-    def list(self, tenant: str | None = None) -> list[dict]:
-        from app import protocol as p
-        return self._call(p.pack(p.KEYLIST, {"tenant": tenant}))["keys"]
-
-    def revoke(self, key_id: str) -> bool:
-        from app import protocol as p
-        return bool(self._call(p.pack(p.KEYREVOKE, {"id": key_id}))["revoked"])
-
-
 def bootstrap_admin(store: KeyStore, key_file: Path, env_admin_key: str) -> Path | None:
     """First start: an admin key in `key_file` (0600) unless the operator gave one (FR_ADMIN_KEY) or an
     admin key exists. -> the file written, or None."""
@@ -326,52 +288,3 @@ def bootstrap_admin(store: KeyStore, key_file: Path, env_admin_key: str) -> Path
         fh.write(key + "\n")
     os.chmod(key_file, 0o600)
     return key_file
-
-
-class RateLimiter:
-    """Requests per minute per key: a fixed one-minute window, shared by the web processes through
-    uWSGI's cache (app.ini `cache2`), or per process outside uWSGI."""
-
-    def __init__(self, per_minute: int):
-        self.per_minute = per_minute
-        self._local: dict[str, int] = {}
-        self._lock = threading.Lock()
-        try:
-            import uwsgi
-            self.uwsgi = uwsgi if "cache2" in uwsgi.opt else None
-        except ImportError:  # not under uWSGI
-            self.uwsgi = None
-
-    def hit(self, key_id: str) -> int | None:
-        """Count a request; -> seconds to wait when over the limit, else None."""
-        if self.per_minute <= 0:
-            return None
-        now = time.time()
-        window = int(now // 60)
-        name = f"{key_id}:{window}"
-        if self.uwsgi is not None:
-            self.uwsgi.cache_inc(name, 1, 120, "ratelimit")
-            count = int(self.uwsgi.cache_num(name, "ratelimit") or 0)
-        else:
-            with self._lock:
-                self._local = {k: v for k, v in self._local.items() if k.endswith(f":{window}")}
-                count = self._local[name] = self._local.get(name, 0) + 1
-        if count > self.per_minute:
-            return max(1, int(60 - now % 60) + 1)
-        return None
-
-
-class Audit:
-    """`var/logs/audit.log`: one JSON line per build, download, delete and key change. Each line is a
-    single O_APPEND write, so the web processes can share the file."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def write(self, line: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, line.encode() + b"\n")
-        finally:
-            os.close(fd)

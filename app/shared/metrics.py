@@ -11,8 +11,8 @@ variable inherited from `serve`).
 
 Counted where they happen:
 - web processes: requests by route, method and status with their latency (hooks on the app), faces
-  identified (answers of predict), the loaded-model cache (app/recognizers.py);
-- the broker: each task's duration by kind and outcome, the feature cache's hits (app/broker.py).
+  identified (answers of predict), the loaded-model cache (app/web/recognizers.py);
+- the broker: each task's duration by kind and outcome, the feature cache's hits (app/broker/loop.py).
 Read at scrape time, not counted: builds by state (the job store), queue depth, workers connected,
 busy and warming, free disk (the broker's STATUS).
 """

@@ -1,8 +1,8 @@
-"""WSGI entry point for uWSGI (`module = app.wsgi:application` in app.ini)."""
+"""WSGI entry point for uWSGI (`module = app.web.wsgi:application` in app.ini)."""
 import re
 import threading
 
-from app.web import create_app
+from app.web.factory import create_app
 from constants import Settings
 from logger import setup_logging
 
@@ -38,5 +38,5 @@ def application(environ, start_response):
 # serves (app.ini's lazy-apps loads the app after uWSGI's fork): a master that ran TensorFlow would fork
 # children that hang in their first TensorFlow call.
 if _settings.warm_up and _slot != 0:
-    from app.warm import warm_up
+    from app.shared.warm_up import warm_up
     threading.Thread(target=warm_up, args=(_settings, "web process"), daemon=True, name="warm-up").start()

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from flask import Request
 
-from app.errors import ApiError
+from app.web.errors import ApiError
 from constants import Settings, parse_bool
 from features.embeddings import EMBEDDING_SIZE
 from preprocessor.errors import InputError
@@ -48,7 +48,7 @@ def read_json(request: Request, settings: Settings) -> dict:
         raise ApiError(413, "REQUEST_TOO_LARGE", f"a JSON body may hold at most {limit} bytes (FR_MAX_JSON_BYTES); "
                        "send large photos as multipart parts")
     chunks, size = [], 0
-    while size <= limit:  # a read returns what has arrived (app/edge.py): read until the end
+    while size <= limit:  # a read returns what has arrived (app/web/body_guard.py): read until the end
         chunk = request.stream.read(min(1 << 20, limit + 1 - size))
         if not chunk:
             break

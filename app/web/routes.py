@@ -1,9 +1,9 @@
 """HTTP endpoints: build, poll, download, health; use a model: predict, list, report, delete; API keys.
 
-Every route but `GET /is_alive` says what it does (`@requires`); app/security.py checks the caller's key
+Every route but `GET /is_alive` says what it does (`@requires`); app/web/security.py checks the caller's key
 against it. A model of another tenant is answered exactly as a model that does not exist (404).
-The front keeps no state of its own: job rows, listings and bundles come from the broker (app/client.py,
-app/bundles.py), so fronts run on any host and any number of them.
+The front keeps no state of its own: job rows, listings and bundles come from the broker (app/wire/client.py,
+app/web/bundles.py), so fronts run on any host and any number of them.
 """
 from __future__ import annotations
 
@@ -13,14 +13,13 @@ from pathlib import Path
 
 from flask import Blueprint, current_app, g, jsonify, request, send_file
 
-from app import client
-from app.auth import Action, Role
-from app.broker import new_job_id
-from app.errors import ApiError
-from app.security import principal, requires
-from app.store import job_view
-from app.usage import predict_request
-from app.validation import check_people, collect_photos, parse_callback, parse_job_id, parse_options
+from app.shared.api_keys import Action, Role
+from app.shared.jobs import job_view, new_job_id
+from app.web import broker_client as client
+from app.web.errors import ApiError
+from app.web.forms import check_people, collect_photos, parse_callback, parse_job_id, parse_options
+from app.web.predict import predict_request
+from app.web.security import principal, requires
 from constants import VERSION, Settings
 from constants.states import JobState
 from logger import logger
@@ -104,7 +103,7 @@ def build_recognizer():
     logger.info("accepted job {}: {} photos, {} people", job_id, len(photos), n_people)
     body = {"status": 0, "id": job_id, "photos": len(photos), "people": n_people}
     if callback:
-        body["callback"] = callback  # the secret is shown here only: it signs the callback (app/webhooks.py)
+        body["callback"] = callback  # the secret is shown here only: it signs the callback (app/broker/webhooks.py)
     if ignored:
         body["ignored"] = ignored[:200]
     return jsonify(body), 202
@@ -189,7 +188,7 @@ def load_recognizer(job: dict, path: Path) -> Recognizer:
 @bp.post("/models/<job_id>/predict")
 @requires(Action.PREDICT)
 def predict(job_id: str):
-    """Every face of a photo (or several photos, or embeddings: app/usage.py), named or unknown."""
+    """Every face of a photo (or several photos, or embeddings: app/web/predict.py), named or unknown."""
     job, path = built_model(job_id)
     return jsonify(predict_request(job["id"], load_recognizer(job, path), request, settings()))
 

@@ -5,7 +5,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from app import metrics
+from app.shared import metrics
 from modelization.recognizer import Recognizer, load_bundle
 
 

@@ -1,6 +1,6 @@
 """Using a model over HTTP: predict (who is in this photo?) and verify (is this the same person?).
 
-Both take a multipart form or a JSON body (app/inputs.py): one photo or embedding, or a
+Both take a multipart form or a JSON body (app/web/probes.py): one photo or embedding, or a
 batch answered item by item, in order, each with its own error when it was bad.
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from flask import Request
 
-from app.errors import ApiError
-from app.inputs import (
+from app.web.errors import ApiError
+from app.web.probes import (
     Probe,
     check_fields,
     decode_image_field,

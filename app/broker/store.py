@@ -1,6 +1,6 @@
 """Durable job state in SQLite (WAL) and the uploaded photos on disk.
 
-The broker is the only writer; the HTTP front only reads. A job row is the
+The broker is the only writer; fronts read it through the broker (app/broker/reader.py). A job row is the
 truth about a job: after a crash or restart, every job that is not finished is
 put back in the queue (see `unfinished`). A job's state only moves as
 `constants.states.TRANSITIONS` allows: every write is an UPDATE guarded by the
@@ -13,18 +13,16 @@ StorageFull after removing what it had half-written.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from app.shared.storage import disk_errors, store_errors
 from constants.states import RUNNING_STATES, JobState, predecessors
 from preprocessor.uploads import Photo
 
@@ -51,47 +49,6 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created);
 PACK_FILE, INDEX_FILE = "photos.pack", "index.json"
 SEARCH_CHECKPOINT = "search.json"  # in uploads/<id>/: the genetic search's last state (save_search)
 READ_TIMEOUT_S = 2.0  # a reader waits this long for a lock, then says the store is unavailable
-
-
-class StoreUnavailable(Exception):
-    """The job store cannot be read or written (locked, missing, corrupt)."""
-
-
-class StorageFull(OSError):
-    """The disk is full (or over quota): nothing half-written was left behind."""
-
-
-@contextmanager
-def store_errors() -> Iterator[None]:
-    """sqlite3's errors -> StoreUnavailable, saying why."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        if _disk_full(exc):
-            raise StorageFull(errno.ENOSPC, f"the job store cannot grow: {exc}") from None
-        raise StoreUnavailable(f"the job store is unavailable ({type(exc).__name__}: {exc})") from None
-
-
-def _disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return "disk is full" in str(exc) or "database or disk is full" in str(exc)
-
-
-@contextmanager
-def disk_errors(*cleanup: Path) -> Iterator[None]:
-    """A full disk -> StorageFull, after removing `cleanup` (what the block was writing)."""
-    try:
-        yield
-    except OSError as exc:
-        if not _disk_full(exc):
-            raise
-        for path in cleanup:
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-        raise StorageFull(exc.errno, "no space left on the data disk") from None
 
 
 def connect(db_path: Path, readonly: bool = False) -> sqlite3.Connection:
@@ -141,31 +98,6 @@ def list_jobs(db_path: Path, limit: int, offset: int, tenant: str | None = None)
         return rows, total
     finally:
         conn.close()
-
-
-def job_view(row: sqlite3.Row | dict) -> dict:
-    """A job row as the API shows it."""
-    error = None
-    if row["error_code"]:
-        error = {"code": row["error_code"], "message": row["error_message"]}
-        if row["error_details"]:
-            error["details"] = json.loads(row["error_details"])
-    return {
-        "id": row["id"],
-        "name": row["name"],
-        "state": row["state"],
-        "available": 1 if row["state"] == JobState.DONE else 0,
-        "progress": {"stage": row["stage"] or row["state"], "done": row["done"] or 0, "total": row["total"] or 0},
-        "search": json.loads(row["detail"]) if "detail" in row.keys() and row["detail"] else None,
-        "error": error,
-        "created": row["created"],
-        "updated": row["updated"],
-        "attempts": row["attempts"],
-        "worker": row["worker"],
-        "photos": row["n_photos"],
-        "people": row["n_people"],
-        "parent": json.loads(row["options"] or "{}").get("parent"),  # a derived model's (issue #18)
-    }
 
 
 def _folder_bytes(folder: Path) -> int:

@@ -1,6 +1,6 @@
 """The broker's read side: job rows, listings, bundle pieces and API-key rows for fronts on any host.
 
-The broker's loop checks every front request against its schema (app/protocol.py) and hands the read
+The broker's loop checks every front request against its schema (app/wire/protocol.py) and hands the read
 requests to these threads over an inproc socket, so a slow read (a locked store, a bundle piece off a
 cold disk, hashing a bundle the first time) never holds up the workers' heartbeats, dispatch or submits.
 Each answer goes back through the loop, which alone owns the front socket. Readers only read: the job
@@ -17,15 +17,17 @@ from pathlib import Path
 
 import zmq
 
-from app import protocol as p
-from app.auth import read_key
-from app.protocol import ProtocolError, escape
-from app.store import SEARCH_CHECKPOINT, StoreUnavailable, connect, list_jobs, read_job, store_errors
-from app.webhooks import delivery_view
+from app.broker.store import SEARCH_CHECKPOINT, connect, list_jobs, read_job
+from app.broker.webhooks import delivery_view
+from app.shared.api_keys import read_key
+from app.shared.storage import StoreUnavailable, store_errors
+from app.wire import protocol as p
+from app.wire.protocol import ProtocolError, escape
 from constants import Settings
 from constants.states import JobState
 from logger import logger
 from modelization.bundle import BUNDLE_FILE
+from optimization.evolution import Evolution
 
 
 class NotFound(Exception):
@@ -102,7 +104,7 @@ class Reader(threading.Thread):
             if command == p.KNOWN:
                 return p.pack(p.OK, {"done": self.known(header["ids"])})
             if command == p.SEARCH:
-                return p.pack(p.OK, {"checkpoint": self.checkpoint(header["id"], header.get("tenant"))})
+                return p.pack(p.OK, {"search": self.search_view(header["id"], header.get("tenant"))})
             if command == p.KEYGET:
                 row = read_key(self.s.auth_db_path, header["id"])
                 if row is not None:
@@ -158,16 +160,23 @@ class Reader(threading.Thread):
             return p.pack(p.ERR, {"code": "BAD_REQUEST", "message": escape(exc)})
         return p.pack(p.OK, {"sha256": sha, "size": size, "offset": offset}, [piece])
 
-    def checkpoint(self, job_id: str, tenant: str | None) -> dict | None:
-        """A running search's last checkpoint (written atomically by the loop); None before its first."""
+    def search_view(self, job_id: str, tenant: str | None) -> dict | None:
+        """A running search as `GET /models/<id>/search` shows it, from its last checkpoint (written atomically
+        by the loop); None before its first. Read here, where the search runs: a front carries no DEAP."""
         self.row(job_id, tenant)
         try:
-            return json.loads((self.s.uploads_dir / job_id / SEARCH_CHECKPOINT).read_text())
+            state = json.loads((self.s.uploads_dir / job_id / SEARCH_CHECKPOINT).read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:  # os.replace makes a torn read impossible: say so if it happens
             logger.warning("search checkpoint of {} unreadable: {}", job_id, escape(exc))
             return None
+        evolution = Evolution.from_json(state)
+        return {"fallback": evolution.fallback, "evaluations": evolution.evaluations,
+                "cache_hits": evolution.cache_hits, "stop_reason": evolution.stop_reason,
+                "logbook": evolution.logbook, "candidates": evolution.candidates(),
+                "pareto_front": evolution.pareto_front(), "finalists": evolution.confirmation()["finalists"],
+                "chosen": evolution.choose() if evolution.done else None}
 
     def known(self, ids: list[str]) -> list[str]:
         if not ids:

@@ -1,7 +1,7 @@
 """HTTP endpoints of a model's life after its build: derive (add photos or people, remove a person),
 erase a person everywhere, verify (1:1), and read the model card.
 
-They live on the API blueprint of app/routes.py (the same error handlers, request hooks and `@requires`
+They live on the API blueprint of app/web/routes.py (the same error handlers, request hooks and `@requires`
 roles). As every route of a front, they read nothing of the broker's disk: a derivation and an erasure
 are messages to the broker (DERIVE, ERASE), verify and the card read the bundle this front cached.
 """
@@ -14,14 +14,14 @@ import zipfile
 from flask import Response, g, jsonify, request
 from werkzeug.routing import BaseConverter
 
-from app import client
-from app.auth import TENANT_FORMAT, Action
-from app.broker import new_job_id
-from app.errors import ApiError
-from app.routes import bp, built_model, caller_tenant, finished_job, forget_model, load_recognizer, settings
-from app.security import principal, requires
-from app.usage import verify_request
-from app.validation import collect_photos, parse_callback, parse_options
+from app.shared.api_keys import TENANT_FORMAT, Action
+from app.shared.jobs import new_job_id
+from app.web import broker_client as client
+from app.web.errors import ApiError
+from app.web.forms import collect_photos, parse_callback, parse_options
+from app.web.predict import verify_request
+from app.web.routes import bp, built_model, caller_tenant, finished_job, forget_model, load_recognizer, settings
+from app.web.security import principal, requires
 from constants import Settings
 from logger import logger
 from modelization.bundle import CARD_FILE
@@ -43,7 +43,7 @@ def _label_converter(state) -> None:  # before the routes below are added to the
 @bp.post("/models/<job_id>/verify")
 @requires(Action.PREDICT)
 def verify(job_id: str):
-    """1:1: is the face of `image` the same person as `image2`'s, or as the person `label`? (app/usage.py)"""
+    """1:1: is the face of `image` the same person as `image2`'s, or as the person `label`? (app/web/predict.py)"""
     job, path = built_model(job_id)
     return jsonify(verify_request(job["id"], load_recognizer(job, path), request, settings()))
 
