@@ -1,4 +1,5 @@
-"""Using a model over HTTP: predict (who is in this photo?) and verify (is this the same person?).
+"""Using a model over HTTP: `POST /models/<id>/predict` (who is in this photo?) and `POST /models/<id>/verify`
+(is this the same person?), run in this web process from the bundle it cached.
 
 Both take a multipart form or a JSON body (app/web/probes.py): one photo or embedding, or a
 batch answered item by item, in order, each with its own error when it was bad.
@@ -8,8 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flask import Request
+from flask import Blueprint, Request, jsonify, request
 
+from app.shared.api_keys import Action
+from app.web.context import built_model, load_recognizer, settings
 from app.web.errors import ApiError
 from app.web.probes import (
     Probe,
@@ -22,6 +25,7 @@ from app.web.probes import (
     read_json,
     read_part,
 )
+from app.web.security import requires
 from constants import Settings
 from modelization.recognizer import FacePrediction, Recognizer
 from preprocessor.errors import InputError
@@ -203,3 +207,22 @@ def _model_label(recognizer: Recognizer, raw: Any, s: Settings) -> str:
     if label not in recognizer.labels:
         raise ApiError(404, "UNKNOWN_PERSON", f"{label!r} is not a person of this model", {"label": label})
     return label
+
+
+bp = Blueprint("predict", __name__)
+
+
+@bp.post("/models/<job_id>/predict")
+@requires(Action.PREDICT)
+def predict(job_id: str):
+    """Every face of a photo (or several photos, or embeddings), named or unknown."""
+    job, path = built_model(job_id)
+    return jsonify(predict_request(job["id"], load_recognizer(job, path), request, settings()))
+
+
+@bp.post("/models/<job_id>/verify")
+@requires(Action.PREDICT)
+def verify(job_id: str):
+    """1:1: is the face of `image` the same person as `image2`'s, or as the person `label`? (app/web/predict.py)"""
+    job, path = built_model(job_id)
+    return jsonify(verify_request(job["id"], load_recognizer(job, path), request, settings()))

@@ -7,7 +7,7 @@
   checkpoint (written after every result, atomically; asked of the broker: a front has no disk of
   its), once the model is built, from its manifest (with the baselines measured beside the pick).
 
-Both use the same look-ups as the API's routes (app/web/routes.py), so an id answers here exactly as it
+Both use the same look-ups as the API's routes (app/web/context.py), so an id answers here exactly as it
 does there (400 BAD_ID, 404 NOT_FOUND, 409 NOT_READY / BUILD_FAILED, 503 STORE_UNAVAILABLE).
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ from flask import Blueprint, current_app, jsonify
 
 from app.shared.jobs import job_view
 from app.web import broker_client as client
+from app.web.context import built_model, caller_tenant, find_row
 from app.web.forms import parse_job_id
-from app.web.routes import built_model, caller_tenant, find_row
 from constants import Settings
 from constants.states import JobState
 from modelization.bundle import read_manifest

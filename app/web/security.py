@@ -37,9 +37,9 @@ F = TypeVar("F", bound=Callable)
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-AUDITED = {"api.build_recognizer": "build", "api.download": "download", "api.delete_model": "delete",
-           "api.add_people": "derive", "api.remove_person": "derive", "api.erase_person": "erase",
-           "api.create_key": "key_create", "api.revoke_key": "key_revoke"}
+AUDITED = {"builds.build_recognizer": "build", "models.download": "download", "models.delete_model": "delete",
+           "people.add_people": "derive", "people.remove_person": "derive", "people.erase_person": "erase",
+           "keys.create_key": "key_create", "keys.revoke_key": "key_revoke"}
 
 
 def requires(action: Action) -> Callable[[F], F]:

@@ -1,32 +1,30 @@
-"""HTTP endpoints of a model's life after its build: derive (add photos or people, remove a person),
-erase a person everywhere, verify (1:1), and read the model card.
+"""People in built models: add photos or people to a model, remove a person from it (each a derivation: a
+new model, 202 with its id), and erase a person from every model of a tenant.
 
-They live on the API blueprint of app/web/routes.py (the same error handlers, request hooks and `@requires`
-roles). As every route of a front, they read nothing of the broker's disk: a derivation and an erasure
-are messages to the broker (DERIVE, ERASE), verify and the card read the bundle this front cached.
+As every route of a front, they read nothing of the broker's disk: a derivation and an erasure are
+messages to the broker (DERIVE, ERASE).
 """
 from __future__ import annotations
 
 import json
 import time
-import zipfile
 
-from flask import Response, g, jsonify, request
+from flask import Blueprint, g, jsonify, request
 from werkzeug.routing import BaseConverter
 
 from app.shared.api_keys import TENANT_FORMAT, Action
 from app.shared.jobs import new_job_id
 from app.web import broker_client as client
+from app.web.context import caller_tenant, finished_job, forget_model, settings
 from app.web.errors import ApiError
 from app.web.forms import collect_photos, parse_callback, parse_options
-from app.web.predict import verify_request
-from app.web.routes import bp, built_model, caller_tenant, finished_job, forget_model, load_recognizer, settings
 from app.web.security import principal, requires
 from constants import Settings
 from logger import logger
-from modelization.bundle import CARD_FILE
 from preprocessor.errors import InputError
 from preprocessor.uploads import Photo, clean_label
+
+bp = Blueprint("people", __name__)
 
 
 class LabelConverter(BaseConverter):
@@ -38,27 +36,6 @@ class LabelConverter(BaseConverter):
 @bp.record_once
 def _label_converter(state) -> None:  # before the routes below are added to the app's URL map
     state.app.url_map.converters["label"] = LabelConverter
-
-
-@bp.post("/models/<job_id>/verify")
-@requires(Action.PREDICT)
-def verify(job_id: str):
-    """1:1: is the face of `image` the same person as `image2`'s, or as the person `label`? (app/web/predict.py)"""
-    job, path = built_model(job_id)
-    return jsonify(verify_request(job["id"], load_recognizer(job, path), request, settings()))
-
-
-@bp.get("/models/<job_id>/card")
-@requires(Action.READ)
-def model_card(job_id: str):
-    """The bundle's MODEL_CARD.md (from this front's copy of the bundle), as Markdown."""
-    job, path = built_model(job_id)
-    try:
-        with zipfile.ZipFile(path) as zf:
-            card = zf.read(CARD_FILE)
-    except KeyError:
-        raise ApiError(404, "NOT_FOUND", f"model {job['id']} was built before model cards") from None
-    return Response(card, mimetype="text/markdown; charset=utf-8")
 
 
 @bp.post("/models/<job_id>/people")
