@@ -301,6 +301,21 @@ class Settings:
                 raise SettingsError(f"FR_{key.upper()} must be a tcp:// or ipc:// endpoint, got {endpoint[:80]!r}")
         return cls(**values)
 
+    def to_env(self) -> dict[str, str]:
+        """Every setting as the `FR_*` variable `from_env` reads, so that `from_env(environ=s.to_env()) == s`.
+        How `serve` hands its whole Settings, command-line flags included, to each child it starts."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                text = "1" if value else "0"
+            elif isinstance(value, float):
+                text = repr(value)  # the shortest text that reads back as the same float
+            else:
+                text = str(value)
+            env["FR_" + f.name.upper()] = text
+        return env
+
     @property
     def option_limits(self) -> dict[str, tuple]:
         """A build's numeric options: name -> (low, high, type). The HTTP form and the broker check these."""

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from app.cli.supervisor import Supervisor, loopback, uwsgi_command, uwsgi_env
+from app.cli.supervisor import Supervisor, loopback, uwsgi_command
 from constants import Settings, SettingsError
 from logger import logger, setup_logging
 
@@ -135,7 +135,7 @@ def cmd_web(args) -> None:
             raise SettingsError(f"--keys: {exc}; make a pair with `python run.py front-key create DIR` (or "
                                 "`run.py init`) and allow its front.key on the broker") from None
     s.ensure_dirs()
-    env = {**os.environ, **uwsgi_env(s)}
+    env = {**os.environ, **s.to_env()}  # what app.ini and the web processes read
     command = uwsgi_command(s)
     os.execvpe(command[0], command, env)  # noqa: S606 (our own argument list)
 

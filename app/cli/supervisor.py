@@ -45,14 +45,6 @@ def uwsgi_command(s: Settings) -> list[str]:
     return [str(exe) if exe.exists() else "uwsgi", "--ini", str(ROOT / "app.ini"), "--http", address]
 
 
-def uwsgi_env(s: Settings) -> dict[str, str]:
-    """What app.ini and the web processes read: where to serve and how, and where the broker is."""
-    return {"FR_DATA_DIR": str(s.data_dir), "FR_PORT": str(s.port), "FR_HOST": s.host,
-            "FR_BROKER_FRONT": s.front_endpoint, "FR_FRONT_KEYS": str(s.front_keys_dir),
-            "FR_WEB_PROCESSES": str(s.web_processes),
-            "FR_WEB_THREADS": str(s.web_threads), "FR_REQUEST_TIMEOUT_S": str(s.request_timeout_s)}
-
-
 def die_with_parent() -> None:
     """In a child, before exec: SIGTERM when the process that started it dies (Linux), so no child outlives
     its supervisor (or a test's stack its test run)."""
@@ -91,12 +83,13 @@ class Supervisor:
 
     def __init__(self, s: Settings, n_workers: int):
         self.s, self.n_workers = s, n_workers
-        self.env = {**os.environ, **uwsgi_env(s), "FR_BROKER_BACK": s.broker_back,
+        # one mechanism for every child: the whole Settings, command-line flags included, as FR_* variables
+        # (each child reads them with Settings.from_env, as when it is started alone)
+        self.env = {**os.environ, **s.to_env(),
                     "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         py = [sys.executable, str(ROOT / "run.py")]
-        connect = loopback(s.broker_back)
         self.children = [Child("broker", [*py, "broker"]), Child("web", uwsgi_command(s))]
-        self.children += [Child(f"worker{i}", [*py, "worker", "--connect", connect, "--slot", str(i + 1)])
+        self.children += [Child(f"worker{i}", [*py, "worker", "--slot", str(i + 1)])
                           for i in range(n_workers)]
         self.stopping = False
 
