@@ -98,7 +98,7 @@ def delete(endpoint: str, keys_dir: Path, job_id: str, timeout_s: float, tenant:
 def get_job(endpoint: str, keys_dir: Path, job_id: str, timeout_s: float, tenant: str | None = None,
             callback: bool = False) -> dict:
     """{job: its row, bundle?: {sha256, size}, callback?: its delivery (with `callback`: app/broker/webhooks.py)};
-    NOT_FOUND (404) for no such job or another tenant's."""
+    BrokerRefused NOT_FOUND for no such job or another tenant's."""
     header: dict = {"id": job_id, "tenant": tenant}
     if callback:
         header["callback"] = True

@@ -98,7 +98,8 @@ class ProtocolError(ValueError):
 
 
 class FrontError(Exception):
-    """A front request refused with a code the HTTP app maps to a status (app/wire/client.py)."""
+    """A front request refused with a code (BrokerRefused on the front's side, which app/web/errors.py maps
+    to an HTTP status)."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)
