@@ -223,6 +223,6 @@ def predict(job_id: str):
 @bp.post("/models/<job_id>/verify")
 @requires(Action.PREDICT)
 def verify(job_id: str):
-    """1:1: is the face of `image` the same person as `image2`'s, or as the person `label`? (app/web/predict.py)"""
+    """1:1: is the face of `image` the same person as `image2`'s, or as the person `label`?"""
     job, path = built_model(job_id)
     return jsonify(verify_request(job["id"], load_recognizer(job, path), request, settings()))
