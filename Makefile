@@ -39,6 +39,7 @@ browser:
 test: setup-dev setup-tls browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 bench: setup-dev

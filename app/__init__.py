@@ -1,4 +1,3 @@
-"""The service: HTTP front (Flask), job store, ZeroMQ broker and workers."""
-from app.web import create_app
-
-__all__ = ["create_app"]
+"""The service, one package per process (docs/architecture.md, "Layout"): web/ (the HTTP front), broker/,
+worker/, cli/ (the supervisor and the command line), over wire/ (what travels between them) and shared/
+(what more than one of them keeps or checks). Nothing is imported here: each process loads only its own."""

@@ -38,8 +38,8 @@ import zmq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app import keys
-from app import protocol as p
+from app.wire import curve as keys
+from app.wire import protocol as p
 from constants import Settings
 from test.stack import free_port
 

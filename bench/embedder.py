@@ -15,7 +15,7 @@ chip per call (a prediction's batch), and the script prints:
   a distance between two faces;
 - ms per photo of each step and per chip of each embedder, and the photo's whole path
   with each embedder;
-- the same build made from each embedder's features (`app.build.train_bundle`, the
+- the same build made from each embedder's features (`app.worker.tasks.train_bundle`, the
   fixed network, seed 42, the same split): held-out accuracy, balanced accuracy, the
   open-set thresholds and rates, and each bundle's answers on the 298 faces of
   `strangers/` (never in a gallery) embedded by its own embedder, as `predict` embeds
@@ -67,7 +67,7 @@ def build_answers(paths: list[Path], found: list, vectors: np.ndarray, settings:
     """The fixed network's bundle built from these features (train_bundle, seed 42): its manifest, and
     its answers (name or None, score, candidate) for the strangers' faces (one image each, as predict embeds it:
     the mirror pass for the faces near their threshold)."""
-    from app.build import train_bundle
+    from app.worker.tasks import train_bundle
     from features.extract import with_embeddings
     from modelization.bundle import read_manifest
     from modelization.recognizer import load_bundle

@@ -13,7 +13,7 @@ first time; seconds after). Nothing from the cache is committed.
 Per set, per seed: `--probes` photos of each person are held out as known probes; the
 person's other photos, in a seeded order, are the uploads: the first n for n = 1, 2, 3,
 5, 10 (nested: n = 2 adds a photo to n = 1), all of them ("all"), or 1 to 10 drawn per
-person ("mixed"). The bundle is built by `app.build.train_bundle` (its own split,
+person ("mixed"). The bundle is built by `app.worker.tasks.train_bundle` (its own split,
 measured model, refit on every upload, per-person thresholds) and loaded by `load_bundle`;
 probes get its answers as `predict` gives them (one pass, the mirror pass within the
 margin of the threshold).
@@ -186,8 +186,8 @@ class Answers:
 
 
 def build(faces: FaceSet, enrol: np.ndarray, seed: int, settings: Settings = SETTINGS) -> bytes:
-    """The service's own build (`app.build.train_bundle`) from the photos `enrol` (indices into `faces`)."""
-    from app.build import train_bundle
+    """The service's own build (`app.worker.tasks.train_bundle`) from the photos `enrol` (indices into `faces`)."""
+    from app.worker.tasks import train_bundle
     files = [{"label": str(faces.labels[i]), "filename": faces.files[i]} for i in enrol]
     return train_bundle({"id": f"fewshot-{faces.folder}-{seed}", "options": {"seed": seed}}, files,
                         [faces.features[i] for i in enrol], settings, lambda *a: None)

@@ -46,7 +46,7 @@ def best_baseline(errors: dict[str, int]) -> int:
 
 def one_split(files: list[dict], feats: list[dict], seed: int) -> dict:
     """-> {"errors": {method: test errors}, "test_photos": n, "open_set": {method: rate}}."""
-    from app.build import prepare
+    from app.worker.tasks import prepare
     from constants import Settings
     from modelization import lean
     from modelization.network import NetworkSpec

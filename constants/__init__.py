@@ -214,7 +214,7 @@ class Settings:
     verify_far: float = _bounded(0.001, 0.00001, 0.03)
 
     keep_uploads: bool = False        # keep uploaded photos after a successful build
-    # Callbacks (app/webhooks.py): the hosts a build's callback_url may name (names, *.domain, IPs, networks;
+    # Callbacks (app/broker/webhooks.py): the hosts a build's callback_url may name (names, *.domain, IPs, networks;
     # empty: no callbacks), the wait for a receiver, the first retry delay (it doubles) and how long to retry.
     webhook_allow: str = ""
     webhook_timeout_s: float = _bounded(10.0, 0.5, 120)
@@ -224,7 +224,7 @@ class Settings:
                                       # start (in the background)
     cache_max_bytes: int = _bounded(1024**3, 0)  # feature cache bound per host, least recently used out first
 
-    # Who may do what (app/auth.py): API keys, roles, tenants, quotas, browsers.
+    # Who may do what (app/shared/api_keys.py): API keys, roles, tenants, quotas, browsers.
     auth: bool = True                 # 0 only on a loopback address: every route but /is_alive needs an API key
     admin_key: str = field(default="", repr=False)  # an admin key given by the operator (else var/admin.key)
     cors_origins: str = ""            # comma-separated origins whose pages may call the API (state-changing too)
@@ -301,6 +301,21 @@ class Settings:
                 raise SettingsError(f"FR_{key.upper()} must be a tcp:// or ipc:// endpoint, got {endpoint[:80]!r}")
         return cls(**values)
 
+    def to_env(self) -> dict[str, str]:
+        """Every setting as the `FR_*` variable `from_env` reads, so that `from_env(environ=s.to_env()) == s`.
+        How `serve` hands its whole Settings, command-line flags included, to each child it starts."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                text = "1" if value else "0"
+            elif isinstance(value, float):
+                text = repr(value)  # the shortest text that reads back as the same float
+            else:
+                text = str(value)
+            env["FR_" + f.name.upper()] = text
+        return env
+
     @property
     def option_limits(self) -> dict[str, tuple]:
         """A build's numeric options: name -> (low, high, type). The HTTP form and the broker check these."""
@@ -337,7 +352,7 @@ class Settings:
 
     @property
     def front_cache_dir(self) -> Path:
-        """Bundles a front fetched from the broker, named by model id and sha256 (app/bundles.py)."""
+        """Bundles a front fetched from the broker, named by model id and sha256 (app/web/bundles.py)."""
         return self.var_dir / "front-cache"
 
     @property
@@ -356,7 +371,7 @@ class Settings:
 
     @property
     def keys_dir(self) -> Path:
-        """CURVE key pairs and the allowed public keys (see app/keys.py)."""
+        """CURVE key pairs and the allowed public keys (see app/wire/curve.py)."""
         return self.var_dir / "keys"
 
     @property

@@ -26,7 +26,7 @@ class JobState(StrEnum):
 
 
 class TaskKind(StrEnum):
-    """The three kinds of work a worker does for a build (app/build.py)."""
+    """The three kinds of work a worker does for a build (app/worker/tasks.py)."""
     EXTRACT = "extract"    # a chunk of photos -> their embeddings
     EVALUATE = "evaluate"  # one candidate network of the genetic search -> its validation scores
     TRAIN = "train"        # every embedding -> the model bundle

@@ -4,7 +4,7 @@ How a person's usable photos are cut depends on how many there are (`n`):
 - n >= 3: at least one photo each for train, validation and test (the fractions decide the rest);
 - n == 2: one for train, one for test (no validation photo: it would leave nothing to measure);
 - n == 1: the photo trains; nothing is left to test with, so the person is measured the only
-  way one photo allows, as a stranger to everybody else (leave-one-identity-out, app/build.py).
+  way one photo allows, as a stranger to everybody else (leave-one-identity-out, app/worker/tasks.py).
 
 The split only serves the measurement: the bundle that ships is refit on every usable photo.
 """

@@ -104,7 +104,7 @@ def error_code(r: requests.Response) -> tuple[int, str | None]:
 
 def test_every_route_of_the_app_is_in_the_table(stack, models, keys, faces_dir):
     """The table below is the contract: a route added without a role check fails here."""
-    from app.web import create_app
+    from app.web.factory import create_app
     from constants import Settings
     app = create_app(Settings.from_env(data_dir=stack.data_dir))
     rules = {(m, re.sub(r"<[^>]+>", "X", rule.rule)) for rule in app.url_map.iter_rules()
@@ -372,7 +372,7 @@ def test_quotas_active_builds_bytes_and_rate(tmp_path, faces_dir):
 
 # --- TLS ------------------------------------------------------------------------------------------
 def test_https_with_a_certificate_made_here(tmp_path):
-    from run import TLS_UWSGI
+    from app.cli.supervisor import TLS_UWSGI
     if not TLS_UWSGI.exists():
         if os.environ.get("CI"):
             pytest.fail("make test builds uWSGI with OpenSSL (make setup-tls); it is missing")
@@ -403,7 +403,7 @@ def test_https_with_a_certificate_made_here(tmp_path):
 # --- any header at all ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    from app.web import create_app
+    from app.web.factory import create_app
     from constants import Settings
     app = create_app(Settings.from_env(data_dir=tmp_path_factory.mktemp("hyp-auth")))
     return app.test_client()

@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from app import keys
-from app import protocol as p
-from app.broker import Broker
-from app.web import create_app
+from app.broker.loop import Broker
+from app.web.factory import create_app
+from app.wire import curve as keys
+from app.wire import protocol as p
 from constants import Settings
 from test.stack import BrokerThread, free_port
 

@@ -17,7 +17,7 @@ from constants import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import run  # noqa: E402
+from app.cli.main import build_parser  # noqa: E402
 
 SETTINGS = {"FR_" + f.name.upper() for f in fields(Settings)}
 IMAGE = "api-facial-recognition"
@@ -45,7 +45,7 @@ def pod_specs():
 def run_command(argv: list[str]) -> object:
     """argv must be `python run.py <subcommand> ...` that run.py's own parser accepts."""
     assert argv[:2] == ["python", "run.py"], argv
-    return run.build_parser().parse_args(argv[2:])
+    return build_parser().parse_args(argv[2:])
 
 
 def test_the_dockerfile_exposes_the_ports_and_the_venv_python():

@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from app.build import extract_chunk, train_bundle
+from app.worker.tasks import extract_chunk, train_bundle
 from constants import Settings, SettingsError
 from features import resnet_tf
 from features.dlib_dat import DatFormatError, read_network

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import zmq
 
-from app import protocol as p
-from app.store import JobStore, StorageFull
+from app.broker.store import JobStore
+from app.shared.storage import StorageFull
+from app.wire import protocol as p
 from constants import Settings
 from preprocessor.uploads import Photo
 from test.conftest import pick_people
@@ -291,7 +292,7 @@ def test_the_reserve_makes_is_alive_503_and_refuses_builds(tmp_path, faces_dir):
 
 
 def test_a_submit_past_its_deadline_is_not_stored(stack):
-    from app import keys
+    from app.wire import curve as keys
     s = Settings.from_env(data_dir=stack.data_dir)
     sock = keys.client_socket(zmq.Context.instance(), zmq.REQ, s.front_keys_dir, "front")
     sock.setsockopt(zmq.LINGER, 0)

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from app.build import BuildError, prepare, release_keras, train_bundle
+from app.worker.tasks import BuildError, prepare, release_keras, train_bundle
 from constants import Settings
 from features.extract import photo_features
 from modelization.bundle import read_manifest

@@ -1,5 +1,5 @@
 """A front on another host: it has no job store, no dumps/ and no auth.sqlite, and gets everything from
-the broker over tcp + CURVE (app/client.py, app/reader.py, app/bundles.py). A real broker runs in a
+the broker over tcp + CURVE (app/wire/client.py, app/broker/reader.py, app/web/bundles.py). A real broker runs in a
 thread; the front is the real Flask app with its own data dir, talking over real sockets."""
 from __future__ import annotations
 
@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import zmq
 
-from app import keys
-from app import protocol as p
-from app.auth import KeyStore
-from app.bundles import BundleCache
-from app.errors import ApiError
-from app.store import JobStore
-from app.web import create_app
+from app.broker.store import JobStore
+from app.shared.api_keys import KeyStore
+from app.web.bundles import BundleCache
+from app.web.errors import ApiError
+from app.web.factory import create_app
+from app.wire import curve as keys
+from app.wire import protocol as p
 from constants import Settings
 from constants.states import JobState
 from modelization.bundle import BUNDLE_FILE, MANIFEST_FILE
@@ -331,17 +331,17 @@ def test_a_key_add_replayed_is_a_conflict(broker, broker_settings, front_setting
 def test_a_slow_read_does_not_hold_up_the_loop(broker, broker_settings, front_settings, monkeypatch):
     """Reads run in the broker's reader threads: while one is slow (a store that takes seconds to answer,
     a bundle off a cold disk), STATUS (answered by the loop) and the other reader still answer at once."""
-    import app.reader
+    import app.broker.reader
     job_id, _ = finished_model(broker_settings, "admin", size=100)
     folder = Path(front_settings.front_keys)
-    real = app.reader.read_job
+    real = app.broker.reader.read_job
 
     def slow_read(db_path, wanted):
         if wanted == job_id:
             time.sleep(3)
         return real(db_path, wanted)
 
-    monkeypatch.setattr(app.reader, "read_job", slow_read)
+    monkeypatch.setattr(app.broker.reader, "read_job", slow_read)
     slow: list = []
     t = threading.Thread(target=lambda: slow.append(raw(broker_settings, folder, p.pack(p.GETJOB, {"id": job_id}),
                                                         10)))

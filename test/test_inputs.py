@@ -1,5 +1,5 @@
-"""Photos and embeddings in JSON (app/inputs.py), and the broker's schemas of DERIVE and ERASE
-(app/protocol.py): every malformed form refused with its own code."""
+"""Photos and embeddings in JSON (app/web/probes.py), and the broker's schemas of DERIVE and ERASE
+(app/wire/protocol.py): every malformed form refused with its own code."""
 from __future__ import annotations
 
 import base64
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app import protocol as p
-from app.errors import ApiError
-from app.inputs import decode_image_field, parse_embedding, probes_from_json
+from app.web.errors import ApiError
+from app.web.probes import decode_image_field, parse_embedding, probes_from_json
+from app.wire import protocol as p
 from constants import Settings
 from preprocessor.errors import InputError
 

@@ -8,7 +8,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from app.build import OPERATING_FARS, confusions, measure, operating_points
+from app.worker.tasks import OPERATING_FARS, confusions, measure, operating_points
 from constants import Settings
 from modelization import lean
 from modelization.dataset import stratified_split

@@ -7,9 +7,9 @@ import os
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import metrics
-from app.store import JobStore
-from app.web import create_app
+from app.broker.store import JobStore
+from app.shared import metrics
+from app.web.factory import create_app
 from constants import VERSION, Settings
 from test.stack import BrokerThread, free_port
 
@@ -56,7 +56,7 @@ def test_the_broker_s_figures_are_read_at_scrape_time(client):
 
 def test_without_a_broker_the_scrape_still_answers_and_says_so(tmp_path):
     """The store is the broker's (fronts run on any host): without the broker, neither is up."""
-    from app import keys
+    from app.wire import curve as keys
     settings = Settings.from_env(data_dir=tmp_path, broker_front="tcp://127.0.0.1:9", broker_timeout_s=0.2,
                                  admin_key="metrics-test-admin")
     keys.prepare_broker_keys(settings.keys_dir)
@@ -89,7 +89,7 @@ def test_serve_empties_the_folder_and_names_it_to_its_children(tmp_path, monkeyp
 RECORD = """
 import os, sys
 sys.path.insert(0, {root!r})
-from app import metrics
+from app.shared import metrics
 if sys.argv[1] == "full":
     def no_room(*args):
         raise OSError(28, "No space left on device")

@@ -7,7 +7,7 @@ import re
 import pytest
 from openapi_spec_validator import validate
 
-from app.web import create_app
+from app.web.factory import create_app
 from constants import Settings
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}  # Flask adds them to every GET route
@@ -28,7 +28,7 @@ def test_every_route_is_documented_and_every_documented_route_exists(client):
     served = {(openapi_path(r.rule), m.lower()) for r in client.application.url_map.iter_rules()
               for m in r.methods - IGNORED_METHODS}
     documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
-    assert served - documented == set(), f"routes missing from app/openapi.py: {sorted(served - documented)}"
+    assert served - documented == set(), f"routes missing from app/web/openapi.py: {sorted(served - documented)}"
     assert documented - served == set(), f"documented but not served: {sorted(documented - served)}"
 
 

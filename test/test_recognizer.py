@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.build import train_bundle
-from app.recognizers import RecognizerCache
+from app.web.recognizers import RecognizerCache
+from app.worker.tasks import train_bundle
 from constants import Settings
 from features.embeddings import embed_chips, pairwise_distances
 from features.extract import PhotoFeatures

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from app.remote import Bar, ClientError, Multipart, follow, zip_people
+from app.cli.remote import Bar, ClientError, Multipart, follow, zip_people
 
 
 def test_the_folder_is_zipped_with_its_people_and_only_photos(tmp_path):

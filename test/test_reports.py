@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from app.store import JobStore
-from app.web import create_app
+from app.broker.store import JobStore
+from app.web.factory import create_app
 from constants import Settings
 from constants.states import JobState
 from optimization.evolution import Controls, Evolution
@@ -95,6 +95,6 @@ def test_pages_are_public_static_files_stay_in_their_folder_and_carry_a_strict_p
         assert "default-src 'self'" in r.headers["Content-Security-Policy"], path
         assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert client.get("/static/js/console.js").mimetype in ("text/javascript", "application/javascript")
-    for path in ("/static/../app/web.py", "/static/%2e%2e/run.py", "/static/nothing.js"):
+    for path in ("/static/../app/web/factory.py", "/static/%2e%2e/run.py", "/static/nothing.js"):
         r = client.get(path)
         assert r.status_code == 404 and r.json["error"]["code"] == "NOT_FOUND", path

@@ -91,7 +91,7 @@ def test_build_poll_download_and_recognize_held_out_photos(stack, people, tmp_pa
     assert (stack.data_dir / "dumps" / job_id / "model.zip").exists()
 
     # The downloaded bundle, used offline, names photos it never saw.
-    from app.build import release_keras
+    from app.worker.tasks import release_keras
     from features.extract import photo_features
     from modelization.recognizer import load_bundle
     recognizer = load_bundle(bundle)

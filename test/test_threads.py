@@ -141,7 +141,7 @@ def bundle():  # a request thread loading a bundle meanwhile: Keras
     build_network(128, 3, NetworkSpec())
 
 def versions():  # a build's manifest: both
-    from app.build import software_versions
+    from app.worker.tasks import software_versions
     software_versions()
 
 threads = [threading.Thread(target=run, args=(f,)) for f in (warm_up, bundle, versions)]

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from werkzeug.datastructures import MultiDict
 
-from app.errors import ApiError
-from app.validation import parse_job_id, parse_options
+from app.web.errors import ApiError
+from app.web.forms import parse_job_id, parse_options
 from constants import MAX_SEED, Settings
 
 SETTINGS = Settings.from_env()

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.build import release_keras, train_bundle
+from app.worker.tasks import release_keras, train_bundle
 from constants import Settings
 from features.extract import photo_features
 from modelization.bundle import read_manifest

@@ -1,4 +1,4 @@
-"""Callbacks, unit by unit (app/webhooks.py): the Standard Webhooks signature, who may be called, the durable
+"""Callbacks, unit by unit (app/broker/webhooks.py): the Standard Webhooks signature, who may be called, the durable
 queue and the sender's retries over a real local HTTP receiver."""
 from __future__ import annotations
 
@@ -10,20 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.webhooks import (
+from app.broker.webhooks import (
     DELIVERED,
     FAILED,
     PENDING,
-    AllowList,
-    CallbackRefused,
     Sender,
     WebhookStore,
-    check_url,
     db_path,
-    new_secret,
-    sign,
-    split_url,
 )
+from app.shared.callbacks import AllowList, CallbackRefused, check_url, new_secret, sign, split_url
 from constants import Settings, SettingsError, webhook_allow_entries
 from test.test_callbacks import Receiver, verify_signature
 

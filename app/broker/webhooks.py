@@ -1,0 +1,265 @@
+"""Callbacks: when a job ends, its status is POSTed to the URL its client gave, signed (the rules of who
+may be called and of the signature: app/shared/callbacks.py).
+
+Delivery: the broker records the message in `var/webhooks.sqlite` when the job ends (a
+quick local write: the broker never waits on a receiver); a sender thread in the broker
+process POSTs it, and retries with a doubling delay (FR_WEBHOOK_RETRY_S, capped at an
+hour) for FR_WEBHOOK_RETRY_FOR_S while the receiver fails. The queue is on disk, so a
+restart loses nothing: at-least-once delivery, deduplicated by `webhook-id`.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import sqlite3
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from app.shared.callbacks import Address, AllowList, CallbackRefused, check_url, signed_headers, split_url
+from constants import Settings
+from logger import logger
+
+MAX_DELAY_S = 3600.0        # retries back off up to this
+MAX_RESPONSE_BYTES = 64 * 1024
+KEEP_DONE_S = 7 * 86400     # delivered or abandoned messages stay visible (GET /is_available) this long
+DB_FILE = "webhooks.sqlite"
+
+
+def post(url: str, addresses: list[Address], body: bytes, headers: dict[str, str], timeout: float) -> int:
+    """POST `body` to `url`, connecting to one of the checked `addresses` (never resolving again), with no
+    redirect followed. -> the HTTP status."""
+    scheme, host, port, path = split_url(url)
+    sock: socket.socket | None = None
+    error: OSError = OSError("no address")
+    for address in addresses:
+        try:
+            sock = socket.create_connection((str(address), port), timeout=timeout)
+            break
+        except OSError as exc:
+            error = exc
+    if sock is None:
+        raise error
+    try:
+        if scheme == "https":
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn.sock = sock
+        conn.request("POST", path, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read(MAX_RESPONSE_BYTES)
+        return response.status
+    finally:
+        sock.close()
+
+
+# --- the durable queue ---------------------------------------------------------------------------
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS subscriptions (
+    job_id TEXT PRIMARY KEY, url TEXT NOT NULL, secret TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,            -- webhook-id: the same on every attempt
+    job_id TEXT NOT NULL, url TEXT NOT NULL, secret TEXT NOT NULL, body BLOB NOT NULL,
+    state TEXT NOT NULL,            -- pending, delivered, failed (gave up)
+    attempts INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL, next_at REAL NOT NULL, updated REAL NOT NULL,
+    last_status INTEGER, last_error TEXT);
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(state, next_at);
+CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries(job_id);
+"""
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+
+def db_path(settings: Settings) -> Path:
+    return settings.var_dir / DB_FILE
+
+
+class WebhookStore:
+    """Subscriptions (job -> url, secret) and messages to deliver. One per thread: the broker records,
+    the sender delivers, each on its own connection (SQLite serialises the short writes)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA secure_delete=ON")  # an erased message leaves no bytes behind
+        self.db.executescript(SCHEMA)
+        self.path.chmod(0o600)
+        self.db.row_factory = sqlite3.Row
+
+    def close(self) -> None:
+        self.db.close()
+
+    def subscribe(self, job_id: str, callback: dict | None) -> None:
+        if callback:
+            self.db.execute("INSERT OR REPLACE INTO subscriptions VALUES (?, ?, ?, ?)",
+                            (job_id, callback["url"], callback["secret"], time.time()))
+
+    def move(self, old: str, new: str) -> None:
+        """A job rebuilt under a new id (erasure) keeps its client's callback."""
+        self.db.execute("UPDATE subscriptions SET job_id = ? WHERE job_id = ?", (new, old))
+
+    def forget(self, job_id: str) -> None:
+        """A deleted job: no callback, no message left."""
+        self.db.execute("DELETE FROM subscriptions WHERE job_id = ?", (job_id,))
+        self.db.execute("DELETE FROM deliveries WHERE job_id = ?", (job_id,))
+
+    def enqueue(self, job_id: str, event: str, data: dict) -> str | None:
+        """The job ended: its message goes in the queue (once). -> the message id, None without a callback."""
+        row = self.db.execute("SELECT * FROM subscriptions WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            return None
+        msg_id = f"msg_{uuid.uuid4().hex}"
+        now = time.time()
+        body = json.dumps({"type": event, "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+                           "data": data}, ensure_ascii=False, allow_nan=False).encode()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("INSERT INTO deliveries (id, job_id, url, secret, body, state, created, next_at, updated)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (msg_id, job_id, row["url"], row["secret"], body, PENDING, now, now, now))
+            self.db.execute("DELETE FROM subscriptions WHERE job_id = ?", (job_id,))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return msg_id
+
+    def due(self, now: float, limit: int = 20) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM deliveries WHERE state = ? AND next_at <= ? ORDER BY next_at LIMIT ?",
+                               (PENDING, now, limit)).fetchall()
+
+    def next_due(self) -> float | None:
+        row = self.db.execute("SELECT MIN(next_at) FROM deliveries WHERE state = ?", (PENDING,)).fetchone()
+        return row[0] if row else None
+
+    def record(self, msg_id: str, state: str, status: int | None, error: str | None, next_at: float) -> None:
+        self.db.execute("UPDATE deliveries SET state = ?, attempts = attempts + 1, last_status = ?, last_error = ?, "
+                        "next_at = ?, updated = ? WHERE id = ?", (state, status, error, next_at, time.time(), msg_id))
+
+    def prune(self, now: float) -> None:
+        self.db.execute("DELETE FROM deliveries WHERE state != ? AND updated < ?", (PENDING, now - KEEP_DONE_S))
+
+    def scrub(self, text: str) -> int:
+        """Remove every message whose body mentions `text` (a person being erased). -> how many."""
+        needles = {text, json.dumps(text)[1:-1], json.dumps(text, ensure_ascii=False)[1:-1]}
+        n = 0
+        for needle in needles:
+            n += self.db.execute("DELETE FROM deliveries WHERE instr(CAST(body AS TEXT), ?) > 0", (needle,)).rowcount
+        return n
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the file and empty it (what was deleted leaves no copy there)."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def delivery_view(settings: Settings, job_id: str) -> dict | None:
+    """What the front shows of a job's callback (read-only): url, state, attempts, last answer. No secret."""
+    path = db_path(settings)
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+        try:
+            conn.row_factory = sqlite3.Row
+            row = conn.execute("SELECT * FROM deliveries WHERE job_id = ? ORDER BY created DESC LIMIT 1",
+                               (job_id,)).fetchone()
+            if row is not None:
+                return {"url": row["url"], "state": row["state"], "webhook_id": row["id"],
+                        "attempts": row["attempts"], "last_status": row["last_status"],
+                        "last_error": row["last_error"],
+                        "next_attempt": row["next_at"] if row["state"] == PENDING else None}
+            sub = conn.execute("SELECT url FROM subscriptions WHERE job_id = ?", (job_id,)).fetchone()
+            return {"url": sub["url"], "state": "waiting for the job to end"} if sub else None
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+# --- the sender ------------------------------------------------------------------------------------
+class Sender(threading.Thread):
+    """Delivers queued messages, one at a time, retrying failures with a doubling delay; `wake()` when a
+    message was queued so it goes at once. Runs in the broker process; `stop()` ends it."""
+
+    def __init__(self, settings: Settings, post_fn: Callable[..., int] = post):
+        super().__init__(daemon=True, name="webhooks")
+        self.s = settings
+        self.post = post_fn
+        self._nudge = threading.Event()
+        self._halt = threading.Event()
+
+    def wake(self) -> None:
+        self._nudge.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._halt.set()
+        self._nudge.set()
+        if self.is_alive():
+            self.join(timeout)
+
+    def run(self) -> None:
+        store: WebhookStore | None = None
+        last_prune = 0.0
+        while not self._halt.is_set():
+            wait = 1.0
+            try:
+                if store is None:
+                    store = WebhookStore(db_path(self.s))
+                now = time.time()
+                for row in store.due(now):
+                    if self._halt.is_set():
+                        break
+                    self.deliver(store, row)
+                if now - last_prune > 3600:
+                    store.prune(now)
+                    last_prune = now
+                upcoming = store.next_due()
+                if upcoming is not None:
+                    wait = min(wait, max(0.0, upcoming - time.time()))
+            except sqlite3.Error as exc:  # the queue stays on disk; try again shortly with a fresh connection
+                logger.error("webhooks: the queue cannot be read ({}); retrying", exc)
+                if store is not None:
+                    store.close()
+                store, wait = None, 5.0
+            self._nudge.wait(wait)
+            self._nudge.clear()
+        if store is not None:
+            store.close()
+
+    def deliver(self, store: WebhookStore, row: sqlite3.Row) -> None:
+        """One attempt at one message; the outcome and the next attempt are recorded before the next message."""
+        body = bytes(row["body"])
+        status: int | None = None
+        host = urlsplit(row["url"]).hostname
+        try:
+            addresses = check_url(row["url"], AllowList.parse(self.s.webhook_allow))
+            timestamp = int(time.time())
+            status = self.post(row["url"], addresses, body, signed_headers(row["secret"], row["id"], timestamp, body),
+                               self.s.webhook_timeout_s)
+            error = None if 200 <= status < 300 else f"HTTP {status}"
+        except CallbackRefused as exc:
+            error = exc.message
+        except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+            error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        attempts = row["attempts"] + 1
+        if error is None:
+            store.record(row["id"], DELIVERED, status, None, time.time())
+            logger.info("webhooks: job {} callback delivered to {} (attempt {})", row["job_id"], host, attempts)
+            return
+        now = time.time()
+        if now - row["created"] >= self.s.webhook_retry_for_s:
+            store.record(row["id"], FAILED, status, error, now)
+            logger.warning("webhooks: job {} callback to {} abandoned after {} attempts: {}", row["job_id"], host,
+                           attempts, error)
+            return
+        delay = min(MAX_DELAY_S, self.s.webhook_retry_s * 2 ** (attempts - 1))
+        store.record(row["id"], PENDING, status, error, now + delay)
+        logger.info("webhooks: job {} callback to {} failed ({}); attempt {} in {:.1f} s", row["job_id"], host, error,
+                    attempts + 1, delay)

@@ -1,0 +1,144 @@
+"""Request -> validated (photos, options), or an ApiError/InputError naming what is wrong."""
+from __future__ import annotations
+
+import re
+import uuid
+
+from flask import Request
+
+from app.shared.callbacks import CallbackRefused, callback_for
+from app.web.errors import ApiError
+from constants import Settings, parse_bool
+from preprocessor.errors import InputError
+from preprocessor.images import inspect_image
+from preprocessor.uploads import InflateBudget, Photo, label_from_path, read_zip
+
+_UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def parse_job_id(raw: str | None) -> str:
+    """A canonical lower-case uuid4, or 400 BAD_ID."""
+    if not raw:
+        raise ApiError(400, "BAD_ID", "missing model id")
+    value = raw.strip().lower()
+    if not _UUID4.match(value):
+        raise ApiError(400, "BAD_ID", f"{raw[:80]!r} is not a model id (a uuid4)")
+    return str(uuid.UUID(value))
+
+
+def _flag(name: str, raw: str | None) -> bool:
+    if raw is None or raw == "":
+        return False
+    try:
+        return parse_bool(raw, name)
+    except ValueError as exc:
+        raise ApiError(400, "BAD_PARAMETER", str(exc), {"field": name}) from None
+
+
+def _number(form, name: str, default, low, high, cast=int):
+    """A numeric form field within [low, high], its default when absent, or 400 BAD_PARAMETER."""
+    raw = form.get(name)
+    if raw in (None, ""):
+        return default
+    kind = "an integer" if cast is int else "a number"
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ApiError(400, "BAD_PARAMETER", f"{name} must be {kind}, got {raw[:40]!r}") from None
+    if not low <= value <= high:  # also refuses nan
+        raise ApiError(400, "BAD_PARAMETER", f"{name} must be between {low} and {high}, got {raw[:40]}",
+                       {"field": name, "min": low, "max": high})
+    return value
+
+
+def parse_options(form, settings: Settings) -> tuple[str | None, dict]:
+    """-> (name, options {optimize, seed[, population, generations, time_budget]}) from the form fields."""
+    optimize = _flag("optimize", form.get("optimize"))
+    limits = settings.option_limits
+    defaults = {"seed": settings.default_seed, "population": settings.search_population,
+                "generations": settings.search_generations, "time_budget": settings.search_budget_s}
+    seed = _number(form, "seed", defaults["seed"], *limits["seed"])
+    search = {name: _number(form, name, defaults[name], *limits[name])
+              for name in ("population", "generations", "time_budget")}
+    given = [k for k in search if form.get(k) not in (None, "")]
+    if given and not optimize:
+        raise ApiError(400, "BAD_PARAMETER", f"{', '.join(given)} only apply with optimize=1")
+    name = form.get("name")
+    if name is not None:
+        name = name.strip() or None
+        if name and (len(name) > settings.max_name_length or any(ord(c) < 32 for c in name)):
+            raise ApiError(400, "BAD_PARAMETER",
+                           f"name must be at most {settings.max_name_length} printable characters")
+    options = {"optimize": optimize, "seed": seed}
+    if optimize:
+        options.update(search)
+    return name, options
+
+
+def parse_callback(raw: str | None, settings: Settings) -> dict | None:
+    """The `callback_url` field -> {url, secret} (a new signing secret), None when absent; 400 when the URL
+    is malformed or names a host FR_WEBHOOK_ALLOW does not allow (or a private address it does not list)."""
+    try:
+        return callback_for(raw, settings)
+    except CallbackRefused as exc:
+        raise ApiError(400, exc.code, exc.message, {"field": "callback_url"}) from None
+
+
+def collect_photos(request: Request, settings: Settings) -> tuple[list[Photo], list[str]]:
+    """All labelled photos of the request (multipart `images` parts and `archive` zips), each checked as
+    it is read: a readable image within the limits. -> (photos, ignored names); one error lists every bad
+    file. A bad file's bytes are dropped at once, and all archive parts share one inflate budget, so a
+    request holds at most its good photos in memory."""
+    photos: list[Photo] = []
+    ignored: list[str] = []
+    bad: list[dict] = []
+
+    def keep(photo: Photo) -> bool:
+        try:
+            inspect_image(photo.data, settings.max_image_pixels)
+            return True
+        except InputError as exc:
+            bad.append({"file": photo.filename, "code": exc.code, "message": exc.message})
+            return False
+
+    for part in request.files.getlist("images"):
+        if not part.filename:
+            continue
+        label = label_from_path(part.filename, settings.max_label_length)
+        data = part.stream.read(settings.max_photo_bytes + 1)
+        if len(data) > settings.max_photo_bytes:
+            raise InputError("PHOTO_TOO_LARGE", f"{part.filename!r} is over the limit of "
+                             f"{settings.max_photo_bytes} bytes a photo", {"files": [part.filename]})
+        photo = Photo(label, part.filename, data)
+        if keep(photo):
+            photos.append(photo)
+        if len(photos) > settings.max_files:
+            raise ApiError(413, "TOO_MANY_FILES", f"more than {settings.max_files} photos")
+    budget = InflateBudget(settings.max_zip_uncompressed_bytes)
+    for part in request.files.getlist("archive"):
+        got, skipped = read_zip(part.stream, max_total=settings.max_zip_uncompressed_bytes,
+                                max_ratio=settings.max_zip_ratio, max_entries=settings.max_zip_entries,
+                                max_label_length=settings.max_label_length, budget=budget,
+                                max_entry=settings.max_photo_bytes, keep=keep)
+        photos.extend(got)
+        ignored.extend(skipped)
+        if len(photos) > settings.max_files:
+            raise ApiError(413, "TOO_MANY_FILES", f"more than {settings.max_files} photos")
+    if bad:
+        first = bad[0]
+        raise InputError(first["code"], f"{len(bad)} file(s) are not usable images; first: "
+                         f"{first['file']!r}: {first['message']}", {"files": bad[:200]})
+    unknown = sorted(set(request.files) - {"images", "archive"})
+    if not photos:
+        hint = f" (got file field(s) {', '.join(unknown)})" if unknown else ""
+        raise ApiError(400, "NO_FILES", "no photos: send multipart 'images' parts named '<person>/<file>' "
+                       "or an 'archive' zip with one folder per person" + hint)
+    return photos, ignored
+
+
+def check_people(photos: list[Photo]) -> int:
+    people = {p.label for p in photos}
+    if len(people) < 2:
+        raise ApiError(400, "TOO_FEW_PEOPLE", f"a recognizer tells people apart: it needs photos of at least "
+                       f"2 people, got {len(people)} ({', '.join(sorted(people))})")
+    return len(people)

@@ -1,0 +1,527 @@
+"""The ZeroMQ wire format, and the check every message passes before it is used.
+
+A message is a command frame, a JSON header frame, then binary frames.
+
+Front (REQ, the HTTP app) -> broker ROUTER:
+    SUBMIT {id, name, options, files, deadline, tenant, callback?} photo...  -> OK {id} | ERR {code, message}
+    DERIVE {id, parent, tenant, name, options, files, remove, deadline, callback?} photo...
+                                      -> OK {id, parent, photos, people, added, removed, duplicates}
+                                         (the parent must be `tenant`'s, None: any; the new model is its tenant's)
+    STATUS                                            -> OK {workers, busy, idle, warming, queued, store, disk}
+    DELETE {id, tenant}                               -> OK {id, removed} | ERR NOT_FOUND (another tenant's)
+    ERASE {label, tenant}                             -> OK {label, models, removed}  (tenant None: every tenant)
+  read side (served by the broker's reader threads, app/broker/reader.py; a front on another host has no disk of ours):
+    GETJOB {id, tenant, callback?}                    -> OK {job: row, bundle?: {sha256, size}, callback?: delivery}
+                                                         | ERR NOT_FOUND
+    LIST {limit, offset, tenant}                      -> OK {jobs: [row...], total}
+    BUNDLE {id, tenant, sha256, offset}               -> OK {sha256, size, offset} chunk  (at most BUNDLE_CHUNK bytes)
+    KNOWN {ids}                                       -> OK {done: [ids of these that are finished models]}
+    SEARCH {id, tenant}                               -> OK {search: the running search's view | null}
+    KEYGET {id}                                       -> OK {key: {tenant, role, salt, hash, revoked} | null}
+    KEYLIST {tenant}                                  -> OK {keys: [...]}  (no salts, no hashes; on the loop)
+  key changes (the broker's loop writes var/auth.sqlite; the front made the hash, the secret never travels):
+    KEYADD {id, tenant, role, name, salt, hash}       -> OK {key: description}
+    KEYREVOKE {id}                                    -> OK {id, revoked}
+Worker (DEALER) -> broker ROUTER:
+    READY                           idle and asking for work (sent once, on start)
+    HEARTBEAT {task?, warming?}     alive; the task it is running, if any; still loading its models
+    PROGRESS {task, stage, done, total}   the job's state follows from the task's kind, never from the worker
+    DONE {task} result              result: features JSON (extract), scores JSON (evaluate) or bundle zip (train)
+    FAILED {task, code, message, details}   DONE and FAILED also mean "ready for more"
+    REJECT {task, busy_with}        got a task while busy: the broker takes it back
+Broker -> worker:
+    JOB {task, name, options, files} photo...            task = {job, kind: extract, chunk, attempt}
+    JOB {task, name, options, files} features            task = {job, kind: evaluate, genome, attempt}
+    JOB {task, name, options, files, search?} features   task = {job, kind: train, attempt}
+    PURGE {photos, keys}            forget cached features: of these photos (sha256 of their bytes), these keys
+    HEARTBEAT
+
+Every frame list that arrives is checked by `parse_front` / `parse_worker` (or
+`parse_job` on a worker): the command, the number of frames, the header's
+fields and their types, sizes and ranges. What does not fit raises
+ProtocolError and is dropped by the receiver; nothing of it reaches a path, the
+store or a log line unescaped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import zmq
+
+from constants import Settings
+from constants.states import TaskKind
+from preprocessor.errors import InputError
+from preprocessor.uploads import clean_label
+
+SUBMIT, STATUS, DELETE, OK, ERR = b"SUBMIT", b"STATUS", b"DELETE", b"OK", b"ERR"
+DERIVE, ERASE = b"DERIVE", b"ERASE"
+READY, HEARTBEAT, PROGRESS, DONE, FAILED, JOB = b"READY", b"HEARTBEAT", b"PROGRESS", b"DONE", b"FAILED", b"JOB"
+REJECT, PURGE = b"REJECT", b"PURGE"
+GETJOB, LIST, BUNDLE, KNOWN, SEARCH = b"GETJOB", b"LIST", b"BUNDLE", b"KNOWN", b"SEARCH"
+KEYGET, KEYLIST, KEYADD, KEYREVOKE = b"KEYGET", b"KEYLIST", b"KEYADD", b"KEYREVOKE"
+
+READ_COMMANDS = (GETJOB, LIST, BUNDLE, KNOWN, SEARCH, KEYGET)  # answered off the broker's loop
+FRONT_COMMANDS = (SUBMIT, STATUS, DELETE, DERIVE, ERASE, KEYADD, KEYREVOKE, KEYLIST, *READ_COMMANDS)
+WORKER_COMMANDS = (READY, HEARTBEAT, PROGRESS, DONE, FAILED, REJECT)
+
+MAX_HEADER_BYTES = 16 * 1024 * 1024   # a submit's header lists every photo's label and file name
+MAX_RESULT_BYTES = 1024 * 1024 * 1024  # a worker's result: features JSON or a bundle
+MAX_FILENAME = 1024
+BUNDLE_CHUNK = 1024 * 1024            # a bundle travels to a front in pieces this size: no long send blocks the broker
+MAX_BUNDLE_BYTES = 4 * 1024**3
+MAX_KNOWN = 1000                      # model ids a front may ask about at once
+ROLES = ("admin", "builder", "user")
+MAX_STAGE = 200
+MAX_MESSAGE = 4000
+# The codes a worker may end a task with (app/worker/tasks.py raises the first ones; BUILD_ERROR is a crash).
+WORKER_FAILURES = frozenset({"NO_FACE_FOUND", "TOO_FEW_PEOPLE", "BUILD_ERROR", "INSUFFICIENT_STORAGE"})
+
+_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+_EVAL_KEY = re.compile(r"[0-9]{1,4}(,[0-9]{1,4}){0,63}(/[0-9]{1,4})?")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_TENANT = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_KEY_ID = re.compile(r"[0-9a-f]{12}")
+_HEX = re.compile(r"[0-9a-f]{1,128}")
+_CODE = re.compile(r"[A-Z][A-Z_]{0,39}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SECRET = re.compile(r"whsec_[A-Za-z0-9+/]{32,88}={0,2}")
+MAX_URL = 2048
+MAX_REMOVE = 1000      # people removed by one derivation
+
+
+class ProtocolError(ValueError):
+    """A message that does not fit its schema; it is dropped (and logged, escaped)."""
+
+
+class FrontError(Exception):
+    """A front request refused with a code (BrokerRefused on the front's side, which app/web/errors.py maps
+    to an HTTP status)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def escape(value: Any, limit: int = 200) -> str:
+    """Untrusted text for a log line: printable, one line, bounded (a newline cannot forge a line)."""
+    text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+    text = text.encode("unicode_escape").decode("ascii")
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# --- building blocks -----------------------------------------------------------------------
+def is_job_id(value: Any) -> bool:
+    """A canonical lower-case uuid4: the only job ids that ever reach a path."""
+    return isinstance(value, str) and _UUID4.fullmatch(value) is not None
+
+
+def is_digest(value: Any) -> bool:
+    """A sha256 in lower-case hex (photo digests, cache keys)."""
+    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
+
+
+def job_id(value: Any) -> str:
+    if not is_job_id(value):
+        raise ProtocolError(f"not a job id: {escape(value, 60)}")
+    return value
+
+
+def tenant(value: Any) -> str | None:
+    """A tenant name as app/shared/api_keys.py makes them, or None (a job from before tenants, or any tenant)."""
+    if value is not None and not (isinstance(value, str) and _TENANT.fullmatch(value)):
+        raise ProtocolError(f"not a tenant: {escape(value, 60)}")
+    return value
+
+
+def integer(value: Any, low: int, high: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ProtocolError(f"{name} must be an integer in [{low}, {high}]")
+    return value
+
+
+def number(value: Any, low: float, high: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise ProtocolError(f"{name} must be a number in [{low}, {high}]")
+    return float(value)
+
+
+def text(value: Any, limit: int, name: str, *, single_line: bool = True) -> str:
+    if not isinstance(value, str) or len(value) > limit or (single_line and _CONTROL.search(value)):
+        raise ProtocolError(f"{name} must be a string of at most {limit} printable characters")
+    return value
+
+
+def mapping(value: Any, name: str) -> dict:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{name} must be an object")
+    return value
+
+
+def _reject_constant(name: str) -> float:
+    raise ProtocolError(f"{name} is not a number JSON allows")
+
+
+def decode_json(frame: bytes, limit: int, name: str) -> Any:
+    """JSON of a frame no longer than `limit` (NaN and Infinity refused)."""
+    if len(frame) > limit:
+        raise ProtocolError(f"{name} is {len(frame)} bytes, limit {limit}")
+    try:
+        return json.loads(frame, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"{name} is not JSON ({escape(exc, 80)})") from None
+
+
+def header_of(frames: list[bytes], *, required: bool) -> dict:
+    if len(frames) < 2 or not frames[1]:
+        if required:
+            raise ProtocolError("missing header frame")
+        return {}
+    return mapping(decode_json(frames[1], MAX_HEADER_BYTES, "header"), "header")
+
+
+# --- tasks ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Task:
+    """One piece of a job's work, as the broker hands it out and a worker names it back."""
+    job: str
+    kind: TaskKind
+    chunk: int = 0     # which slice of the photos (extract only)
+    attempt: int = 1
+    genome: str = ""   # the evaluation's key: genome key[/fold] (evaluate only)
+
+    @property
+    def what(self) -> tuple:
+        """The work itself, whatever the attempt."""
+        return self.job, self.kind, self.chunk, self.genome
+
+    def to_wire(self) -> dict:
+        return {**asdict(self), "kind": self.kind.value}
+
+    @classmethod
+    def from_wire(cls, value: Any) -> Task:
+        d = mapping(value, "task")
+        if set(d) - {"job", "kind", "chunk", "attempt", "genome"}:
+            raise ProtocolError("task has unknown fields")
+        try:
+            kind = TaskKind(str(d.get("kind")))
+        except ValueError:
+            raise ProtocolError(f"unknown task kind {escape(d.get('kind'), 40)}") from None
+        genome = d.get("genome", "")
+        if kind == TaskKind.EVALUATE:
+            if not isinstance(genome, str) or not _EVAL_KEY.fullmatch(genome):
+                raise ProtocolError("an evaluate task needs a genome key")
+        elif genome != "":
+            raise ProtocolError("only evaluate tasks carry a genome")
+        chunk = integer(d.get("chunk", 0), 0, 10**7, "chunk")
+        if kind != TaskKind.EXTRACT and chunk != 0:
+            raise ProtocolError("only extract tasks have a chunk")
+        return cls(job_id(d.get("job")), kind, chunk, integer(d.get("attempt", 1), 1, 10**6, "attempt"), genome)
+
+
+# --- front messages ---------------------------------------------------------------------------
+def check_options(value: Any, settings: Settings) -> dict:
+    """A build's options as the HTTP front makes them (app/web/forms.parse_options), with its limits."""
+    options = mapping(value, "options")
+    limits = settings.option_limits
+    allowed = {"optimize", "seed"} | (set(limits) if options.get("optimize") else set())
+    if set(options) - allowed:
+        raise ProtocolError(f"unexpected options {escape(sorted(set(options) - allowed), 80)}")
+    if not isinstance(options.get("optimize", False), bool):
+        raise ProtocolError("optimize must be true or false")
+    for name, value_ in options.items():
+        if name in limits:
+            low, high, cast = limits[name]
+            (integer if cast is int else number)(value_, low, high, name)
+    return options
+
+
+def check_label(value: Any, settings: Settings) -> str:
+    """A person's label exactly as the HTTP front cleans it."""
+    try:
+        if clean_label(value, settings.max_label_length) != value:
+            raise ProtocolError("label is not in its clean form")
+    except (InputError, TypeError, AttributeError):
+        raise ProtocolError(f"bad label {escape(value, 60)}") from None
+    return value
+
+
+def check_callback(value: Any) -> dict:
+    """A build's callback: an http(s) URL the front checked against FR_WEBHOOK_ALLOW, and its signing secret."""
+    callback = mapping(value, "callback")
+    if set(callback) != {"url", "secret"}:
+        raise ProtocolError("a callback takes exactly url and secret")
+    url = text(callback["url"], MAX_URL, "callback url")
+    if not url.lower().startswith(("http://", "https://")):
+        raise ProtocolError("a callback url must be http or https")
+    if not isinstance(callback["secret"], str) or not _SECRET.fullmatch(callback["secret"]):
+        raise ProtocolError("a callback secret must be whsec_ and base64")
+    return callback
+
+
+def check_submit(header: dict, blobs: list[bytes], settings: Settings) -> dict:
+    """A SUBMIT as the HTTP front would send it: the same limits, labels and options."""
+    if set(header) - {"id", "name", "options", "files", "deadline", "tenant", "callback"}:
+        raise ProtocolError("submit has unknown fields")
+    return _check_job(header, blobs, settings, least=1)
+
+
+def check_derive(header: dict, blobs: list[bytes], settings: Settings) -> dict:
+    """A DERIVE: a new model from a built one (`parent`), plus photos (`files`), minus people (`remove`)."""
+    if set(header) - {"id", "parent", "tenant", "name", "options", "files", "remove", "deadline", "callback"}:
+        raise ProtocolError("derive has unknown fields")
+    job_id(header.get("parent"))
+    remove = header.get("remove", [])
+    if not isinstance(remove, list) or len(remove) > MAX_REMOVE:
+        raise ProtocolError(f"remove must list at most {MAX_REMOVE} people")
+    for label in remove:
+        check_label(label, settings)
+    _check_job(header, blobs, settings, least=0)
+    if not header["files"] and not remove:
+        raise ProtocolError("a derivation adds photos or removes people")
+    return header
+
+
+def check_erase(header: dict, settings: Settings) -> dict:
+    """An ERASE: a person's label, and the tenant whose models it covers (None: every tenant's)."""
+    _fields(header, {"label", "tenant"}, {"label", "tenant"}, "erase")
+    check_label(header["label"], settings)
+    tenant(header["tenant"])
+    return header
+
+
+def _check_job(header: dict, blobs: list[bytes], settings: Settings, least: int) -> dict:
+    """The fields a SUBMIT and a DERIVE share: id, name, options, deadline, callback, and the photos."""
+    job_id(header.get("id"))
+    tenant(header.get("tenant"))
+    name = header.get("name")
+    if name is not None:
+        text(name, settings.max_name_length, "name")
+    check_options(header.get("options", {}), settings)
+    if "deadline" in header:
+        number(header["deadline"], 0, 1e11, "deadline")
+    if header.get("callback") is not None:
+        check_callback(header["callback"])
+    files = header.get("files")
+    if not isinstance(files, list) or not least <= len(files) <= settings.max_files:
+        raise ProtocolError(f"files must list {least} to {settings.max_files} photos")
+    if len(files) != len(blobs):
+        raise ProtocolError("the file list and the photo frames differ in length")
+    total = 0
+    for f, blob in zip(files, blobs):
+        f = mapping(f, "file")
+        if set(f) != {"label", "filename"}:
+            raise ProtocolError("a file needs exactly a label and a filename")
+        check_label(f["label"], settings)
+        text(f["filename"], MAX_FILENAME, "filename")
+        if not 0 < len(blob) <= settings.max_photo_bytes:
+            raise ProtocolError(f"a photo must be 1 to {settings.max_photo_bytes} bytes")
+        total += len(blob)
+    if total > settings.max_request_bytes:
+        raise ProtocolError(f"photos total {total} bytes, limit {settings.max_request_bytes}")
+    return header
+
+
+def _fields(header: dict, allowed: set[str], required: set[str], what: str) -> dict:
+    if set(header) - allowed or required - set(header):
+        raise ProtocolError(f"{what} takes {', '.join(sorted(allowed))} ({', '.join(sorted(required)) or 'none'} "
+                            "required)")
+    return header
+
+
+def key_id(value: Any) -> str:
+    if not (isinstance(value, str) and _KEY_ID.fullmatch(value)):
+        raise ProtocolError(f"not a key id: {escape(value, 40)}")
+    return value
+
+
+def hex_bytes(value: Any, n: int, name: str) -> str:
+    """`n` bytes written as lower-case hex."""
+    if not (isinstance(value, str) and len(value) == 2 * n and _HEX.fullmatch(value)):
+        raise ProtocolError(f"{name} must be {n} bytes in lower-case hex")
+    return value
+
+
+def check_read(command: bytes, header: dict) -> dict:
+    """The read side's requests and key changes: exact fields, ids in their only forms, bounded numbers."""
+    if command == GETJOB:
+        _fields(header, {"id", "tenant", "callback"}, {"id"}, "getjob")
+        job_id(header["id"])
+        if not isinstance(header.get("callback", False), bool):
+            raise ProtocolError("callback must be true or false")
+    elif command == SEARCH:
+        _fields(header, {"id", "tenant"}, {"id"}, "search")
+        job_id(header["id"])
+    elif command == LIST:
+        _fields(header, {"limit", "offset", "tenant"}, {"limit", "offset"}, "list")
+        integer(header["limit"], 1, 1000, "limit")
+        integer(header["offset"], 0, 10**9, "offset")
+    elif command == BUNDLE:
+        _fields(header, {"id", "tenant", "sha256", "offset"}, {"id", "offset"}, "bundle")
+        job_id(header["id"])
+        integer(header["offset"], 0, MAX_BUNDLE_BYTES, "offset")
+        if header.get("sha256") is not None and not is_digest(header["sha256"]):
+            raise ProtocolError("sha256 must be a sha256 in lower-case hex")
+    elif command == KNOWN:
+        _fields(header, {"ids"}, {"ids"}, "known")
+        if not isinstance(header["ids"], list) or len(header["ids"]) > MAX_KNOWN:
+            raise ProtocolError(f"ids must list at most {MAX_KNOWN} job ids")
+        for value in header["ids"]:
+            job_id(value)
+    elif command in (KEYGET, KEYREVOKE):
+        _fields(header, {"id"}, {"id"}, command.decode().lower())
+        key_id(header["id"])
+    elif command == KEYLIST:
+        _fields(header, {"tenant"}, set(), "keylist")
+    elif command == KEYADD:
+        _fields(header, {"id", "tenant", "role", "name", "salt", "hash"}, {"id", "tenant", "role", "salt", "hash"},
+                "keyadd")
+        key_id(header["id"])
+        if header["tenant"] is None:
+            raise ProtocolError("a key belongs to a tenant")
+        if header["role"] not in ROLES:
+            raise ProtocolError(f"role must be one of {', '.join(ROLES)}")
+        if header.get("name") is not None:
+            text(header["name"], 200, "name")
+        hex_bytes(header["salt"], 16, "salt")
+        hex_bytes(header["hash"], 32, "hash")
+    tenant(header.get("tenant"))
+    return header
+
+
+def parse_front(frames: list[bytes], settings: Settings) -> tuple[bytes, dict, list[bytes]]:
+    """A front request (after the ROUTER's identity and empty delimiter) -> (command, header, blobs)."""
+    if not frames or frames[0] not in FRONT_COMMANDS:
+        raise ProtocolError(f"unknown front command {escape(frames[0] if frames else b'', 40)}")
+    command, blobs = frames[0], list(frames[2:])
+    if command == SUBMIT:
+        return command, check_submit(header_of(frames, required=True), blobs, settings), blobs
+    if command == DERIVE:
+        return command, check_derive(header_of(frames, required=True), blobs, settings), blobs
+    header = header_of(frames, required=command not in (STATUS, KEYLIST))
+    if blobs:
+        raise ProtocolError(f"{command.decode()} takes no data frames")
+    if command == DELETE:
+        if set(header) - {"id", "tenant"} or "id" not in header:
+            raise ProtocolError("delete takes an id (and the tenant it must belong to)")
+        job_id(header["id"])
+        tenant(header.get("tenant"))
+    elif command == ERASE:
+        check_erase(header, settings)
+    elif command == STATUS:
+        if header:
+            raise ProtocolError("status takes no header")
+    else:
+        check_read(command, header)
+    return command, header, blobs
+
+
+# --- worker messages --------------------------------------------------------------------------
+def _details(value: Any) -> dict:
+    details = mapping(value if value is not None else {}, "details")
+    if len(json.dumps(details)) > 1024 * 1024:
+        raise ProtocolError("details are too large")
+    return details
+
+
+def parse_worker(frames: list[bytes]) -> tuple[bytes, dict, list[bytes]]:
+    """A worker's message (after the ROUTER's identity) -> (command, header, blobs), `task` as a Task."""
+    if not frames or frames[0] not in WORKER_COMMANDS:
+        raise ProtocolError(f"unknown worker command {escape(frames[0] if frames else b'', 40)}")
+    command, blobs = frames[0], list(frames[2:])
+    header = header_of(frames, required=command in (PROGRESS, DONE, FAILED, REJECT))
+    out: dict[str, Any] = {}
+    if command in (PROGRESS, DONE, FAILED, REJECT) or header.get("task"):
+        out["task"] = Task.from_wire(header.get("task"))
+    if command == READY:
+        if header or blobs:
+            raise ProtocolError("ready takes nothing")
+    elif command == HEARTBEAT:
+        if set(header) - {"task", "warming"}:
+            raise ProtocolError("heartbeat has unknown fields")
+        warming = header.get("warming", False)
+        if not isinstance(warming, bool):
+            raise ProtocolError("warming must be true or false")
+        out["warming"] = warming
+    elif command == PROGRESS:
+        if set(header) != {"task", "stage", "done", "total"}:
+            raise ProtocolError("progress takes task, stage, done and total")
+        out["stage"] = text(header["stage"], MAX_STAGE, "stage")
+        out["total"] = integer(header["total"], 0, 10**9, "total")
+        out["done"] = integer(header["done"], 0, out["total"], "done")
+    elif command == DONE:
+        if set(header) != {"task"} or len(blobs) != 1:
+            raise ProtocolError("done takes a task and exactly one result frame")
+        if len(blobs[0]) > MAX_RESULT_BYTES:
+            raise ProtocolError("result too large")
+    elif command == FAILED:
+        if set(header) - {"task", "code", "message", "details"}:
+            raise ProtocolError("failed has unknown fields")
+        code = header.get("code")
+        if not isinstance(code, str) or not _CODE.fullmatch(code) or code not in WORKER_FAILURES:
+            raise ProtocolError(f"a worker cannot end a task with code {escape(code, 40)}")
+        out["code"] = code
+        out["message"] = text(header.get("message", ""), MAX_MESSAGE, "message", single_line=False)
+        out["details"] = _details(header.get("details"))
+    elif command == REJECT:
+        if set(header) != {"task", "busy_with"}:
+            raise ProtocolError("reject takes task and busy_with")
+        out["busy_with"] = Task.from_wire(header["busy_with"])
+    if command != DONE and blobs:
+        raise ProtocolError(f"{command.decode()} takes no data frames")
+    return command, out, blobs
+
+
+def parse_job(frames: list[bytes]) -> tuple[bytes, dict, list[bytes]]:
+    """What a worker receives from its (authenticated) broker: JOB, PURGE or HEARTBEAT."""
+    if not frames or frames[0] not in (JOB, PURGE, HEARTBEAT):
+        raise ProtocolError(f"unknown broker command {escape(frames[0] if frames else b'', 40)}")
+    command = frames[0]
+    header = header_of(frames, required=command != HEARTBEAT)
+    blobs = list(frames[2:])
+    if command == JOB:
+        header["task"] = Task.from_wire(header.get("task"))
+        files = header.get("files")
+        if not isinstance(files, list) or not isinstance(header.get("options", {}), dict):
+            raise ProtocolError("a job needs files and options")
+        if header["task"].kind == TaskKind.EXTRACT and len(blobs) != len(files):
+            raise ProtocolError("an extract task needs one photo frame per file")
+        if header["task"].kind != TaskKind.EXTRACT and len(blobs) != 1:
+            raise ProtocolError("evaluate and train tasks carry one features frame")
+    elif command == PURGE:
+        if set(header) != {"photos", "keys"} or not all(
+                isinstance(v, list) and all(is_digest(h) for h in v) for v in header.values()):
+            raise ProtocolError("purge lists photos' sha256 and cache keys")
+    return command, header, blobs
+
+
+# --- framing ----------------------------------------------------------------------------------
+def pack(command: bytes, header: dict | None = None, blobs: list[bytes] | tuple = ()) -> list[bytes]:
+    frames = [command]
+    if header is not None or blobs:
+        frames.append(json.dumps(header or {}, ensure_ascii=False, allow_nan=False).encode())
+    frames.extend(blobs)
+    return frames
+
+
+def unpack(frames: list[bytes]) -> tuple[bytes, dict, list[bytes]]:
+    """-> (command, header, blobs), for answers from the broker (the only peer a client trusts)."""
+    command = frames[0] if frames else b""
+    header = header_of(frames, required=False) if len(frames) > 1 else {}
+    return command, header, list(frames[2:])
+
+
+def tune(sock: zmq.Socket, heartbeat_s: float, max_message: int | None = None) -> None:
+    """Transport-level heartbeats catch half-open TCP links that app heartbeats would only see late;
+    `max_message` caps each inbound frame (a peer that sends more is disconnected)."""
+    ms = int(heartbeat_s * 1000)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.HEARTBEAT_IVL, ms)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, ms * 5)
+    sock.setsockopt(zmq.HEARTBEAT_TTL, ms * 5)
+    if max_message:
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message)
