@@ -44,7 +44,7 @@ def loopback(endpoint: str) -> str:
 
 
 def cmd_broker(args) -> None:
-    from app.broker import run_broker
+    from app.broker.loop import run_broker
     s = _settings(args)
     s.ensure_dirs()
     setup_logging("broker", s.log_dir, s.log_level, s.log_rotation, s.log_retention)

@@ -16,8 +16,8 @@ from werkzeug.routing import BaseConverter
 
 from app import client
 from app.auth import TENANT_FORMAT, Action
-from app.broker import new_job_id
 from app.errors import ApiError
+from app.protocol import new_job_id
 from app.routes import bp, built_model, caller_tenant, finished_job, forget_model, load_recognizer, settings
 from app.security import principal, requires
 from app.usage import verify_request

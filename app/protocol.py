@@ -47,6 +47,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -116,6 +117,11 @@ def escape(value: Any, limit: int = 200) -> str:
 def is_job_id(value: Any) -> bool:
     """A canonical lower-case uuid4: the only job ids that ever reach a path."""
     return isinstance(value, str) and _UUID4.fullmatch(value) is not None
+
+
+def new_job_id() -> str:
+    """A new job's id: a random uuid4, made by the front that takes the upload."""
+    return str(uuid.uuid4())
 
 
 def is_digest(value: Any) -> bool:

@@ -15,8 +15,8 @@ from flask import Blueprint, current_app, g, jsonify, request, send_file
 
 from app import client
 from app.auth import Action, Role
-from app.broker import new_job_id
 from app.errors import ApiError
+from app.protocol import new_job_id
 from app.security import principal, requires
 from app.store import job_view
 from app.usage import predict_request

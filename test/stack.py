@@ -318,7 +318,7 @@ class BrokerThread:
 
         import zmq
 
-        from app.broker import Broker
+        from app.broker.loop import Broker
         self.broker = Broker(self.settings, zmq.Context())
         self.thread = threading.Thread(target=self.broker.run, daemon=True)
         self.thread.start()
