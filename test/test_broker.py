@@ -131,12 +131,12 @@ def test_job_is_durable_then_split_into_extract_tasks_then_one_train_task(broker
     header, blobs = w.recv_job()
     assert header["task"]["kind"] == "train" and len(header["files"]) == 5
     assert [f["embedding"][0] for f in json.loads(blobs[0])] == [0, 0, 1, 1, 2]  # features in photo order
-    assert broker.store.get(job_id)["state"] == "training"
+    assert broker.store.get(job_id).state == "training"
     w.send(p.PROGRESS, {"task": header["task"], "stage": "training", "done": 3, "total": 200})
-    assert wait_for(lambda: broker.store.get(job_id)["done"] == 3)
+    assert wait_for(lambda: broker.store.get(job_id).done == 3)
     w.send(p.FAILED, {"task": header["task"], "code": "NO_FACE_FOUND", "message": "none"})
-    assert wait_for(lambda: broker.store.get(job_id)["state"] == "failed")
-    assert broker.store.get(job_id)["error_code"] == "NO_FACE_FOUND"
+    assert wait_for(lambda: broker.store.get(job_id).state == "failed")
+    assert broker.store.get(job_id).error_code == "NO_FACE_FOUND"
     w.close()
 
 
@@ -152,8 +152,8 @@ def test_silent_worker_loses_its_job_to_another_then_the_job_gives_up(broker, se
     header, _ = second.recv_job(timeout=5)  # after ~0.6 s of silence the task moves
     assert header["task"] == {"job": job_id, "kind": "extract", "chunk": 0, "attempt": 2, "genome": ""}
     second.close()  # dies too: max_attempts = 2 -> the job fails for good
-    assert wait_for(lambda: broker.store.get(job_id)["state"] == "failed", timeout=5)
-    assert broker.store.get(job_id)["error_code"] == "WORKER_LOST"
+    assert wait_for(lambda: broker.store.get(job_id).state == "failed", timeout=5)
+    assert broker.store.get(job_id).error_code == "WORKER_LOST"
 
 
 def test_heartbeat_sent_before_a_job_arrives_does_not_free_the_worker(broker, settings):
@@ -206,7 +206,7 @@ def test_restarted_broker_queues_only_the_missing_work(settings):
     b2 = Broker(settings, zmq.Context())
     try:
         assert [(t.kind, t.chunk) for t in b2.queue] == [("extract", 0), ("extract", 2)]
-        assert b2.store.get(job_id)["worker"] is None
+        assert b2.store.get(job_id).worker is None
     finally:
         b2.close()
 
@@ -371,14 +371,14 @@ def test_a_result_counts_only_from_the_worker_given_the_task(broker, settings):
               [b"PK forged bundle"])
     liar.send(p.DONE, {"task": header["task"]}, [features(2)])
     time.sleep(0.5)
-    assert broker.store.get(job_id)["state"] == "extracting"
+    assert broker.store.get(job_id).state == "extracting"
     assert not broker.store.chunk_done(job_id, 0)
     assert not (settings.dumps_dir / job_id).exists()
     # a PROGRESS cannot move the job to a state of the worker's choosing
     liar.send(p.PROGRESS, {"task": other["task"], "stage": "done", "done": 1, "total": 1})
     liar.send(p.PROGRESS, {"job": job_id, "state": "done", "stage": "done", "done": 1, "total": 1})
     time.sleep(0.3)
-    assert broker.store.get(job_id)["state"] == "extracting"
+    assert broker.store.get(job_id).state == "extracting"
     for w in (honest, liar):
         w.close()
 

@@ -35,3 +35,37 @@ def test_the_check_finds_a_conflict_block(tmp_path):
     (tmp_path / "ok.md").write_text("a heading\n=======\nnot a marker: <<<<<<<x\n>>>>>>>>\n")
     subprocess.run(["git", "add", "."], cwd=tmp_path, check=True)
     assert conflict_markers(tmp_path) == ["README.md:2", "README.md:6"]
+
+
+PRODUCT = ("app", "constants", "preprocessor", "features", "modelization", "optimization", "logger", "dumps")
+
+
+def long_pieces(root: Path, max_function: int = 60, max_class: int = 300,
+                classes_under: str = "app/broker") -> list[str]:
+    """Product functions over `max_function` lines, and classes under `classes_under` over `max_class`."""
+    import ast
+    found = []
+    files = [root / "run.py", *(f for pkg in PRODUCT for f in sorted((root / pkg).rglob("*.py")))]
+    for path in files:
+        rel = path.relative_to(root).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(), rel)):
+            size = (node.end_lineno or node.lineno) - node.lineno + 1 if hasattr(node, "lineno") else 0
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and size > max_function:
+                found.append(f"{rel}:{node.lineno} {node.name}() is {size} lines")
+            elif isinstance(node, ast.ClassDef) and rel.startswith(classes_under) and size > max_class:
+                found.append(f"{rel}:{node.lineno} class {node.name} is {size} lines")
+    return found
+
+
+def test_no_product_function_over_60_lines_and_no_broker_part_over_300():
+    assert long_pieces(ROOT) == []
+
+
+def test_the_size_check_finds_a_long_function_and_a_long_broker_class(tmp_path):
+    (tmp_path / "app" / "broker").mkdir(parents=True)
+    (tmp_path / "run.py").write_text("def short():\n    return 1\n")
+    body = "".join(f"    x{i} = {i}\n" for i in range(60))
+    (tmp_path / "app" / "long.py").write_text(f"def long():\n{body}")
+    methods = "".join(f"    def m{i}(self):\n        return {i}\n" for i in range(150))
+    (tmp_path / "app" / "broker" / "part.py").write_text(f"class Part:\n{methods}")
+    assert long_pieces(tmp_path) == ["app/broker/part.py:1 class Part is 301 lines", "app/long.py:1 long() is 61 lines"]

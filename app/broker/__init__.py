@@ -1,3 +1,3 @@
-"""The broker process: its loop (fronts' requests, workers' tasks, the genetic search), the job store, the
-uploads, derivations and erasures, the reader threads and the callbacks' sender. Entry point:
-app/broker/loop.run_broker."""
+"""The broker process: one loop that owns the job store and the sockets (app/broker/loop.py), and the parts
+it is composed of: fronts' requests, intake, planning, the search, the worker pool, results, deletion,
+erasure, the reader threads and the callbacks' sender. Entry point: app/broker/loop.run_broker."""

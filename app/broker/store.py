@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.broker.job import Job
 from app.shared.storage import disk_errors, store_errors
 from constants.states import RUNNING_STATES, JobState, predecessors
 from preprocessor.uploads import Photo
@@ -216,7 +217,7 @@ class JobStore:
                 stale = True
             else:
                 row = self.get(folder.name)
-                stale = row is None or (row["state"] == JobState.DONE and not keep_done)
+                stale = row is None or (row.state == JobState.DONE and not keep_done)
             if stale:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append(folder.name)
@@ -230,7 +231,7 @@ class JobStore:
             if not folder.is_dir():
                 continue
             row = None if folder.name.startswith(".") else self.get(folder.name)
-            if row is None or row["state"] != JobState.DONE:
+            if row is None or row.state != JobState.DONE:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed.append(folder.name)
         return removed
@@ -316,8 +317,14 @@ class JobStore:
         ids = [r["id"] for r in self.execute("SELECT id FROM jobs WHERE tenant IS ?", (tenant,)).fetchall()]
         return sum(_folder_bytes(folder) for job in ids for folder in (self._upload_dir(job), Path(dumps_dir) / job))
 
-    def get(self, job_id: str) -> sqlite3.Row | None:
-        return self.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    def get(self, job_id: str) -> Job | None:
+        row = self.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else Job.from_row(row)
+
+    def jobs_of(self, tenant: str | None) -> list[Job]:
+        """Every job of a tenant (None: of every tenant), oldest first."""
+        rows = self.execute("SELECT * FROM jobs WHERE ? IS NULL OR tenant = ? ORDER BY created", (tenant, tenant))
+        return [Job.from_row(row) for row in rows.fetchall()]
 
     def assign(self, job_id: str, worker: str, attempt: int) -> None:
         """Record that a task of the job went to `worker`; `attempts` keeps the highest attempt."""

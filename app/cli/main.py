@@ -194,7 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line (also read by the tests that check deploy/ names only commands that exist)."""
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_processes(sub)
+    _add_host_keys(sub)
+    _add_tools(sub)
+    from app.cli.remote import add_build_command
+    add_build_command(sub)  # build: the command line's client of a running service
+    return parser
 
+
+def _add_processes(sub: argparse._SubParsersAction) -> None:
+    """serve (everything, supervised), and each process alone: broker, worker, web."""
     p = sub.add_parser("serve", help="HTTP front + broker + workers, supervised")
     p.add_argument("--port", type=int, help="HTTP port (default 8080, FR_PORT)")
     p.add_argument("--host", help="HTTP address to bind (default 127.0.0.1, FR_HOST)")
@@ -219,6 +228,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slot", type=int, help="number of this worker on its host: logs go to worker-<slot>.log")
     p.set_defaults(func=cmd_worker)
 
+    p = sub.add_parser("web", help="the HTTP front alone (uWSGI), on this host or any other")
+    p.add_argument("--port", type=int)
+    p.add_argument("--host")
+    p.add_argument("--broker", help="the broker's front endpoint, e.g. tcp://HOST:5557 (FR_BROKER_FRONT)")
+    p.add_argument("--keys", help="folder with this front's key pair and the broker's public key (FR_FRONT_KEYS)")
+    p.add_argument("--data-dir", help="where this front keeps its logs and cached bundles")
+    p.set_defaults(func=cmd_web)
+
+
+def _add_host_keys(sub: argparse._SubParsersAction) -> None:
+    """Key pairs of workers and fronts on other hosts, and a multi-host start."""
     p = sub.add_parser("worker-key", help="make a key pair for a worker on another host")
     p.add_argument("action", choices=["create"])
     p.add_argument("dir", help="folder for the pair (created, owner-only)")
@@ -235,14 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", required=True, help="folder for front/ and worker/ key folders")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("web", help="the HTTP front alone (uWSGI), on this host or any other")
-    p.add_argument("--port", type=int)
-    p.add_argument("--host")
-    p.add_argument("--broker", help="the broker's front endpoint, e.g. tcp://HOST:5557 (FR_BROKER_FRONT)")
-    p.add_argument("--keys", help="folder with this front's key pair and the broker's public key (FR_FRONT_KEYS)")
-    p.add_argument("--data-dir", help="where this front keeps its logs and cached bundles")
-    p.set_defaults(func=cmd_web)
 
+def _add_tools(sub: argparse._SubParsersAction) -> None:
+    """API keys and offline predictions."""
     p = sub.add_parser("keys", help="API keys: create, list, revoke")
     p.add_argument("action", choices=["create", "list", "revoke"])
     p.add_argument("key_id", nargs="?", help="revoke: the key's id (first column of `keys list`)")
@@ -257,10 +272,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="open-set distance threshold (default: the bundle's)")
     p.add_argument("photos", nargs="+")
     p.set_defaults(func=cmd_predict)
-
-    from app.cli.remote import add_build_command
-    add_build_command(sub)  # build: the command line's client of a running service
-    return parser
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -72,18 +72,49 @@ AUTH_ERRORS = ((401, "`UNAUTHORIZED`: no key, or an unknown or revoked one"),
 
 
 def schemas() -> dict:
-    face_quality = obj(face_px=integer("the face's width in pixels"),
+    """The components' schemas, in the order the reference shows them."""
+    return {**_basic_schemas(), **_job_schemas(), **_use_schemas(), **_report_schemas()}
+
+
+def _face_quality() -> dict:
+    return obj(face_px=integer("the face's width in pixels"),
                        sharpness=num("variance of the Laplacian of the aligned chip"),
                        yaw=nullable(num("nose offset from the eyes' middle, in eye distances")),
                        roll=nullable(num("tilt of the eye line, degrees")),
                        problems={"type": "array", "items": {"enum": ["small", "blurred", "turned"]}})
-    search_progress = obj(
+
+
+def _search_progress() -> dict:
+    return obj(
         generation=integer(), generations=integer(), evaluations=integer("networks trained so far"),
         phase={"enum": ["evolving", "confirming"]}, finalists=integer(), fold_evaluations=integer(),
         fold_evaluations_planned=integer(), cache_hits=integer(), seconds=num(), budget_s=num(),
         best=obj(balanced_accuracy=num(), open_set=nullable(num()), smallest_params=integer()),
         done={"type": "boolean"}, stop_reason=nullable(text()))
-    job_error = obj(["code", "message"], code=text(), message=text(), details={"type": "object"})
+
+
+def _job_error() -> dict:
+    return obj(["code", "message"], code=text(), message=text(), details={"type": "object"})
+
+
+def _basic_schemas() -> dict:
+    key_info: dict[str, Any] = dict(id=text("the key's public id (12 hex characters)"), tenant=text(),
+                    role={"type": "string", "enum": ["admin", "builder", "user"]}, name=nullable(text()),
+                    created=num("unix time"), revoked=nullable(num("unix time")))
+    return {
+        "NewKey": obj(["status", "key", "id"], status={"const": 0}, key=text("fr_<id>_<secret>: keep it"),
+                      **key_info),
+        "KeyList": obj(["status", "keys"], status={"const": 0}, keys={"type": "array", "items": obj(**key_info)}),
+        "Ok": obj(["status"], status={"const": 0}),
+        "Error": obj(["status", "error"], status={"const": 1},
+                     error=obj(["code", "message"], code=text("machine-readable, e.g. `NOT_AN_IMAGE`"),
+                               message=text("for people"),
+                               details={"type": "object", "description": "e.g. `files`: every bad file and why"})),
+    }
+
+
+def _job_schemas() -> dict:
+    search_progress, job_error = _search_progress(), _job_error()
     job = obj(["id", "state", "available", "progress"],
               id=text(format="uuid"), name=nullable(text()),
               state={"enum": [s.value for s in JobState],
@@ -98,24 +129,8 @@ def schemas() -> dict:
               callback=obj(url=text(), state=text("waiting for the job to end, pending, delivered or failed"),
                            webhook_id=text(), attempts=integer(), last_status=nullable(integer()),
                            last_error=nullable(text()), next_attempt=nullable(num("unix time"))))
-    candidate = obj(generation=nullable(integer("the generation whose batch first asked for it")),
-                    genome={"type": "array", "items": {"type": "integer"}},
-                    hidden={"type": "array", "items": {"type": "integer"}}, activation=nullable(text()),
-                    cosine={"type": "boolean"}, params=integer(), balanced_accuracy=num(),
-                    open_set=nullable(num()), score=num("mean of balanced_accuracy and open_set"))
     callback = obj(url=text(), secret=text("whsec_...: signs each delivery (Standard Webhooks); shown once"))
-    key_info: dict[str, Any] = dict(id=text("the key's public id (12 hex characters)"), tenant=text(),
-                    role={"type": "string", "enum": ["admin", "builder", "user"]}, name=nullable(text()),
-                    created=num("unix time"), revoked=nullable(num("unix time")))
     return {
-        "NewKey": obj(["status", "key", "id"], status={"const": 0}, key=text("fr_<id>_<secret>: keep it"),
-                      **key_info),
-        "KeyList": obj(["status", "keys"], status={"const": 0}, keys={"type": "array", "items": obj(**key_info)}),
-        "Ok": obj(["status"], status={"const": 0}),
-        "Error": obj(["status", "error"], status={"const": 1},
-                     error=obj(["code", "message"], code=text("machine-readable, e.g. `NOT_AN_IMAGE`"),
-                               message=text("for people"),
-                               details={"type": "object", "description": "e.g. `files`: every bad file and why"})),
         "Job": {"allOf": [ref("Ok"), job]},
         "BuildAccepted": {"allOf": [ref("Ok"), obj(
             ["id", "photos", "people"], id=text(format="uuid"), photos=integer(), people=integer(),
@@ -136,6 +151,12 @@ def schemas() -> dict:
                 new_id=nullable(text("the model rebuilt without them", format="uuid")),
                 action={"enum": ["rebuilt", "deleted"]}, reason=text())},
             removed=obj(models=integer(), photos=integer(), cached_features=integer()))]},
+    }
+
+
+def _use_schemas() -> dict:
+    face_quality = _face_quality()
+    return {
         "Verification": {"allOf": [ref("Ok"), obj(
             id=text(format="uuid"), mode={"enum": ["pair", "label"]}, label=text(),
             same={"type": "boolean"}, distance=num(), threshold=num("calibrated at build time (manifest "
@@ -171,6 +192,17 @@ def schemas() -> dict:
             results={"type": "array", "items": {"type": "object"},
                      "description": "a batch: one entry per image or embedding, in order (`index`, `status`, "
                                     "`count`, `faces`, or its own `error`)"})]},
+    }
+
+
+def _report_schemas() -> dict:
+    search_progress, job_error = _search_progress(), _job_error()
+    candidate = obj(generation=nullable(integer("the generation whose batch first asked for it")),
+                    genome={"type": "array", "items": {"type": "integer"}},
+                    hidden={"type": "array", "items": {"type": "integer"}}, activation=nullable(text()),
+                    cosine={"type": "boolean"}, params=integer(), balanced_accuracy=num(),
+                    open_set=nullable(num()), score=num("mean of balanced_accuracy and open_set"))
+    return {
         "Report": {"allOf": [ref("Job"), obj(
             metrics=nullable({"type": "object", "description": "held-out figures of the model trained without "
                                                                "the test photos; `confusions`"}),
@@ -238,6 +270,13 @@ def photo_json() -> dict:
 
 
 def operations() -> dict:
+    """Every path of the API, in the order the reference shows them."""
+    return {**_page_paths(), **_metrics_path(), **_build_paths(), **_view_paths(),
+            **_use_paths(), **_after_build_paths(), **_key_paths(), **_health_path()}
+
+
+def _page_paths() -> dict:
+    """The console, this reference and their files."""
     page = {"200": {"description": "an HTML page", "content": {"text/html": {"schema": text()}}}}
     return {
         "/": {"get": {"tags": ["pages"], "summary": "The web console", "security": PUBLIC, "responses": page,
@@ -251,6 +290,11 @@ def operations() -> dict:
             "responses": {"200": {"description": "the file"}, **errors((404, "`NOT_FOUND`"))}}},
         "/openapi.json": {"get": {"tags": ["pages"], "summary": "This document (OpenAPI 3.1)", "security": PUBLIC,
                                   "responses": {"200": answer("the document", {"type": "object"})}}},
+    }
+
+
+def _metrics_path() -> dict:
+    return {
         "/metrics": {"get": {
             "tags": ["operations"], "summary": "Prometheus metrics",
             "description": "Requests by route and status with latency histograms, builds by state, queue, "
@@ -260,6 +304,12 @@ def operations() -> dict:
             "responses": {"200": {"description": "Prometheus text format",
                                   "content": {"text/plain": {"schema": text()}}},
                           **errors((401, "`UNAUTHORIZED`"), (403, "`FORBIDDEN`: not an admin key"))}}},
+    }
+
+
+def _build_paths() -> dict:
+    """Building a model and following it."""
+    return {
         "/build_recognizer": {"post": {
             "tags": ["models"], "summary": "Build a model from labelled photos",
             "description": "Photos as `images` parts or one `archive` zip (one folder per person). Answered "
@@ -302,6 +352,12 @@ def operations() -> dict:
                        "parameters": [JOB_ID],
                        "responses": {"200": answer("what was removed", ref("Deleted")),
                                      **errors(*ID_ERRORS, (503, "`BROKER_UNAVAILABLE`"))}}},
+    }
+
+
+def _view_paths() -> dict:
+    """What a model measured, and its search."""
+    return {
         "/models/{job_id}/report": {"get": {
             "tags": ["models"], "summary": "Status, held-out figures, open set and the whole manifest",
             "parameters": [JOB_ID], "responses": {"200": answer("the report", ref("Report")),
@@ -316,6 +372,12 @@ def operations() -> dict:
                            "`requested` is false for a build without optimize=1.",
             "parameters": [JOB_ID], "responses": {"200": answer("the search", ref("Search")),
                                                   **errors(*MODEL_ERRORS)}}},
+    }
+
+
+def _use_paths() -> dict:
+    """Naming faces with a model; verifying one against another."""
+    return {
         "/models/{job_id}/predict": {"post": {
             "tags": ["use"], "summary": "Name every face in a photo",
             "parameters": [JOB_ID],
@@ -353,6 +415,12 @@ def operations() -> dict:
                                                         "`BAD_JSON`, `BAD_BASE64`, `BAD_DATA_URI`, `BAD_EMBEDDING`, "
                                                         "`EMPTY_BATCH`, `BAD_PARAMETER`, `NOT_AN_IMAGE`"),
                                    (413, "`PHOTO_TOO_LARGE`, `REQUEST_TOO_LARGE`, `BATCH_TOO_LARGE`"))}}},
+    }
+
+
+def _after_build_paths() -> dict:
+    """A model's card, its derivations, erasing a person."""
+    return {
         "/models/{job_id}/card": {"get": {
             "tags": ["models"], "summary": "The model card (Markdown): people, figures, thresholds, limits, licences",
             "parameters": [JOB_ID],
@@ -387,6 +455,11 @@ def operations() -> dict:
             "responses": {"200": answer("the models touched and their new ids", ref("Erased")),
                           **errors((400, "`BAD_LABEL`, `BAD_PARAMETER`"), *AUTH_ERRORS,
                                    (503, "`BROKER_UNAVAILABLE`, `STORE_UNAVAILABLE`"))}}},
+    }
+
+
+def _key_paths() -> dict:
+    return {
         "/keys": {
             "post": {"tags": ["keys"], "summary": "Make an API key (admins)",
                      "description": "The key is in this answer and nowhere else, ever; it is stored as an "
@@ -404,6 +477,11 @@ def operations() -> dict:
             "tags": ["keys"], "summary": "Revoke a key (admins): refused at once by every web process",
             "parameters": [{"name": "key_id", "in": "path", "required": True, "schema": text()}],
             "responses": {"200": answer("revoked"), **errors((404, "`NOT_FOUND`: no working key"), *AUTH_ERRORS)}}},
+    }
+
+
+def _health_path() -> dict:
+    return {
         "/is_alive": {"get": {
             "tags": ["operations"], "summary": "Health: broker, workers, store and disk", "security": PUBLIC,
             "responses": {"200": answer("alive", ref("Alive")),

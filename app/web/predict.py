@@ -130,29 +130,7 @@ def _face(recognizer: Recognizer, probe: Probe, name: str) -> tuple[np.ndarray, 
 def verify_request(model_id: str, recognizer: Recognizer, request: Request, s: Settings) -> dict:
     """The answer to POST /models/<id>/verify: each photo (or embedding) against a second one (`image2`,
     `embedding2`) or a person of the model (`label`)."""
-    ref_probe: Probe | None = None
-    if request.is_json:
-        body = read_json(request, s)
-        check_fields(body, VERIFY_FIELDS)
-        refs = [k for k in ("image2", "embedding2", "label") if k in body]
-        _one_reference(refs)
-        label_raw = body.get("label")
-        if refs[0] == "image2":
-            ref_probe = Probe(image=decode_image_field(body["image2"], s, "image2"))
-        elif refs[0] == "embedding2":
-            ref_probe = Probe(embedding=parse_embedding(body["embedding2"], "embedding2"))
-        embeddings = flag(body.get("return_embeddings", request.args.get("return_embeddings")), "return_embeddings")
-        probes, batch = probes_from_json(body, s)
-    else:
-        part2 = request.files.get("image2")
-        label_raw = request.form.get("label")
-        _one_reference([k for k, v in (("image2", part2), ("label", label_raw)) if v is not None])
-        if part2 is not None:
-            ref_probe = Probe(image=read_part(part2, s, "image2"))
-        embeddings = flag(request.form.get("return_embeddings", request.args.get("return_embeddings")),
-                          "return_embeddings")
-        probes, batch = probes_from_form(request, s)
-
+    ref_probe, label_raw, embeddings, probes, batch = _verify_inputs(request, s)
     label = None
     if ref_probe is None:
         label = _model_label(recognizer, label_raw, s)
@@ -188,6 +166,33 @@ def verify_request(model_id: str, recognizer: Recognizer, request: Request, s: S
         except InputError as exc:
             results.append(error_entry(i, exc))
     return {**top, "count": len(results), "results": results}
+
+
+def _verify_inputs(request: Request, s: Settings) -> tuple[Probe | None, Any, bool, list[Probe], bool]:
+    """A verify request's fields, from JSON or a form: (the second photo or embedding, or None; the `label`
+    asked for; return_embeddings; the probes; whether it is a batch)."""
+    ref_probe: Probe | None = None
+    if request.is_json:
+        body = read_json(request, s)
+        check_fields(body, VERIFY_FIELDS)
+        refs = [k for k in ("image2", "embedding2", "label") if k in body]
+        _one_reference(refs)
+        if refs[0] == "image2":
+            ref_probe = Probe(image=decode_image_field(body["image2"], s, "image2"))
+        elif refs[0] == "embedding2":
+            ref_probe = Probe(embedding=parse_embedding(body["embedding2"], "embedding2"))
+        embeddings = flag(body.get("return_embeddings", request.args.get("return_embeddings")), "return_embeddings")
+        probes, batch = probes_from_json(body, s)
+        return ref_probe, body.get("label"), embeddings, probes, batch
+    part2 = request.files.get("image2")
+    label_raw = request.form.get("label")
+    _one_reference([k for k, v in (("image2", part2), ("label", label_raw)) if v is not None])
+    if part2 is not None:
+        ref_probe = Probe(image=read_part(part2, s, "image2"))
+    embeddings = flag(request.form.get("return_embeddings", request.args.get("return_embeddings")),
+                      "return_embeddings")
+    probes, batch = probes_from_form(request, s)
+    return ref_probe, label_raw, embeddings, probes, batch
 
 
 def _one_reference(given: list[str]) -> None:

@@ -234,23 +234,10 @@ def measure(spec: NetworkSpec, weights, x: np.ndarray, y: np.ndarray, split: Spl
         if mine.any():
             people[label] = {"test_photos": int(mine.sum()), "named_right": int((pred[mine] == c).sum()),
                              "accepted_right": int((accepted[mine] & (pred[mine] == c)).sum())}
-    counts = np.bincount(y[y >= 0], minlength=n)
-    single = np.flatnonzero(counts == 1)
-    false_accepts = 0
-    if len(single):
-        idx = np.asarray([np.flatnonzero(y == c)[0] for c in single])
-        probs_s = lean.predict_proba(spec, weights, x[idx])
-        scores_s = gallery.scores(x[idx])
-        probs_s[np.arange(len(single)), single] = 0.0  # hide each photo's own person
-        scores_s[np.arange(len(single)), single] = np.inf
-        as_, score_s = name_faces(probs_s, scores_s, t)
-        for person, other, score in zip(single, as_, score_s):
-            taken = bool(score <= thresholds[other])
-            false_accepts += int(taken)
-            people[split.people[person]] = {"as_stranger": {"accepted_as": split.people[other] if taken else None,
-                                                       "closest": split.people[other],
-                                                       "score": round(float(score), 6),
-                                                       "threshold": round(float(thresholds[other]), 6)}}
+    single = np.flatnonzero(np.bincount(y[y >= 0], minlength=n) == 1)
+    as_stranger = one_photo_people(spec, weights, x, y, single, split.people, gallery, thresholds, t)
+    false_accepts = sum(1 for v in as_stranger.values() if v["accepted_as"] is not None)
+    people.update({split.people[c]: {"as_stranger": v} for c, v in as_stranger.items()})
     metrics = {"test_accuracy": figure(accuracy(y_test, pred)),
                "balanced_accuracy": figure(balanced_accuracy(y_test, pred)),
                "network_test_accuracy": figure(accuracy(y_test, network_pred)),
@@ -266,6 +253,24 @@ def measure(spec: NetworkSpec, weights, x: np.ndarray, y: np.ndarray, split: Spl
                          "operating_points": operating_points(y[gallery_idx], n, pred, scores, y_test,
                                                               settings.target_far)},
             "people": people}
+
+
+def one_photo_people(spec: NetworkSpec, weights, x: np.ndarray, y: np.ndarray, single: np.ndarray, labels: list[str],
+                     gallery: Gallery, thresholds: np.ndarray, temperature: float) -> dict[int, dict]:
+    """Each one-photo person's photo scored against everybody else, its own person hidden from the gallery
+    and the classifier. -> {person: {accepted_as (a label, or None when refused), closest, score, threshold}}."""
+    if not len(single):
+        return {}
+    idx = np.asarray([np.flatnonzero(y == c)[0] for c in single])
+    probs = lean.predict_proba(spec, weights, x[idx])
+    scores = gallery.scores(x[idx])
+    probs[np.arange(len(single)), single] = 0.0  # hide each photo's own person
+    scores[np.arange(len(single)), single] = np.inf
+    as_, score_s = name_faces(probs, scores, temperature)
+    return {int(person): {"accepted_as": labels[other] if score <= thresholds[other] else None,
+                          "closest": labels[other], "score": round(float(score), 6),
+                          "threshold": round(float(thresholds[other]), 6)}
+            for person, other, score in zip(single, as_, score_s)}
 
 
 # Target false-accept rates at which the manifest shows what the calibrated rule would recognise.
@@ -338,6 +343,16 @@ def measure_verification(x: np.ndarray, y: np.ndarray, split: Split, far: float,
                           "impostor": int((~own).sum()), "impostor_accept_rate": rate(accepted, ~own)}}
 
 
+@dataclass
+class Trained:
+    """The network that is measured (trained without the test photos) and how it was chosen."""
+    spec: NetworkSpec
+    weights: list
+    epochs: int
+    optimization: dict | None
+    measured_on: str
+
+
 def train_bundle(job: dict, files: list[dict], features: list[dict], settings: Settings,
                  progress: Progress, search: dict | None = None) -> bytes:
     """Build the bundle from every photo's features. `job`: id, name, options {optimize, seed, ...}.
@@ -352,64 +367,19 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
     options = job.get("options", {})
     seed = int(options.get("seed", settings.default_seed))
     data = prepare(files, features, settings, seed)
-    feats, usable, x, y, split, people, hits = (data.feats, data.usable, data.x, data.y, data.split,
-                                                data.people, data.hits)
+    x, y, split = data.x, data.y, data.split
     n = len(split.people)
-
-    optimization = None
     t0 = time.time()
-    if search is not None and search.get("chosen"):
-        progress(JobState.TRAINING, "training the chosen network", 0, 1)
-        spec, weights, epochs, optimization = train_chosen(search, x, y, split, settings, seed)
-        measured_on = ("train + validation splits, for the median of the epochs early stopping kept on the "
-                       "search's folds; then refit on every photo")
-    else:
-        spec = NetworkSpec(learning_rate=settings.learning_rate, batch_size=settings.batch_size)
-        if search is not None:  # the search fell back, or its budget ran out before any candidate was evaluated
-            note = (f"the search could not rank networks ({search['fallback']})" if search.get("fallback")
-                    else "no candidate was evaluated in the time budget")
-            optimization = {**search, "note": note + ": the fixed default network was trained"}
-        progress(JobState.TRAINING, "training", 0, settings.max_epochs)
-        has_val = len(split.val) > 0
-        fit = lean.fit(spec, x[split.train], y[split.train], n, seed=seed,
-                       max_epochs=settings.max_epochs if has_val else settings.epochs_without_validation,
-                       x_val=x[split.val] if has_val else None, y_val=y[split.val] if has_val else None,
-                       patience=settings.patience, min_delta=settings.min_delta,
-                       on_epoch=lambda e: progress(JobState.TRAINING, "training", e, settings.max_epochs))
-        weights, epochs = fit.weights, fit.best_epoch
-        measured_on = ("train split (validation for early stopping); then refit on every photo" if has_val else
-                       f"train split, {epochs} epochs (FR_EPOCHS_WITHOUT_VALIDATION: no person has a validation "
-                       "photo); then refit on every photo")
-    measured = measure(spec, weights, x, y, split, settings)
+    trained = train_measured(search, x, y, split, settings, seed, progress)
+    measured = measure(trained.spec, trained.weights, x, y, split, settings)
 
     # The model that ships: the same network refit on every usable photo, the gallery holding them all.
     progress(JobState.TRAINING, "refitting on every photo", 0, 1)
     kept = np.flatnonzero(y >= 0)
-    refit = lean.fit(spec, x[kept], y[kept], n, seed=seed, max_epochs=max(1, epochs))
-    model = to_keras(spec, refit.weights, x.shape[1], n)
+    refit = lean.fit(trained.spec, x[kept], y[kept], n, seed=seed, max_epochs=max(1, trained.epochs))
+    model = to_keras(trained.spec, refit.weights, x.shape[1], n)
     train_seconds = time.time() - t0
-
-    open_set = calibrate(y[kept], n, settings.target_far)
-    open_set["temperature"] = settings.fusion_temperature
-    # The gallery is embedded once per face (build speed); a face to identify can afford a
-    # second pass on its mirror image, which brings it nearer its person (README "Open set").
-    open_set["mirror_probes"] = settings.mirror_probes
-    open_set["mirror_margin"] = settings.mirror_margin
-    open_set["decision"] = ("the person maximising log p (classifier) - score / temperature"
-                            if settings.fusion_temperature > 0 else "the classifier's most probable person")
-    open_set.update(measured["open_set"])
-    for person in people:
-        if person["label"] in measured["people"]:
-            person["measured"] = measured["people"][person["label"]]
-    poor = [q for p in people for q in p["quality"] if q["problems"]]
-    verification = calibrate_verification(y[kept], n, settings.verify_far)
-    verification["measured"] = measure_verification(x, y, split, settings.verify_far, seed)
-    inherited = int(options.get("inherited", 0))
-    derivation = None if not options.get("parent") else {
-        "parent": options["parent"], "inherited_photos": inherited, "added_photos": len(files) - inherited,
-        "removed_people": int(options.get("removed_people", 0)),
-        "note": "the parent's per-photo features were reused (nothing re-uploaded or re-embedded); only the added "
-                "photos were extracted, and the model was split, measured, calibrated and trained anew"}
+    mark_measured(data.people, measured["people"])
     manifest = {
         "format": "api-facial-recognition bundle",
         "format_version": 5,
@@ -417,42 +387,133 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
         "model_id": job["id"],
         "name": job.get("name"),
         "parent": options.get("parent"),
-        "derivation": derivation,
+        "derivation": derivation_record(options, files),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "software": software_versions(),
         "pipeline": pipeline_settings(settings),
-        "input": {"photos": len(files), "usable": len(usable), "skipped": len(files) - len(usable),
-                  "several_faces": sum(1 for f in feats if f.usable and f.faces > 1),
-                  "features_cached": hits, "features_inherited": inherited,
-                  "extraction_seconds": round(data.extraction_seconds, 2),
-                  "skipped_by_reason": dict(Counter(f.skipped for f in feats if not f.usable))},
-        "quality": {"policy": settings.quality_policy, "limits": limits(settings),
-                    "poor_photos": len(poor), "poor_photos_used": 0 if settings.quality_policy == "skip" else len(poor),
-                    "by_problem": dict(Counter(problem for q in poor for problem in q["problems"]))},
-        "people": people,
+        "input": input_record(files, data, int(options.get("inherited", 0))),
+        "quality": quality_record(data.people, settings),
+        "people": data.people,
         "labels": split.people,
-        "split": {"method": "per-person stratified: 3+ photos give train/validation/test (at least one each), "
-                            "2 photos train/test, 1 photo trains (measured leave-one-identity-out)",
-                  "seed": seed, "test_fraction": settings.test_fraction,
-                  "validation_fraction": settings.val_fraction, **split.summary(),
-                  "people_by_protocol": dict(Counter(p["protocol"] for p in people if p.get("in_model")))},
-        "network": {**asdict(spec), "params": int(model.count_params())},
-        "training": {"epochs": epochs, "max_epochs": settings.max_epochs, "patience": settings.patience,
-                     "seconds": round(train_seconds, 2), "trained_on": measured_on},
-        "refit": {"photos": int(len(kept)), "gallery_photos": int(len(kept)), "epochs": max(1, epochs),
-                  "note": "the figures in `metrics`, `open_set` (test_*) and `people[].measured` come from a model "
-                          "trained without the test photos; the shipped classifier was then retrained on every "
-                          "usable photo for the same epochs, and its gallery holds every usable photo"},
-        "metrics": {**measured["metrics"],
-                    "protocols": {HELD_OUT: "people with 2 or more photos: their test photos, never seen by the "
-                                            "measured model",
-                                  ONE_PHOTO: "people with 1 photo: scored against everybody else, their own person "
-                                             "hidden; counted in one_photo_people_accepted_as_someone_else"}},
-        "open_set": open_set,
-        "verification": verification,
-        "optimization": optimization,
+        "split": split_record(split, data.people, seed, settings),
+        "network": {**asdict(trained.spec), "params": int(model.count_params())},
+        "training": {"epochs": trained.epochs, "max_epochs": settings.max_epochs, "patience": settings.patience,
+                     "seconds": round(train_seconds, 2), "trained_on": trained.measured_on},
+        "refit": refit_record(len(kept), trained.epochs),
+        "metrics": {**measured["metrics"], "protocols": PROTOCOLS},
+        "open_set": open_set_record(y[kept], n, settings, measured["open_set"]),
+        "verification": {**calibrate_verification(y[kept], n, settings.verify_far),
+                         "measured": measure_verification(x, y, split, settings.verify_far, seed)},
+        "optimization": trained.optimization,
         "training_task_seconds": round(time.time() - started, 2),
     }
+    add_bundle_to_baselines(manifest)
+    bundle = pack_bundle(model, split.people, manifest, gallery_x=x[kept], gallery_y=y[kept],
+                         card=model_card(manifest))
+    release_keras()
+    return bundle
+
+
+PROTOCOLS = {HELD_OUT: "people with 2 or more photos: their test photos, never seen by the measured model",
+             ONE_PHOTO: "people with 1 photo: scored against everybody else, their own person hidden; counted in "
+                        "one_photo_people_accepted_as_someone_else"}
+
+
+def mark_measured(people: list[dict], measured: dict[str, dict]) -> None:
+    """Each person's entry of the manifest gets what the measured model scored on them."""
+    for person in people:
+        if person["label"] in measured:
+            person["measured"] = measured[person["label"]]
+
+
+def refit_record(photos: int, epochs: int) -> dict:
+    return {"photos": int(photos), "gallery_photos": int(photos), "epochs": max(1, epochs),
+            "note": "the figures in `metrics`, `open_set` (test_*) and `people[].measured` come from a model "
+                    "trained without the test photos; the shipped classifier was then retrained on every "
+                    "usable photo for the same epochs, and its gallery holds every usable photo"}
+
+
+def train_measured(search: dict | None, x: np.ndarray, y: np.ndarray, split: Split, settings: Settings, seed: int,
+                   progress: Progress) -> Trained:
+    """The model measured: the search's pick (trained on train + validation), or the fixed default network
+    (trained on the train split, validation for early stopping) when there is no search or it fell back."""
+    if search is not None and search.get("chosen"):
+        progress(JobState.TRAINING, "training the chosen network", 0, 1)
+        spec, weights, epochs, optimization = train_chosen(search, x, y, split, settings, seed)
+        return Trained(spec, weights, epochs, optimization,
+                       "train + validation splits, for the median of the epochs early stopping kept on the "
+                       "search's folds; then refit on every photo")
+    optimization = None
+    spec = NetworkSpec(learning_rate=settings.learning_rate, batch_size=settings.batch_size)
+    if search is not None:  # the search fell back, or its budget ran out before any candidate was evaluated
+        note = (f"the search could not rank networks ({search['fallback']})" if search.get("fallback")
+                else "no candidate was evaluated in the time budget")
+        optimization = {**search, "note": note + ": the fixed default network was trained"}
+    progress(JobState.TRAINING, "training", 0, settings.max_epochs)
+    has_val = len(split.val) > 0
+    fit = lean.fit(spec, x[split.train], y[split.train], len(split.people), seed=seed,
+                   max_epochs=settings.max_epochs if has_val else settings.epochs_without_validation,
+                   x_val=x[split.val] if has_val else None, y_val=y[split.val] if has_val else None,
+                   patience=settings.patience, min_delta=settings.min_delta,
+                   on_epoch=lambda e: progress(JobState.TRAINING, "training", e, settings.max_epochs))
+    measured_on = ("train split (validation for early stopping); then refit on every photo" if has_val else
+                   f"train split, {fit.best_epoch} epochs (FR_EPOCHS_WITHOUT_VALIDATION: no person has a validation "
+                   "photo); then refit on every photo")
+    return Trained(spec, fit.weights, fit.best_epoch, optimization, measured_on)
+
+
+def open_set_record(y_kept: np.ndarray, n: int, settings: Settings, measured: dict) -> dict:
+    """The shipped rule's thresholds (calibrated on every usable photo) and what the measured model scored."""
+    open_set = calibrate(y_kept, n, settings.target_far)
+    open_set["temperature"] = settings.fusion_temperature
+    # The gallery is embedded once per face (build speed); a face to identify can afford a
+    # second pass on its mirror image, which brings it nearer its person (README "Open set").
+    open_set["mirror_probes"] = settings.mirror_probes
+    open_set["mirror_margin"] = settings.mirror_margin
+    open_set["decision"] = ("the person maximising log p (classifier) - score / temperature"
+                            if settings.fusion_temperature > 0 else "the classifier's most probable person")
+    open_set.update(measured)
+    return open_set
+
+
+def derivation_record(options: dict, files: list[dict]) -> dict | None:
+    """A derived model's parent and what it took from it (None for a build from photos)."""
+    if not options.get("parent"):
+        return None
+    inherited = int(options.get("inherited", 0))
+    return {"parent": options["parent"], "inherited_photos": inherited, "added_photos": len(files) - inherited,
+            "removed_people": int(options.get("removed_people", 0)),
+            "note": "the parent's per-photo features were reused (nothing re-uploaded or re-embedded); only the "
+                    "added photos were extracted, and the model was split, measured, calibrated and trained anew"}
+
+
+def input_record(files: list[dict], data: Prepared, inherited: int) -> dict:
+    feats = data.feats
+    return {"photos": len(files), "usable": len(data.usable), "skipped": len(files) - len(data.usable),
+            "several_faces": sum(1 for f in feats if f.usable and f.faces > 1),
+            "features_cached": data.hits, "features_inherited": inherited,
+            "extraction_seconds": round(data.extraction_seconds, 2),
+            "skipped_by_reason": dict(Counter(f.skipped for f in feats if not f.usable))}
+
+
+def quality_record(people: list[dict], settings: Settings) -> dict:
+    poor = [q for p in people for q in p["quality"] if q["problems"]]
+    return {"policy": settings.quality_policy, "limits": limits(settings),
+            "poor_photos": len(poor), "poor_photos_used": 0 if settings.quality_policy == "skip" else len(poor),
+            "by_problem": dict(Counter(problem for q in poor for problem in q["problems"]))}
+
+
+def split_record(split: Split, people: list[dict], seed: int, settings: Settings) -> dict:
+    return {"method": "per-person stratified: 3+ photos give train/validation/test (at least one each), "
+                      "2 photos train/test, 1 photo trains (measured leave-one-identity-out)",
+            "seed": seed, "test_fraction": settings.test_fraction,
+            "validation_fraction": settings.val_fraction, **split.summary(),
+            "people_by_protocol": dict(Counter(p["protocol"] for p in people if p.get("in_model")))}
+
+
+def add_bundle_to_baselines(manifest: dict) -> None:
+    """The search's baselines table gets the chosen network alone and with its gallery (the bundle)."""
+    optimization = manifest["optimization"]
     if optimization and optimization.get("baselines"):
         optimization["baselines"]["closed_set"]["chosen network"] = {
             "test_accuracy": manifest["metrics"]["network_test_accuracy"],
@@ -460,10 +521,6 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
         optimization["baselines"]["closed_set"]["chosen network + gallery (the bundle)"] = {
             "test_accuracy": manifest["metrics"]["test_accuracy"],
             "balanced_accuracy": manifest["metrics"]["balanced_accuracy"]}
-    bundle = pack_bundle(model, split.people, manifest, gallery_x=x[kept], gallery_y=y[kept],
-                         card=model_card(manifest))
-    release_keras()
-    return bundle
 
 
 def train_chosen(search: dict, x: np.ndarray, y: np.ndarray, split: Split, settings: Settings, seed: int):
