@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
@@ -231,6 +232,33 @@ class Stack:
                 raise AssertionError(f"job ended {st['state']}: {st}")
             time.sleep(0.25)
         raise TimeoutError(f"job {job_id} not in {states} after {timeout}s: {st}\n{self.tail()}")
+
+
+class Stacks:
+    """The one factory for the stacks tests start (test/conftest.py hands it out as `stacks`, stopped when
+    the test ends, and `module_stacks`, stopped when the module ends): each stack in a folder of its own
+    (or the one given, to start a service again on the same data), and every one it started is stopped
+    when its owner's scope ends, whatever the test did."""
+
+    def __init__(self, mktemp: Callable[[str], Path]):
+        self.mktemp = mktemp
+        self.made: list[Stack] = []
+
+    def make(self, name: str = "stack", *, data_dir: Path | None = None, workers: int = 1,
+             env: dict | None = None, warm: bool = False) -> Stack:
+        """A stack not started yet (for a test that changes its env or url first); stopped with the others."""
+        stack = Stack(data_dir if data_dir is not None else self.mktemp(name), workers=workers, env=env, warm=warm)
+        self.made.append(stack)
+        return stack
+
+    def start(self, name: str = "stack", *, data_dir: Path | None = None, workers: int = 1, env: dict | None = None,
+              warm: bool = False, healthy: bool = True, timeout: float = 120) -> Stack:
+        """A running stack: `workers` workers connected (and, with `healthy`, /is_alive answering 200)."""
+        return self.make(name, data_dir=data_dir, workers=workers, env=env, warm=warm).start(timeout, healthy)
+
+    def close(self) -> None:
+        for stack in reversed(self.made):
+            stack.stop()
 
 
 def gone(path: Path, timeout: float = 10) -> bool:

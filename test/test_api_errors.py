@@ -12,15 +12,10 @@ import pytest
 import requests
 
 from test.conftest import pick_people
-from test.stack import Stack, photo_files
+from test.stack import photo_files
 
 MAX_REQUEST = 8 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with Stack(tmp_path_factory.mktemp("errors"), workers=1, env={"FR_MAX_REQUEST_BYTES": str(MAX_REQUEST)}) as s:
-        yield s
+STACK = {"workers": 1, "env": {"FR_MAX_REQUEST_BYTES": str(MAX_REQUEST)}}  # the module's `stack` (conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,7 @@ def api(stack, path: str) -> dict:
 
 
 # --- the console in a browser ----------------------------------------------------------------------
+@pytest.mark.browser
 def test_a_zip_dropped_on_the_console_builds_a_model_that_names_the_faces_of_a_photo(stack, people, people_zip,
                                                                                      faces_dir, request):
     held_out = people[next(iter(people))][BUILD]
@@ -132,6 +133,7 @@ def test_a_zip_dropped_on_the_console_builds_a_model_that_names_the_faces_of_a_p
         assert b.csp_violations() == [] and b.errors == []
 
 
+@pytest.mark.browser
 def test_a_search_is_drawn_candidate_by_candidate_beside_its_logbook_front_and_baselines(stack, searched,
                                                                                          request):
     view = api(stack, f"/models/{searched}/search")
@@ -161,6 +163,7 @@ def test_a_search_is_drawn_candidate_by_candidate_beside_its_logbook_front_and_b
         assert b.csp_violations() == [] and b.errors == []
 
 
+@pytest.mark.browser
 def test_the_list_shows_models_live_and_deletes_one_only_once_confirmed(stack, people, request):
     r = stack.build(photo_files({p: paths[:2] for p, paths in people.items()}), name="to delete")
     job_id = r.json()["id"]
@@ -185,6 +188,7 @@ def test_the_list_shows_models_live_and_deletes_one_only_once_confirmed(stack, p
         assert b.errors == []
 
 
+@pytest.mark.browser
 def test_the_key_is_asked_once_kept_for_the_session_and_sent_with_every_call(stack, request):
     """The service answers 401 without a key: the console asks once, keeps the key in sessionStorage and
     sends it as X-API-Key with every call; a wrong key is asked again; another session starts without."""
@@ -222,6 +226,7 @@ def test_the_key_is_asked_once_kept_for_the_session_and_sent_with_every_call(sta
         assert b.errors == [] or all("401" in e for e in b.errors), b.errors
 
 
+@pytest.mark.browser
 def test_bad_uploads_are_explained_in_place(stack, people, tmp_path, request):
     folder = tmp_path / "upload"
     (person, paths), (other, others) = list(people.items())[:2]
@@ -251,6 +256,7 @@ def test_bad_uploads_are_explained_in_place(stack, people, tmp_path, request):
         b.shot("too-few-people")
 
 
+@pytest.mark.browser
 def test_a_photo_from_the_camera_goes_to_the_model(stack, searched, request):
     """Chromium's fake camera (a test pattern, no face): the shot reaches predict and the answer is shown."""
     with chromium(request.node.name, stack.admin_key) as b:
@@ -271,6 +277,7 @@ def test_a_photo_from_the_camera_goes_to_the_model(stack, searched, request):
         assert b.errors == []
 
 
+@pytest.mark.browser
 def test_the_api_reference_shows_every_operation(stack, request):
     doc = api(stack, "/openapi.json")
     operations = {f"{method}-{path}" for path, ops in doc["paths"].items() for method in ops}

@@ -51,7 +51,7 @@ def docker_ready() -> str | None:
 
 
 WHY_NOT = docker_ready()
-pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"Docker test skipped: {WHY_NOT}")
+pytestmark = [pytest.mark.docker, pytest.mark.skipif(WHY_NOT is not None, reason=f"Docker test skipped: {WHY_NOT}")]
 
 
 def wait_alive(url: str, workers: int, timeout: float = 180) -> None:

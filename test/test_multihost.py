@@ -48,7 +48,9 @@ def why_not() -> str | None:
 
 
 WHY_NOT = why_not()
-pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"multi-host test skipped: {WHY_NOT}")
+# `stack`: it starts the service's processes itself (in namespaces), not through test/stack.Stacks
+pytestmark = [pytest.mark.stack,
+              pytest.mark.skipif(WHY_NOT is not None, reason=f"multi-host test skipped: {WHY_NOT}")]
 
 
 class Hosts:
