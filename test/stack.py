@@ -9,13 +9,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import requests
 
 from run import die_with_parent
+from test.waits import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,21 +139,22 @@ class Stack:
     def wait_alive(self, workers: int, timeout: float = 60, warm: bool = False, healthy: bool = True) -> dict:
         """Until `workers` workers are connected (and, with `warm`, none is still loading its models;
         with `healthy`, /is_alive answers 200)."""
-        deadline = time.time() + timeout
-        last = None
-        while time.time() < deadline:
+        last: dict = {}
+
+        def ready() -> dict | None:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"service exited early; see {self.log}:\n{self.tail()}")
             try:
                 r = requests.get(self.url + "/is_alive", timeout=5)
-                last = r.json()
-                if (r.status_code == 200 or not healthy) and last["workers"] >= workers \
-                        and not (warm and last.get("warming")):
-                    return last
+                last.update(r.json())
             except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"service not alive with {workers} workers (last: {last}):\n{self.tail()}")
+                return None
+            return dict(last) if (r.status_code == 200 or not healthy) and last["workers"] >= workers \
+                and not (warm and last.get("warming")) else None
+        try:
+            return wait_until(ready, timeout, interval=0.3)
+        except AssertionError:
+            raise TimeoutError(f"service not alive with {workers} workers (last: {last}):\n{self.tail()}") from None
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -174,9 +175,10 @@ class Stack:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        deadline = time.time() + 3
-        while alive(tree) and time.time() < deadline:
-            time.sleep(0.1)
+        try:  # `serve` has exited: its children go with it (they are given 3 s more here)
+            wait_until(lambda: not alive(tree), 3)
+        except AssertionError:
+            pass
         self.survivors |= alive(tree)
         for pid in self.survivors:  # leave no orphans behind for the tests that follow
             try:
@@ -222,16 +224,22 @@ class Stack:
         return self.get(f"/is_available/{job_id}", timeout=10).json()
 
     def wait_state(self, job_id: str, states: tuple[str, ...], timeout: float = 300, pred=None) -> dict:
-        deadline = time.time() + timeout
-        st = None
-        while time.time() < deadline:
-            st = self.status(job_id)
-            if st.get("state") in states and (pred is None or pred(st)):
-                return st
-            if st.get("state") in ("done", "failed") and st["state"] not in states:
-                raise AssertionError(f"job ended {st['state']}: {st}")
-            time.sleep(0.25)
-        raise TimeoutError(f"job {job_id} not in {states} after {timeout}s: {st}\n{self.tail()}")
+        """The job's status once its state is one of `states` (and `pred` holds); AssertionError as soon as
+        it ends otherwise, TimeoutError after `timeout`."""
+        last: dict = {}
+
+        def reached() -> dict | None:
+            last.clear()
+            last.update(self.status(job_id))
+            if last.get("state") in ("done", "failed") and last["state"] not in states:
+                raise AssertionError(f"job ended {last['state']}: {last}")
+            return dict(last) if last.get("state") in states and (pred is None or pred(last)) else None
+        try:
+            return wait_until(reached, timeout, interval=0.25)
+        except AssertionError as exc:
+            if str(exc).startswith("job ended"):
+                raise
+            raise TimeoutError(f"job {job_id} not in {states} after {timeout}s: {last}\n{self.tail()}") from None
 
 
 class Stacks:
@@ -264,10 +272,10 @@ class Stacks:
 def gone(path: Path, timeout: float = 10) -> bool:
     """`path` no longer exists, within `timeout`: the broker marks a job done, then deletes its
     uploads, so a client that sees `done` may still find them for a moment."""
-    deadline = time.time() + timeout
-    while path.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    return not path.exists()
+    try:
+        return wait_until(lambda: not path.exists(), timeout, interval=0.05)
+    except AssertionError:
+        return False
 
 
 def photo_files(people: dict[str, list[Path]]) -> list[tuple[str, bytes]]:

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import zipfile
 
 import pytest
@@ -18,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test.browser import chromium
 from test.conftest import pick_people, side_by_side
 from test.stack import ROOT, photo_files
+from test.waits import wait_until
 
 BUILD = 4  # photos per person uploaded; the next one is held out to try the model with
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -265,9 +265,8 @@ def test_a_photo_from_the_camera_goes_to_the_model(stack, searched, request):
         page.wait_for_selector("#camera-button")
         page.click("#camera-button")
         video = page.locator("video.camera")
-        deadline = time.time() + 20  # polled from here: wait_for_function evaluates strings, which the CSP forbids
-        while video.evaluate("v => v.videoWidth") == 0 and time.time() < deadline:
-            time.sleep(0.1)
+        # polled from here: wait_for_function evaluates strings, which the CSP forbids
+        wait_until(lambda: video.evaluate("v => v.videoWidth") > 0, 60, what="the camera never showed a picture")
         page.click("#shoot-button")
         page.wait_for_selector("#try-summary")
         b.shot("camera")
