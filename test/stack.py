@@ -110,7 +110,10 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.port}"
         # every test talks to the service with an API key (an admin key given as the operator would)
         self.admin_key = secrets.token_urlsafe(32)
-        self.env = {**os.environ, "FR_HEARTBEAT_S": "0.5", "FR_HEARTBEAT_LIVENESS": "4",
+        # Heartbeats every 0.5 s, a worker declared lost after 10 s of silence: a worker whose task holds the
+        # GIL (dlib) on a loaded machine misses beats; with 2 s (liveness 4) such workers were "lost" and
+        # "joined" again over and over, their tasks moved and their results dropped (seen under a load of 24).
+        self.env = {**os.environ, "FR_HEARTBEAT_S": "0.5", "FR_HEARTBEAT_LIVENESS": "20",
                     "FR_LOG_LEVEL": os.environ.get("FR_LOG_LEVEL", "INFO"), "FR_ADMIN_KEY": self.admin_key,
                     **(env or {})}
         self.headers = {"X-API-Key": self.env["FR_ADMIN_KEY"]}
@@ -221,7 +224,7 @@ class Stack:
         return self.post("/build_recognizer", files=parts, data=form, timeout=120)
 
     def status(self, job_id: str) -> dict:
-        return self.get(f"/is_available/{job_id}", timeout=10).json()
+        return self.get(f"/is_available/{job_id}", timeout=60).json()
 
     def wait_state(self, job_id: str, states: tuple[str, ...], timeout: float = 300, pred=None) -> dict:
         """The job's status once its state is one of `states` (and `pred` holds); AssertionError as soon as
@@ -230,7 +233,10 @@ class Stack:
 
         def reached() -> dict | None:
             last.clear()
-            last.update(self.status(job_id))
+            try:
+                last.update(self.status(job_id))
+            except (requests.RequestException, ValueError):  # a loaded service answers later: not yet
+                return None
             if last.get("state") in ("done", "failed") and last["state"] not in states:
                 raise AssertionError(f"job ended {last['state']}: {last}")
             return dict(last) if last.get("state") in states and (pred is None or pred(last)) else None
@@ -253,16 +259,21 @@ class Stacks:
         self.made: list[Stack] = []
 
     def make(self, name: str = "stack", *, data_dir: Path | None = None, workers: int = 1,
-             env: dict | None = None, warm: bool = False) -> Stack:
-        """A stack not started yet (for a test that changes its env or url first); stopped with the others."""
+             env: dict | None = None, warm: bool = False, warm_up: bool = True) -> Stack:
+        """A stack not started yet (for a test that changes its env or url first); stopped with the others.
+        `warm_up=False`: its processes load dlib, the embedder and Keras on first use (FR_WARM_UP=0), not all
+        at once when they start, for a test that uses them little or not at all (each warm-up is seconds
+        of CPU, and most tests' stacks are started on a 2-core machine)."""
+        env = {**({} if warm_up else {"FR_WARM_UP": "0"}), **(env or {})}
         stack = Stack(data_dir if data_dir is not None else self.mktemp(name), workers=workers, env=env, warm=warm)
         self.made.append(stack)
         return stack
 
     def start(self, name: str = "stack", *, data_dir: Path | None = None, workers: int = 1, env: dict | None = None,
-              warm: bool = False, healthy: bool = True, timeout: float = 120) -> Stack:
+              warm: bool = False, warm_up: bool = True, healthy: bool = True, timeout: float = 120) -> Stack:
         """A running stack: `workers` workers connected (and, with `healthy`, /is_alive answering 200)."""
-        return self.make(name, data_dir=data_dir, workers=workers, env=env, warm=warm).start(timeout, healthy)
+        return self.make(name, data_dir=data_dir, workers=workers, env=env, warm=warm,
+                         warm_up=warm_up).start(timeout, healthy)
 
     def close(self) -> None:
         for stack in reversed(self.made):

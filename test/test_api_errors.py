@@ -15,7 +15,8 @@ from test.conftest import pick_people
 from test.stack import photo_files
 
 MAX_REQUEST = 8 * 1024 * 1024
-STACK = {"workers": 1, "env": {"FR_MAX_REQUEST_BYTES": str(MAX_REQUEST)}}  # the module's `stack` (conftest.py)
+# the module's `stack` (conftest.py); no predictions here: each process loads its models when it needs them
+STACK = {"workers": 1, "env": {"FR_MAX_REQUEST_BYTES": str(MAX_REQUEST)}, "warm_up": False}
 
 
 @pytest.fixture(scope="module")

@@ -302,7 +302,7 @@ def test_no_key_ever_appears_in_a_log(stack, keys):
 
 # --- bootstrap ---------------------------------------------------------------------------------------
 def test_first_start_makes_an_admin_key_file_that_only_its_owner_reads(stacks):
-    s = stacks.make("boot")
+    s = stacks.make("boot", warm_up=False)
     del s.env["FR_ADMIN_KEY"]
     s.start()
     key_file = s.data_dir / "var" / "admin.key"
@@ -313,7 +313,7 @@ def test_first_start_makes_an_admin_key_file_that_only_its_owner_reads(stacks):
     assert str(key_file) in log and key.split("_", 2)[2] not in log
     assert s.get("/models", key=s.admin_key, timeout=10).status_code == 401  # no FR_ADMIN_KEY here
     s.stop()
-    again = stacks.make(data_dir=s.data_dir)  # the next start keeps that key and makes no other
+    again = stacks.make(data_dir=s.data_dir, warm_up=False)  # the next start keeps that key and makes no other
     del again.env["FR_ADMIN_KEY"]
     again.start()
     assert (again.data_dir / "var" / "admin.key").read_text().strip() == key
@@ -330,14 +330,14 @@ def test_keys_off_only_on_loopback(tmp_path, stacks):
                         str(tmp_path)], env={**os.environ, "FR_AUTH": "0"}, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "FR_AUTH=0" in r.stderr and "loopback" in r.stderr
-    s = stacks.start("open", env={"FR_AUTH": "0"})
+    s = stacks.start("open", env={"FR_AUTH": "0"}, warm_up=False)
     assert s.get("/models", key="", timeout=10).status_code == 200
 
 
 # --- quotas ---------------------------------------------------------------------------------------
 def test_quotas_active_builds_bytes_and_rate(stacks, faces_dir):
     s = stacks.start("quota", env={"FR_MAX_ACTIVE_BUILDS": "1", "FR_RATE_LIMIT_PER_MIN": "30",
-                                   "FR_TENANT_MAX_BYTES": "300000"})
+                                   "FR_TENANT_MAX_BYTES": "300000"}, warm_up=False)
     a, b = make_key(s, "acme", "builder"), make_key(s, "globex", "builder")
     files = [("images", (n, d)) for n, d in photo_files(pick_people(faces_dir, 2, 3))]
     assert s.post("/build_recognizer", key=a, files=files, timeout=60).status_code == 202
@@ -370,7 +370,7 @@ def test_https_with_a_certificate_made_here(tmp_path, stacks, monkeypatch):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
                     str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True)
-    s = stacks.make("tls", env={"FR_TLS_CERT": str(cert), "FR_TLS_KEY": str(key)})
+    s = stacks.make("tls", env={"FR_TLS_CERT": str(cert), "FR_TLS_KEY": str(key)}, warm_up=False)
     s.url = s.url.replace("http://", "https://")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
     s.start()

@@ -22,7 +22,7 @@ from test.stack import free_port, photo_files
 from test.waits import wait_until
 
 ENV = {"FR_WEBHOOK_ALLOW": "127.0.0.1", "FR_WEBHOOK_RETRY_S": "0.3"}
-STACK = {"workers": 2, "env": ENV}  # the module's `stack` (conftest.py)
+STACK = {"workers": 2, "env": ENV, "warm_up": False}  # the module's `stack` (conftest.py); no predictions here
 
 
 class Receiver:
@@ -203,14 +203,14 @@ def test_callback_urls_the_operator_did_not_allow_are_refused(stack, receiver, p
 
 def test_a_pending_callback_survives_a_restart(stacks, receiver, people):
     receiver.script["/later"] = [500]
-    first = stacks.start("restart", env=ENV)
+    first = stacks.start("restart", env=ENV, warm_up=False)
     r = failing_build(first, people, callback_url=receiver.url("/later"))
     assert r.status_code == 202
     receiver.wait("/later", 1)
     first.stop()
     receiver.script["/later"] = [200]
     n = len(receiver.at("/later"))
-    again = stacks.start(data_dir=first.data_dir, env=ENV)
+    again = stacks.start(data_dir=first.data_dir, env=ENV, warm_up=False)
     calls = receiver.wait("/later", n + 1)
     assert len({c["headers"]["webhook-id"] for c in calls}) == 1
     verify_signature(calls[-1], r.json()["callback"]["secret"])

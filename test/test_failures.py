@@ -100,7 +100,7 @@ def test_children_die_with_a_killed_supervisor(stacks):
 
 
 def test_a_child_that_keeps_dying_is_restarted_with_growing_delays(stacks):
-    stack = stacks.start("backoff")
+    stack = stacks.start("backoff", warm_up=False)
     delays, pid = [], None
     for _ in range(3):
         pid = _worker_pid(stack, other_than=pid)
@@ -130,7 +130,7 @@ def _worker_pid(stack, other_than: int | None, timeout: float = 60) -> int:
 # --- the store ----------------------------------------------------------------------------------
 
 
-STACK = {"workers": 1}  # the module's `stack` (conftest.py)
+STACK = {"workers": 1, "warm_up": False}  # the module's `stack` (conftest.py); no predictions here
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def test_a_locked_store_is_never_a_404_nor_an_empty_list(stack, job):
 
 
 def test_a_corrupt_store_is_503_everywhere_and_builds_are_refused(stacks, faces_dir):
-    stack = stacks.start("corrupt")
+    stack = stacks.start("corrupt", warm_up=False)
     r = stack.build(photo_files(pick_people(faces_dir, 2, 3)))
     job = r.json()["id"]
     stack.wait_state(job, ("done",))
@@ -235,7 +235,8 @@ def test_the_converted_weights_are_not_cached_on_a_nearly_full_disk(small_disk):
 
 
 def test_a_full_disk_refuses_new_builds_and_a_running_build_waits_for_room(small_disk, faces_dir, stacks):
-    stack = stacks.start(data_dir=small_disk / "data", env={"FR_MIN_FREE_BYTES": "0", "FR_LOG_LEVEL": "WARNING"})
+    stack = stacks.start(data_dir=small_disk / "data", env={"FR_MIN_FREE_BYTES": "0", "FR_LOG_LEVEL": "WARNING"},
+                         warm_up=False)
     people = pick_people(faces_dir, 2, 8)
     r = stack.build(photo_files(people))
     assert r.status_code == 202
@@ -257,7 +258,7 @@ def test_a_full_disk_refuses_new_builds_and_a_running_build_waits_for_room(small
 
 def test_the_reserve_makes_is_alive_503_and_refuses_builds(tmp_path, faces_dir, stacks):
     free = shutil.disk_usage(tmp_path).free
-    stack = stacks.start("reserve", env={"FR_MIN_FREE_BYTES": str(free * 4)}, healthy=False)
+    stack = stacks.start("reserve", env={"FR_MIN_FREE_BYTES": str(free * 4)}, healthy=False, warm_up=False)
     r = stack.get("/is_alive", timeout=10)
     assert r.status_code == 503 and r.json()["error"]["code"] == "INSUFFICIENT_STORAGE"
     assert r.json()["disk_free_bytes"] > 0

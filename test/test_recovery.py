@@ -24,7 +24,7 @@ def _people(faces_dir, skip: int, n_people: int = 3, n_photos: int = 8):
 
 
 def test_worker_killed_mid_job_is_replaced_and_the_job_finishes(stacks, faces_dir):
-    stack = stacks.start("kill", workers=2, env=SLOW)
+    stack = stacks.start("kill", workers=2, env=SLOW, warm_up=False)
     r = stack.build(photo_files(_people(faces_dir, skip=5, n_photos=12)))
     assert r.status_code == 202, r.text
     job_id = r.json()["id"]
@@ -42,7 +42,7 @@ def test_worker_killed_mid_job_is_replaced_and_the_job_finishes(stacks, faces_di
 
 
 def test_service_stopped_mid_build_finishes_the_job_after_restart(stacks, faces_dir):
-    stack = stacks.start("restart", env=SLOW)
+    stack = stacks.start("restart", env=SLOW, warm_up=False)
     data = stack.data_dir
     r = stack.build(photo_files(_people(faces_dir, skip=8, n_photos=12)))
     assert r.status_code == 202, r.text
@@ -56,7 +56,7 @@ def test_service_stopped_mid_build_finishes_the_job_after_restart(stacks, faces_
     assert state not in ("done", "failed")
     assert (data / "var" / "uploads" / job_id / "index.json").exists(), "uploads must survive a stop"
 
-    stack = stacks.start(data_dir=data, env=SLOW)
+    stack = stacks.start(data_dir=data, env=SLOW, warm_up=False)
     done = stack.wait_state(job_id, ("done",), timeout=300)
     assert done["available"] == 1
     assert stack.get(f"/models/{job_id}", timeout=30).status_code == 200
