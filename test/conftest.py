@@ -103,13 +103,13 @@ def stack(module_stacks, request):
 
 # --- markers: what a test needs, so that `make test-fast` can run the quick ones alone -----------------
 STACK_FIXTURES = {"stack", "stacks", "module_stacks"}
-KINDS = ("stack", "browser", "docker")
+KINDS = ("stack", "browser", "docker", "slow")
 
 
 def pytest_collection_modifyitems(config, items):
     """`stack` on every test that starts the real service through the factory (by its fixtures; modules that
     start processes otherwise say so with `pytestmark`); `unit` on every test marked none of stack, browser,
-    docker (a browser test also starts a stack)."""
+    docker, slow (a browser test also starts a stack)."""
     for item in items:
         if STACK_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("stack"):
             item.add_marker(pytest.mark.stack)
