@@ -246,7 +246,9 @@ def test_a_full_disk_refuses_new_builds_and_a_running_build_waits_for_room(small
     assert r.status_code == 507 and r.json()["error"]["code"] == "INSUFFICIENT_STORAGE", r.text
     assert not [d for d in (small_disk / "data/var/uploads").iterdir() if d.name.startswith(".")]
     # the broker meets the full disk and says so
-    alive = wait_until(lambda: (r := stack.get("/is_alive", timeout=10)).status_code == 503 and r, 120, interval=0.5)
+    # (a list around it: a 503 Response is falsy)
+    (alive,) = wait_until(lambda: [r] if (r := stack.get("/is_alive", timeout=10)).status_code == 503 else None, 120,
+                          interval=0.5)
     assert alive.status_code == 503 and alive.json()["error"]["code"] == "INSUFFICIENT_STORAGE", alive.text
     assert stack.status(job)["state"] != "done"
     filler.unlink()  # room again: the waiting build goes on and ends well
