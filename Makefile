@@ -6,7 +6,7 @@ PORT    ?= 8080
 WORKERS ?= 2
 DATA_DIR ?= .
 
-.PHONY: serve test setup setup-dev setup-tls browser bench clean
+.PHONY: serve test test-fast lint setup setup-dev setup-tls browser bench clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,11 +36,21 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } || \
 		{ echo "make test needs Debian's chromium: sudo apt-get install chromium"; exit 1; }
 
-test: setup-dev setup-tls browser
+# ruff, mypy, and the import contracts between the packages (import-linter, pyproject.toml)
+lint: setup-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+# Every test (what .ci/run calls). uWSGI with OpenSSL is built once for the HTTPS test (setup-tls).
+test: lint setup-tls browser
 	$(PY) -m pytest
+
+# The inner loop, in under 2 minutes: lint and the unit tests (no service, browser or Docker; pytest.ini),
+# spread over the cores (at most 4 processes: each loads TensorFlow). `make test` runs one test at a time:
+# its stacks use both cores already.
+test-fast: lint
+	$(PY) -m pytest -m unit -q -n auto --maxprocesses=4
 
 bench: setup-dev
 	$(PY) bench/build_lfw.py

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,10 +71,47 @@ def no_uwsgi_alarms():
                     "\n".join(f"{log}: {line}" for log, line in seen[:10]))
 
 
+def _stacks(mktemp) -> Iterator:
+    from test.stack import Stacks
+    factory = Stacks(mktemp)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture
+def stacks(tmp_path) -> Iterator:
+    """The stack factory (test/stack.Stacks) for one test: whatever it started is stopped when the test ends."""
+    yield from _stacks(lambda name: tmp_path / name)
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, request):
-    """The real service (2 workers) shared by a module's tests, in a data folder of its own.
-    A module that needs other settings defines its own `stack`."""
-    from test.stack import Stack
-    with Stack(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]), workers=2) as s:
-        yield s
+def module_stacks(tmp_path_factory, request) -> Iterator:
+    """The stack factory for a module's shared stacks, stopped when the module ends."""
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    yield from _stacks(lambda name: tmp_path_factory.mktemp(f"{module}-{name}"))
+
+
+@pytest.fixture(scope="module")
+def stack(module_stacks, request):
+    """The real service shared by a module's tests, in a data folder of its own: 2 workers, or what the
+    module's `STACK` dict says (`workers`, `env`)."""
+    options = {"workers": 2, **getattr(request.module, "STACK", {})}
+    return module_stacks.start("data", **options)
+
+
+# --- markers: what a test needs, so that `make test-fast` can run the quick ones alone -----------------
+STACK_FIXTURES = {"stack", "stacks", "module_stacks"}
+KINDS = ("stack", "browser", "docker", "slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`stack` on every test that starts the real service through the factory (by its fixtures; modules that
+    start processes otherwise say so with `pytestmark`); `unit` on every test marked none of stack, browser,
+    docker, slow (a browser test also starts a stack)."""
+    for item in items:
+        if STACK_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("stack"):
+            item.add_marker(pytest.mark.stack)
+        if not any(item.get_closest_marker(kind) for kind in KINDS):
+            item.add_marker(pytest.mark.unit)

@@ -9,12 +9,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import requests
 
 from app.cli.supervisor import die_with_parent
+from test.waits import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,7 +110,10 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.port}"
         # every test talks to the service with an API key (an admin key given as the operator would)
         self.admin_key = secrets.token_urlsafe(32)
-        self.env = {**os.environ, "FR_HEARTBEAT_S": "0.5", "FR_HEARTBEAT_LIVENESS": "4",
+        # Heartbeats every 0.5 s, a worker declared lost after 10 s of silence: a worker whose task holds the
+        # GIL (dlib) on a loaded machine misses beats; with 2 s (liveness 4) such workers were "lost" and
+        # "joined" again over and over, their tasks moved and their results dropped (seen under a load of 24).
+        self.env = {**os.environ, "FR_HEARTBEAT_S": "0.5", "FR_HEARTBEAT_LIVENESS": "20",
                     "FR_LOG_LEVEL": os.environ.get("FR_LOG_LEVEL", "INFO"), "FR_ADMIN_KEY": self.admin_key,
                     **(env or {})}
         self.headers = {"X-API-Key": self.env["FR_ADMIN_KEY"]}
@@ -138,21 +142,22 @@ class Stack:
     def wait_alive(self, workers: int, timeout: float = 60, warm: bool = False, healthy: bool = True) -> dict:
         """Until `workers` workers are connected (and, with `warm`, none is still loading its models;
         with `healthy`, /is_alive answers 200)."""
-        deadline = time.time() + timeout
-        last = None
-        while time.time() < deadline:
+        last: dict = {}
+
+        def ready() -> dict | None:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"service exited early; see {self.log}:\n{self.tail()}")
             try:
                 r = requests.get(self.url + "/is_alive", timeout=5)
-                last = r.json()
-                if (r.status_code == 200 or not healthy) and last["workers"] >= workers \
-                        and not (warm and last.get("warming")):
-                    return last
+                last.update(r.json())
             except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"service not alive with {workers} workers (last: {last}):\n{self.tail()}")
+                return None
+            return dict(last) if (r.status_code == 200 or not healthy) and last["workers"] >= workers \
+                and not (warm and last.get("warming")) else None
+        try:
+            return wait_until(ready, timeout, interval=0.3)
+        except AssertionError:
+            raise TimeoutError(f"service not alive with {workers} workers (last: {last}):\n{self.tail()}") from None
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -173,9 +178,10 @@ class Stack:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        deadline = time.time() + 3
-        while alive(tree) and time.time() < deadline:
-            time.sleep(0.1)
+        try:  # `serve` has exited: its children go with it (they are given 3 s more here)
+            wait_until(lambda: not alive(tree), 3)
+        except AssertionError:
+            pass
         self.survivors |= alive(tree)
         for pid in self.survivors:  # leave no orphans behind for the tests that follow
             try:
@@ -218,28 +224,69 @@ class Stack:
         return self.post("/build_recognizer", files=parts, data=form, timeout=120)
 
     def status(self, job_id: str) -> dict:
-        return self.get(f"/is_available/{job_id}", timeout=10).json()
+        return self.get(f"/is_available/{job_id}", timeout=60).json()
 
     def wait_state(self, job_id: str, states: tuple[str, ...], timeout: float = 300, pred=None) -> dict:
-        deadline = time.time() + timeout
-        st = None
-        while time.time() < deadline:
-            st = self.status(job_id)
-            if st.get("state") in states and (pred is None or pred(st)):
-                return st
-            if st.get("state") in ("done", "failed") and st["state"] not in states:
-                raise AssertionError(f"job ended {st['state']}: {st}")
-            time.sleep(0.25)
-        raise TimeoutError(f"job {job_id} not in {states} after {timeout}s: {st}\n{self.tail()}")
+        """The job's status once its state is one of `states` (and `pred` holds); AssertionError as soon as
+        it ends otherwise, TimeoutError after `timeout`."""
+        last: dict = {}
+
+        def reached() -> dict | None:
+            last.clear()
+            try:
+                last.update(self.status(job_id))
+            except (requests.RequestException, ValueError):  # a loaded service answers later: not yet
+                return None
+            if last.get("state") in ("done", "failed") and last["state"] not in states:
+                raise AssertionError(f"job ended {last['state']}: {last}")
+            return dict(last) if last.get("state") in states and (pred is None or pred(last)) else None
+        try:
+            return wait_until(reached, timeout, interval=0.25)
+        except AssertionError as exc:
+            if str(exc).startswith("job ended"):
+                raise
+            raise TimeoutError(f"job {job_id} not in {states} after {timeout}s: {last}\n{self.tail()}") from None
+
+
+class Stacks:
+    """The one factory for the stacks tests start (test/conftest.py hands it out as `stacks`, stopped when
+    the test ends, and `module_stacks`, stopped when the module ends): each stack in a folder of its own
+    (or the one given, to start a service again on the same data), and every one it started is stopped
+    when its owner's scope ends, whatever the test did."""
+
+    def __init__(self, mktemp: Callable[[str], Path]):
+        self.mktemp = mktemp
+        self.made: list[Stack] = []
+
+    def make(self, name: str = "stack", *, data_dir: Path | None = None, workers: int = 1,
+             env: dict | None = None, warm: bool = False, warm_up: bool = True) -> Stack:
+        """A stack not started yet (for a test that changes its env or url first); stopped with the others.
+        `warm_up=False`: its processes load dlib, the embedder and Keras on first use (FR_WARM_UP=0), not all
+        at once when they start, for a test that uses them little or not at all (each warm-up is seconds
+        of CPU, and most tests' stacks are started on a 2-core machine)."""
+        env = {**({} if warm_up else {"FR_WARM_UP": "0"}), **(env or {})}
+        stack = Stack(data_dir if data_dir is not None else self.mktemp(name), workers=workers, env=env, warm=warm)
+        self.made.append(stack)
+        return stack
+
+    def start(self, name: str = "stack", *, data_dir: Path | None = None, workers: int = 1, env: dict | None = None,
+              warm: bool = False, warm_up: bool = True, healthy: bool = True, timeout: float = 120) -> Stack:
+        """A running stack: `workers` workers connected (and, with `healthy`, /is_alive answering 200)."""
+        return self.make(name, data_dir=data_dir, workers=workers, env=env, warm=warm,
+                         warm_up=warm_up).start(timeout, healthy)
+
+    def close(self) -> None:
+        for stack in reversed(self.made):
+            stack.stop()
 
 
 def gone(path: Path, timeout: float = 10) -> bool:
     """`path` no longer exists, within `timeout`: the broker marks a job done, then deletes its
     uploads, so a client that sees `done` may still find them for a moment."""
-    deadline = time.time() + timeout
-    while path.exists() and time.time() < deadline:
-        time.sleep(0.05)
-    return not path.exists()
+    try:
+        return wait_until(lambda: not path.exists(), timeout, interval=0.05)
+    except AssertionError:
+        return False
 
 
 def photo_files(people: dict[str, list[Path]]) -> list[tuple[str, bytes]]:

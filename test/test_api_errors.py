@@ -12,15 +12,11 @@ import pytest
 import requests
 
 from test.conftest import pick_people
-from test.stack import Stack, photo_files
+from test.stack import photo_files
 
 MAX_REQUEST = 8 * 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with Stack(tmp_path_factory.mktemp("errors"), workers=1, env={"FR_MAX_REQUEST_BYTES": str(MAX_REQUEST)}) as s:
-        yield s
+# the module's `stack` (conftest.py); no predictions here: each process loads its models when it needs them
+STACK = {"workers": 1, "env": {"FR_MAX_REQUEST_BYTES": str(MAX_REQUEST)}, "warm_up": False}
 
 
 @pytest.fixture(scope="module")

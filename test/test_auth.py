@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from test.conftest import pick_people
 from test.stack import ROOT, Stack, photo_files
+from test.waits import wait_until
 
 
 def make_key(stack: Stack, tenant: str, role: str) -> str:
@@ -36,10 +37,7 @@ def key_id(key: str) -> str:
     return key.split("_")[1]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with Stack(tmp_path_factory.mktemp("auth"), workers=1, env={"FR_CORS_ORIGINS": "https://console.example"}) as s:
-        yield s
+STACK = {"workers": 1, "env": {"FR_CORS_ORIGINS": "https://console.example"}}  # the module's `stack` (conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -303,28 +301,23 @@ def test_no_key_ever_appears_in_a_log(stack, keys):
 
 
 # --- bootstrap ---------------------------------------------------------------------------------------
-def test_first_start_makes_an_admin_key_file_that_only_its_owner_reads(tmp_path):
-    s = Stack(tmp_path / "boot", workers=1)
+def test_first_start_makes_an_admin_key_file_that_only_its_owner_reads(stacks):
+    s = stacks.make("boot", warm_up=False)
     del s.env["FR_ADMIN_KEY"]
     s.start()
-    try:
-        key_file = s.data_dir / "var" / "admin.key"
-        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-        key = key_file.read_text().strip()
-        assert s.get("/models", key=key, timeout=10).status_code == 200
-        log = s.log.read_text()
-        assert str(key_file) in log and key.split("_", 2)[2] not in log
-        assert s.get("/models", key=s.admin_key, timeout=10).status_code == 401  # no FR_ADMIN_KEY here
-    finally:
-        s.stop()
-    again = Stack(tmp_path / "boot", workers=1)  # the next start keeps that key and makes no other
+    key_file = s.data_dir / "var" / "admin.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = key_file.read_text().strip()
+    assert s.get("/models", key=key, timeout=10).status_code == 200
+    log = s.log.read_text()
+    assert str(key_file) in log and key.split("_", 2)[2] not in log
+    assert s.get("/models", key=s.admin_key, timeout=10).status_code == 401  # no FR_ADMIN_KEY here
+    s.stop()
+    again = stacks.make(data_dir=s.data_dir, warm_up=False)  # the next start keeps that key and makes no other
     del again.env["FR_ADMIN_KEY"]
     again.start()
-    try:
-        assert (again.data_dir / "var" / "admin.key").read_text().strip() == key
-        assert again.get("/models", key=key, timeout=10).status_code == 200
-    finally:
-        again.stop()
+    assert (again.data_dir / "var" / "admin.key").read_text().strip() == key
+    assert again.get("/models", key=key, timeout=10).status_code == 200
 
 
 def test_an_operators_admin_key_means_no_key_file(stack):
@@ -332,46 +325,40 @@ def test_an_operators_admin_key_means_no_key_file(stack):
     assert stack.get("/keys", timeout=10).status_code == 200
 
 
-def test_keys_off_only_on_loopback(tmp_path):
+def test_keys_off_only_on_loopback(tmp_path, stacks):
     r = subprocess.run([sys.executable, str(ROOT / "run.py"), "serve", "--host", "0.0.0.0", "--data-dir",
                         str(tmp_path)], env={**os.environ, "FR_AUTH": "0"}, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and "FR_AUTH=0" in r.stderr and "loopback" in r.stderr
-    s = Stack(tmp_path / "open", workers=1, env={"FR_AUTH": "0"}).start()
-    try:
-        assert s.get("/models", key="", timeout=10).status_code == 200
-    finally:
-        s.stop()
+    s = stacks.start("open", env={"FR_AUTH": "0"}, warm_up=False)
+    assert s.get("/models", key="", timeout=10).status_code == 200
 
 
 # --- quotas ---------------------------------------------------------------------------------------
-def test_quotas_active_builds_bytes_and_rate(tmp_path, faces_dir):
-    s = Stack(tmp_path / "quota", workers=1, env={"FR_MAX_ACTIVE_BUILDS": "1", "FR_RATE_LIMIT_PER_MIN": "30",
-                                                  "FR_TENANT_MAX_BYTES": "300000"}).start()
-    try:
-        a, b = make_key(s, "acme", "builder"), make_key(s, "globex", "builder")
-        files = [("images", (n, d)) for n, d in photo_files(pick_people(faces_dir, 2, 3))]
-        assert s.post("/build_recognizer", key=a, files=files, timeout=60).status_code == 202
-        r = s.post("/build_recognizer", key=a, files=files, timeout=60)
-        assert error_code(r) == (429, "TOO_MANY_BUILDS") and int(r.headers["Retry-After"]) > 0
-        assert s.post("/build_recognizer", key=b, files=files, timeout=60).status_code == 202  # its own count
-        big = [("images", (f"p{i}/x.jpg", data)) for i, (_, (_, data)) in enumerate(files * 20)]
-        r = s.post("/build_recognizer", key=make_key(s, "initech", "builder"), files=big, timeout=60)
-        assert error_code(r) == (507, "QUOTA_EXCEEDED"), r.text[:200]
-        user = make_key(s, "acme", "user")
-        while time.time() % 60 > 40:  # the limit counts per clock minute: stay within one
-            time.sleep(1)
-        codes = [s.get("/models", key=user, timeout=10).status_code for _ in range(35)]  # over both processes
-        assert codes[:30] == [200] * 30 and codes[-1] == 429
-        r = s.get("/models", key=user, timeout=10)
-        assert error_code(r) == (429, "RATE_LIMITED") and 0 < int(r.headers["Retry-After"]) <= 61
-        assert s.get("/models", key=a, timeout=10).status_code == 200  # another key has its own count
-    finally:
-        s.stop()
+def test_quotas_active_builds_bytes_and_rate(stacks, faces_dir):
+    s = stacks.start("quota", env={"FR_MAX_ACTIVE_BUILDS": "1", "FR_RATE_LIMIT_PER_MIN": "30",
+                                   "FR_TENANT_MAX_BYTES": "300000"}, warm_up=False)
+    a, b = make_key(s, "acme", "builder"), make_key(s, "globex", "builder")
+    files = [("images", (n, d)) for n, d in photo_files(pick_people(faces_dir, 2, 3))]
+    assert s.post("/build_recognizer", key=a, files=files, timeout=60).status_code == 202
+    r = s.post("/build_recognizer", key=a, files=files, timeout=60)
+    assert error_code(r) == (429, "TOO_MANY_BUILDS") and int(r.headers["Retry-After"]) > 0
+    assert s.post("/build_recognizer", key=b, files=files, timeout=60).status_code == 202  # its own count
+    big = [("images", (f"p{i}/x.jpg", data)) for i, (_, (_, data)) in enumerate(files * 20)]
+    r = s.post("/build_recognizer", key=make_key(s, "initech", "builder"), files=big, timeout=60)
+    assert error_code(r) == (507, "QUOTA_EXCEEDED"), r.text[:200]
+    user = make_key(s, "acme", "user")
+    # the limit counts per clock minute: the 36 calls below start early in one (the clock is the state)
+    wait_until(lambda: time.time() % 60 <= 40, timeout=30, interval=0.5)
+    codes = [s.get("/models", key=user, timeout=10).status_code for _ in range(35)]  # over both processes
+    assert codes[:30] == [200] * 30 and codes[-1] == 429
+    r = s.get("/models", key=user, timeout=10)
+    assert error_code(r) == (429, "RATE_LIMITED") and 0 < int(r.headers["Retry-After"]) <= 61
+    assert s.get("/models", key=a, timeout=10).status_code == 200  # another key has its own count
 
 
 # --- TLS ------------------------------------------------------------------------------------------
-def test_https_with_a_certificate_made_here(tmp_path):
+def test_https_with_a_certificate_made_here(tmp_path, stacks, monkeypatch):
     from app.cli.supervisor import TLS_UWSGI
     if not TLS_UWSGI.exists():
         if os.environ.get("CI"):
@@ -383,21 +370,14 @@ def test_https_with_a_certificate_made_here(tmp_path):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
                     str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True)
-    s = Stack(tmp_path / "tls", workers=1, env={"FR_TLS_CERT": str(cert), "FR_TLS_KEY": str(key)})
+    s = stacks.make("tls", env={"FR_TLS_CERT": str(cert), "FR_TLS_KEY": str(key)}, warm_up=False)
     s.url = s.url.replace("http://", "https://")
-    os.environ["REQUESTS_CA_BUNDLE"], old = str(cert), os.environ.get("REQUESTS_CA_BUNDLE")
-    try:
-        s.start()
-        r = s.get("/models", timeout=10)
-        assert r.status_code == 200 and r.url.startswith("https://")
-        with pytest.raises(requests.exceptions.ConnectionError):  # plain HTTP is not served on that port
-            requests.get(s.url.replace("https://", "http://") + "/is_alive", timeout=5)
-    finally:
-        s.stop()
-        if old is None:
-            os.environ.pop("REQUESTS_CA_BUNDLE", None)
-        else:
-            os.environ["REQUESTS_CA_BUNDLE"] = old
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    s.start()
+    r = s.get("/models", timeout=10)
+    assert r.status_code == 200 and r.url.startswith("https://")
+    with pytest.raises(requests.exceptions.ConnectionError):  # plain HTTP is not served on that port
+        requests.get(s.url.replace("https://", "http://") + "/is_alive", timeout=5)
 
 
 # --- any header at all ----------------------------------------------------------------------------

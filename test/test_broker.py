@@ -21,6 +21,7 @@ from app.wire import curve as keys
 from app.wire import protocol as p
 from constants import Settings
 from test.stack import BrokerThread, free_port
+from test.waits import never_within, wait_until
 
 
 @pytest.fixture
@@ -53,7 +54,8 @@ class FakeWorker:
             self.sock = keys.client_socket(ctx, zmq.DEALER, folder or settings.keys_dir / "local-worker", "worker")
         else:
             self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.IDENTITY, identity or f"fake:{uuid.uuid4().hex[:6]}".encode())
+        self.identity = identity or f"fake:{uuid.uuid4().hex[:6]}".encode()
+        self.sock.setsockopt(zmq.IDENTITY, self.identity)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(settings.broker_back)
 
@@ -79,6 +81,14 @@ class FakeWorker:
 
     def recv_job(self, timeout: float = 5.0):
         return self.recv(timeout, p.JOB)
+
+    def barrier(self, broker: Broker) -> None:
+        """Until `broker` has handled every message this worker sent before: it handles one peer's messages
+        in order, and a heartbeat marked warming (then one not) shows in its record of the worker."""
+        for warming in (True, False):
+            self.send(p.HEARTBEAT, {"warming": warming})
+            wait_until(lambda w=warming: (rec := broker.workers.get(self.identity)) is not None
+                       and rec.warming is w, 30, interval=0.01)
 
     def close(self):
         self.sock.close(0)
@@ -107,13 +117,9 @@ def submit(settings, n_people=2, **header) -> str:
     return job_id
 
 
-def wait_for(cond, timeout=5.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
+def wait_for(cond, timeout=30.0):
+    """True once `cond()` is (AssertionError if it never is within `timeout`)."""
+    return bool(wait_until(cond, timeout, interval=0.02))
 
 
 # --- the queue and recovery ---------------------------------------------------------------------
@@ -163,7 +169,7 @@ def test_heartbeat_sent_before_a_job_arrives_does_not_free_the_worker(broker, se
     a, _b = submit(settings), submit(settings)
     assert w.recv_job()[0]["task"]["job"] == a
     w.send(p.HEARTBEAT, {})  # a heartbeat without a job
-    time.sleep(0.3)
+    w.barrier(broker)  # handled, and whatever the broker would send for it is sent
     assert w.recv_job(timeout=0.5) is None, "a busy worker must not get a second job"
     status = broker.status()
     assert {k: status[k] for k in ("workers", "busy", "idle", "warming", "queued", "tasks_queued", "searches")} \
@@ -370,14 +376,14 @@ def test_a_result_counts_only_from_the_worker_given_the_task(broker, settings):
     liar.send(p.DONE, {"task": {"job": job_id, "kind": "train", "chunk": 0, "attempt": 1, "genome": ""}},
               [b"PK forged bundle"])
     liar.send(p.DONE, {"task": header["task"]}, [features(2)])
-    time.sleep(0.5)
+    liar.barrier(broker)
     assert broker.store.get(job_id).state == "extracting"
     assert not broker.store.chunk_done(job_id, 0)
     assert not (settings.dumps_dir / job_id).exists()
     # a PROGRESS cannot move the job to a state of the worker's choosing
     liar.send(p.PROGRESS, {"task": other["task"], "stage": "done", "done": 1, "total": 1})
     liar.send(p.PROGRESS, {"job": job_id, "state": "done", "stage": "done", "done": 1, "total": 1})
-    time.sleep(0.3)
+    liar.barrier(broker)
     assert broker.store.get(job_id).state == "extracting"
     for w in (honest, liar):
         w.close()
@@ -407,7 +413,7 @@ def test_garbage_frames_never_stop_the_broker(broker, settings):
                    [b"\xff" * 10], [p.PROGRESS, b'{"task": 1}'], [p.HEARTBEAT, b'{"warming": "yes"}'],
                    [p.READY, b"{}", b"extra"], [p.DONE, json.dumps({"task": {"kind": "train"}}).encode()]):
         w.send_raw(frames)
-    time.sleep(0.3)
+    w.barrier(broker)
     assert front_call(settings, p.pack(p.STATUS))[1]["workers"] == 1
     w.close()
 
@@ -420,8 +426,7 @@ def test_a_newline_in_a_worker_identity_cannot_forge_a_log_line(broker, settings
         w = FakeWorker(settings, identity=b"evil\n2026-12-01 | INFO | forged line")
         w.send(p.READY)
         w.send_raw([p.HEARTBEAT, b"{not json"])
-        assert wait_for(lambda: broker.status()["workers"] == 1)
-        time.sleep(0.2)
+        assert wait_for(lambda: "dropped a message" in sink.read_text())
         w.close()
     finally:
         logger.remove(handler)
@@ -435,11 +440,21 @@ def test_a_revoked_worker_key_is_dropped_at_its_next_message(broker, settings):
     w = FakeWorker(settings)
     w.send(p.READY)
     header, _ = w.recv_job()
-    (settings.keys_dir / "allowed" / "workers" / "local-worker.key").unlink()
-    time.sleep(1.2)  # allowed keys are re-read at most once a second
-    w.send(p.DONE, {"task": header["task"]}, [features(2)])
-    time.sleep(0.5)
-    assert not broker.store.chunk_done(job_id, 0)
+    from logger import logger
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), format="{message}")
+    try:
+        (settings.keys_dir / "allowed" / "workers" / "local-worker.key").unlink()
+
+        def refused() -> bool:  # allowed keys are re-read at most once a second: until the broker drops its messages
+            w.send(p.HEARTBEAT, {"task": header["task"]})
+            return any("no longer allowed" in line for line in said)
+        wait_until(refused, 30, interval=0.1)
+        w.send(p.DONE, {"task": header["task"]}, [features(2)])
+        # nothing from that key is handled any more, so no barrier can show this DONE was read: a window
+        never_within(lambda: broker.store.chunk_done(job_id, 0), 1.0)
+    finally:
+        logger.remove(sink)
     w.close()
 
 

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import zipfile
 
 import pytest
@@ -18,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test.browser import chromium
 from test.conftest import pick_people, side_by_side
 from test.stack import ROOT, photo_files
+from test.waits import wait_until
 
 BUILD = 4  # photos per person uploaded; the next one is held out to try the model with
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
@@ -67,6 +67,7 @@ def api(stack, path: str) -> dict:
 
 
 # --- the console in a browser ----------------------------------------------------------------------
+@pytest.mark.browser
 def test_a_zip_dropped_on_the_console_builds_a_model_that_names_the_faces_of_a_photo(stack, people, people_zip,
                                                                                      faces_dir, request):
     held_out = people[next(iter(people))][BUILD]
@@ -132,6 +133,7 @@ def test_a_zip_dropped_on_the_console_builds_a_model_that_names_the_faces_of_a_p
         assert b.csp_violations() == [] and b.errors == []
 
 
+@pytest.mark.browser
 def test_a_search_is_drawn_candidate_by_candidate_beside_its_logbook_front_and_baselines(stack, searched,
                                                                                          request):
     view = api(stack, f"/models/{searched}/search")
@@ -161,6 +163,7 @@ def test_a_search_is_drawn_candidate_by_candidate_beside_its_logbook_front_and_b
         assert b.csp_violations() == [] and b.errors == []
 
 
+@pytest.mark.browser
 def test_the_list_shows_models_live_and_deletes_one_only_once_confirmed(stack, people, request):
     r = stack.build(photo_files({p: paths[:2] for p, paths in people.items()}), name="to delete")
     job_id = r.json()["id"]
@@ -185,6 +188,7 @@ def test_the_list_shows_models_live_and_deletes_one_only_once_confirmed(stack, p
         assert b.errors == []
 
 
+@pytest.mark.browser
 def test_the_key_is_asked_once_kept_for_the_session_and_sent_with_every_call(stack, request):
     """The service answers 401 without a key: the console asks once, keeps the key in sessionStorage and
     sends it as X-API-Key with every call; a wrong key is asked again; another session starts without."""
@@ -222,6 +226,7 @@ def test_the_key_is_asked_once_kept_for_the_session_and_sent_with_every_call(sta
         assert b.errors == [] or all("401" in e for e in b.errors), b.errors
 
 
+@pytest.mark.browser
 def test_bad_uploads_are_explained_in_place(stack, people, tmp_path, request):
     folder = tmp_path / "upload"
     (person, paths), (other, others) = list(people.items())[:2]
@@ -251,6 +256,7 @@ def test_bad_uploads_are_explained_in_place(stack, people, tmp_path, request):
         b.shot("too-few-people")
 
 
+@pytest.mark.browser
 def test_a_photo_from_the_camera_goes_to_the_model(stack, searched, request):
     """Chromium's fake camera (a test pattern, no face): the shot reaches predict and the answer is shown."""
     with chromium(request.node.name, stack.admin_key) as b:
@@ -259,9 +265,8 @@ def test_a_photo_from_the_camera_goes_to_the_model(stack, searched, request):
         page.wait_for_selector("#camera-button")
         page.click("#camera-button")
         video = page.locator("video.camera")
-        deadline = time.time() + 20  # polled from here: wait_for_function evaluates strings, which the CSP forbids
-        while video.evaluate("v => v.videoWidth") == 0 and time.time() < deadline:
-            time.sleep(0.1)
+        # polled from here: wait_for_function evaluates strings, which the CSP forbids
+        wait_until(lambda: video.evaluate("v => v.videoWidth") > 0, 60, what="the camera never showed a picture")
         page.click("#shoot-button")
         page.wait_for_selector("#try-summary")
         b.shot("camera")
@@ -271,6 +276,7 @@ def test_a_photo_from_the_camera_goes_to_the_model(stack, searched, request):
         assert b.errors == []
 
 
+@pytest.mark.browser
 def test_the_api_reference_shows_every_operation(stack, request):
     doc = api(stack, "/openapi.json")
     operations = {f"{method}-{path}" for path, ops in doc["paths"].items() for method in ops}

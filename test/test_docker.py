@@ -13,7 +13,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ import requests
 
 from test.conftest import pick_people
 from test.stack import free_port, photo_files
+from test.waits import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = os.environ.get("FR_IMAGE", "api-facial-recognition:latest")
@@ -51,21 +51,21 @@ def docker_ready() -> str | None:
 
 
 WHY_NOT = docker_ready()
-pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"Docker test skipped: {WHY_NOT}")
+pytestmark = [pytest.mark.docker, pytest.mark.skipif(WHY_NOT is not None, reason=f"Docker test skipped: {WHY_NOT}")]
 
 
 def wait_alive(url: str, workers: int, timeout: float = 180) -> None:
-    deadline, last = time.time() + timeout, None
-    while time.time() < deadline:
+    last = [""]
+
+    def alive() -> bool:
         try:
             r = requests.get(url + "/is_alive", timeout=5)
-            last = r.text
-            if r.status_code == 200 and r.json()["workers"] >= workers:
-                return
         except requests.RequestException as exc:
-            last = str(exc)
-        time.sleep(1)
-    raise TimeoutError(f"{url} not alive: {last}")
+            last[0] = str(exc)
+            return False
+        last[0] = r.text
+        return r.status_code == 200 and r.json()["workers"] >= workers
+    wait_until(alive, timeout, interval=1, what=lambda: f"{url} not alive: {last[0]}")
 
 
 @pytest.mark.timeout(900)
@@ -99,13 +99,10 @@ def test_compose_broker_two_fronts_two_workers_build_and_predict(faces_dir, tmp_
         r = requests.post(urls[0] + "/build_recognizer", files=parts, headers=head, timeout=120)
         assert r.status_code == 202, r.text
         job_id = r.json()["id"]
-        deadline, state = time.time() + 600, None
-        while time.time() < deadline:
-            state = requests.get(f"{urls[1]}/is_available/{job_id}", headers=head, timeout=10).json()
-            if state["state"] in ("done", "failed"):
-                break
-            time.sleep(1)
-        assert state and state["state"] == "done", state
+        state = wait_until(lambda: (s := requests.get(f"{urls[1]}/is_available/{job_id}", headers=head,
+                                                      timeout=10).json())["state"] in ("done", "failed") and s,
+                           600, interval=1)
+        assert state["state"] == "done", state
         # both workers took part (the build was cut in chunks over the workers of other containers)
         logs = run("logs", "broker").stdout
         assert logs.count(" joined (") >= 2

@@ -21,7 +21,8 @@ from app.wire import protocol as p
 from constants import Settings
 from preprocessor.uploads import Photo
 from test.conftest import pick_people
-from test.stack import ROOT, Stack, alive, descendants, photo_files
+from test.stack import ROOT, alive, descendants, photo_files
+from test.waits import wait_until
 
 # --- settings ---------------------------------------------------------------------------------
 
@@ -69,76 +70,68 @@ def test_the_readme_lists_every_setting_and_nothing_else():
 # --- stopping -----------------------------------------------------------------------------------
 
 
-def test_sigterm_to_the_process_group_stops_everything_within_10_s(tmp_path):
-    """#13: the operator's stop (SIGTERM to serve's group) must leave no process behind."""
-    stack = Stack(tmp_path / "stop", workers=2).start()
+def test_sigterm_to_the_process_group_stops_everything_within_10_s(stacks):
+    """#13: the operator's stop (SIGTERM to serve's group) must leave no process behind, and within the
+    10 s that `docker stop` gives before its SIGKILL. The 10 s are the supervisor's own clock, not this
+    test's: it kills whatever has not stopped STOP_GRACE_S (8 s) after the signal and says so in its log;
+    here every child stops by itself (no such line) and the supervisor exits 0, on its own."""
+    stack = stacks.start("stop", workers=2)
     tree = descendants(stack.proc.pid)
     assert len(tree) >= 5  # broker, 2 workers, uWSGI master + its processes
-    t0 = time.time()
     os.killpg(stack.proc.pid, signal.SIGTERM)
-    while alive(tree | {stack.proc.pid}) and time.time() - t0 < 12:
-        time.sleep(0.1)
-    survivors = alive(tree | {stack.proc.pid})
-    stack.stop()
-    assert not survivors, f"still running {time.time() - t0:.1f} s after SIGTERM: {survivors}"
-    assert time.time() - t0 < 11
+    try:
+        wait_until(lambda: not alive(tree | {stack.proc.pid}), 60, what=lambda: f"still running: {alive(tree)}")
+    finally:
+        survivors = alive(tree | {stack.proc.pid})
+        stack.stop()
+    assert not survivors, f"still running after SIGTERM: {survivors}"
+    assert stack.proc.returncode == 0, stack.tail()
+    assert "did not stop within" not in stack.log.read_text(errors="replace"), stack.tail()
 
 
-def test_children_die_with_a_killed_supervisor(tmp_path):
-    stack = Stack(tmp_path / "orphans", workers=1).start()
+def test_children_die_with_a_killed_supervisor(stacks):
+    stack = stacks.start("orphans")
     tree = descendants(stack.proc.pid)
     stack.proc.send_signal(signal.SIGKILL)  # no chance to stop anything itself
     stack.proc.wait()
-    deadline = time.time() + 12
-    while alive(tree) and time.time() < deadline:
-        time.sleep(0.1)
-    survivors = alive(tree)
-    stack.stop()
-    assert not survivors, f"orphans left by a killed supervisor: {survivors}"
-
-
-def test_a_child_that_keeps_dying_is_restarted_with_growing_delays(tmp_path):
-    stack = Stack(tmp_path / "backoff", workers=1).start()
     try:
-        delays, pid = [], None
-        for _ in range(3):
-            pid = _worker_pid(stack, other_than=pid)
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.time() + 30
-            while time.time() < deadline:
-                found = re.findall(r"worker0 \(pid (\d+)\) killed by SIGKILL after [\d.]+ s; restarting in ([\d.]+) s",
-                                   stack.tail(400))
-                mine = [float(d) for p_, d in found if int(p_) == pid]
-                if mine:
-                    delays.append(mine[0])
-                    break
-                time.sleep(0.2)
-        assert delays == [0.5, 1.0, 2.0], delays
+        wait_until(lambda: not alive(tree), 60, what=lambda: f"orphans left by a killed supervisor: {alive(tree)}")
     finally:
-        stack.stop()
+        stack.stop()  # kills what is left, so that a failure here leaves nothing to the tests after it
 
 
-def _worker_pid(stack, other_than: int | None, timeout: float = 30) -> int:
+def test_a_child_that_keeps_dying_is_restarted_with_growing_delays(stacks):
+    stack = stacks.start("backoff", warm_up=False)
+    delays, pid = [], None
+    for _ in range(3):
+        pid = _worker_pid(stack, other_than=pid)
+        os.kill(pid, signal.SIGKILL)
+
+        def restart_said(pid=pid) -> list[float]:  # the supervisor's line about this death, with its delay
+            found = re.findall(r"worker0 \(pid (\d+)\) killed by SIGKILL after [\d.]+ s; restarting in ([\d.]+) s",
+                               stack.tail(400))
+            return [float(d) for p_, d in found if int(p_) == pid]
+        delays.append(wait_until(restart_said, 60, interval=0.2, what=stack.tail)[0])
+    assert delays == [0.5, 1.0, 2.0], delays
+
+
+def _worker_pid(stack, other_than: int | None, timeout: float = 60) -> int:
     """The pid of the (restarted) worker process, once it runs."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    def worker() -> int | None:
         for pid in alive(descendants(stack.proc.pid)) - {other_than}:
             try:
                 if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[2:3] == [b"worker"]:
                     return pid
             except OSError:
                 continue
-        time.sleep(0.1)
-    raise AssertionError("no worker process")
+        return None
+    return wait_until(worker, timeout, what="no worker process")
 
 
 # --- the store ----------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with Stack(tmp_path_factory.mktemp("failures"), workers=1) as s:
-        yield s
+STACK = {"workers": 1, "warm_up": False}  # the module's `stack` (conftest.py); no predictions here
 
 
 @pytest.fixture(scope="module")
@@ -152,17 +145,17 @@ def test_a_locked_store_is_never_a_404_nor_an_empty_list(stack, job):
     """Another process holds SQLite's pending lock on the store (as one does on its way to an exclusive
     lock). The fronts read through the broker's process, whose open connection keeps its shared lock, so
     reads may still succeed; what must never happen is a 'not found' or an empty list, and the answer
-    comes within seconds (a read that cannot get in is 503 STORE_UNAVAILABLE)."""
+    comes within seconds (a read that cannot get in is 503 STORE_UNAVAILABLE after the store's 2 s). A read
+    stuck on the lock would be answered by the front giving up on the broker instead (503
+    BROKER_UNAVAILABLE after FR_BROKER_TIMEOUT_S): the only 503 allowed here is the store's own."""
     import fcntl
     stack.wait_state(job, ("done",))
     fd = os.open(stack.data_dir / "var" / "jobs.sqlite", os.O_RDWR)
     fcntl.lockf(fd, fcntl.LOCK_EX, 1, 0x40000000, os.SEEK_SET)  # SQLite's PENDING_BYTE
     try:
-        t0 = time.time()
         r = stack.get(f"/is_available/{job}", timeout=30)
         assert (r.status_code == 200 and r.json()["id"] == job) or \
             (r.status_code == 503 and r.json()["error"]["code"] == "STORE_UNAVAILABLE"), r.text
-        assert time.time() - t0 < 5
         r = stack.get("/models", timeout=30)
         assert (r.status_code == 200 and job in [m["id"] for m in r.json()["models"]]) or \
             (r.status_code == 503 and r.json()["error"]["code"] == "STORE_UNAVAILABLE"), r.text
@@ -174,24 +167,21 @@ def test_a_locked_store_is_never_a_404_nor_an_empty_list(stack, job):
     assert stack.get(f"/is_available/{job}", timeout=30).status_code == 200
 
 
-def test_a_corrupt_store_is_503_everywhere_and_builds_are_refused(tmp_path, faces_dir):
-    stack = Stack(tmp_path / "corrupt", workers=1).start()
-    try:
-        r = stack.build(photo_files(pick_people(faces_dir, 2, 3)))
-        job = r.json()["id"]
-        stack.wait_state(job, ("done",))
-        db = stack.data_dir / "var" / "jobs.sqlite"
-        for f in (db, db.with_name("jobs.sqlite-wal"), db.with_name("jobs.sqlite-shm")):
-            if f.exists():
-                f.write_bytes(b"\x13" * f.stat().st_size)  # the file is no database any more
-        for path in (f"/is_available/{job}", "/models", f"/models/{job}/report", "/is_alive"):
-            r = stack.get(path, timeout=30)
-            assert r.status_code == 503 and r.json()["error"]["code"] == "STORE_UNAVAILABLE", (path, r.text)
-        r = stack.build(photo_files(pick_people(faces_dir, 2, 3)))
-        assert r.status_code == 503 and r.json()["error"]["code"] == "STORE_UNAVAILABLE", r.text
-        assert "broker" not in re.findall(r"(\w+) \(pid \d+\) .* restarting", stack.tail(400))
-    finally:
-        stack.stop()
+def test_a_corrupt_store_is_503_everywhere_and_builds_are_refused(stacks, faces_dir):
+    stack = stacks.start("corrupt", warm_up=False)
+    r = stack.build(photo_files(pick_people(faces_dir, 2, 3)))
+    job = r.json()["id"]
+    stack.wait_state(job, ("done",))
+    db = stack.data_dir / "var" / "jobs.sqlite"
+    for f in (db, db.with_name("jobs.sqlite-wal"), db.with_name("jobs.sqlite-shm")):
+        if f.exists():
+            f.write_bytes(b"\x13" * f.stat().st_size)  # the file is no database any more
+    for path in (f"/is_available/{job}", "/models", f"/models/{job}/report", "/is_alive"):
+        r = stack.get(path, timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "STORE_UNAVAILABLE", (path, r.text)
+    r = stack.build(photo_files(pick_people(faces_dir, 2, 3)))
+    assert r.status_code == 503 and r.json()["error"]["code"] == "STORE_UNAVAILABLE", r.text
+    assert "broker" not in re.findall(r"(\w+) \(pid \d+\) .* restarting", stack.tail(400))
 
 
 # --- a full disk --------------------------------------------------------------------------------
@@ -245,47 +235,39 @@ def test_the_converted_weights_are_not_cached_on_a_nearly_full_disk(small_disk):
     assert shutil.disk_usage(small_disk).free >= free - 1024 * 1024
 
 
-def test_a_full_disk_refuses_new_builds_and_a_running_build_waits_for_room(small_disk, faces_dir):
-    stack = Stack(small_disk / "data", workers=1, env={"FR_MIN_FREE_BYTES": "0",
-                                                       "FR_LOG_LEVEL": "WARNING"}).start()
-    try:
-        people = pick_people(faces_dir, 2, 8)
-        r = stack.build(photo_files(people))
-        assert r.status_code == 202
-        job = r.json()["id"]
-        filler = fill(small_disk, leave=0)  # the disk fills while the build runs
-        r = stack.build(photo_files(people))
-        assert r.status_code == 507 and r.json()["error"]["code"] == "INSUFFICIENT_STORAGE", r.text
-        assert not [d for d in (small_disk / "data/var/uploads").iterdir() if d.name.startswith(".")]
-        deadline = time.time() + 60
-        while time.time() < deadline:  # the broker meets the full disk and says so
-            alive = stack.get("/is_alive", timeout=10)
-            if alive.status_code == 503:
-                break
-            time.sleep(0.5)
-        assert alive.status_code == 503 and alive.json()["error"]["code"] == "INSUFFICIENT_STORAGE", alive.text
-        assert stack.status(job)["state"] != "done"
-        filler.unlink()  # room again: the waiting build goes on and ends well
-        assert stack.wait_state(job, ("done",), timeout=300)["state"] == "done"
-        assert stack.get("/is_alive", timeout=10).status_code == 200
-        assert stack.build(photo_files(people)).status_code == 202
-        assert not re.findall(r"broker \(pid \d+\) .* restarting", stack.tail(400)), "the broker must not crash"
-    finally:
-        stack.stop()
+def test_a_full_disk_refuses_new_builds_and_a_running_build_waits_for_room(small_disk, faces_dir, stacks):
+    stack = stacks.start(data_dir=small_disk / "data", env={"FR_MIN_FREE_BYTES": "0", "FR_LOG_LEVEL": "WARNING"},
+                         warm_up=False)
+    people = pick_people(faces_dir, 2, 8)
+    r = stack.build(photo_files(people))
+    assert r.status_code == 202
+    job = r.json()["id"]
+    filler = fill(small_disk, leave=0)  # the disk fills while the build runs
+    r = stack.build(photo_files(people))
+    assert r.status_code == 507 and r.json()["error"]["code"] == "INSUFFICIENT_STORAGE", r.text
+    assert not [d for d in (small_disk / "data/var/uploads").iterdir() if d.name.startswith(".")]
+    # the broker meets the full disk and says so
+    # (a list around it: a 503 Response is falsy)
+    (alive,) = wait_until(lambda: [r] if (r := stack.get("/is_alive", timeout=10)).status_code == 503 else None, 120,
+                          interval=0.5)
+    assert alive.status_code == 503 and alive.json()["error"]["code"] == "INSUFFICIENT_STORAGE", alive.text
+    assert stack.status(job)["state"] != "done"
+    filler.unlink()  # room again: the waiting build goes on and ends well
+    assert stack.wait_state(job, ("done",), timeout=300)["state"] == "done"
+    assert stack.get("/is_alive", timeout=10).status_code == 200
+    assert stack.build(photo_files(people)).status_code == 202
+    assert not re.findall(r"broker \(pid \d+\) .* restarting", stack.tail(400)), "the broker must not crash"
 
 
-def test_the_reserve_makes_is_alive_503_and_refuses_builds(tmp_path, faces_dir):
+def test_the_reserve_makes_is_alive_503_and_refuses_builds(tmp_path, faces_dir, stacks):
     free = shutil.disk_usage(tmp_path).free
-    stack = Stack(tmp_path / "reserve", workers=1, env={"FR_MIN_FREE_BYTES": str(free * 4)}).start(healthy=False)
-    try:
-        r = stack.get("/is_alive", timeout=10)
-        assert r.status_code == 503 and r.json()["error"]["code"] == "INSUFFICIENT_STORAGE"
-        assert r.json()["disk_free_bytes"] > 0
-        r = stack.build(photo_files(pick_people(faces_dir, 2, 3)))
-        assert r.status_code == 507 and r.json()["error"]["code"] == "INSUFFICIENT_STORAGE"
-        assert list((stack.data_dir / "var" / "uploads").iterdir()) == []
-    finally:
-        stack.stop()
+    stack = stacks.start("reserve", env={"FR_MIN_FREE_BYTES": str(free * 4)}, healthy=False, warm_up=False)
+    r = stack.get("/is_alive", timeout=10)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "INSUFFICIENT_STORAGE"
+    assert r.json()["disk_free_bytes"] > 0
+    r = stack.build(photo_files(pick_people(faces_dir, 2, 3)))
+    assert r.status_code == 507 and r.json()["error"]["code"] == "INSUFFICIENT_STORAGE"
+    assert list((stack.data_dir / "var" / "uploads").iterdir()) == []
 
 
 # --- a submit that comes too late --------------------------------------------------------------
@@ -310,14 +292,19 @@ def test_a_submit_past_its_deadline_is_not_stored(stack):
 
 
 def test_a_build_of_the_most_photos_allowed_is_answered_within_the_http_timeout(stack, faces_dir):
-    """FR_MAX_FILES photos (the same small real photo) in one request: stored, or refused, in time."""
+    """FR_MAX_FILES photos (the same small real photo) in one request: stored, or refused, in time.
+
+    The one duration a test compares with a limit, and the limit is the service's own promise, not a guess
+    at this machine's speed: whatever the speed, the answer comes within FR_REQUEST_TIMEOUT_S (a service
+    that cannot store the photos in time says 503 DEADLINE_PASSED before it), never after the client's
+    HTTP timeout (README, Tests)."""
     n = Settings.from_env().max_files
     photo = next((faces_dir / "lfw62").glob("*/*.jpg")).read_bytes()
     files = [("images", (f"p{i % 50}/{i}.jpg", photo)) for i in range(n)]
     t0 = time.time()
     r = stack.post("/build_recognizer", files=files, timeout=400)
     elapsed = time.time() - t0
-    assert elapsed < Settings.from_env().request_timeout_s
+    assert elapsed < Settings.from_env().request_timeout_s  # the service's deadline (see the docstring)
     if r.status_code == 202:
         assert r.json()["photos"] == n
         stack.delete(f"/models/{r.json()['id']}", timeout=60)
@@ -327,16 +314,21 @@ def test_a_build_of_the_most_photos_allowed_is_answered_within_the_http_timeout(
 
 
 def test_a_build_deleted_while_extracting_leaves_nothing_in_the_cache(stack, faces_dir):
-    """#9: a DELETE one second after the submit; the worker's late results must not stay cached."""
+    """#9: a DELETE while a worker extracts a chunk of the build; the worker's late results must not stay
+    cached."""
     from features.extract import FeatureCache
-    people = pick_people(faces_dir, 20, 3)  # 60 photos: extraction is still running after a second
+    people = pick_people(faces_dir, 20, 3)  # 60 photos: several chunks
     files = photo_files(dict(list(people.items())[8:]))  # people no other test of this module uploads
     r = stack.build(files)
     assert r.status_code == 202
-    time.sleep(1)
+    stack.wait_state(r.json()["id"], ("extracting",), timeout=120, pred=lambda s: s["worker"] is not None)
     assert stack.delete(f"/models/{r.json()['id']}", timeout=60).status_code == 200
     cache = FeatureCache(stack.data_dir / "var" / "cache", Settings.from_env(data_dir=stack.data_dir))
     keys = [cache.key(data) for _, data in files]
-    time.sleep(15)  # the chunk in flight ends; its result arrives for a deleted job
-    left = [k for k in keys if cache._path(k).exists()]
-    assert not left, f"{len(left)} of the deleted build's photos are still cached"
+    # the chunk in flight ends and its result arrives for a deleted job: the worker is free again
+    wait_until(lambda: stack.get("/is_alive", timeout=10).json().get("busy") == 0, 120)
+
+    def cached() -> list:
+        return [k for k in keys if cache._path(k).exists()]
+    # what the late result left goes (the worker is told to drop it): waited for, failed if it stays
+    wait_until(lambda: not cached(), 60, what=lambda: f"{len(cached())} of the deleted build's photos still cached")

@@ -27,6 +27,7 @@ from constants import Settings
 from constants.states import JobState
 from modelization.bundle import BUNDLE_FILE, MANIFEST_FILE
 from test.stack import BrokerThread, free_port
+from test.waits import wait_until
 
 ADMIN = "an-operator-admin-key-for-the-front-tests"
 
@@ -278,10 +279,14 @@ def test_the_cache_of_bundles_stays_within_its_bound(broker, broker_settings, fr
     cache = BundleCache(front_settings.front_cache_dir, 25_000, front_settings.front_endpoint,
                         front_settings.front_keys_dir, 3.0)
     paths = []
+    probe = front_settings.data_dir / "clock-probe"
     for _ in range(4):
         job_id, bundle = finished_model(broker_settings, "admin", size=10_000)
         paths.append(cache.path(job_id, hashlib.sha256(bundle).hexdigest(), len(bundle), None))
-        time.sleep(0.02)
+        # the cache evicts the least recently used by mtime: the next file must get a later one (the
+        # filesystem's clock moves in ticks of a few ms)
+        wait_until(lambda: probe.touch() or probe.stat().st_mtime_ns > paths[-1].stat().st_mtime_ns, 10,
+                   interval=0.002)
     assert [q.exists() for q in paths] == [False, False, True, True]
 
 
@@ -330,30 +335,44 @@ def test_a_key_add_replayed_is_a_conflict(broker, broker_settings, front_setting
 
 def test_a_slow_read_does_not_hold_up_the_loop(broker, broker_settings, front_settings, monkeypatch):
     """Reads run in the broker's reader threads: while one is slow (a store that takes seconds to answer,
-    a bundle off a cold disk), STATUS (answered by the loop) and the other reader still answer at once."""
+    a bundle off a cold disk), STATUS (answered by the loop) and the other reader still answer at once.
+    The slow read is held until the others have answered: were they behind it, they would never answer
+    (`raw` times out), whatever the machine's speed."""
     import app.broker.reader
     job_id, _ = finished_model(broker_settings, "admin", size=100)
     folder = Path(front_settings.front_keys)
     real = app.broker.reader.read_job
+    reading, release = threading.Event(), threading.Event()
 
     def slow_read(db_path, wanted):
         if wanted == job_id:
-            time.sleep(3)
+            reading.set()
+            release.wait(60)
         return real(db_path, wanted)
 
     monkeypatch.setattr(app.broker.reader, "read_job", slow_read)
     slow: list = []
     t = threading.Thread(target=lambda: slow.append(raw(broker_settings, folder, p.pack(p.GETJOB, {"id": job_id}),
-                                                        10)))
+                                                        60)))
     t.start()
-    time.sleep(0.3)
-    t0 = time.monotonic()
-    assert raw(broker_settings, folder, p.pack(p.STATUS), 10)[0] == p.OK
-    assert raw(broker_settings, folder, p.pack(p.LIST, {"limit": 1, "offset": 0}), 10)[0] == p.OK
-    assert raw(broker_settings, folder, p.pack(p.GETJOB, {"id": str(uuid.uuid4())}), 10)[1]["code"] == "NOT_FOUND"
-    assert time.monotonic() - t0 < 1.5  # not behind the slow read (3 s)
-    t.join(10)
+    try:
+        assert reading.wait(30), "the slow read never started"
+        assert raw(broker_settings, folder, p.pack(p.STATUS), 10)[0] == p.OK
+        assert raw(broker_settings, folder, p.pack(p.LIST, {"limit": 1, "offset": 0}), 10)[0] == p.OK
+        assert raw(broker_settings, folder, p.pack(p.GETJOB, {"id": str(uuid.uuid4())}), 10)[1]["code"] == "NOT_FOUND"
+        assert not slow  # all that while, the slow read was still held
+    finally:
+        release.set()
+    t.join(60)
     assert slow and slow[0][0] == p.OK
+
+
+def in_flight(broker) -> set[str]:
+    """The ids of the uploads the broker has taken in and is writing (read from the test's thread)."""
+    try:
+        return set(broker.storing)
+    except RuntimeError:  # changed size while read: the broker's thread is at it
+        return set()
 
 
 def submit_frames(n: int = 2, deadline: float | None = None) -> tuple[str, list[bytes]]:
@@ -367,29 +386,38 @@ def submit_frames(n: int = 2, deadline: float | None = None) -> tuple[str, list[
 def test_a_submit_is_written_off_the_loop(broker, broker_settings, front_settings, monkeypatch):
     """The photos of a submit (up to FR_MAX_REQUEST_BYTES) are written by the upload writer: while one is
     being written, the loop still answers; the front gets its answer once the photos are on disk; a submit
-    whose deadline passes while it is written is refused with nothing left behind."""
+    whose deadline passes while it is written is refused with nothing left behind. The writes are held
+    until the test lets them go: the loop must answer meanwhile (or `raw` times out), and the late
+    submit's deadline has passed by then, whatever the machine's speed."""
     real = JobStore.save_uploads_in
+    writing, release = threading.Event(), threading.Event()
 
     def slow(uploads_dir, job_id, photos, extra=None):
-        time.sleep(2.5)
+        writing.set()
+        release.wait(60)
         real(uploads_dir, job_id, photos, extra)
 
     monkeypatch.setattr(JobStore, "save_uploads_in", staticmethod(slow))
     folder = Path(front_settings.front_keys)
     answers: dict = {}
     job_id, frames = submit_frames()
-    late_id, late = submit_frames(deadline=time.time() + 2.0)  # passes while it waits to be written
-    threads = [threading.Thread(target=lambda k=k, f=f: answers.__setitem__(k, raw(broker_settings, folder, f, 15)))
+    late_deadline = time.time() + 3.0
+    late_id, late = submit_frames(deadline=late_deadline)  # passes while it waits to be written
+    threads = [threading.Thread(target=lambda k=k, f=f: answers.__setitem__(k, raw(broker_settings, folder, f, 60)))
                for k, f in (("ok", frames), ("late", late))]
     for t in threads:
         t.start()
-    time.sleep(0.5)
-    t0 = time.monotonic()
-    command, _, _ = raw(broker_settings, folder, p.pack(p.STATUS), 10)
-    assert command == p.OK and time.monotonic() - t0 < 1.0
-    assert "ok" not in answers  # still being written
+    try:
+        assert writing.wait(30), "no write started"
+        wait_until(lambda: {job_id, late_id} <= in_flight(broker), 30)  # both taken in, neither written yet
+        command, _, _ = raw(broker_settings, folder, p.pack(p.STATUS), 10)
+        assert command == p.OK
+        assert "ok" not in answers  # still being written
+        wait_until(lambda: time.time() > late_deadline + 0.1, 10)  # the clock is the state here
+    finally:
+        release.set()
     for t in threads:
-        t.join(15)
+        t.join(60)
     assert answers["ok"][0] == p.OK and answers["ok"][1] == {"id": job_id}
     assert raw(broker_settings, folder, p.pack(p.GETJOB, {"id": job_id}))[1]["job"]["state"] == "queued"
     assert answers["late"][0] == p.ERR and answers["late"][1]["code"] == "DEADLINE_PASSED"
@@ -405,9 +433,12 @@ def test_an_erasure_refuses_the_uploads_in_flight_that_hold_the_person(broker, b
     nothing kept): what it holds of them was sent before the erasure, and its client learns it was not kept.
     Uploads in flight without them, or of another tenant, go on."""
     real = JobStore.save_uploads_in
+    release = threading.Event()
+    held: set[str] = set()  # the uploads in flight (the erasure writes its rebuilt model's uploads too)
 
     def slow(uploads_dir, job_id, photos, extra=None):
-        time.sleep(2.0)
+        if job_id in held:
+            release.wait(60)  # held until the erasure has been handled
         real(uploads_dir, job_id, photos, extra)
 
     monkeypatch.setattr(JobStore, "save_uploads_in", staticmethod(slow))
@@ -427,17 +458,21 @@ def test_an_erasure_refuses_the_uploads_in_flight_that_hold_the_person(broker, b
                                               "files": [{"label": "ann", "filename": "ann/1.jpg"}]}, [b"ann"])),
         "holds": submit("admin", ["pat", "ann"]), "without": submit("admin", ["ann", "bob"]),
         "other_tenant": submit("team-b", ["pat", "ann"])}
+    held.update(job_id for job_id, _ in flights.values())
     folder = Path(front_settings.front_keys)
     answers: dict = {}
-    threads = [threading.Thread(target=lambda k=k, f=f: answers.__setitem__(k, raw(broker_settings, folder, f, 20)))
+    threads = [threading.Thread(target=lambda k=k, f=f: answers.__setitem__(k, raw(broker_settings, folder, f, 60)))
                for k, (_, f) in flights.items()]
     for t in threads:
         t.start()
-    time.sleep(0.5)
-    command, erased, _ = raw(broker_settings, folder, p.pack(p.ERASE, {"label": "pat", "tenant": "admin"}), 10)
+    try:  # all four taken in by the broker and not yet written: in flight
+        wait_until(lambda: held <= in_flight(broker), 30)
+        command, erased, _ = raw(broker_settings, folder, p.pack(p.ERASE, {"label": "pat", "tenant": "admin"}), 10)
+    finally:
+        release.set()
     assert command == p.OK and [m["id"] for m in erased["models"]] == [parent]
     for t in threads:
-        t.join(20)
+        t.join(60)
     for name in ("derive", "holds"):
         assert answers[name][0] == p.ERR and answers[name][1]["code"] == "CONFLICT", (name, answers[name])
         job_id = flights[name][0]

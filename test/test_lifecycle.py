@@ -15,6 +15,7 @@ import requests
 
 from test.conftest import pick_people
 from test.stack import Stack, photo_files
+from test.waits import wait_until
 
 N_UPLOAD, N_HELD = 5, 2
 
@@ -194,7 +195,7 @@ def test_a_photo_arrives_byte_for_byte_however_the_network_splits_it(stack, base
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.sendall(head.encode() + body[:-tail])
             for i in range(len(body) - tail, len(body)):
-                time.sleep(0.01)
+                time.sleep(0.01)  # the behaviour under test: the body's end arriving in separate pieces
                 sock.sendall(body[i:i + 1])
             answer = b""
             while chunk := sock.recv(65536):
@@ -260,19 +261,18 @@ def person_needles(label: str, photos: list[Path], records: list[dict]) -> dict[
     return needles
 
 
-def idle(stack: Stack, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def idle(stack: Stack, timeout: float = 120) -> None:
+    """Until no worker is busy and nothing is queued."""
+    def quiet() -> bool:
         body = stack.get("/is_alive", timeout=10).json()
-        if body.get("busy") == 0 and body.get("queued") == 0:
-            return
-        time.sleep(0.3)
+        return body.get("busy") == 0 and body.get("queued") == 0
+    wait_until(quiet, timeout, interval=0.3)
 
 
 @pytest.fixture(scope="module")
-def erase_stack(tmp_path_factory):
-    with Stack(tmp_path_factory.mktemp("erase"), workers=2) as s:
-        yield s
+def erase_stack(module_stacks):
+    """A stack of its own: the erasure test searches every file of its data dir."""
+    return module_stacks.start("erase", workers=2)
 
 
 def test_erasing_a_person_leaves_nothing_of_them_in_the_data_dir(erase_stack, people, names, faces_dir):

@@ -25,6 +25,7 @@ import requests
 
 from test.conftest import pick_people
 from test.stack import photo_files
+from test.waits import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 FRONT_PORT, BACK_PORT, HTTP_PORT = 5557, 5556, 8080
@@ -48,7 +49,9 @@ def why_not() -> str | None:
 
 
 WHY_NOT = why_not()
-pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=f"multi-host test skipped: {WHY_NOT}")
+# `stack`: it starts the service's processes itself (in namespaces), not through test/stack.Stacks
+pytestmark = [pytest.mark.stack,
+              pytest.mark.skipif(WHY_NOT is not None, reason=f"multi-host test skipped: {WHY_NOT}")]
 
 
 class Hosts:
@@ -122,16 +125,20 @@ class Hosts:
 
 
 def wait_for(what, timeout: float, message: str):
-    deadline, last = time.time() + timeout, None
-    while time.time() < deadline:
+    """What `what()` returns once it is truthy (a request that fails counts as not yet)."""
+    last: list = [None]
+
+    def attempt():
         try:
-            last = what()
-            if last:
-                return last
+            last[0] = what()
         except requests.RequestException as exc:
-            last = exc
-        time.sleep(0.5)
-    raise TimeoutError(f"{message} (last: {last})")
+            last[0] = exc
+            return None
+        return last[0]
+    try:
+        return wait_until(attempt, timeout, interval=0.5)
+    except AssertionError:
+        raise TimeoutError(f"{message} (last: {last[0]})") from None
 
 
 @pytest.mark.timeout(900)
@@ -181,7 +188,10 @@ def test_broker_workers_and_a_front_on_separate_hosts(faces_dir, tmp_path):
             body = r.json()
             return body if r.status_code == 200 and body["workers"] == 2 and not body.get("warming") else None
         wait_for(alive, 240, "the remote front never saw both workers ready")
-        time.sleep(2)  # the stranger has had time to try: it is still not counted
+        # the stranger has tried all along (it says READY, then heartbeats, from its start) and has warmed up
+        # as the others did: it is still not counted
+        wait_for(lambda: "warmed up" in (tmp_path / "stranger.out").read_text(errors="replace"), 240,
+                 "the stranger worker never ran")
         assert requests.get(url + "/is_alive", timeout=5).json()["workers"] == 2
 
         people = pick_people(faces_dir, 3, 16)

@@ -6,10 +6,10 @@ import os
 import shutil
 import signal
 import sqlite3
-import time
 
 from test.conftest import pick_people
-from test.stack import Stack, gone, photo_files
+from test.stack import gone, photo_files
+from test.waits import wait_until
 
 # These tests stop a worker or the whole service in the middle of a task. dlib's own embedder takes seconds
 # for a chunk of photos, TensorFlow's well under one: with it, the chunk (or the whole build) was often over
@@ -23,37 +23,32 @@ def _people(faces_dir, skip: int, n_people: int = 3, n_photos: int = 8):
     return dict(list(chosen.items())[skip:])
 
 
-def test_worker_killed_mid_job_is_replaced_and_the_job_finishes(tmp_path, faces_dir):
-    stack = Stack(tmp_path / "kill", workers=2, env=SLOW).start()
-    try:
-        r = stack.build(photo_files(_people(faces_dir, skip=5, n_photos=12)))
-        assert r.status_code == 202, r.text
-        job_id = r.json()["id"]
-        # `worker` names the process that got the job's latest task: still extracting it
-        # (a chunk takes seconds with dlib) when we look right after extraction starts.
-        st = stack.wait_state(job_id, ("extracting",), timeout=60, pred=lambda s: s["worker"] is not None)
-        _host, pid, _ = st["worker"].split(":")
-        os.kill(int(pid), signal.SIGKILL)
+def test_worker_killed_mid_job_is_replaced_and_the_job_finishes(stacks, faces_dir):
+    stack = stacks.start("kill", workers=2, env=SLOW, warm_up=False)
+    r = stack.build(photo_files(_people(faces_dir, skip=5, n_photos=12)))
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    # `worker` names the process that got the job's latest task: still extracting it
+    # (a chunk takes seconds with dlib) when we look right after extraction starts.
+    st = stack.wait_state(job_id, ("extracting",), timeout=60, pred=lambda s: s["worker"] is not None)
+    _host, pid, _ = st["worker"].split(":")
+    os.kill(int(pid), signal.SIGKILL)
 
-        done = stack.wait_state(job_id, ("done",), timeout=300)
-        assert done["attempts"] >= 2, done
-        assert stack.get(f"/models/{job_id}", timeout=30).status_code == 200
-        # the supervisor replaced the killed worker
-        assert stack.wait_alive(2, timeout=60)["workers"] == 2
-    finally:
-        stack.stop()
+    done = stack.wait_state(job_id, ("done",), timeout=300)
+    assert done["attempts"] >= 2, done
+    assert stack.get(f"/models/{job_id}", timeout=30).status_code == 200
+    # the supervisor replaced the killed worker
+    assert stack.wait_alive(2, timeout=60)["workers"] == 2
 
 
-def test_service_stopped_mid_build_finishes_the_job_after_restart(tmp_path, faces_dir):
-    data = tmp_path / "restart"
-    stack = Stack(data, workers=1, env=SLOW).start()
-    try:
-        r = stack.build(photo_files(_people(faces_dir, skip=8, n_photos=12)))
-        assert r.status_code == 202, r.text
-        job_id = r.json()["id"]
-        stack.wait_state(job_id, ("extracting",), timeout=60, pred=lambda s: s["progress"]["done"] >= 2)
-    finally:
-        stack.stop()
+def test_service_stopped_mid_build_finishes_the_job_after_restart(stacks, faces_dir):
+    stack = stacks.start("restart", env=SLOW, warm_up=False)
+    data = stack.data_dir
+    r = stack.build(photo_files(_people(faces_dir, skip=8, n_photos=12)))
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    stack.wait_state(job_id, ("extracting",), timeout=60, pred=lambda s: s["progress"]["done"] >= 2)
+    stack.stop()
 
     db = sqlite3.connect(data / "var" / "jobs.sqlite")
     state = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()[0]
@@ -61,22 +56,19 @@ def test_service_stopped_mid_build_finishes_the_job_after_restart(tmp_path, face
     assert state not in ("done", "failed")
     assert (data / "var" / "uploads" / job_id / "index.json").exists(), "uploads must survive a stop"
 
-    stack = Stack(data, workers=1, env=SLOW).start()
-    try:
-        done = stack.wait_state(job_id, ("done",), timeout=300)
-        assert done["available"] == 1
-        assert stack.get(f"/models/{job_id}", timeout=30).status_code == 200
-        assert gone(data / "var" / "uploads" / job_id)
-    finally:
-        stack.stop()
+    stack = stacks.start(data_dir=data, env=SLOW, warm_up=False)
+    done = stack.wait_state(job_id, ("done",), timeout=300)
+    assert done["available"] == 1
+    assert stack.get(f"/models/{job_id}", timeout=30).status_code == 200
+    assert gone(data / "var" / "uploads" / job_id)
 
 
-def test_a_worker_can_join_and_leave_a_running_service(tmp_path, faces_dir):
+def test_a_worker_can_join_and_leave_a_running_service(tmp_path, faces_dir, stacks):
     import subprocess
     import sys
 
     from test.stack import ROOT
-    stack = Stack(tmp_path / "join", workers=1).start()
+    stack = stacks.start("join")
     # the operator's steps for a worker on another host (README): a key pair, its public key allowed,
     # the broker's public key beside it
     keys = tmp_path / "w2-keys"
@@ -101,10 +93,7 @@ def test_a_worker_can_join_and_leave_a_running_service(tmp_path, faces_dir):
         assert any((tmp_path / "w2" / "var" / "cache").glob("*/*.json"))
         extra.send_signal(signal.SIGKILL)
         extra.wait(10)
-        deadline = time.time() + 30
-        while stack.get("/is_alive", timeout=10).json()["workers"] != 1:
-            assert time.time() < deadline, "the broker should notice the worker left"
-            time.sleep(0.3)
+        wait_until(lambda: stack.get("/is_alive", timeout=10).json()["workers"] == 1, 60,
+                   what="the broker should notice the worker left")
     finally:
         extra.kill()
-        stack.stop()

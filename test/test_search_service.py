@@ -116,12 +116,14 @@ def test_the_time_budget_stops_the_search_with_the_best_so_far(stack, upload):
 
     stack.wait_state(job_id, ("done",), timeout=300)
     opt = manifest_of(stack, job_id)["optimization"]
+    # the budget stopped the evolution, not the end of its generations, and not before 3/4 of the budget
+    # (the search's own clock: true on any machine). Where exactly each stop falls (3/4 of the budget
+    # for the evolution, the budget for the finalists' folds) is proved with a clock the test drives,
+    # test_evolution.py::test_the_budget_ends_the_evolution_early_then_the_folds: here, how soon the
+    # broker's loop notices would measure this machine's load.
     assert opt["stop_reason"] == "time budget"
     assert opt["generations_run"] < 100
-    # the evolution stopped at 3/4 of the budget (checked once per heartbeat), the finalists' folds
-    # by the budget: not after finishing the generations
-    assert all(line["seconds"] < 4 for line in opt["logbook"])  # empty if generation 0 was cut short
-    assert 3 <= opt["seconds"] < 4 + 30
+    assert opt["seconds"] >= 3
     assert opt["chosen"] is not None
 
 
@@ -142,23 +144,26 @@ def test_search_controls_without_optimize_are_refused(stack, upload):
     assert r.status_code == 400 and "optimize=1" in r.json()["error"]["message"]
 
 
-def test_a_search_resumes_from_its_checkpoint_after_a_restart(tmp_path, upload):
-    data = tmp_path / "resume"
-    with Stack(data, workers=1) as stack:
-        r = stack.build(upload, optimize="1", seed="9", population="16", generations="40")
-        job_id = r.json()["id"]
-        stack.wait_state(job_id, ("optimizing",), timeout=300,
-                         pred=lambda s: (s["search"] or {}).get("generation", 0) >= 2)
+def test_a_search_resumes_from_its_checkpoint_after_a_restart(stacks, upload):
+    stack = stacks.start("resume", warm_up=False)
+    data = stack.data_dir
+    # 12 generations: the stop comes at generation 2, far from the end (40 only made the resumed half longer)
+    r = stack.build(upload, optimize="1", seed="9", population="16", generations="12")
+    job_id = r.json()["id"]
+    stack.wait_state(job_id, ("optimizing",), timeout=300,
+                     pred=lambda s: (s["search"] or {}).get("generation", 0) >= 2)
+    stack.stop()
     checkpoint = json.loads((data / "var" / "uploads" / job_id / "search.json").read_text())
     assert not checkpoint["done"] and checkpoint["generation"] >= 2
 
-    with Stack(data, workers=1) as stack:
-        stack.wait_state(job_id, ("done",), timeout=600)
-        opt = manifest_of(stack, job_id)["optimization"]
+    stack = stacks.start(data_dir=data, warm_up=False)
+    stack.wait_state(job_id, ("done",), timeout=600)
+    opt = manifest_of(stack, job_id)["optimization"]
+    stack.stop()
     # the generations from before the stop are kept, not run again
     assert opt["logbook"][:len(checkpoint["logbook"])] == checkpoint["logbook"]
     assert opt["evaluations"] >= checkpoint["evaluations"]
-    assert [line["generation"] for line in opt["logbook"]] == list(range(41))
+    assert [line["generation"] for line in opt["logbook"]] == list(range(13))
 
 
 def test_a_worker_killed_mid_search_does_not_stop_it(stack, upload):

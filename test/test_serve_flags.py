@@ -57,6 +57,7 @@ def test_every_setting_survives_the_environment_to_a_child(tmp_path):
     assert Settings.from_env(environ=env) == s
 
 
+@pytest.mark.stack
 def test_every_serve_flag_takes_effect_in_the_child_that_uses_it(tmp_path):
     if not TLS_UWSGI.exists():
         if os.environ.get("CI"):

@@ -16,6 +16,9 @@ from preprocessor.faces import align_face, detect_faces
 from preprocessor.images import decode_image
 
 THREADS = 16  # app.ini's threads per web process
+# Not `unit`: no service, but minutes of CPU (every photo detected, aligned and embedded again in each thread,
+# which is how a race shows); `make test` runs it, `make test-fast` does not.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", params=EMBEDDERS)

@@ -32,7 +32,7 @@ def test_anything_else_is_bad_id(raw):
         assert uuid.UUID(value).version == 4
 
 
-@pytest.mark.parametrize("raw", [str(uuid.uuid1()), "../" * 10, "", None, "0" * 36])
+@pytest.mark.parametrize("raw", [pytest.param(str(uuid.uuid1()), id="uuid1"), "../" * 10, "", None, "0" * 36])
 def test_bad_ids(raw):
     with pytest.raises(ApiError) as e:
         parse_job_id(raw)
