@@ -87,7 +87,7 @@ class FakeWorker:
         in order, and a heartbeat marked warming (then one not) shows in its record of the worker."""
         for warming in (True, False):
             self.send(p.HEARTBEAT, {"warming": warming})
-            wait_until(lambda w=warming: (rec := broker.workers.get(self.identity)) is not None
+            wait_until(lambda w=warming: (rec := broker.pool.workers.get(self.identity)) is not None
                        and rec.warming is w, 30, interval=0.01)
 
     def close(self):

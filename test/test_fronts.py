@@ -370,7 +370,7 @@ def test_a_slow_read_does_not_hold_up_the_loop(broker, broker_settings, front_se
 def in_flight(broker) -> set[str]:
     """The ids of the uploads the broker has taken in and is writing (read from the test's thread)."""
     try:
-        return set(broker.storing)
+        return set(broker.intake.storing)
     except RuntimeError:  # changed size while read: the broker's thread is at it
         return set()
 
