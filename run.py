@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -53,6 +53,8 @@ def cmd_broker(args) -> None:
 
 def cmd_worker(args) -> None:
     s = _settings(args)
+    if not s.embedder_threads:  # the ONNX embedder's pool too: the worker's share of the cores
+        s = replace(s, embedder_threads=s.worker_threads)
     # Before numpy loads: with one worker per core, OpenBLAS' own threads only fight over the
     # cores (measured: search candidates 3.3x slower with 2 workers x 2 BLAS threads).
     # TensorFlow (the embedder, the final training) likewise: its intra-op pool sized to the

@@ -30,8 +30,9 @@ from modelization import lean
 from modelization.bundle import pack_bundle
 from modelization.card import model_card
 from modelization.dataset import HELD_OUT, ONE_PHOTO, Split, protocol, stratified_split
+from modelization.export import KerasWriter, library_versions
 from modelization.metrics import accuracy, balanced_accuracy
-from modelization.network import NetworkSpec, to_keras
+from modelization.network import NetworkSpec
 from modelization.openset import (
     Gallery,
     calibrate,
@@ -349,6 +350,7 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
     back), the fixed default network.
     """
     started = time.time()
+    writer = KerasWriter()  # a child imports Keras meanwhile: this process never loads TensorFlow
     options = job.get("options", {})
     seed = int(options.get("seed", settings.default_seed))
     data = prepare(files, features, settings, seed)
@@ -386,7 +388,7 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
     progress(JobState.TRAINING, "refitting on every photo", 0, 1)
     kept = np.flatnonzero(y >= 0)
     refit = lean.fit(spec, x[kept], y[kept], n, seed=seed, max_epochs=max(1, epochs))
-    model = to_keras(spec, refit.weights, x.shape[1], n)
+    model = writer.write(spec, refit.weights, x.shape[1], n)
     train_seconds = time.time() - t0
 
     open_set = calibrate(y[kept], n, settings.target_far)
@@ -462,7 +464,6 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
             "balanced_accuracy": manifest["metrics"]["balanced_accuracy"]}
     bundle = pack_bundle(model, split.people, manifest, gallery_x=x[kept], gallery_y=y[kept],
                          card=model_card(manifest))
-    release_keras()
     return bundle
 
 
@@ -495,10 +496,8 @@ def train_chosen(search: dict, x: np.ndarray, y: np.ndarray, split: Split, setti
 def software_versions() -> dict:
     import dlib
 
-    from features.tf_import import keras_module, tensorflow_module
-    keras, tf = keras_module(), tensorflow_module()
-    return {"python": platform.python_version(), "dlib": dlib.__version__, "keras": keras.__version__,
-            "tensorflow": tf.__version__, "numpy": np.__version__}
+    return {"python": platform.python_version(), "dlib": dlib.__version__, **library_versions(),
+            "numpy": np.__version__}
 
 
 def release_keras() -> None:
