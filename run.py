@@ -53,8 +53,7 @@ def cmd_broker(args) -> None:
 
 def cmd_worker(args) -> None:
     s = _settings(args)
-    if not s.embedder_threads:  # the ONNX embedder's pool too: the worker's share of the cores
-        s = replace(s, embedder_threads=s.worker_threads)
+    s = replace(s, embedder_threads=s.worker_threads)  # the ONNX embedder's too: the worker's share of the cores
     # Before numpy loads: with one worker per core, OpenBLAS' own threads only fight over the
     # cores (measured: search candidates 3.3x slower with 2 workers x 2 BLAS threads).
     # TensorFlow (the embedder, the final training) likewise: its intra-op pool sized to the
@@ -178,7 +177,9 @@ class Supervisor:
 
     def __init__(self, s: Settings, n_workers: int):
         self.s, self.n_workers = s, n_workers
-        self.env = {**os.environ, **uwsgi_env(s), "FR_BROKER_BACK": s.broker_back,
+        # glibc keeps each thread's malloc arena at its peak: 2 arenas bound what 16 request threads (or a
+        # worker's task threads) keep after large photos (docs/memory.md); the operator's own value wins
+        self.env = {"MALLOC_ARENA_MAX": "2", **os.environ, **uwsgi_env(s), "FR_BROKER_BACK": s.broker_back,
                     "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         py = [sys.executable, str(ROOT / "run.py")]
         connect = loopback(s.broker_back)

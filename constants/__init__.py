@@ -164,9 +164,10 @@ class Settings:
     # TensorFlow in the process), "tensorflow" (in TensorFlow) or "dlib" (compute_face_descriptor); dlib's
     # embeddings within 1e-6 (onnx) and 1e-4 (tensorflow) (features/embeddings.py, docs/memory.md)
     embedder: str = "onnx"
-    # threads of one forward pass of the onnx embedder (0: one per core); a worker runs with its
-    # FR_WORKER_THREADS (run.py), a web process with this
-    embedder_threads: int = _bounded(0, 0, 256)
+    # threads of one forward pass of the onnx embedder in a web process (0: one per core); a worker uses
+    # FR_WORKER_THREADS (run.py). 1: on a loaded machine a pass split over threads waits for the slowest
+    # one (measured: p50 2.2x longer with 2 threads than TensorFlow's, at the same CPU, docs/memory.md)
+    embedder_threads: int = _bounded(1, 0, 256)
     max_batch: int = _bounded(16, 1, 1000)          # photos or embeddings in one predict/verify request
     max_json_bytes: int = _bounded(64 * 1024 * 1024, 1024)  # a JSON body (photos in base64 inside)
     same_person_distance: float = _bounded(0.6, 0.0, 4.0)  # a group photo's face must be this close to the person

@@ -139,12 +139,14 @@ def _session(data: bytes | str, threads: int):
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads  # 0: ONNX Runtime's default, one per core
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep: cores are few
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3  # errors only: its notes would go to stderr, outside the service's log
-    # No arena: a run's activations go back to malloc instead of staying reserved at the largest batch's size
-    # (measured: +16 MB instead of +39 MB after a 32-chip batch, docs/memory.md)
-    options.enable_cpu_mem_arena = False
+    # ONNX Runtime's own arena (its default) holds the activations of the largest batch run so far (~40 MB at
+    # MAX_BATCH): without it, each run's buffers came from the malloc arena of whichever request or task
+    # thread ran it, and a web process with 16 threads kept ~250 MB more after 500 predictions (docs/memory.md)
+    options.enable_cpu_mem_arena = True
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
