@@ -24,7 +24,13 @@ import numpy as np
 
 from constants import VERSION, Settings
 from constants.states import JobState
-from features.extract import FeatureCache, PhotoFeatures, cached_photos_features, pipeline_settings
+from features.extract import (
+    FeatureCache,
+    PhotoFeatures,
+    cached_photos_features,
+    pipeline_settings,
+    release_freed_memory,
+)
 from features.select import choose_faces
 from modelization import lean
 from modelization.bundle import pack_bundle
@@ -61,8 +67,11 @@ def extract_chunk(photos: list[Photo], settings: Settings) -> list[dict]:
     """
     cache = FeatureCache(settings.cache_dir, settings)
     results = cached_photos_features([photo.data for photo in photos], settings, cache)
-    return [{**asdict(feats), "cached": cached, "key": cache.key(photo.data), "seconds": round(seconds, 4)}
-            for photo, (feats, cached, seconds) in zip(photos, results)]
+    out = [{**asdict(feats), "cached": cached, "key": cache.key(photo.data), "seconds": round(seconds, 4)}
+           for photo, (feats, cached, seconds) in zip(photos, results)]
+    del results
+    release_freed_memory()
+    return out
 
 
 POOR_QUALITY = "poor_quality"
