@@ -6,11 +6,13 @@ once would hold them for the rest of its life. So the train task starts a child 
 `spawn`: a fresh interpreter, never a fork of a process that may have run TensorFlow, see
 features/embeddings.ForkedAfterTensorFlow) as soon as it begins; the child imports Keras while the
 parent prepares and trains (seconds, hidden), writes the file from the trained weights, and ends
-with the task, taking TensorFlow's memory with it.
+with the task, taking TensorFlow's memory with it. A process that has Keras loaded already (the
+TensorFlow embedder, a test run) writes the file itself.
 """
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -67,16 +69,22 @@ def _write(spec: NetworkSpec, weights: list, n_inputs: int, n_classes: int) -> K
 class KerasWriter:
     """A child process that imports Keras from construction on; `write` gives the model file and ends it.
 
+    `child`: None (default) starts one unless Keras is already loaded in this process (FR_EMBEDDER=tensorflow,
+    a test run: there is no memory to spare, and the file is written here in a fraction of a second).
     Dropped without `write` (a build that failed before training), the child ends with it.
     """
 
-    def __init__(self) -> None:
-        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-        self._pool.submit(_import_keras)
+    def __init__(self, child: bool | None = None) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        if child or (child is None and "keras" not in sys.modules):
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool.submit(_import_keras)
 
     def write(self, spec: NetworkSpec, weights: list, n_inputs: int, n_classes: int) -> KerasExport:
         """The model file of `spec` holding `weights` (lean's [(kernel, bias), ...]), written by the child.
         If the child cannot run (it died, or no process could be started), written in this process."""
+        if self._pool is None:
+            return _write(spec, weights, n_inputs, n_classes)
         try:
             return self._pool.submit(_write, spec, weights, n_inputs, n_classes).result()
         except (OSError, RuntimeError) as exc:  # BrokenProcessPool is a RuntimeError
@@ -86,7 +94,9 @@ class KerasWriter:
             self.close()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def __del__(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)

@@ -220,7 +220,7 @@ def test_the_keras_file_written_by_the_child_is_keras_own(tmp_path):
     from modelization.export import KerasWriter
     spec = NetworkSpec(hidden=(64,), activation="tanh", cosine=True)
     weights = _weights(spec, 4, np.random.default_rng(7))
-    exported = KerasWriter().write(spec, weights, 128, 4)
+    exported = KerasWriter(child=True).write(spec, weights, 128, 4)
     exported.save(tmp_path / "child.keras")
     here = to_keras(spec, weights, 128, 4)
     assert exported.count_params() == here.count_params()
