@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""TensorFlow's run of dlib's face ResNet against dlib's own, on every face of real photo sets.
+"""ONNX Runtime's (or TensorFlow's) run of dlib's face ResNet against dlib's own, on every face of real photo sets.
 
-    python bench/embedder.py [--subset lfw62 lfw62-150px] [--limit N] [--chunk 16]
+    python bench/embedder.py [--embedder onnx|tensorflow] [--subset lfw62 lfw62-150px] [--limit N] [--chunk 16]
 
 For each set, in one process, photo by photo with the service's own code
 (`features.extract.prepare_photo`): the time of each step of a photo's path (decode,
@@ -87,13 +87,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--subset", nargs="+", default=["lfw62", "lfw62-150px"])
     ap.add_argument("--limit", type=int, default=0, help="photos per set (0: all)")
+    ap.add_argument("--embedder", default="onnx", choices=["onnx", "tensorflow"], help="compared with dlib")
     ap.add_argument("--chunk", type=int, default=16, help="photos per batch, as a worker's extract task")
     args = ap.parse_args()
 
     from features.extract import prepare_photo
     from preprocessor.faces import _detector
     from preprocessor.images import decode_image
-    tf_settings = Settings.from_env(embedder="tensorflow")
+    tf_settings = Settings.from_env(embedder=args.embedder)
     dlib_settings = dataclasses.replace(tf_settings, embedder="dlib")
     from features.embeddings import embed_chips, load_model
     from preprocessor.faces import load_models
@@ -141,7 +142,7 @@ def main() -> None:
         d_dl = distances(dl_vec) if d_tf is not None else None
         print(f"\n== {subset}: {len(paths)} photos, {n_chips} faces embedded ({no_face} photos without a face; "
               f"{sum(retried)} went through the upsampled retry)")
-        print(f"largest |TensorFlow - dlib| on any component: {diff.max():.2e} (face {worst[0]}, component "
+        print(f"largest |{args.embedder} - dlib| on any component: {diff.max():.2e} (face {worst[0]}, component "
               f"{worst[1]}, {paths[owner].parent.name}/{paths[owner].name}); median {np.median(diff):.1e}, "
               f"99.9th percentile {np.quantile(diff, 0.999):.1e}; one chip per call: {one_diff:.2e}; "
               f"target <= 1e-4: {'met' if max(diff.max(), one_diff) <= 1e-4 else 'MISSED'}")
@@ -159,16 +160,16 @@ def main() -> None:
             print(f"detection of the {len(again)} photos retried with one upsampling: "
                   f"{1000 * statistics.fmean(again):.1f} ms each, {100 * sum(again) / sum(steps['detect']):.0f}% of "
                   f"all detection time")
-        print(f"per face (ms): dlib {emb_dl:.1f}, TensorFlow {emb_tf:.2f} in batches of {args.chunk} photos, "
-              f"{1000 * tf1_s:.2f} one chip per call; dlib / TensorFlow {emb_dl / emb_tf:.1f}x")
+        print(f"per face (ms): dlib {emb_dl:.1f}, {args.embedder} {emb_tf:.2f} in batches of {args.chunk} photos, "
+              f"{1000 * tf1_s:.2f} one chip per call; dlib / {args.embedder} {emb_dl / emb_tf:.1f}x")
         whole_dl = path_common + per_photo_faces * emb_dl
         whole_tf = path_common + per_photo_faces * emb_tf
-        print(f"a photo's whole path (ms): with dlib {whole_dl:.1f}, with TensorFlow {whole_tf:.1f} "
+        print(f"a photo's whole path (ms): with dlib {whole_dl:.1f}, with {args.embedder} {whole_tf:.1f} "
               f"({whole_dl / whole_tf:.2f}x); the embedding's share: {100 * per_photo_faces * emb_dl / whole_dl:.0f}%"
               f" -> {100 * per_photo_faces * emb_tf / whole_tf:.0f}%")
 
         results = {name: build_answers(paths, found, vec, st, strangers)
-                   for name, vec, st in (("dlib", dl_vec, dlib_settings), ("tensorflow", tf_vec, tf_settings))}
+                   for name, vec, st in (("dlib", dl_vec, dlib_settings), (args.embedder, tf_vec, tf_settings))}
         for name, (manifest, answers) in results.items():
             m, o = manifest["metrics"], manifest["open_set"]
             accepted = sum(1 for a in answers if a[0] is not None)
@@ -177,7 +178,7 @@ def main() -> None:
                   f"{o['threshold_range'][0]:.4f}-{o['threshold_range'][1]:.4f}, test DIR {o['test_dir']:.4f}, "
                   f"accepted {o['test_accepted']:.4f}; strangers accepted {accepted} of {len(answers)} faces "
                   f"({100 * accepted / max(1, len(answers)):.2f}%)")
-        (_, a_dl), (_, a_tf) = results["dlib"], results["tensorflow"]
+        (_, a_dl), (_, a_tf) = results["dlib"], results[args.embedder]
         same = [(x[1], y[1]) for x, y in zip(a_dl, a_tf) if x[2] == y[2]]
         print(f"the two bundles' answers on the {len(a_dl)} strangers' faces: "
               f"{sum(x[0] != y[0] for x, y in zip(a_dl, a_tf))} differ (accepted by one only, or named otherwise); "

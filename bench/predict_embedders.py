@@ -3,11 +3,11 @@
 
     python bench/predict_embedders.py [--rounds 2] [--requests 30] [--clients 8]
 
-For each round and embedder (`FR_EMBEDDER=tensorflow`, then `dlib`): a fresh service (1 worker,
+For each round and embedder (`--embedders`: `FR_EMBEDDER=onnx`, `tensorflow`, `dlib`): a fresh service (1 worker,
 2 web processes) builds a small model (10 `lfw62` people, 6 photos each), then the same 250 px
 one-face photo is sent `--requests` times by one client (p50, p95: latency), then 200 times by
 `--clients` concurrent clients (requests/s, and the CPU the web processes spent per request, from
-/proc). The dlib service in each round is the reference: the ratio of its p50 to TensorFlow's.
+/proc). Each round ends with the ratio of every other embedder's p50 to the first one's.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.perf import FACES, build, descendants, latencies, pct
+from constants import EMBEDDERS
 from test.stack import Stack
 
 
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--requests", type=int, default=30)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--embedders", nargs="+", default=["onnx", "tensorflow", "dlib"], choices=EMBEDDERS)
     args = ap.parse_args()
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -49,7 +51,7 @@ def main() -> None:
     probe = (FACES / "lfw62" / "George_W_Bush" / "George_W_Bush_0500.jpg").read_bytes()
     for r in range(1, args.rounds + 1):
         p50 = {}
-        for embedder in ("tensorflow", "dlib"):
+        for embedder in args.embedders:
             with tempfile.TemporaryDirectory() as tmp, Stack(Path(tmp), workers=1, warm=True,
                                                              env={"FR_EMBEDDER": embedder}) as stack:
                 _, model_id = build(stack, buf.getvalue())
@@ -67,7 +69,8 @@ def main() -> None:
                       f"{pct(lat, .95):.0f} ms, {err} errors; {args.clients} clients: {len(many) / wall:.1f} req/s, "
                       f"p50 {pct(many, .5):.0f} ms, {err2} errors, web CPU {1000 * cpu / max(1, len(many)):.0f} ms "
                       "a request", flush=True)
-        print(f"round {r}: dlib p50 / TensorFlow p50 = {p50['dlib'] / p50['tensorflow']:.2f}x", flush=True)
+        print(f"round {r}: " + ", ".join(f"{e} p50 / {args.embedders[0]} p50 = {p50[e] / p50[args.embedders[0]]:.2f}x"
+                                         for e in args.embedders[1:]), flush=True)
 
 
 if __name__ == "__main__":

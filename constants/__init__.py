@@ -25,8 +25,8 @@ ALLOWED_IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "WEBP", "TIFF", "GIF")
 QUALITY_POLICIES = ("keep", "skip")  # what a build does with a poor photo (FR_QUALITY_POLICY)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
-# Who computes the 128-d embeddings (FR_EMBEDDER): both run dlib's face ResNet, same numbers.
-EMBEDDERS = ("tensorflow", "dlib")
+# Who computes the 128-d embeddings (FR_EMBEDDER): each runs dlib's face ResNet and gives dlib's numbers.
+EMBEDDERS = ("onnx", "tensorflow", "dlib")
 
 
 def is_loopback(host: str) -> bool:
@@ -160,9 +160,14 @@ class Settings:
     chip_padding: float = _bounded(0.25, 0.0, 1.0)
     max_faces_per_photo: int = _bounded(8, 1, 100)  # faces embedded in a training photo (largest first)
     max_faces_per_predict: int = _bounded(20, 1, 1000)  # faces embedded in a photo to identify (largest first)
-    # who runs dlib's face ResNet: "tensorflow" (the same network and weights, several times faster)
-    # or "dlib" (compute_face_descriptor); the same embeddings within 1e-4 (features/embeddings.py)
-    embedder: str = "tensorflow"
+    # who runs dlib's face ResNet: "onnx" (the same network and weights in ONNX Runtime: the fastest, and no
+    # TensorFlow in the process), "tensorflow" (in TensorFlow) or "dlib" (compute_face_descriptor); dlib's
+    # embeddings within 1e-6 (onnx) and 1e-4 (tensorflow) (features/embeddings.py, docs/memory.md)
+    embedder: str = "onnx"
+    # threads of one forward pass of the onnx embedder in a web process (0: one per core); a worker uses
+    # FR_WORKER_THREADS (run.py). 1: on a loaded machine a pass split over threads waits for the slowest
+    # one (measured: p50 2.2x longer with 2 threads than TensorFlow's, at the same CPU, docs/memory.md)
+    embedder_threads: int = _bounded(1, 0, 256)
     max_batch: int = _bounded(16, 1, 1000)          # photos or embeddings in one predict/verify request
     max_json_bytes: int = _bounded(64 * 1024 * 1024, 1024)  # a JSON body (photos in base64 inside)
     same_person_distance: float = _bounded(0.6, 0.0, 4.0)  # a group photo's face must be this close to the person

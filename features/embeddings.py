@@ -1,10 +1,11 @@
-"""Aligned face chips -> 128-d dlib ResNet embeddings, by dlib itself or by TensorFlow.
+"""Aligned face chips -> 128-d dlib ResNet embeddings, by ONNX Runtime, TensorFlow or dlib itself.
 
-Both embedders run dlib's face ResNet with the weights of the `face_recognition_models`
-package (nothing is downloaded at run time) and give the same numbers (within 1e-4 on
-every component, bench/embedder.py): `dlib` calls dlib's `compute_face_descriptor`;
-`tensorflow` (the default, several times faster) runs the same network, rebuilt from the
-same weights file, in TensorFlow (features/resnet_tf.py). `FR_EMBEDDER` chooses.
+Every embedder runs dlib's face ResNet with the weights of the `face_recognition_models`
+package (nothing is downloaded at run time) and gives dlib's numbers: `dlib` calls dlib's
+`compute_face_descriptor`; `onnx` (the default: the fastest, and without TensorFlow's memory)
+runs the same network, written as an ONNX graph from the same weights file, in ONNX Runtime
+(features/resnet_onnx.py; within 1e-6 of dlib); `tensorflow` rebuilds it in TensorFlow
+(features/resnet_tf.py; within 1e-4). `FR_EMBEDDER` chooses.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import numpy as np
 from constants import Settings
 
 if TYPE_CHECKING:
+    from features.resnet_onnx import OnnxEmbedder
     from features.resnet_tf import TensorFlowEmbedder
 
 EMBEDDING_SIZE = 128
@@ -74,6 +76,7 @@ def _after_fork_in_child() -> None:
     global _tf_inherited
     _tf_inherited = _tf_inherited or _started_at_fork
     _tf_embedders.clear()
+    _onnx_embedders.clear()  # ONNX Runtime's threads stay in the parent: the child makes its own session
 
 
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
@@ -97,11 +100,30 @@ def _tensorflow(models_dir: Path) -> TensorFlowEmbedder:
         return embedder
 
 
+_onnx_lock = threading.Lock()
+_onnx_embedders: dict[tuple[Path, int], OnnxEmbedder] = {}
+
+
+def _onnx(settings: Settings) -> OnnxEmbedder:
+    """The ONNX Runtime embedder (one per process and thread count: built on first use, then shared by every
+    thread), running on `settings.embedder_threads` cores (0: all)."""
+    key = (settings.models_dir, settings.embedder_threads)
+    with _onnx_lock:
+        embedder = _onnx_embedders.get(key)
+        if embedder is None:
+            from features.resnet_onnx import OnnxEmbedder
+            embedder = _onnx_embedders[key] = OnnxEmbedder(resnet_model_path(), settings.models_dir,
+                                                           settings.embedder_threads)
+        return embedder
+
+
 def load_model(settings: Settings | None = None) -> None:
-    """Load the embedder now rather than on the first face. The TensorFlow one also runs a
-    chip through its network, so that the first real batch does not pay for tracing the graph."""
+    """Load the embedder now rather than on the first face. The ONNX and TensorFlow ones also run a
+    chip through their network, so that the first real batch does not pay for setting it up."""
     s = settings or Settings.from_env()
-    if s.embedder == "tensorflow":
+    if s.embedder == "onnx":
+        _onnx(s).warm_up()
+    elif s.embedder == "tensorflow":
         _tensorflow(s.models_dir).warm_up()
     else:
         _resnet()
@@ -115,14 +137,17 @@ def embed_chips(chips: list[np.ndarray] | np.ndarray, mirror: bool = False,
     which cancels part of the network's noise (test-time augmentation; the mirror
     images go in the same batch). Used for the faces a model identifies, not for its
     gallery (README "Open set").
-    `settings.embedder` chooses who computes them ("tensorflow" or "dlib": same numbers);
-    TensorFlow's converted weights are cached in `settings.models_dir` (default settings: FR_*).
+    `settings.embedder` chooses who computes them ("onnx", "tensorflow" or "dlib": dlib's numbers);
+    the ONNX graph and TensorFlow's converted weights are cached in `settings.models_dir` (default
+    settings: FR_*).
     """
     s = settings or Settings.from_env()
     if len(chips) == 0:
         return np.zeros((0, EMBEDDING_SIZE), np.float32)
     batch = list(chips) + ([np.ascontiguousarray(c[:, ::-1]) for c in chips] if mirror else [])
-    if s.embedder == "tensorflow":
+    if s.embedder == "onnx":
+        vectors = _onnx(s)(np.stack(batch))  # thread-safe (features/resnet_onnx.py)
+    elif s.embedder == "tensorflow":
         vectors = _tensorflow(s.models_dir)(np.stack(batch))  # thread-safe (features/resnet_tf.py)
     else:
         with RESNET_LOCK:  # the network holds its layers' outputs: one forward pass at a time per process

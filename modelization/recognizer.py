@@ -1,14 +1,14 @@
 """Using a built model: bundle -> Recognizer -> every face in a photo, named or "unknown".
 
 Works offline, without the service: `load_bundle("model.zip").predict(open(p, "rb").read())`.
-The classifier runs as a small numpy forward pass (its weights read from the
-Keras model once), so a prediction costs the dlib pipeline and little more.
+The classifier runs as a small numpy forward pass (its weights read from the bundle's
+`model.keras` without Keras, modelization/keras_file.py), so a prediction costs the dlib
+pipeline and little more, and a process that predicts does not load TensorFlow.
 """
 from __future__ import annotations
 
 import io
 import json
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,8 +19,8 @@ import numpy as np
 from constants import Settings
 from features.embeddings import embed_chips
 from features.extract import find_faces
-from features.tf_import import keras_module
 from modelization.bundle import GALLERY_FILE, LABELS_FILE, MANIFEST_FILE, MODEL_FILE
+from modelization.keras_file import KerasFile
 from modelization.openset import (
     KMEAN,
     TEMPLATE,
@@ -121,8 +121,8 @@ class Recognizer:
         self.verification = manifest.get("verification") or {
             **calibrate_verification(self.gallery_y, len(labels), self.settings.verify_far),
             "note": "calibrated when the bundle was loaded: it was built before verification"}
-        self._model = model
-        self._steps = _numpy_layers(model)
+        self._model = model  # a KerasFile (a loaded bundle), or a Keras model
+        self._steps = model.steps if isinstance(model, KerasFile) else _numpy_layers(model)
         if self._steps is not None and any(s[0] == "dense" and s[3] not in _ACTIVATIONS | {"softmax": 0}
                                            for s in self._steps):
             self._steps = None
@@ -252,27 +252,25 @@ class Recognizer:
 
 
 def warm_up(settings: Settings) -> None:
-    """Load what using a model (and building one) needs, once per process: dlib's detector and
-    landmarks, the embedder, Keras. Workers and web processes run it in a background thread when
-    they start (FR_WARM_UP), so that no task or request waits for the imports.
+    """Load what using a model (and extracting features) needs, once per process: dlib's detector and
+    landmarks, and the embedder. Workers and web processes run it in a background thread when they
+    start (FR_WARM_UP), so that no task or request waits for the loading.
 
-    Importing Keras alone takes seconds. With the TensorFlow embedder, its weights are converted
-    (first start on a host only) and one chip runs through it.
+    The ONNX embedder writes its graph (first start on a host only) and runs one chip through it; the
+    TensorFlow one likewise, after importing TensorFlow (seconds). Keras is not loaded: bundles are read
+    without it, and a worker writes a bundle's model in a child process (modelization/export.py).
     """
     from features.embeddings import load_model
     from preprocessor.faces import load_models
     load_models()
     load_model(settings)
-    keras_module()
 
 
 def load_bundle(path: str | Path | bytes, settings: Settings | None = None) -> Recognizer:
     """Open a bundle (path or zip bytes) and return its Recognizer."""
-    keras = keras_module()
     src = io.BytesIO(path) if isinstance(path, (bytes, bytearray)) else path
-    with zipfile.ZipFile(src) as zf, tempfile.TemporaryDirectory() as tmp:
-        zf.extract(MODEL_FILE, tmp)
-        model = keras.models.load_model(Path(tmp) / MODEL_FILE, compile=False)
+    with zipfile.ZipFile(src) as zf:
+        model = KerasFile(zf.read(MODEL_FILE))
         labels = json.loads(zf.read(LABELS_FILE))
         manifest = json.loads(zf.read(MANIFEST_FILE))
         if GALLERY_FILE not in zf.namelist():

@@ -135,13 +135,13 @@ def test_weights_that_cannot_be_cached_are_still_used(tmp_path):
 # --------------------------------------------------------------------------- the setting
 
 def test_embedder_setting_is_read_checked_and_recorded(monkeypatch, tmp_path):
-    assert Settings().embedder == "tensorflow"  # the faster one is the default
+    assert Settings().embedder == "onnx"  # the fastest, and the leanest, is the default (docs/memory.md)
     monkeypatch.setenv("FR_EMBEDDER", "dlib")
     dl = Settings.from_env(data_dir=tmp_path)
     assert dl.embedder == "dlib"
     for bad in ("torch", "TensorFlow", " dlib2"):
         monkeypatch.setenv("FR_EMBEDDER", bad)
-        with pytest.raises(SettingsError, match="FR_EMBEDDER must be one of tensorflow, dlib"):
+        with pytest.raises(SettingsError, match="FR_EMBEDDER must be one of onnx, tensorflow, dlib"):
             Settings.from_env()
     with pytest.raises(SettingsError, match="FR_EMBEDDER"):  # built in code, too
         dataclasses.replace(dl, embedder="torch")

@@ -82,7 +82,7 @@ def test_build_poll_download_and_recognize_held_out_photos(stack, people, tmp_pa
     assert set(manifest["pipeline"]["models"]) == {"shape_predictor_5_face_landmarks.dat",
                                                   "dlib_face_recognition_resnet_model_v1.dat"}
     assert all(len(h) == 64 for h in manifest["pipeline"]["models"].values())
-    assert manifest["pipeline"]["embedder"] == "tensorflow"  # the default
+    assert manifest["pipeline"]["embedder"] == "onnx"  # the default
     assert {p["label"]: p["photos"] for p in manifest["people"]} == {p: N_UPLOAD for p in people}
     for key in ("test_accuracy", "balanced_accuracy"):
         assert 0.0 <= manifest["metrics"][key] <= 1.0

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from app.cli.supervisor import Supervisor, loopback, uwsgi_command
@@ -39,6 +40,7 @@ def cmd_broker(args) -> None:
 
 def cmd_worker(args) -> None:
     s = _settings(args)
+    s = replace(s, embedder_threads=s.worker_threads)  # the ONNX embedder's too: the worker's share of the cores
     # Before numpy loads: with one worker per core, OpenBLAS' own threads only fight over the
     # cores (measured: search candidates 3.3x slower with 2 workers x 2 BLAS threads).
     # TensorFlow (the embedder, the final training) likewise: its intra-op pool sized to the

@@ -85,7 +85,9 @@ class Supervisor:
         self.s, self.n_workers = s, n_workers
         # one mechanism for every child: the whole Settings, command-line flags included, as FR_* variables
         # (each child reads them with Settings.from_env, as when it is started alone)
-        self.env = {**os.environ, **s.to_env(),
+        # glibc keeps each thread's malloc arena at its peak: 2 arenas bound what 16 request threads (or a
+        # worker's task threads) keep after large photos (docs/memory.md); the operator's own value wins
+        self.env = {"MALLOC_ARENA_MAX": "2", **os.environ, **s.to_env(),
                     "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         py = [sys.executable, str(ROOT / "run.py")]
         self.children = [Child("broker", [*py, "broker"]), Child("web", uwsgi_command(s))]

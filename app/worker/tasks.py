@@ -24,14 +24,21 @@ import numpy as np
 
 from constants import VERSION, Settings
 from constants.states import JobState
-from features.extract import FeatureCache, PhotoFeatures, cached_photos_features, pipeline_settings
+from features.extract import (
+    FeatureCache,
+    PhotoFeatures,
+    cached_photos_features,
+    pipeline_settings,
+    release_freed_memory,
+)
 from features.select import choose_faces
 from modelization import lean
 from modelization.bundle import pack_bundle
 from modelization.card import model_card
 from modelization.dataset import HELD_OUT, ONE_PHOTO, Split, protocol, stratified_split
+from modelization.export import KerasWriter, library_versions
 from modelization.metrics import accuracy, balanced_accuracy
-from modelization.network import NetworkSpec, to_keras
+from modelization.network import NetworkSpec
 from modelization.openset import (
     Gallery,
     calibrate,
@@ -60,8 +67,11 @@ def extract_chunk(photos: list[Photo], settings: Settings) -> list[dict]:
     """
     cache = FeatureCache(settings.cache_dir, settings)
     results = cached_photos_features([photo.data for photo in photos], settings, cache)
-    return [{**asdict(feats), "cached": cached, "key": cache.key(photo.data), "seconds": round(seconds, 4)}
-            for photo, (feats, cached, seconds) in zip(photos, results)]
+    out = [{**asdict(feats), "cached": cached, "key": cache.key(photo.data), "seconds": round(seconds, 4)}
+           for photo, (feats, cached, seconds) in zip(photos, results)]
+    del results
+    release_freed_memory()
+    return out
 
 
 POOR_QUALITY = "poor_quality"
@@ -364,6 +374,7 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
     back), the fixed default network.
     """
     started = time.time()
+    writer = KerasWriter()  # a child imports Keras meanwhile: this process never loads TensorFlow
     options = job.get("options", {})
     seed = int(options.get("seed", settings.default_seed))
     data = prepare(files, features, settings, seed)
@@ -377,7 +388,7 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
     progress(JobState.TRAINING, "refitting on every photo", 0, 1)
     kept = np.flatnonzero(y >= 0)
     refit = lean.fit(trained.spec, x[kept], y[kept], n, seed=seed, max_epochs=max(1, trained.epochs))
-    model = to_keras(trained.spec, refit.weights, x.shape[1], n)
+    model = writer.write(trained.spec, refit.weights, x.shape[1], n)
     train_seconds = time.time() - t0
     mark_measured(data.people, measured["people"])
     manifest = {
@@ -410,7 +421,6 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
     add_bundle_to_baselines(manifest)
     bundle = pack_bundle(model, split.people, manifest, gallery_x=x[kept], gallery_y=y[kept],
                          card=model_card(manifest))
-    release_keras()
     return bundle
 
 
@@ -552,10 +562,8 @@ def train_chosen(search: dict, x: np.ndarray, y: np.ndarray, split: Split, setti
 def software_versions() -> dict:
     import dlib
 
-    from features.tf_import import keras_module, tensorflow_module
-    keras, tf = keras_module(), tensorflow_module()
-    return {"python": platform.python_version(), "dlib": dlib.__version__, "keras": keras.__version__,
-            "tensorflow": tf.__version__, "numpy": np.__version__}
+    return {"python": platform.python_version(), "dlib": dlib.__version__, **library_versions(),
+            "numpy": np.__version__}
 
 
 def release_keras() -> None:
