@@ -209,9 +209,8 @@ def _wrappers() -> list[str]:
     return out
 
 
-def read_network(data: bytes) -> Network:
-    """Parse the bytes of dlib's face recognition ResNet file."""
-    r = _Reader(data)
+def _read_versions(r: _Reader) -> list[int]:
+    """The loss layer, then every wrapper's version, outermost first. -> the versions of the layers."""
     r.expect_int("loss layer version", 1)
     if r.expect("loss_metric_", "loss_metric_2") == "loss_metric_2":
         r.read_float(), r.read_float()  # margin, distance threshold (training only)
@@ -222,6 +221,30 @@ def read_network(data: bytes) -> Network:
             versions.append(r.expect_int("layer version", *((2, 3) if i == len(wrappers) - 1 else (1, 2))))
         else:
             r.expect_int(f"{kind} layer version", 1)
+    return versions
+
+
+def _read_fc(r: _Reader) -> np.ndarray:
+    """The last layer, fc_no_bias 128: its (inputs, 128) weights."""
+    version = r.expect("fc_2", "fc_3")
+    outputs, inputs = r.read_int(), r.read_int()
+    params = r.tensor().reshape(-1)
+    weights, _bias = r.alias(), r.alias()
+    bias_mode = r.read_int()  # 1: FC_NO_BIAS
+    for _ in range(4):  # learning rate and weight decay multipliers
+        r.read_float()
+    if version == "fc_3":
+        r.read_bool()  # use_bias: fc_no_bias has none either way
+    if (outputs, inputs, weights, bias_mode) != (128, STAGES[-1][0], (inputs, outputs, 1, 1), 1) \
+            or params.size != inputs * outputs:
+        raise DatFormatError(f"fc layer {inputs}->{outputs} {weights} mode {bias_mode}: expected fc_no_bias 128")
+    return params.reshape(inputs, outputs).copy()
+
+
+def read_network(data: bytes) -> Network:
+    """Parse the bytes of dlib's face recognition ResNet file."""
+    r = _Reader(data)
+    versions = _read_versions(r)
     # the input layer
     r.expect("input_rgb_image_sized")
     mean = (r.read_float(), r.read_float(), r.read_float())
@@ -254,19 +277,7 @@ def read_network(data: bytes) -> Network:
         body(_relu)
         net.units.append(Residual(conv1, affine1, conv2, affine2, down))
     body(_pool, "avg_pool_2", 0, 1)  # avg_pool_everything: the window is the whole input
-    version = r.expect("fc_2", "fc_3")
-    outputs, inputs = r.read_int(), r.read_int()
-    params = r.tensor().reshape(-1)
-    weights, _bias = r.alias(), r.alias()
-    bias_mode = r.read_int()  # 1: FC_NO_BIAS
-    for _ in range(4):  # learning rate and weight decay multipliers
-        r.read_float()
-    if version == "fc_3":
-        r.read_bool()  # use_bias: fc_no_bias has none either way
-    if (outputs, inputs, weights, bias_mode) != (128, STAGES[-1][0], (inputs, outputs, 1, 1), 1) \
-            or params.size != inputs * outputs:
-        raise DatFormatError(f"fc layer {inputs}->{outputs} {weights} mode {bias_mode}: expected fc_no_bias 128")
-    net.fc = params.reshape(inputs, outputs).copy()
+    net.fc = _read_fc(r)
     _layer_state(r, next(layer_versions), innermost=False)
     assert next(layer_versions, None) is None and len(done) == len(versions) - 1
     if r.pos != len(data):

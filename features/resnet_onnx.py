@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from features.dlib_dat import INPUT_SIZE, Conv, Network, read_network
+from features.dlib_dat import INPUT_SIZE, Conv, Network, Residual, read_network
 from logger import logger
 from preprocessor.faces import file_sha256
 
@@ -38,74 +38,88 @@ SHA_KEY = "dat_sha256"  # the graph's metadata: the sha256 of the .dat it was wr
 CACHE_KEEPS_FREE = 64 * 1024 * 1024  # a cache file never takes the data disk's last room (builds need it)
 
 
-def graph(net: Network, dat_sha256: str = "") -> bytes:
-    """The ONNX model (serialized) of dlib's network `net`: input "chips" (n, 150, 150, 3) uint8 RGB,
-    output "embedding" (n, 128) float32. Needs the `onnx` package (only here: running it does not)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+class _Graph:
+    """ONNX nodes and initializers, added in order (needs the `onnx` package)."""
 
-    nodes: list = []
-    inits: list = []
+    def __init__(self) -> None:
+        self.nodes: list = []
+        self.inits: list = []
 
-    def const(name: str, value: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(value), name))
+    def const(self, name: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def node(op: str, inputs: list[str], name: str, **attrs: Any) -> str:
-        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+    def node(self, op: str, inputs: list[str], name: str, **attrs: Any) -> str:
+        from onnx import helper
+        self.nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
         return name
 
-    def conv_affine(x: str, name: str, conv: Conv, gamma: np.ndarray, beta: np.ndarray) -> str:
+    def conv_affine(self, x: str, name: str, conv: Conv, gamma: np.ndarray, beta: np.ndarray) -> str:
+        """dlib's con_ then affine_, as one Conv: the affine folded into the filters and bias."""
         filters = conv.filters.astype(np.float32) * gamma.astype(np.float32)[:, None, None, None]
         bias = conv.bias.astype(np.float32) * gamma.astype(np.float32) + beta.astype(np.float32)
-        return node("Conv", [x, const(name + "/w", filters), const(name + "/b", bias)], name,
-                    kernel_shape=list(conv.filters.shape[2:]), strides=[conv.stride] * 2, pads=[conv.padding] * 4)
+        return self.node("Conv", [x, self.const(name + "/w", filters), self.const(name + "/b", bias)], name,
+                         kernel_shape=list(conv.filters.shape[2:]), strides=[conv.stride] * 2,
+                         pads=[conv.padding] * 4)
 
-    mean = np.asarray(net.input_mean, np.float32).reshape(1, 1, 1, 3)
-    x = node("Cast", ["chips"], "input/float", to=TensorProto.FLOAT)
-    x = node("Sub", [x, const("input/mean", mean)], "input/centred")
-    x = node("Mul", [x, const("input/scale", np.asarray(1 / 256, np.float32))], "input/scaled")  # exact: 2**-8
-    x = node("Transpose", [x], "input/nchw", perm=[0, 3, 1, 2])
-    x = node("Relu", [conv_affine(x, "stem", net.stem_conv, net.stem_affine.gamma, net.stem_affine.beta)],
-             "stem/relu")
-    x = node("MaxPool", [x], "stem/pool", kernel_shape=[3, 3], strides=[2, 2])
-    size = (((CHIP - 7) // 2 + 1) - 3) // 2 + 1  # 150 -> 72 (7x7/2) -> 35 (3x3/2)
-    channels = net.stem_conv.filters.shape[0]
-    for i, u in enumerate(net.units):
-        name = f"unit{i}"
-        y = node("Relu", [conv_affine(x, name + "/conv1", u.conv1, u.affine1.gamma, u.affine1.beta)], name + "/relu1")
-        y = conv_affine(y, name + "/conv2", u.conv2, u.affine2.gamma, u.affine2.beta)
+    def padded(self, t: str, t_size: int, t_channels: int, what: str, size: int, channels: int, name: str) -> str:
+        """`t` zero-padded at the end of its channels and rows and columns to (channels, size, size)."""
+        if (t_size, t_channels) == (size, channels):
+            return t
+        pads = np.asarray([0, 0, 0, 0, 0, channels - t_channels, size - t_size, size - t_size],
+                          np.int64)  # ONNX: every axis' start, then every axis' end
+        return self.node("Pad", [t, self.const(f"{name}/{what}/pads", pads)], f"{name}/{what}/padded",
+                         mode="constant")
+
+    def residual(self, x: str, name: str, u: Residual, size: int, channels: int) -> tuple[str, int, int]:
+        """One residual unit on `x` (size x size, `channels`). -> (its output, size, channels)."""
+        y = self.node("Relu", [self.conv_affine(x, name + "/conv1", u.conv1, u.affine1.gamma, u.affine1.beta)],
+                      name + "/relu1")
+        y = self.conv_affine(y, name + "/conv2", u.conv2, u.affine2.gamma, u.affine2.beta)
         filters = u.conv2.filters.shape[0]
         if u.down:  # the block's 3x3/2 without padding; the shortcut's 2x2/2 average pool
             block_size, short_size = (size - 3) // 2 + 1, (size - 2) // 2 + 1
-            shortcut = node("AveragePool", [x], name + "/pool", kernel_shape=[2, 2], strides=[2, 2])
+            shortcut = self.node("AveragePool", [x], name + "/pool", kernel_shape=[2, 2], strides=[2, 2])
         else:
             block_size = short_size = size
             shortcut = x
         out_size, out_channels = max(block_size, short_size), max(filters, channels)
+        added = self.node("Add", [self.padded(y, block_size, filters, "block", out_size, out_channels, name),
+                                  self.padded(shortcut, short_size, channels, "shortcut", out_size, out_channels,
+                                              name)], name + "/add")
+        return self.node("Relu", [added], name + "/relu"), out_size, out_channels
 
-        def padded(t: str, t_size: int, t_channels: int, what: str, size: int, channels: int, name: str) -> str:
-            if (t_size, t_channels) == (size, channels):
-                return t
-            pads = np.asarray([0, 0, 0, 0, 0, channels - t_channels, size - t_size, size - t_size],
-                              np.int64)  # ONNX: every axis' start, then every axis' end
-            return node("Pad", [t, const(f"{name}/{what}/pads", pads)], f"{name}/{what}/padded", mode="constant")
 
-        added = node("Add", [padded(y, block_size, filters, "block", out_size, out_channels, name),
-                             padded(shortcut, short_size, channels, "shortcut", out_size, out_channels, name)],
-                     name + "/add")
-        x = node("Relu", [added], name + "/relu")
-        size, channels = out_size, out_channels
-    x = node("GlobalAveragePool", [x], "pool")
-    x = node("Flatten", [x], "features", axis=1)
+def graph(net: Network, dat_sha256: str = "") -> bytes:
+    """The ONNX model (serialized) of dlib's network `net`: input "chips" (n, 150, 150, 3) uint8 RGB,
+    output "embedding" (n, 128) float32. Needs the `onnx` package (only here: running it does not)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = _Graph()
+    mean = np.asarray(net.input_mean, np.float32).reshape(1, 1, 1, 3)
+    x = g.node("Cast", ["chips"], "input/float", to=TensorProto.FLOAT)
+    x = g.node("Sub", [x, g.const("input/mean", mean)], "input/centred")
+    x = g.node("Mul", [x, g.const("input/scale", np.asarray(1 / 256, np.float32))], "input/scaled")  # exact: 2**-8
+    x = g.node("Transpose", [x], "input/nchw", perm=[0, 3, 1, 2])
+    x = g.node("Relu", [g.conv_affine(x, "stem", net.stem_conv, net.stem_affine.gamma, net.stem_affine.beta)],
+               "stem/relu")
+    x = g.node("MaxPool", [x], "stem/pool", kernel_shape=[3, 3], strides=[2, 2])
+    size = (((CHIP - 7) // 2 + 1) - 3) // 2 + 1  # 150 -> 72 (7x7/2) -> 35 (3x3/2)
+    channels = net.stem_conv.filters.shape[0]
+    for i, u in enumerate(net.units):
+        x, size, channels = g.residual(x, f"unit{i}", u, size, channels)
+    x = g.node("GlobalAveragePool", [x], "pool")
+    x = g.node("Flatten", [x], "features", axis=1)
     if net.fc is None:
         raise ValueError("the network has no fc layer")
-    node("MatMul", [x, const("fc", net.fc.astype(np.float32))], "embedding")
+    g.node("MatMul", [x, g.const("fc", net.fc.astype(np.float32))], "embedding")
     model = helper.make_model(
-        helper.make_graph(nodes, "dlib_face_recognition_resnet_model_v1",
+        helper.make_graph(g.nodes, "dlib_face_recognition_resnet_model_v1",
                           [helper.make_tensor_value_info("chips", TensorProto.UINT8, [None, CHIP, CHIP, 3])],
                           [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [None, net.fc.shape[1]])],
-                          inits),
+                          g.inits),
         opset_imports=[helper.make_opsetid("", OPSET)], producer_name="api-facial-recognition features/resnet_onnx.py")
     model.ir_version = 8  # what ONNX Runtime releases of the last years all read
     helper.set_model_props(model, {SHA_KEY: dat_sha256})

@@ -111,10 +111,8 @@ def cached_weights(dat_path: str, cache_dir: Path) -> dict[str, np.ndarray]:
     return weights
 
 
-def build_model(weights: dict[str, np.ndarray]):
-    """The Keras model: (n, 150, 150, 3) uint8 RGB chips -> (n, 128) float32 embeddings."""
-    keras = keras_module()
-    from keras import layers, ops  # imported whole by keras_module()
+def _dlib_layers(layers, ops) -> tuple[type, type]:
+    """Keras layers for dlib's affine_ (per channel) and add_prev_ (zero-padded sum): (ChannelAffine, ZeroPadAdd)."""
 
     class ChannelAffine(layers.Layer):
         """dlib's affine_ layer in CONV_MODE: gamma * x + beta per channel."""
@@ -142,6 +140,15 @@ def build_model(weights: dict[str, np.ndarray]):
                     return t
                 return ops.pad(t, [[0, 0], [0, h - th], [0, w - tw], [0, c - tc]])
             return pad(a, ha, wa, ca) + pad(b, hb, wb, cb)
+
+    return ChannelAffine, ZeroPadAdd
+
+
+def build_model(weights: dict[str, np.ndarray]):
+    """The Keras model: (n, 150, 150, 3) uint8 RGB chips -> (n, 128) float32 embeddings."""
+    keras = keras_module()
+    from keras import layers, ops  # imported whole by keras_module()
+    ChannelAffine, ZeroPadAdd = _dlib_layers(layers, ops)
 
     def conv(x, name, stride):
         kernel, bias = weights[name + "/kernel"], weights[name + "/bias"]

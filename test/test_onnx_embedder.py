@@ -182,7 +182,7 @@ SCRIPT = """
 import sys, json
 from dataclasses import asdict
 import numpy as np
-from app.build import train_bundle
+from app.worker.tasks import train_bundle
 from constants import Settings
 from features.extract import PhotoFeatures
 from modelization.recognizer import load_bundle
@@ -230,7 +230,7 @@ def test_the_keras_file_written_by_the_child_is_keras_own(tmp_path):
 
 
 def test_a_bundle_built_from_onnx_features_predicts_real_faces(faces_dir, settings):
-    from app.build import extract_chunk, train_bundle
+    from app.worker.tasks import extract_chunk, train_bundle
     from modelization.recognizer import load_bundle
     from preprocessor.uploads import Photo
     onnx, _ = settings

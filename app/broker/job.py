@@ -11,7 +11,7 @@ from constants.states import JobState
 
 @dataclass(frozen=True)
 class Job:
-    """One row of the jobs table (app/store.py's SCHEMA)."""
+    """One row of the jobs table (app/broker/store.py's SCHEMA)."""
     id: str
     name: str | None
     state: JobState
@@ -53,5 +53,5 @@ class Job:
         return self.n_photos - int(self.options.get("inherited", 0))
 
     def as_row(self) -> dict[str, Any]:
-        """The row as the store keeps it (options as JSON): what a reader sends a front (app/store.py job_view)."""
+        """The row as the store keeps it (options as JSON): what a reader sends a front (app/shared/jobs.py job_view)."""
         return {**self.__dict__, "state": self.state.value, "options": json.dumps(self.options)}

@@ -10,9 +10,9 @@ job store; it owns the sockets and hands each message to the part that deals wit
 
 Callbacks and metrics are listeners on job events (app/broker/events.py).
 
-Trust: both sockets are CURVE servers (app/keys.py): only the service's own fronts reach the front
+Trust: both sockets are CURVE servers (app/wire/curve.py): only the service's own fronts reach the front
 socket, only allowed workers the back one, and a key removed from `allowed/` is refused on its next
-message. Every message is checked against its schema (app/protocol.py) before anything reads it. A
+message. Every message is checked against its schema (app/wire/protocol.py) before anything reads it. A
 message that does not fit is logged (escaped) and dropped: no message, and no failing disk or store,
 stops the loop.
 

@@ -1,4 +1,4 @@
-"""The loop's side of the read threads (app/reader.py): reads wait in line for an idle reader, the longest
+"""The loop's side of the read threads (app/broker/reader.py): reads wait in line for an idle reader, the longest
 idle first (the ZeroMQ guide's load-balancing pattern); answers go back through the loop."""
 from __future__ import annotations
 
