@@ -53,5 +53,5 @@ class Job:
         return self.n_photos - int(self.options.get("inherited", 0))
 
     def as_row(self) -> dict[str, Any]:
-        """The row as the store keeps it (options as JSON): what a reader sends a front (app/shared/jobs.py job_view)."""
+        """The row as the store keeps it (options as JSON), as app/shared/jobs.py job_view reads it."""
         return {**self.__dict__, "state": self.state.value, "options": json.dumps(self.options)}
