@@ -91,11 +91,19 @@ def finished_model(s: Settings, tenant: str | None, size: int = 2_600_000) -> tu
 
 
 def raw(settings: Settings, folder: Path, frames: list[bytes], timeout: float = 3.0) -> tuple[bytes, dict, list]:
+    """One request on the broker's front socket, as a front with the keys in `folder`; TimeoutError when no
+    answer comes within `timeout`, or when the request cannot even leave: a peer whose key the broker
+    refused has no pipe once the handshake has failed, and a REQ send then blocks (it did, for good, under
+    load: the handshake had failed before the send)."""
     sock = keys.client_socket(zmq.Context.instance(), zmq.REQ, folder, "front")
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
     sock.connect(settings.broker_front_tcp)
     try:
-        sock.send_multipart(frames)
+        try:
+            sock.send_multipart(frames)
+        except zmq.Again:
+            raise TimeoutError("the request could not be sent") from None
         if not sock.poll(int(timeout * 1000)):
             raise TimeoutError("no answer")
         return p.unpack(sock.recv_multipart())
