@@ -33,8 +33,8 @@ from test.waits import wait_until
     ("FR_TARGET_FAR", "2", "FR_TARGET_FAR must be between 0.0001 and 0.5"),
     ("FR_WORKERS", "-1", "FR_WORKERS must be between 0 and 256"),
     ("FR_BROKER_BACK", "http://x", "FR_BROKER_BACK must be a tcp:// or ipc:// endpoint"),
-    ("FR_EMBEDDER", "TensorFlow", "FR_EMBEDDER must be one of tensorflow, dlib, got 'TensorFlow'"),
-    ("FR_EMBEDDER", "onnx", "FR_EMBEDDER must be one of tensorflow, dlib, got 'onnx'"),
+    ("FR_EMBEDDER", "TensorFlow", "FR_EMBEDDER must be one of onnx, tensorflow, dlib, got 'TensorFlow'"),
+    ("FR_EMBEDDER", "ONNX", "FR_EMBEDDER must be one of onnx, tensorflow, dlib, got 'ONNX'"),
 ])
 def test_a_bad_setting_stops_the_start_and_names_the_variable(tmp_path, var, value, expected):
     r = subprocess.run([sys.executable, str(ROOT / "run.py"), "serve", "--data-dir", str(tmp_path)],
@@ -50,7 +50,7 @@ def test_a_worker_or_web_process_with_a_bad_embedder_does_not_start(tmp_path):
         r = subprocess.run([sys.executable, str(ROOT / "run.py"), *command, "--data-dir", str(tmp_path)],
                            env={**os.environ, "FR_EMBEDDER": "torch"}, capture_output=True, text=True, timeout=60)
         assert r.returncode == 2, (command, r.stderr)
-        assert "FR_EMBEDDER must be one of tensorflow, dlib, got 'torch'" in r.stderr, (command, r.stderr)
+        assert "FR_EMBEDDER must be one of onnx, tensorflow, dlib, got 'torch'" in r.stderr, (command, r.stderr)
 
 
 def test_the_readme_lists_every_setting_and_nothing_else():
