@@ -11,7 +11,7 @@ smallest size / sharpness at which the 90th percentile of the drift stays under 
 Tune on strangers-more, report on strangers (the limits chosen on one folder, checked on the other):
 
     python bench/quality_limits.py --folder strangers-more --photos 200
-    python bench/quality_limits.py --folder strangers --photos 200 --face-px 32 --sharpness 4
+    python bench/quality_limits.py --folder strangers --photos 200 --face-px 32 --sharpness 8
 
 This is a proxy, not an open-set false-accept rate: it says how far a face moves, not how often a
 stranger is taken for a gallery's person (bench/stranger_model.py measures that on LFW crops).
@@ -42,7 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--folder", default="strangers-more")
     ap.add_argument("--photos", type=int, default=200)
-    ap.add_argument("--max-drift", type=float, default=0.4)
+    ap.add_argument("--max-drift", type=float, default=0.35)
     ap.add_argument("--face-px", type=float, default=0, help="report: the share of faces under this size")
     ap.add_argument("--sharpness", type=float, default=0, help="report: drift on each side of this sharpness")
     args = ap.parse_args()

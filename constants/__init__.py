@@ -178,8 +178,8 @@ class Settings:
     quality_policy: str = "keep"          # keep: poor photos are used (and listed); skip: they are not
     # Below these a face found is not named at all (reason too_small / too_blurred, preprocessor/quality.py);
     # chosen on strangers-more by bench/quality_limits.py (docs/detector.md)
-    recognise_min_face_px: int = _bounded(32, 0)
-    recognise_min_sharpness: float = _bounded(4.0, 0.0)
+    recognise_min_face_px: int = _bounded(32, 0)         # drift p90 0.32 on strangers-more (28 px: 0.38)
+    recognise_min_sharpness: float = _bounded(8.0, 0.0)  # drift p90 0.32 in [8, 10) (6-8: 0.40)
 
     # Training.
     min_photos_per_person: int = _bounded(1, 1, 1000)  # fewer usable photos: left out (1: everyone with a face)
