@@ -33,9 +33,15 @@ MODEL_FILE = "face_detection_full_range_sparse.tflite"
 # 24/25 at 16 px, all from 20 px. 14 px: the finest level is half the pixels of 20 px's.
 MODEL_MIN_FACE = 14.0
 LEVEL_STEP = 2.5          # each level sees faces this many times larger than the one before
+# Which candidates are faces. Chosen on faces of strangers-more and face-less walls composed by
+# bench/compose.py (scripted in docs/detector.md): faces scored 0.74 or more on their tile in 95 of 100
+# cases, the walls' false faces 0.50-0.69 (4 of 47 over 0.7). A candidate scored SURE_SCORE on its tile is
+# kept; one scored MIN_SCORE-SURE_SCORE is looked at again alone (`confirm`) and kept if the network is
+# CONFIRM_SCORE sure there (1 of the 47 false faces passed it).
 MIN_SCORE = 0.5           # MediaPipe's own threshold for this model: a candidate
-CONFIRM_FACE = 64.0       # each candidate is looked at again alone, its face this wide in the input...
-CONFIRM_SCORE = 0.7       # ...and kept only when the network is this sure there (see `confirm`)
+SURE_SCORE = 0.7
+CONFIRM_FACE = 64.0       # the face's width in the input when a candidate is looked at again
+CONFIRM_SCORE = 0.6
 NMS_IOU = 0.3
 # BlazeFace box (centre x, centre y, width) -> HOG box, in units of BlazeFace's width (fitted on
 # 210 strangers-more crops: the median offset and size of HOG's box (upsampled once) from BlazeFace's;
@@ -157,8 +163,12 @@ def detect(image: np.ndarray, min_face_px: float = 40.0,
     if not all_boxes:
         return []
     boxes, scores = np.concatenate(all_boxes), np.concatenate(all_scores)
-    kept = [confirm(image, boxes[i]) for i in _nms(boxes, scores, NMS_IOU)]
-    kept = [k for k in kept if k is not None]
+    kept = []
+    for i in _nms(boxes, scores, NMS_IOU):
+        if scores[i] >= SURE_SCORE:
+            kept.append((*boxes[i], scores[i]))
+        elif (again := confirm(image, boxes[i])) is not None:
+            kept.append(again)
     if not kept:
         return []
     boxes, scores = np.array([k[:4] for k in kept]), np.array([k[4] for k in kept])
@@ -168,10 +178,8 @@ def detect(image: np.ndarray, min_face_px: float = 40.0,
 
 def confirm(image: np.ndarray, box: np.ndarray) -> tuple[float, float, float, float, float] | None:
     """Look at one candidate again, alone and centred, its face `CONFIRM_FACE` px wide in the network's input:
-    the same face found there with a score of `CONFIRM_SCORE` or more -> its box (more accurate than the
-    tile's) and score; else None. A scan's false faces (a tile's edge, a pattern of clutter; scores 0.5-0.65
-    on the composed walls) seldom survive this, the faces do (0.7-0.95); one more small inference per
-    candidate."""
+    the same face found there with a score of `CONFIRM_SCORE` or more -> its box and score; else None.
+    One more small inference per doubtful candidate."""
     x0, y0, x1, y1 = (float(v) for v in box[:4])
     side = (x1 - x0) * INPUT / CONFIRM_FACE
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
