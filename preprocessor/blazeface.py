@@ -61,9 +61,10 @@ def model_path() -> str:
 
 @lru_cache(maxsize=1)
 def _interpreter():
+    from preprocessor.tf_import import tensorflow_module  # one import of TensorFlow per process, under its lock
+    tf = tensorflow_module()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
-        import tensorflow as tf
         it = tf.lite.Interpreter(model_path=model_path(), num_threads=2)
     it.allocate_tensors()
     return it
