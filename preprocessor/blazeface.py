@@ -37,7 +37,7 @@ LEVEL_STEP = 2.5          # each level sees faces this many times larger than th
 # bench/compose.py (scripted in docs/detector.md): faces scored 0.74 or more on their tile in 95 of 100
 # cases, the walls' false faces 0.50-0.69 (4 of 47 over 0.7). A candidate scored SURE_SCORE on its tile is
 # kept; one scored MIN_SCORE-SURE_SCORE is looked at again alone (`confirm`) and kept if the network is
-# CONFIRM_SCORE sure there (1 of the 47 false faces passed it).
+# CONFIRM_SCORE sure there (none of the 43 under 0.7 passed it; the 4 over 0.7 are kept).
 MIN_SCORE = 0.5           # MediaPipe's own threshold for this model: a candidate
 SURE_SCORE = 0.7
 CONFIRM_FACE = 64.0       # the face's width in the input when a candidate is looked at again
