@@ -143,3 +143,13 @@ def test_detecting_with_blazeface_does_not_load_tensorflow(faces_dir, tmp_path):
     faces, litert, tensorflow = json.loads(out.stdout.strip().splitlines()[-1])
     assert faces == 1 and litert  # the check looked at a process that detected with BlazeFace
     assert tensorflow == []
+
+
+@pytest.mark.parametrize("detector", ["hog", "blazeface"])
+def test_the_model_card_names_the_detector_a_bundle_was_built_with(detector):
+    from features.extract import pipeline_settings
+    from modelization.card import model_card
+    pipeline = pipeline_settings(replace(SETTINGS, detector=detector))
+    (line,) = [x for x in model_card({"pipeline": pipeline}).splitlines() if x.startswith("- pipeline:")]
+    assert line.startswith(f"- pipeline: detector {detector},")
+    assert (f"detect max side {SETTINGS.detect_max_side}" in line) == (detector == "hog") and "None" not in line
