@@ -9,7 +9,7 @@ RUN if ! command -v make >/dev/null || ! python3 -c "import venv, ensurepip" 2>/
         apt-get update && apt-get install -y --no-install-recommends make libgl1 libglib2.0-0 python3-venv \
         && rm -rf /var/lib/apt/lists/*; fi
 WORKDIR /srv/api-facial-recognition
-COPY requirements.txt Makefile ./
+COPY requirements.txt requirements-nodeps.txt Makefile ./
 RUN make setup && rm -rf /root/.cache
 COPY . .
 ENV FR_DATA_DIR=/data FR_HOST=0.0.0.0 PATH=/srv/api-facial-recognition/.venv/bin:$PATH

@@ -27,6 +27,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 
 # Who computes the 128-d embeddings (FR_EMBEDDER): each runs dlib's face ResNet and gives dlib's numbers.
 EMBEDDERS = ("onnx", "tensorflow", "dlib")
+# Who finds the faces (FR_DETECTOR): dlib's HOG (the default), or BlazeFace over tiles of the full photo
+# (opt-in, experimental: docs/detector.md).
+DETECTORS = ("hog", "blazeface")
 
 
 def is_loopback(host: str) -> bool:
@@ -154,8 +157,10 @@ class Settings:
     request_timeout_s: int = _bounded(300, 10, 86_400)  # uWSGI's http-timeout; a build must be stored within it
 
     # Face pipeline.
-    detect_max_side: int = _bounded(1600, 64)       # larger photos are detected on a downscaled copy
-    upsample_max_side: int = _bounded(1000, 0)      # photos up to this side get one upsampled retry
+    detector: str = "hog"                           # FR_DETECTOR: hog or blazeface (opt-in; docs/detector.md)
+    detect_min_face_px: int = _bounded(40, 16, 1000)  # blazeface: the smallest face (box width, px) looked for
+    detect_max_side: int = _bounded(1600, 64)       # hog: larger photos are detected on a downscaled copy
+    upsample_max_side: int = _bounded(1000, 0)      # hog: photos up to this side get one upsampled retry
     chip_size: int = _bounded(150, 150, 150)        # dlib's ResNet takes 150 px chips
     chip_padding: float = _bounded(0.25, 0.0, 1.0)
     max_faces_per_photo: int = _bounded(8, 1, 100)  # faces embedded in a training photo (largest first)
@@ -177,6 +182,10 @@ class Settings:
     quality_min_sharpness: float = _bounded(10.0, 0.0)  # variance of the Laplacian of the aligned chip
     quality_max_yaw: float = _bounded(0.3, 0.0)         # nose offset from the eyes' middle, in eye distances
     quality_policy: str = "keep"          # keep: poor photos are used (and listed); skip: they are not
+    # Below these a face found is not named at all (reason too_small / too_blurred, preprocessor/quality.py);
+    # chosen on strangers-more by bench/quality_limits.py (docs/detector.md)
+    recognise_min_face_px: int = _bounded(32, 0)         # drift p90 0.32 on strangers-more (28 px: 0.38)
+    recognise_min_sharpness: float = _bounded(8.0, 0.0)  # drift p90 0.32 in [8, 10) (6-8: 0.40)
 
     # Training.
     min_photos_per_person: int = _bounded(1, 1, 1000)  # fewer usable photos: left out (1: everyone with a face)
@@ -249,6 +258,8 @@ class Settings:
                              f"got {self.quality_policy!r}")
         if self.embedder not in EMBEDDERS:
             raise SettingsError(f"FR_EMBEDDER must be one of {', '.join(EMBEDDERS)}, got {str(self.embedder)[:40]!r}")
+        if self.detector not in DETECTORS:
+            raise SettingsError(f"FR_DETECTOR must be one of {', '.join(DETECTORS)}, got {str(self.detector)[:40]!r}")
 
     @classmethod
     def from_env(cls, environ: dict | None = None, **overrides) -> Settings:
@@ -288,6 +299,8 @@ class Settings:
             raise SettingsError(f"FR_QUALITY_POLICY must be keep or skip, got {values['quality_policy'][:40]!r}")
         if values["embedder"] not in EMBEDDERS:
             raise SettingsError(f"FR_EMBEDDER must be one of {', '.join(EMBEDDERS)}, got {values['embedder'][:40]!r}")
+        if values["detector"] not in DETECTORS:
+            raise SettingsError(f"FR_DETECTOR must be one of {', '.join(DETECTORS)}, got {values['detector'][:40]!r}")
         if values["log_level"].upper() not in ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"):
             raise SettingsError(f"FR_LOG_LEVEL must be a loguru level (DEBUG, INFO, WARNING, ...), "
                                 f"got {values['log_level'][:40]!r}")

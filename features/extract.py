@@ -25,10 +25,11 @@ from features.embeddings import EMBEDDING_SIZE, embed_chips, resnet_model_path
 from preprocessor.errors import InputError
 from preprocessor.faces import Face, detect_faces, face_at, file_sha256, landmarks_model_path
 from preprocessor.images import decode_image
-from preprocessor.quality import measure
+from preprocessor.quality import measure, reason, recognisable_limits
 
-# 2: every face of a photo is embedded (up to max_faces_per_photo); 3: each face's quality figures
-PIPELINE_VERSION = 3
+# 2: every face of a photo is embedded (up to max_faces_per_photo); 3: each face's quality figures;
+# 4: the detector is a setting (FR_DETECTOR: HOG by default, BlazeFace opt-in) and each face has a `reason`
+PIPELINE_VERSION = 4
 
 # Why a photo gave no embedding.
 NO_FACE, CORRUPT = "no_face", "corrupt_image"
@@ -112,10 +113,7 @@ def pipeline_settings(settings: Settings) -> dict:
     """Everything that changes an embedding; part of the cache key and of the manifest."""
     return {
         "pipeline_version": PIPELINE_VERSION,
-        "detector": "dlib HOG frontal_face_detector",
-        "detect_max_side": settings.detect_max_side,
-        "upsample_max_side": settings.upsample_max_side,
-        "upsample_policy": "0, then 1 if no face and the photo fits upsample_max_side",
+        **_detector_settings(settings),
         "chip_size": settings.chip_size,
         "chip_padding": settings.chip_padding,
         "max_faces_per_photo": settings.max_faces_per_photo,
@@ -128,6 +126,20 @@ def pipeline_settings(settings: Settings) -> dict:
             "dlib_face_recognition_resnet_model_v1.dat": file_sha256(resnet_model_path()),
         },
     }
+
+
+def _detector_settings(settings: Settings) -> dict:
+    if settings.detector == "blazeface":
+        from preprocessor import blazeface
+        return {"detector": "blazeface full-range (MediaPipe) over tiles, boxes mapped to HOG's",
+                "detect_min_face_px": settings.detect_min_face_px,
+                "detector_model": {blazeface.MODEL_FILE: file_sha256(blazeface.model_path())},
+                "detector_params": {"model_min_face": blazeface.MODEL_MIN_FACE, "level_step": blazeface.LEVEL_STEP,
+                                    "min_score": blazeface.MIN_SCORE, "hog_from_blaze": blazeface.HOG_FROM_BLAZE}}
+    return {"detector": "dlib HOG frontal_face_detector",
+            "detect_max_side": settings.detect_max_side,
+            "upsample_max_side": settings.upsample_max_side,
+            "upsample_policy": "0, then 1 if no face and the photo fits upsample_max_side"}
 
 
 def _salt(settings: Settings) -> str:
@@ -255,14 +267,20 @@ class _Clock:
 def find_faces(image: np.ndarray, settings: Settings, limit: int | None = None,
                clock: _Clock | None = None) -> tuple[list[Face], int]:
     """Every face of a decoded photo, largest first, cut to `limit`: (faces, how many were found).
-    `clock` (optional) gets the laps `detect` and `align` (landmarks and chip of each face)."""
-    boxes = detect_faces(image, settings.detect_max_side, settings.upsample_max_side)
+    Each face comes with its box, quality figures and `reason` (None, "too_small" or "too_blurred":
+    a face that must not be named). `clock` (optional) gets the laps `detect` and `align`."""
+    boxes = detect_faces(image, settings.detect_max_side, settings.upsample_max_side, settings.detector,
+                         settings.detect_min_face_px)
     boxes = sorted(boxes, key=lambda b: -b.area)
     if clock:
         clock.lap("detect")
     faces = [face_at(image, b, settings.chip_size, settings.chip_padding) for b in boxes[:limit]]
     if clock:
         clock.lap("align")
+    limits = recognisable_limits(settings)
+    for f in faces:
+        f.quality = measure(f.box, f.points, f.chip)
+        f.reason = reason(f.quality, **limits)
     return faces, len(boxes)
 
 
@@ -292,7 +310,7 @@ def prepare_photo(data: bytes, settings: Settings) -> FoundFaces:
     faces, found = find_faces(image, settings, max(1, settings.max_faces_per_photo), clock)
     if not faces:
         return FoundFaces(PhotoFeatures(skipped=NO_FACE, detail="no face found"), steps=clock.steps)
-    qualities = [measure(f.box, f.points, f.chip) for f in faces]
+    qualities = [f.quality or measure(f.box, f.points, f.chip) for f in faces]
     clock.lap("quality")
     return FoundFaces(PhotoFeatures(faces=found), faces, qualities, clock.steps)
 

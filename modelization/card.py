@@ -172,6 +172,14 @@ def _software(m: dict, licence: dict) -> list[str]:
             "- Versions: " + ", ".join(f"{k} {v}" for k, v in (m.get("software") or {}).items())]
 
 
+def _detector_line(pipeline: dict) -> str:
+    """The detector's settings as the manifest's `pipeline` records them (FR_DETECTOR=blazeface has its own)."""
+    if "detect_min_face_px" in pipeline:
+        return f"detector blazeface, smallest face {pipeline.get('detect_min_face_px')} px"
+    return (f"detector hog, detect max side {pipeline.get('detect_max_side')}, upsample max side "
+            f"{pipeline.get('upsample_max_side')}")
+
+
 def _rebuild(m: dict) -> list[str]:
     """The seed and settings that build the same model from the same photos."""
     split = m.get("split") or {}
@@ -184,9 +192,8 @@ def _rebuild(m: dict) -> list[str]:
             f"(same labels) with `seed={split.get('seed')}` and the same settings:", "",
             f"- split: test fraction {split.get('test_fraction')}, validation fraction "
             f"{split.get('validation_fraction')}; quality policy {(m.get('quality') or {}).get('policy')}",
-            f"- pipeline: chip {pipeline.get('chip_size')} px, padding {pipeline.get('chip_padding')}, "
-            f"detect max side {pipeline.get('detect_max_side')}, upsample max side "
-            f"{pipeline.get('upsample_max_side')}, pipeline version {pipeline.get('pipeline_version')}",
+            f"- pipeline: {_detector_line(pipeline)}, chip {pipeline.get('chip_size')} px, padding "
+            f"{pipeline.get('chip_padding')}, pipeline version {pipeline.get('pipeline_version')}",
             f"- network: {network.get('params')} parameters, learning rate {network.get('learning_rate')}, "
             f"batch {network.get('batch_size')}, {(m.get('training') or {}).get('epochs')} epochs kept"
             + ("; chosen by the genetic search (optimize=1)" if (m.get("optimization") or {}).get("chosen")

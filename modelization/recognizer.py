@@ -262,7 +262,7 @@ def warm_up(settings: Settings) -> None:
     """
     from features.embeddings import load_model
     from preprocessor.faces import load_models
-    load_models()
+    load_models(settings.detector)
     load_model(settings)
 
 

@@ -1,11 +1,13 @@
-"""RGB array -> face boxes (dlib HOG) -> aligned face chips (dlib 5-point landmarks).
+"""RGB array -> face boxes -> aligned face chips (dlib 5-point landmarks).
 
-Detection policy, chosen for speed (see README, Performance):
-- photos larger than `detect_max_side` are detected on a downscaled copy and the
-  boxes mapped back, while landmarks and chips come from the full-size photo;
-- the detector runs without upsampling first (upsampling costs ~4x) and retries
-  with one upsampling only when nothing was found on a photo small enough for
-  faces to have been missed.
+Two detectors (`detector`, FR_DETECTOR; docs/detector.md says why the default is the default):
+- "blazeface" (opt-in, experimental): MediaPipe's full-range BlazeFace over tiles of the full-size photo
+  (preprocessor/blazeface.py), every face of `min_face_px` or more anywhere in the photo, turned
+  faces included; its boxes are mapped to HOG's convention for the landmark model;
+- "hog" (default): dlib's frontal HOG. Photos larger than `max_side` are detected on a downscaled copy and the
+  boxes mapped back; it runs without upsampling first (upsampling costs ~4x) and retries with one
+  upsampling only when nothing was found on a photo of at most `upsample_max_side`.
+Landmarks and chips always come from the full-size photo.
 """
 from __future__ import annotations
 
@@ -66,14 +68,28 @@ def _shape_predictor():
     return dlib.shape_predictor(landmarks_model_path())
 
 
-def load_models() -> None:
-    """Load the detector and the landmark model now rather than on the first photo."""
+def load_models(detector: str = "hog") -> None:
+    """Load `detector` and the landmark model now rather than on the first photo (HOG costs nothing to
+    load, BlazeFace's LiteRT interpreter well under a second). BlazeFace is loaded only when it is the
+    detector in use: the default (HOG) process never holds its interpreter."""
+    if detector == "blazeface":
+        from preprocessor import blazeface
+        blazeface.load_model()
     _detector()
     _shape_predictor()
 
 
-def detect_faces(image: np.ndarray, max_side: int = 1600, upsample_max_side: int = 1000) -> list[Box]:
-    """Find faces in an RGB image; returns boxes in the image's own pixel coordinates."""
+DETECTORS = ("hog", "blazeface")
+
+
+def detect_faces(image: np.ndarray, max_side: int = 1600, upsample_max_side: int = 1000,
+                 detector: str = "hog", min_face_px: float = 40.0) -> list[Box]:
+    """Find faces in an RGB image; returns boxes in the image's own pixel coordinates (HOG's box convention).
+    `max_side`/`upsample_max_side` steer "hog", `min_face_px` steers "blazeface"."""
+    if detector == "blazeface":
+        return _blazeface_boxes(image, min_face_px)
+    if detector != "hog":
+        raise ValueError(f"unknown detector {detector!r} (one of {', '.join(DETECTORS)})")
     h, w = image.shape[:2]
     scale = 1.0
     small = image
@@ -85,14 +101,23 @@ def detect_faces(image: np.ndarray, max_side: int = 1600, upsample_max_side: int
         rects = _detector()(small, 0)
         if len(rects) == 0 and max(small.shape[:2]) <= upsample_max_side:
             rects = _detector()(small, 1)
-    boxes = []
-    for r in rects:
-        box = Box(int(r.left() / scale), int(r.top() / scale),
-                  int(r.right() / scale), int(r.bottom() / scale))
-        box = Box(max(0, box.left), max(0, box.top), min(w, box.right), min(h, box.bottom))
+    return _clipped([(r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale) for r in rects], w, h)
+
+
+def _clipped(boxes: list[tuple[float, float, float, float]], w: int, h: int) -> list[Box]:
+    out = []
+    for x0, y0, x1, y1 in boxes:
+        box = Box(max(0, int(x0)), max(0, int(y0)), min(w, int(x1)), min(h, int(y1)))
         if box.area > 0:
-            boxes.append(box)
-    return boxes
+            out.append(box)
+    return out
+
+
+def _blazeface_boxes(image: np.ndarray, min_face_px: float) -> list[Box]:
+    from preprocessor import blazeface  # TensorFlow Lite only once this detector is asked for
+    h, w = image.shape[:2]
+    found = blazeface.detect(image, min_face_px)
+    return _clipped([blazeface.to_hog_box(*d[:4]) for d in found], w, h)
 
 
 def largest(boxes: list[Box]) -> Box:
@@ -124,10 +149,14 @@ def align_face(image: np.ndarray, box: Box, size: int = 150, padding: float = 0.
 
 @dataclass
 class Face:
-    """One face of a photo: its box, its 5 landmark points (5, 2) and its aligned chip."""
+    """One face of a photo: its box, its 5 landmark points (5, 2) and its aligned chip; once measured
+    (features.extract.find_faces), its quality figures and `reason` ("too_small", "too_blurred": not to
+    be named; None: recognisable)."""
     box: Box
     points: np.ndarray
     chip: np.ndarray
+    quality: dict | None = None
+    reason: str | None = None
 
 
 def face_at(image: np.ndarray, box: Box, size: int = 150, padding: float = 0.25) -> Face:

@@ -15,6 +15,11 @@ Each face gets (`measure`):
 `problems` compares them with the settings' limits (`FR_QUALITY_MIN_FACE_PX`,
 `FR_QUALITY_MIN_SHARPNESS`, `FR_QUALITY_MAX_YAW`) and names what is poor: "small",
 "blurred", "turned". Whether a poor photo is used at build time is `FR_QUALITY_POLICY`.
+
+`reason` says why a face found must not be named at all (a detector that finds faces from 40 px
+finds faces too small or too soft for the recognizer to tell people apart): "too_small" below
+`FR_RECOGNISE_MIN_FACE_PX`, "too_blurred" below `FR_RECOGNISE_MIN_SHARPNESS`, else None. These limits
+are lower than the enrolment ones: a poor but usable face is still named (and listed as poor).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from constants import Settings
 from preprocessor.faces import Box
 
 SMALL, BLURRED, TURNED = "small", "blurred", "turned"
+TOO_SMALL, TOO_BLURRED = "too_small", "too_blurred"
 
 
 def measure(box: Box, landmarks: np.ndarray, chip: np.ndarray) -> dict:
@@ -65,3 +71,20 @@ def limits(settings: Settings) -> dict:
 def assess(quality: dict | None, settings: Settings) -> list[str]:
     """`problems` by the settings' limits."""
     return problems(quality, **limits(settings))
+
+
+def reason(quality: dict | None, min_face_px: float, min_sharpness: float) -> str | None:
+    """Why a face cannot be recognised ("too_small", then "too_blurred"), or None when it can be named.
+    No figures: None (nothing known against it)."""
+    if not quality:
+        return None
+    if quality["face_px"] < min_face_px:
+        return TOO_SMALL
+    if quality["sharpness"] < min_sharpness:
+        return TOO_BLURRED
+    return None
+
+
+def recognisable_limits(settings: Settings) -> dict:
+    """The settings' limits below which a face is not named, as `reason` takes them."""
+    return {"min_face_px": settings.recognise_min_face_px, "min_sharpness": settings.recognise_min_sharpness}

@@ -20,9 +20,15 @@ from test.conftest import pick_people
 SETTINGS = Settings()
 
 
+def pipeline_boxes(image: np.ndarray) -> list:
+    """The boxes of the settings' detector, as the pipeline finds them."""
+    return detect_faces(image, SETTINGS.detect_max_side, SETTINGS.upsample_max_side, SETTINGS.detector,
+                        SETTINGS.detect_min_face_px)
+
+
 def chip_of(path) -> np.ndarray:
     image = decode_image(path.read_bytes(), SETTINGS.max_image_pixels)
-    return align_face(image, largest(detect_faces(image)))
+    return align_face(image, largest(pipeline_boxes(image)))
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +134,7 @@ def test_photo_features_on_a_real_photo(people, embedded, one_photo):
 
 def test_photo_features_embeds_every_face_largest_first(faces_dir):
     image = decode_image((faces_dir / "wild" / "two_people.jpg").read_bytes(), SETTINGS.max_image_pixels)
-    boxes = sorted(detect_faces(image), key=lambda b: -b.area)
+    boxes = sorted(pipeline_boxes(image), key=lambda b: -b.area)
     result = photo_features((faces_dir / "wild" / "two_people.jpg").read_bytes(), SETTINGS)
     assert result.faces == 2 and len(result.others) == 1
     assert result.box == boxes[0].as_list() and result.others[0]["box"] == boxes[1].as_list()
@@ -187,9 +193,15 @@ def test_cache_key_depends_on_data_and_settings(tmp_path, one_photo):
     key = base.key(one_photo)
     assert key == FeatureCache(tmp_path, Settings()).key(one_photo)
     assert key != base.key(one_photo + b"\x00")
-    for change in (dict(chip_padding=0.3), dict(chip_size=160), dict(detect_max_side=800),
-                   dict(upsample_max_side=500), dict(max_image_pixels=1_000_000), dict(max_faces_per_photo=2)):
+    for change in (dict(chip_padding=0.3), dict(chip_size=160), dict(detector="blazeface"),
+                   dict(max_image_pixels=1_000_000), dict(max_faces_per_photo=2)):
         assert FeatureCache(tmp_path, dataclasses.replace(SETTINGS, **change)).key(one_photo) != key, change
+    hog = FeatureCache(tmp_path, dataclasses.replace(SETTINGS, detector="hog")).key(one_photo)
+    for change in (dict(detect_max_side=800), dict(upsample_max_side=500)):  # HOG's own settings
+        assert FeatureCache(tmp_path, dataclasses.replace(SETTINGS, detector="hog", **change)).key(one_photo) != hog
+    blaze = FeatureCache(tmp_path, dataclasses.replace(SETTINGS, detector="blazeface")).key(one_photo)
+    assert FeatureCache(tmp_path, dataclasses.replace(  # BlazeFace's own setting
+        SETTINGS, detector="blazeface", detect_min_face_px=60)).key(one_photo) != blaze
     # settings outside the pipeline do not invalidate the cache
     assert FeatureCache(tmp_path, dataclasses.replace(SETTINGS, port=1234, batch_size=8)).key(one_photo) == key
 

