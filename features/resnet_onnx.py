@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from features.chips import in_batches
 from features.dlib_dat import INPUT_SIZE, Conv, Network, Residual, read_network
 from logger import logger
 from preprocessor.faces import file_sha256
 
 CHIP = INPUT_SIZE
-MAX_BATCH = 32         # chips per run of the network: per chip no faster beyond, activations bounded
 OPSET = 13
 SHA_KEY = "dat_sha256"  # the graph's metadata: the sha256 of the .dat it was written from
 CACHE_KEEPS_FREE = 64 * 1024 * 1024  # a cache file never takes the data disk's last room (builds need it)
@@ -194,11 +194,7 @@ class OnnxEmbedder:
 
     def __call__(self, chips: np.ndarray) -> np.ndarray:
         """(n, 150, 150, 3) uint8 RGB chips -> (n, 128) float32, MAX_BATCH chips per run."""
-        chips = np.ascontiguousarray(chips, dtype=np.uint8)
-        if chips.ndim != 4 or chips.shape[1:] != (CHIP, CHIP, 3):
-            raise ValueError(f"chips must be (n, {CHIP}, {CHIP}, 3), got {chips.shape}")
-        return np.concatenate([self._run(chips[i:i + MAX_BATCH]) for i in range(0, len(chips), MAX_BATCH)]
-                              or [np.zeros((0, 128), np.float32)])
+        return in_batches(np.ascontiguousarray(chips, dtype=np.uint8), self._run)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         with self._lock:

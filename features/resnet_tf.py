@@ -28,13 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from features.chips import CHIP, in_batches
 from features.dlib_dat import Network, read_network
 from features.tf_import import keras_module, tensorflow_module
 from logger import logger
 from preprocessor.faces import file_sha256
-
-CHIP = 150
-MAX_BATCH = 32  # chips per run of the network
 
 
 def convert(dat_path: str) -> dict[str, np.ndarray]:
@@ -208,11 +206,7 @@ class TensorFlowEmbedder:
         At most MAX_BATCH chips go through the network at once: per chip, larger batches are
         no faster on a CPU, and the activations' memory stays bounded whatever a photo holds.
         """
-        chips = np.asarray(chips, dtype=np.uint8)
-        if chips.ndim != 4 or chips.shape[1:] != (CHIP, CHIP, 3):
-            raise ValueError(f"chips must be (n, {CHIP}, {CHIP}, 3), got {chips.shape}")
-        return np.concatenate([self._run(chips[i:i + MAX_BATCH]) for i in range(0, len(chips), MAX_BATCH)]
-                              or [np.zeros((0, 128), np.float32)])
+        return in_batches(np.asarray(chips, dtype=np.uint8), self._run)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         with self._lock:

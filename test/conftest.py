@@ -44,6 +44,24 @@ def pick_people(faces: Path, n_people: int, n_photos: int, subset: str = "lfw62"
     return out
 
 
+def real_chips(faces: Path, n_people: int, n_photos: int):
+    """Aligned chips of every face found in `n_photos` photos of `n_people` people of lfw62 (250 px, aligned)
+    and of lfw62-150px (small, unaligned), of a two-face photo and of a 240p photo: (n, 150, 150, 3) uint8."""
+    import numpy as np
+
+    from preprocessor.faces import align_face, detect_faces
+    from preprocessor.images import decode_image
+    paths = [p for sub in ("lfw62", "lfw62-150px") for photos in pick_people(faces, n_people, n_photos, sub).values()
+             for p in photos]
+    paths += [faces / "wild" / "two_people.jpg", faces / "wild" / "obama-240p.jpg"]
+    out = []
+    for p in paths:
+        image = decode_image(p.read_bytes(), 40_000_000)
+        out += [align_face(image, box) for box in detect_faces(image)]
+    assert len(out) >= len(paths) + 1  # every photo has a face, two_people.jpg two
+    return np.stack(out)
+
+
 def side_by_side(small: Path, large: Path) -> bytes:
     """A JPEG of two real photos: `large` on the left at 320 px, `small` on the right at 200 px."""
     import io

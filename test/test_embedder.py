@@ -11,14 +11,13 @@ import pytest
 from app.worker.tasks import extract_chunk, train_bundle
 from constants import Settings, SettingsError
 from features import resnet_tf
+from features.chips import MAX_BATCH
 from features.dlib_dat import DatFormatError, read_network
 from features.embeddings import EMBEDDING_SIZE, embed_chips, resnet_model_path
 from features.extract import FeatureCache, PhotoFeatures, pipeline_settings
 from modelization.recognizer import load_bundle
-from preprocessor.faces import align_face, detect_faces
-from preprocessor.images import decode_image
 from preprocessor.uploads import Photo
-from test.conftest import pick_people
+from test.conftest import pick_people, real_chips
 
 TOLERANCE = 1e-4  # the issue's: every component of every embedding
 
@@ -39,15 +38,7 @@ def settings(tmp_path_factory) -> tuple[Settings, Settings]:
 @pytest.fixture(scope="module")
 def chips(faces_dir) -> np.ndarray:
     """Real chips: LFW photos (aligned 250 px and small unaligned 150 px ones), a two-face photo, a small photo."""
-    paths = [p for sub in ("lfw62", "lfw62-150px") for photos in pick_people(faces_dir, 3, 2, sub).values()
-             for p in photos]
-    paths += [faces_dir / "wild" / "two_people.jpg", faces_dir / "wild" / "obama-240p.jpg"]
-    out = []
-    for p in paths:
-        image = decode_image(p.read_bytes(), 40_000_000)
-        out += [align_face(image, box) for box in detect_faces(image)]
-    assert len(out) >= len(paths) + 1  # every photo has a face, two_people.jpg two
-    return np.stack(out)
+    return real_chips(faces_dir, 3, 2)
 
 
 # --------------------------------------------------------------------------- the .dat reader
@@ -245,8 +236,8 @@ def test_a_prediction_embeds_its_faces_in_one_batch(real_bundles, faces_dir, set
 
 
 def test_a_batch_larger_than_the_network_takes_is_cut_and_gives_the_same_numbers(chips, settings):
-    many = np.concatenate([chips] * (resnet_tf.MAX_BATCH // len(chips) + 2))
-    assert len(many) > resnet_tf.MAX_BATCH
+    many = np.concatenate([chips] * (MAX_BATCH // len(chips) + 2))
+    assert len(many) > MAX_BATCH
     out = embed_chips(list(many), settings=settings[0])
     np.testing.assert_allclose(out, np.concatenate([embed_chips(list(chips), settings=settings[0])] *
                                                    (len(many) // len(chips))), atol=1e-6)

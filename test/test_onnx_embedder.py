@@ -16,14 +16,14 @@ import pytest
 
 from constants import Settings
 from features import resnet_onnx
+from features.chips import MAX_BATCH
 from features.embeddings import EMBEDDING_SIZE, embed_chips, resnet_model_path
 from features.extract import FeatureCache, PhotoFeatures, pipeline_settings
 from modelization.keras_file import KerasFile, read_steps
 from modelization.network import NetworkSpec, to_keras
 from modelization.recognizer import Recognizer
-from preprocessor.faces import align_face, detect_faces, file_sha256
-from preprocessor.images import decode_image
-from test.conftest import pick_people
+from preprocessor.faces import file_sha256
+from test.conftest import pick_people, real_chips
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-5  # every component of every embedding against dlib's (measured: under 1e-6)
@@ -40,15 +40,7 @@ def settings(tmp_path_factory) -> tuple[Settings, Settings]:
 def chips(faces_dir) -> np.ndarray:
     """Every face of 4 people x 3 photos of lfw62 (250 px, aligned) and of lfw62-150px (small, unaligned),
     of a two-face photo and of a 240p photo."""
-    paths = [p for sub in ("lfw62", "lfw62-150px") for photos in pick_people(faces_dir, 4, 3, sub).values()
-             for p in photos]
-    paths += [faces_dir / "wild" / "two_people.jpg", faces_dir / "wild" / "obama-240p.jpg"]
-    out = []
-    for p in paths:
-        image = decode_image(p.read_bytes(), 40_000_000)
-        out += [align_face(image, box) for box in detect_faces(image)]
-    assert len(out) >= len(paths) + 1
-    return np.stack(out)
+    return real_chips(faces_dir, 4, 3)
 
 
 # --------------------------------------------------------------------------- dlib's numbers
@@ -62,10 +54,10 @@ def test_onnx_embeddings_equal_dlibs_on_real_chips(chips, settings):
     assert np.abs(batched - reference).max() <= TOLERANCE
     assert np.abs(one_by_one - reference).max() <= TOLERANCE
     # a batch larger than one run of the network (MAX_BATCH) is cut into runs: the same numbers
-    many = np.concatenate([chips] * (resnet_onnx.MAX_BATCH // len(chips) + 2))
-    assert len(many) > resnet_onnx.MAX_BATCH
+    many = np.concatenate([chips] * (MAX_BATCH // len(chips) + 2))
+    assert len(many) > MAX_BATCH
     assert np.abs(embed_chips(list(many), settings=onnx) - np.concatenate(
-        [reference] * (resnet_onnx.MAX_BATCH // len(chips) + 2))).max() <= TOLERANCE
+        [reference] * (MAX_BATCH // len(chips) + 2))).max() <= TOLERANCE
     # with the mirror images (a prediction's second pass) too
     assert np.abs(embed_chips(list(chips[:3]), True, onnx) - embed_chips(list(chips[:3]), True, dl)).max() <= TOLERANCE
     # not a constant or degenerate output: faces differ from each other far more than the embedders do

@@ -81,7 +81,7 @@ def test_tensorflow_embedder_shared_by_16_threads_with_mixed_batches(images, tmp
     """What a web process does under load: one TensorFlow embedder, 16 threads at once, each with its
     own batches (1 chip, a photo's faces, faces with their mirror images, more chips than one run
     takes), every answer the one a single thread gets."""
-    from features.resnet_tf import MAX_BATCH
+    from features.chips import MAX_BATCH
     s = Settings.from_env(data_dir=tmp_path, embedder="tensorflow")
     chips = [align_face(im, b) for im in images for b in detect_faces(im)]
     batches = [(chips[i:i + n], mirror) for i, n, mirror in
