@@ -47,7 +47,7 @@ lint: setup-dev
 test: lint setup-tls browser
 	$(PY) -m pytest
 
-# The inner loop, in under 2 minutes: lint and the unit tests (no service, browser or Docker; pytest.ini),
+# The inner loop: lint and the unit tests (no service, browser or Docker; pytest.ini),
 # spread over the cores (at most 4 processes: each loads TensorFlow). `make test` runs one test at a time:
 # its stacks use both cores already.
 test-fast: lint
