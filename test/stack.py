@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import random
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -375,3 +376,22 @@ class BrokerThread:
         self.broker.running = False
         self.thread.join(5)
         self.broker.close()
+
+
+def self_signed_cert(folder: Path, ip: str) -> tuple[Path, Path]:
+    """(cert.pem, key.pem) for `ip`, made with openssl in `folder`; the test is skipped (failed under CI) where
+    uWSGI with OpenSSL (`make setup-tls`) or the openssl command is missing."""
+    import pytest
+
+    from app.cli.supervisor import TLS_UWSGI
+    if not TLS_UWSGI.exists():
+        if os.environ.get("CI"):
+            pytest.fail("make test builds uWSGI with OpenSSL (make setup-tls); it is missing")
+        pytest.skip("no uWSGI built with OpenSSL here: run `make setup-tls`")
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl command to make a certificate")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", f"subjectAltName=IP:{ip}"],
+                   check=True, capture_output=True)
+    return cert, key

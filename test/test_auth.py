@@ -5,7 +5,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import stat
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
 from test.conftest import pick_people
-from test.stack import ROOT, Stack, photo_files
+from test.stack import ROOT, Stack, photo_files, self_signed_cert
 from test.waits import wait_until
 
 
@@ -359,17 +358,7 @@ def test_quotas_active_builds_bytes_and_rate(stacks, faces_dir):
 
 # --- TLS ------------------------------------------------------------------------------------------
 def test_https_with_a_certificate_made_here(tmp_path, stacks, monkeypatch):
-    from app.cli.supervisor import TLS_UWSGI
-    if not TLS_UWSGI.exists():
-        if os.environ.get("CI"):
-            pytest.fail("make test builds uWSGI with OpenSSL (make setup-tls); it is missing")
-        pytest.skip("no uWSGI built with OpenSSL here: run `make setup-tls`")
-    if not shutil.which("openssl"):
-        pytest.skip("no openssl command to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    cert, key = self_signed_cert(tmp_path, "127.0.0.1")
     s = stacks.make("tls", env={"FR_TLS_CERT": str(cert), "FR_TLS_KEY": str(key)}, warm_up=False)
     s.url = s.url.replace("http://", "https://")
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))

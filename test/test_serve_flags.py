@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.cli.supervisor import TLS_UWSGI, die_with_parent
+from app.cli.supervisor import die_with_parent
 from app.wire import client, curve
 from app.wire.errors import BrokerError
 from constants import Settings
-from test.stack import ROOT, alive, descendants, free_port
+from test.stack import ROOT, alive, descendants, free_port, self_signed_cert
 
 HOST = "127.0.0.2"  # loopback, but not the default 127.0.0.1: an answer there shows --host reached uWSGI
 
@@ -60,16 +60,7 @@ def test_every_setting_survives_the_environment_to_a_child(tmp_path):
 
 @pytest.mark.stack
 def test_every_serve_flag_takes_effect_in_the_child_that_uses_it(tmp_path):
-    if not TLS_UWSGI.exists():
-        if os.environ.get("CI"):
-            pytest.fail("make test builds uWSGI with OpenSSL (make setup-tls); it is missing")
-        pytest.skip("no uWSGI built with OpenSSL here: run `make setup-tls`")
-    if not shutil.which("openssl"):
-        pytest.skip("no openssl command to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", f"subjectAltName=IP:{HOST}"],
-                   check=True, capture_output=True)
+    cert, key = self_signed_cert(tmp_path, HOST)
     data, port, broker_port, front_port = tmp_path / "data", free_port(), free_port(), free_port()
     data.mkdir()
     argv = [sys.executable, str(ROOT / "run.py"), "serve", "--host", HOST, "--port", str(port),
