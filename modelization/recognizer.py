@@ -32,7 +32,7 @@ from modelization.openset import (
 )
 from preprocessor.faces import Box
 from preprocessor.images import decode_image
-from preprocessor.quality import assess, measure
+from preprocessor.quality import assess, measure, reason, recognisable_limits
 
 
 @dataclass
@@ -45,12 +45,13 @@ class FacePrediction:
     candidate: str         # the best-matching person, even when rejected
     threshold: float       # the candidate's threshold: accepted when distance <= threshold
     quality: dict | None = None  # face_px, sharpness, yaw, roll, problems (preprocessor/quality.py)
+    reason: str | None = None    # "too_small", "too_blurred": found but not named (preprocessor/quality.py)
 
     def as_dict(self) -> dict:
         return {"box": self.box, "label": self.label if self.label is not None else "unknown",
                 "known": self.label is not None, "confidence": round(self.confidence, 6),
                 "distance": round(self.distance, 6), "threshold": round(self.threshold, 6),
-                "candidate": self.candidate, "quality": self.quality}
+                "candidate": self.candidate, "quality": self.quality, "reason": self.reason}
 
 
 def _numpy_layers(model) -> list | None:
@@ -196,7 +197,7 @@ class Recognizer:
             if len(again):
                 flipped = [np.ascontiguousarray(chips[i][:, ::-1]) for i in again]
                 x[again] = (x[again] + embed_chips(flipped, settings=s)) / 2
-        quality = [measure(f.box, f.points, f.chip) for f in found]
+        quality = [f.quality or measure(f.box, f.points, f.chip) for f in found]
         return [f.box for f in found], x, [{**q, "problems": assess(q, s)} for q in quality], n_found
 
     def embed(self, image: bytes | np.ndarray, threshold: float | None = None,
@@ -213,11 +214,19 @@ class Recognizer:
 
     def faces_and_embeddings(self, image: bytes | np.ndarray, threshold: float | None = None,
                              max_faces: int | None = None) -> tuple[list[FacePrediction], int, np.ndarray]:
-        """`faces`, and the embeddings (n, 128) they were named by."""
+        """`faces`, and the embeddings (n, 128) they were named by. A face too small or too blurred to be
+        recognised (`reason`, FR_RECOGNISE_MIN_*) is answered unknown whatever its score: the recognizer
+        cannot tell people apart on it, so a name would be a guess."""
         boxes, embeddings, quality, found = self.analyse(image, threshold, max_faces=max_faces)
-        results = self.identify(embeddings, threshold)
-        return ([FacePrediction(b.as_list(), *r, quality=q) for b, r, q in zip(boxes, results, quality)], found,
-                embeddings)
+        faces = []
+        for b, r, q in zip(boxes, self.identify(embeddings, threshold), quality):
+            why = self.unrecognisable(q)
+            faces.append(FacePrediction(b.as_list(), None if why else r[0], *r[1:], quality=q, reason=why))
+        return faces, found, embeddings
+
+    def unrecognisable(self, quality: dict | None) -> str | None:
+        """Why a face of these quality figures must not be named ("too_small", "too_blurred"), or None."""
+        return reason(quality, **recognisable_limits(self.settings))
 
     def largest_face(self, image: bytes | np.ndarray) -> tuple[Box | None, np.ndarray | None, dict | None, int]:
         """The largest face of a photo for verification, embedded in one pass (verification's thresholds are

@@ -41,7 +41,8 @@ def test_known_people_are_named(stack, model_id, people):
             assert body["status"] == 0 and body["count"] >= 1  # LFW photos may show a second face
             face = body["faces"][0]  # the largest
             assert set(face) == {"box", "label", "known", "confidence", "distance", "threshold", "candidate",
-                                 "quality"}
+                                 "quality", "reason"}
+            assert face["reason"] is None  # a held-out LFW face is large and sharp enough to be judged
             assert face["known"] == (face["distance"] <= face["threshold"])
             assert set(face["quality"]) == {"face_px", "sharpness", "yaw", "roll", "problems"}
             total += 1
@@ -112,6 +113,32 @@ def test_offline_bundle_gives_the_same_answers_as_the_service(stack, model_id, p
         for a, b in zip(online, offline):
             assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-4)
             assert a["distance"] == pytest.approx(b["distance"], abs=1e-4)
+
+
+def test_a_face_too_small_or_too_soft_to_recognise_is_answered_unknown_with_its_reason(stack, model_id, people,
+                                                                                      tmp_path):
+    """The same photo of a known person, judged by the bundle the service built: named under the default
+    limits; `unknown` with reason too_small, then too_blurred, when the limits say the face is below them,
+    whatever its distance (a name on such a face would be a guess). Verification says `same` false."""
+    from dataclasses import replace
+
+    from app.web.predict import _not_judged
+    from constants import Settings
+    from modelization.recognizer import load_bundle
+    bundle = stack.get(f"/models/{model_id}", timeout=30).content
+    person, paths = next(iter(people.items()))
+    photo = paths[N_UPLOAD].read_bytes()
+    s = Settings.from_env(data_dir=tmp_path)
+    (named, *_) = load_bundle(bundle, s).predict(photo)
+    assert named.label == person and named.reason is None
+    for limits, why in (({"recognise_min_face_px": 10_000}, "too_small"),
+                        ({"recognise_min_sharpness": 1e9}, "too_blurred")):
+        (face, *_) = load_bundle(bundle, replace(s, **limits)).predict(photo)
+        assert face.as_dict()["label"] == "unknown" and not face.as_dict()["known"] and face.reason == why
+        assert face.distance == pytest.approx(named.distance)  # the same face and score, not judged
+    assert _not_judged({"same": True}, {"reason": None}, {"reason": "too_small"}) == {"same": False,
+                                                                                     "reason": "too_small"}
+    assert _not_judged({"same": True}, {"reason": None}, None) == {"same": True, "reason": None}
 
 
 def test_bad_requests(stack, model_id, people):

@@ -76,6 +76,11 @@ def schemas() -> dict:
     return {**_basic_schemas(), **_job_schemas(), **_use_schemas(), **_report_schemas()}
 
 
+REASON = {"enum": ["too_small", "too_blurred"],
+          "description": "why a face found was not judged: smaller than FR_RECOGNISE_MIN_FACE_PX or softer than "
+                         "FR_RECOGNISE_MIN_SHARPNESS (answered `unknown`, and never `same`, whatever its distance)"}
+
+
 def _face_quality() -> dict:
     return obj(face_px=integer("the face's width in pixels"),
                        sharpness=num("variance of the Laplacian of the aligned chip"),
@@ -162,8 +167,9 @@ def _use_schemas() -> dict:
             same={"type": "boolean"}, distance=num(), threshold=num("calibrated at build time (manifest "
                                                                      "`verification`)"),
             far=num("the false-accept rate per comparison that threshold was set for"),
+            reason=nullable(REASON),
             face=nullable(obj(box={"type": "array", "items": {"type": "integer"}}, quality=face_quality,
-                              faces_found=integer())),
+                              faces_found=integer(), reason=nullable(REASON))),
             face2=nullable({"type": "object"}), embedding={"type": "array", "items": num()},
             embedding2={"type": "array", "items": num()},
             count=integer("a batch: how many results"),
@@ -182,7 +188,8 @@ def _use_schemas() -> dict:
                     confidence=num("the classifier's probability for `candidate`"),
                     distance=num("the open-set score: distance to the candidate's template"),
                     threshold=num("the candidate's own threshold (known when distance <= threshold)"),
-                    candidate=text("the nearest person, known or not"), quality=face_quality),
+                    candidate=text("the nearest person, known or not"), quality=face_quality,
+                    reason=nullable(REASON)),
         "Prediction": {"allOf": [ref("Ok"), obj(
             ["count"], id=text(format="uuid"), count=integer("faces found, or results of a batch"), threshold=num(),
             faces={"type": "array", "items": ref("Face"),

@@ -124,7 +124,17 @@ def _face(recognizer: Recognizer, probe: Probe, name: str) -> tuple[np.ndarray, 
     box, x, quality, found = recognizer.largest_face(probe.image)
     if x is None or box is None:
         raise InputError("NO_FACE", f"no face found in {name}", {"field": name})
-    return x, {"box": box.as_list(), "quality": quality, "faces_found": found}
+    return x, {"box": box.as_list(), "quality": quality, "faces_found": found,
+               "reason": recognizer.unrecognisable(quality)}
+
+
+def _not_judged(out: dict, *faces: dict | None) -> dict:
+    """A comparison with a face too small or too blurred to be recognised is not a match, whatever the
+    distance: `same` false and the face's `reason` (null when both faces could be judged)."""
+    out["reason"] = next((f["reason"] for f in faces if f and f.get("reason")), None)
+    if out["reason"]:
+        out["same"] = False
+    return out
 
 
 def verify_request(model_id: str, recognizer: Recognizer, request: Request, s: Settings) -> dict:
@@ -145,6 +155,7 @@ def verify_request(model_id: str, recognizer: Recognizer, request: Request, s: S
         else:
             assert ref_x is not None
             out = {"mode": "pair", **recognizer.verify_pair(x, ref_x)}
+        _not_judged(out, face, ref_face)
         out["face"] = face
         if embeddings:
             out["embedding"] = _embedding_list(x)

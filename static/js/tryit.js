@@ -56,7 +56,7 @@ export function tryIt(box, id) {
       answer.faces.forEach((f, i) => {
         const [left, top, right, bottom] = f.box;
         const el = h("div", {class: `face-box ${f.known ? "known" : "unknown"}`, dataset: {label: f.label, index: i}},
-          h("span", {class: "tag", text: f.known ? `${f.label} ${pct(f.confidence, 0)}` : "unknown"}));
+          h("span", {class: "tag", text: f.known ? `${f.label} ${pct(f.confidence, 0)}` : (f.reason ? `unknown (${f.reason.replace("_", " ")})` : "unknown")}));
         el.style.left = `${(100 * left) / bitmap.width}%`;
         el.style.top = `${(100 * top) / bitmap.height}%`;
         el.style.width = `${(100 * (right - left)) / bitmap.width}%`;
@@ -71,7 +71,7 @@ export function tryIt(box, id) {
       answer.faces_found ? h("p", {class: "warn", text: answer.message}) : null,
       answer.count ? table([
         {title: "#", class: "num", cell: (f) => String(answer.faces.indexOf(f) + 1)},
-        {title: "Name", cell: (f) => h("span", {class: f.known ? "known-name" : "unknown-name", text: f.label})},
+        {title: "Name", cell: (f) => h("span", {class: f.known ? "known-name" : "unknown-name", text: f.reason ? `${f.label}: ${f.reason.replace("_", " ")}, not judged` : f.label})},
         {title: "Confidence", class: "num", cell: (f) => pct(f.confidence)},
         {title: "Distance / threshold", class: "num", cell: (f) => `${fixed(f.distance)} / ${fixed(f.threshold)}`},
         {title: "Nearest person", cell: (f) => f.candidate},
