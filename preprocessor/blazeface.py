@@ -41,7 +41,7 @@ LEVEL_STEP = 2.5          # each level sees faces this many times larger than th
 MIN_SCORE = 0.5           # MediaPipe's own threshold for this model: a candidate
 SURE_SCORE = 0.7
 CONFIRM_FACE = 64.0       # the face's width in the input when a candidate is looked at again
-CONFIRM_SCORE = 0.6
+CONFIRM_SCORE = 0.7
 NMS_IOU = 0.3
 # BlazeFace box (centre x, centre y, width) -> HOG box, in units of BlazeFace's width (fitted on
 # 210 strangers-more crops: the median offset and size of HOG's box (upsampled once) from BlazeFace's;

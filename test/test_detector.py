@@ -17,7 +17,7 @@ from bench.compose import Composed, clutter, compose, crowd_backs, encode, load_
 from constants import Settings, SettingsError
 from features.embeddings import embed_chips
 from features.extract import NO_FACE, find_faces, prepare_photo
-from preprocessor.faces import detect_faces
+from preprocessor.faces import DETECTORS, detect_faces
 from preprocessor.images import decode_image
 from preprocessor.quality import TOO_BLURRED, TOO_SMALL, reason
 
@@ -122,8 +122,8 @@ def test_settings_refuse_an_unknown_detector(monkeypatch):
         Settings.from_env()
 
 
-def test_the_default_detector_is_hog():
-    assert Settings().detector == "hog"
+def test_the_default_detector_is_blazeface():
+    assert Settings().detector == "blazeface" and Settings.from_env().detector in DETECTORS
 
 
 def test_detecting_with_blazeface_does_not_load_tensorflow(faces_dir, tmp_path):

@@ -193,7 +193,8 @@ def test_cache_key_depends_on_data_and_settings(tmp_path, one_photo):
     key = base.key(one_photo)
     assert key == FeatureCache(tmp_path, Settings()).key(one_photo)
     assert key != base.key(one_photo + b"\x00")
-    for change in (dict(chip_padding=0.3), dict(chip_size=160), dict(detector="blazeface"),
+    other = "hog" if SETTINGS.detector == "blazeface" else "blazeface"
+    for change in (dict(chip_padding=0.3), dict(chip_size=160), dict(detector=other),
                    dict(max_image_pixels=1_000_000), dict(max_faces_per_photo=2)):
         assert FeatureCache(tmp_path, dataclasses.replace(SETTINGS, **change)).key(one_photo) != key, change
     hog = FeatureCache(tmp_path, dataclasses.replace(SETTINGS, detector="hog")).key(one_photo)
