@@ -14,9 +14,10 @@ preprocessor/features level (decode, detect, 5-point landmarks, chips, quality, 
 Detectors: `today` (dlib HOG on a copy shrunk to 1,600 px, upsampled once only up to 1,000 px: the
 pipeline before this change), `hog_full` (dlib HOG on the full-size photo, upsampled once when its long
 side is at most 2,000 px: 1080p/720p frames), `blazeface` (preprocessor/blazeface.py, faces from 40 px),
-`blazeface60` (the same from 60 px), `blazeface_m20` (from 40 px, the finest level mapping 40 px to
-20 px of the network's input instead of 14: more tiles), `mmod` (dlib's CNN, `cnn_face_detection_model_v1`, on `--mmod`
-photos per kind only: it takes minutes per 12 MP photo on this CPU).
+`blazeface60` (the same from 60 px), `blazeface_m20`, `_m12`, `_m10` (from 40 px, the finest level
+mapping 40 px to 20, 12 or 10 px of the network's input instead of 14: more or fewer tiles), `mmod`
+(dlib's CNN, `cnn_face_detection_model_v1`, on `--mmod` photos per kind only: it takes minutes per 12 MP
+photo on this CPU).
 """
 from __future__ import annotations
 
@@ -76,13 +77,15 @@ def _mmod(image: np.ndarray) -> list:
     return [Box(d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()) for d in _CNN(image, 0)]
 
 
-def _blaze_m20(image: np.ndarray) -> list:
-    """BlazeFace from 40 px with the finest level mapping 40 px to 20 input px (not 14): fewer misses
-    of the smallest faces, twice the tiles."""
-    from preprocessor import blazeface
-    from preprocessor.faces import _clipped
-    h, w = image.shape[:2]
-    return _clipped([blazeface.to_hog_box(*d[:4]) for d in blazeface.detect(image, 40, 20.0)], w, h)
+def _blaze_m(model_min_face: float):
+    """BlazeFace from 40 px with the finest level mapping 40 px to `model_min_face` input px (the default
+    maps it to 14): more tiles and fewer misses of the smallest faces above 14, fewer tiles below."""
+    def run(image: np.ndarray) -> list:
+        from preprocessor import blazeface
+        from preprocessor.faces import _clipped
+        h, w = image.shape[:2]
+        return _clipped([blazeface.to_hog_box(*d[:4]) for d in blazeface.detect(image, 40, model_min_face)], w, h)
+    return run
 
 
 def detectors() -> dict:
@@ -92,7 +95,9 @@ def detectors() -> dict:
         "hog_full": _hog_full,
         "blazeface": lambda im: detect_faces(im, detector="blazeface", min_face_px=40),
         "blazeface60": lambda im: detect_faces(im, detector="blazeface", min_face_px=60),
-        "blazeface_m20": _blaze_m20,
+        "blazeface_m20": _blaze_m(20.0),
+        "blazeface_m12": _blaze_m(12.0),
+        "blazeface_m10": _blaze_m(10.0),
         "mmod": _mmod,
     }
 
