@@ -14,8 +14,8 @@ preprocessor/features level (decode, detect, 5-point landmarks, chips, quality, 
 Detectors: `today` (dlib HOG on a copy shrunk to 1,600 px, upsampled once only up to 1,000 px: the
 pipeline before this change), `hog_full` (dlib HOG on the full-size photo, upsampled once when its long
 side is at most 2,000 px: 1080p/720p frames), `blazeface` (preprocessor/blazeface.py, faces from 40 px),
-`blazeface60` (the same from 60 px), `blazeface_m20`, `_m12`, `_m10` (from 40 px, the finest level
-mapping 40 px to 20, 12 or 10 px of the network's input instead of 14: more or fewer tiles), `mmod`
+`blazeface60` (the same from 60 px), `blazeface_m20`, `_m14`, `_m12`, `_m10` (from 40 px, the finest level
+mapping 40 px to 20, 14, 12 or 10 px of the input whatever the photo size), `mmod`
 (dlib's CNN, `cnn_face_detection_model_v1`, on `--mmod` photos per kind only: it takes minutes per 12 MP
 photo on this CPU).
 """
@@ -96,6 +96,7 @@ def detectors() -> dict:
         "blazeface": lambda im: detect_faces(im, detector="blazeface", min_face_px=40),
         "blazeface60": lambda im: detect_faces(im, detector="blazeface", min_face_px=60),
         "blazeface_m20": _blaze_m(20.0),
+        "blazeface_m14": _blaze_m(14.0),
         "blazeface_m12": _blaze_m(12.0),
         "blazeface_m10": _blaze_m(10.0),
         "mmod": _mmod,
