@@ -503,7 +503,7 @@ def test_a_zip_whose_folders_differ_by_invisible_characters_is_refused():
     assert code_of(e) == "BAD_LABEL"
 
 
-# --------------------------------------------------------------------------- file names: the broker's rule, at the front
+# ------------------------------------------------------------------- file names: the broker's rule, at the front
 
 @pytest.mark.parametrize("name", ["a/b\x01.jpg", "a/b\n.jpg", "a/b\x7f.jpg", "a/b\x85.jpg", "a/b\u202e.jpg",
                                   "a/\udc80.jpg", "a/" + "x" * 1023 + ".jpg"])
