@@ -2,8 +2,9 @@
 
 Each such model is rebuilt without them (a derivation of it, or the same build again while it runs) and
 then deleted with everything it kept (row, bundle, manifest, card, features, uploads); the person's cached
-features go from this host and, by PURGE, from every worker's; their callback messages and the job
-store's freed pages are wiped too (SQLite secure_delete, then the write-ahead log folded in and emptied).
+features go from this host and, by PURGE, from every worker's; the callback messages of those models
+(by job id: nothing of another tenant's) and the job store's freed pages are wiped too (SQLite
+secure_delete, then the write-ahead log folded in and emptied).
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ class Erasure:
             models.append(entry)
         cached = self.deletion.drop_cache_entries(sorted(keys)) + self.purge_local_cache(sorted(digests))
         self.pool.purge(sorted(digests), sorted(keys))
-        self.events.emit("erased", label)
+        self.events.emit("erased", [j.id for j in held])
         self.wipe_freed_pages()
         logger.info("erased a person from {} model(s): {} photo(s), {} cached entries", len(models), photos, cached)
         return {"label": label, "models": models,

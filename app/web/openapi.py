@@ -486,7 +486,8 @@ def _health_path() -> dict:
             "tags": ["operations"], "summary": "Health: broker, workers, store and disk", "security": PUBLIC,
             "responses": {"200": answer("alive", ref("Alive")),
                           "503": answer("not alive: `BROKER_UNAVAILABLE`, `STORE_UNAVAILABLE`, "
-                                        "`INSUFFICIENT_STORAGE` or `NO_WORKERS` in `error.code`", ref("Alive"))}}},
+                                        "`INSUFFICIENT_STORAGE`, `CALLBACKS_STUCK` or `NO_WORKERS` in "
+                                        "`error.code`", ref("Alive"))}}},
     }
 
 

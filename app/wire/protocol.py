@@ -255,8 +255,8 @@ def check_callback(value: Any) -> dict:
     if set(callback) != {"url", "secret"}:
         raise ProtocolError("a callback takes exactly url and secret")
     url = text(callback["url"], MAX_URL, "callback url")
-    if not url.lower().startswith(("http://", "https://")):
-        raise ProtocolError("a callback url must be http or https")
+    if not url.lower().startswith(("http://", "https://")) or not url.isascii():
+        raise ProtocolError("a callback url must be http or https, normalised to ASCII by the front")
     if not isinstance(callback["secret"], str) or not _SECRET.fullmatch(callback["secret"]):
         raise ProtocolError("a callback secret must be whsec_ and base64")
     return callback
