@@ -195,6 +195,7 @@ class Broker:
         self.pool.beat(self.safely)
         self.resume()
         self.searches.check_budgets()
+        self.deletion.expire_failed(time.time())
 
     def dispatch(self) -> None:
         """Hand queued tasks to idle workers (none while the disk is full)."""
