@@ -200,7 +200,6 @@ class Dripper:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def serve(self) -> None:
-        import socket
         while not self.released.is_set():
             try:
                 conn, _ = self.server.accept()
@@ -216,7 +215,6 @@ class Dripper:
                 pass
             finally:
                 self.closed.set()
-                conn.shutdown(socket.SHUT_RDWR) if False else None
                 conn.close()
 
     def release(self) -> None:
