@@ -363,3 +363,18 @@ def test_is_alive_learns_of_a_dead_or_stuck_sender(settings, monkeypatch):
     dead.join(10)
     assert dead.health() == {"ok": False, "message": "the callbacks' sender thread has stopped"}
     store.close()
+
+
+def test_one_tenants_backlog_never_hides_anothers_message(settings):
+    """The sender takes the first due message of each tenant: 300 of acme's before globex's one still leave
+    globex's among those handed out."""
+    store = WebhookStore(db_path(settings))
+    for i in range(300):
+        store.subscribe(f"a{i}", {"url": "http://127.0.0.1:9/x", "secret": new_secret()})
+        store.enqueue(f"a{i}", "model.done", {}, "acme")
+    store.subscribe("g", {"url": "http://127.0.0.1:9/x", "secret": new_secret()})
+    store.enqueue("g", "model.done", {}, "globex")
+    heads = store.heads(time.time())
+    assert sorted(r["tenant"] for r in heads) == ["acme", "globex"]
+    assert {r["tenant"]: r["job_id"] for r in heads}["globex"] == "g"
+    store.close()

@@ -26,7 +26,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -173,6 +172,13 @@ class WebhookStore:
         return self.db.execute("SELECT * FROM deliveries WHERE state = ? AND next_at <= ? ORDER BY next_at LIMIT ?",
                                (PENDING, now, limit)).fetchall()
 
+    def heads(self, now: float, limit: int = 1000) -> list[sqlite3.Row]:
+        """The first due message of each tenant (SQLite takes a bare column from the row MIN() picked): one
+        tenant's backlog never hides another's message."""
+        return self.db.execute("SELECT *, MIN(next_at) FROM deliveries WHERE state = ? AND next_at <= ? "
+                               "GROUP BY coalesce(tenant, '') ORDER BY MIN(next_at) LIMIT ?",
+                               (PENDING, now, limit)).fetchall()
+
     def next_due(self) -> float | None:
         row = self.db.execute("SELECT MIN(next_at) FROM deliveries WHERE state = ?", (PENDING,)).fetchone()
         return row[0] if row else None
@@ -235,9 +241,10 @@ LATE_AFTER_S = 60.0    # ... and so is a delivery this far past its deadline (it
 
 
 class Sender(threading.Thread):
-    """Hands due messages to a pool of FR_WEBHOOK_SENDERS threads, at most one in flight per tenant; each
-    attempt's outcome and next attempt (a doubling delay) are recorded by the thread that made it. `wake()`
-    when a message was queued so it goes at once. Runs in the broker process; `stop()` ends it."""
+    """Hands due messages to at most FR_WEBHOOK_SENDERS delivery threads at once, at most one in flight per
+    tenant; each attempt's outcome and next attempt (a doubling delay) are recorded by the thread that made it
+    (daemon threads: a stop never waits on a receiver). `wake()` when a message was queued so it goes at once.
+    Runs in the broker process; `stop()` ends it."""
 
     def __init__(self, settings: Settings, post_fn: Callable[..., int] = post):
         super().__init__(daemon=True, name="webhooks")
@@ -248,8 +255,6 @@ class Sender(threading.Thread):
         self._lock = threading.Lock()
         self._flying: dict[str, tuple[str, float]] = {}  # tenant -> (message id, started, monotonic)
         self._held: dict[str, float] = {}  # message id -> not before (monotonic): its outcome could not be stored
-        self._local = threading.local()    # each pool thread's own connection to the queue
-        self.pool = ThreadPoolExecutor(max_workers=settings.webhook_senders, thread_name_prefix="webhook")
         self.turned = time.monotonic()     # when the loop last went round (health)
 
     def wake(self) -> None:
@@ -260,7 +265,6 @@ class Sender(threading.Thread):
         self._nudge.set()
         if self.is_alive():
             self.join(timeout)
-        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def health(self) -> dict:
         """{"ok": True} while the loop turns and no delivery has outlived its deadline; else why not."""
@@ -286,7 +290,7 @@ class Sender(threading.Thread):
                 if store is None:
                     store = WebhookStore(db_path(self.s))
                 now = time.time()
-                self.dispatch(store.due(now))
+                self.dispatch(store.heads(now))
                 if now - last_prune > 3600:
                     store.prune(now)
                     last_prune = now
@@ -315,28 +319,26 @@ class Sender(threading.Thread):
                     continue
                 self._held.pop(row["id"], None)
                 self._flying[tenant] = (row["id"], now)
-                self.pool.submit(self.attempt, tenant, row)
+                threading.Thread(target=self.attempt, args=(tenant, row), daemon=True, name="webhook").start()
 
     def attempt(self, tenant: str, row: sqlite3.Row) -> None:
-        """One attempt in a pool thread. Whatever it raises is logged; the sender goes on."""
+        """One attempt, in a delivery thread with its own connection to the queue. Whatever it raises is
+        logged; the sender goes on."""
+        store: WebhookStore | None = None
         try:
-            self.deliver(self.thread_store(), row)
+            store = WebhookStore(db_path(self.s))
+            self.deliver(store, row)
         except Exception as exc:
             logger.exception("webhooks: job {}: the outcome of an attempt could not be recorded ({}: {})",
                              row["job_id"], type(exc).__name__, str(exc)[:200])
-            self._local.store = None
             with self._lock:
                 self._held[row["id"]] = time.monotonic() + self.s.webhook_retry_s
         finally:
+            if store is not None:
+                store.close()
             with self._lock:
                 self._flying.pop(tenant, None)
             self._nudge.set()
-
-    def thread_store(self) -> WebhookStore:
-        store = getattr(self._local, "store", None)
-        if store is None:
-            store = self._local.store = WebhookStore(db_path(self.s))
-        return store
 
     def outcome(self, row: sqlite3.Row) -> tuple[int | None, str | None]:
         """POST the message once -> (HTTP status or None, error or None). Any exception is a failed attempt."""
