@@ -62,10 +62,10 @@ def post(url: str, addresses: list[Address], body: bytes, headers: dict[str, str
         if time.monotonic() >= deadline:  # a read the watchdog cut short may look like a whole answer
             raise TimeoutError(f"no whole answer within {timeout:g} s")
         return response.status
-    except (OSError, http.client.HTTPException) as exc:
-        if time.monotonic() >= deadline:
+    except (OSError, http.client.HTTPException):
+        if time.monotonic() >= deadline:  # what the watchdog's cut looked like to http.client
             raise TimeoutError(f"no whole answer within {timeout:g} s") from None
-        raise exc
+        raise
     finally:
         watchdog.cancel()
         current[0].close()
