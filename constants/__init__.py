@@ -228,12 +228,14 @@ class Settings:
     verify_far: float = _bounded(0.001, 0.00001, 0.03)
 
     keep_uploads: bool = False        # keep uploaded photos after a successful build
+    failed_retention_hours: float = _bounded(24.0, 0.0, 365 * 24)  # a failed build's photos go after this long
     # Callbacks (app/broker/webhooks.py): the hosts a build's callback_url may name (names, *.domain, IPs, networks;
     # empty: no callbacks), the wait for a receiver, the first retry delay (it doubles) and how long to retry.
     webhook_allow: str = ""
     webhook_timeout_s: float = _bounded(10.0, 0.5, 120)
     webhook_retry_s: float = _bounded(5.0, 0.1, 3600)
     webhook_retry_for_s: float = _bounded(86_400.0, 600, 30 * 86_400)  # at least 10 minutes
+    webhook_senders: int = _bounded(4, 1, 64)  # deliveries at once, at most one per tenant (a slow receiver holds one)
     warm_up: bool = True              # workers and web processes load dlib's models, the embedder and Keras at
                                       # start (in the background)
     cache_max_bytes: int = _bounded(1024**3, 0)  # feature cache bound per host, least recently used out first

@@ -7,6 +7,8 @@ models inside its pipeline, and how to build it again. Everything comes from the
 """
 from __future__ import annotations
 
+import html
+import re
 from importlib import metadata
 
 # What the packages' own metadata says (read at build time; these are the fall-backs when a package
@@ -39,6 +41,18 @@ def licences() -> dict:
     return out
 
 
+# Markdown's inline punctuation (`|` is escaped by _row, in the table); `_` only where it could open or close
+# emphasis (not inside a word: George_W_Bush)
+_MARKDOWN = re.compile(r"[\\`*{}\[\]()#!~]|(?<![^\W_])_|_(?![^\W_])")
+
+
+def text(value) -> str:
+    """What a client chose (a label, a model's name) as plain text in Markdown and in the HTML a viewer
+    renders it to: HTML's special characters as entities, Markdown's punctuation backslash-escaped, one line."""
+    escaped = _MARKDOWN.sub(lambda m: "\\" + m.group(), str(value))
+    return html.escape(" ".join(escaped.splitlines()), quote=False)
+
+
 def _pct(value) -> str:
     return "not measured" if value is None else f"{100 * float(value):.2f}%"
 
@@ -56,7 +70,7 @@ def model_card(manifest: dict, licence: dict | None = None) -> str:
 
 
 def _title(m: dict) -> list[str]:
-    lines = [f"# Model card: {m.get('name') or 'unnamed model'} (`{m.get('model_id')}`)", ""]
+    lines = [f"# Model card: {text(m.get('name') or 'unnamed model')} (`{m.get('model_id')}`)", ""]
     lines += [f"Built {m.get('created')} by api-facial-recognition {m.get('service_version')} "
               f"(bundle format {m.get('format_version')}).", ""]
     if m.get("parent"):
@@ -86,10 +100,11 @@ def _who(m: dict) -> list[str]:
             result = "taken for someone else when unknown" if taken else "refused when unknown (as it should)"
         else:
             result = ""
-        lines.append(_row(p["label"], p.get("photos"), p.get("used"), p.get("protocol", ""), result))
+        lines.append(_row(text(p["label"]), p.get("photos"), p.get("used"), p.get("protocol", ""), result))
     if left_out:
         lines += ["", "Left out (no usable photo, or fewer than the minimum): " +
-                  ", ".join(f"{p['label']} ({p.get('excluded') or 'no usable photo'})" for p in left_out) + "."]
+                  ", ".join(f"{text(p['label'])} ({text(p.get('excluded') or 'no usable photo')})"
+                            for p in left_out) + "."]
     return lines
 
 

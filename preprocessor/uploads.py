@@ -17,7 +17,15 @@ from typing import IO
 from constants import IMAGE_EXTENSIONS
 from preprocessor.errors import InputError
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# A file name the service stores and shows: no control (C0, C1), line-separator, bidi-override or lone surrogate
+# character, at most MAX_FILENAME characters. The one rule the HTTP front and the broker both apply.
+_UNSAFE_IN_FILENAME = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+MAX_FILENAME = 1024
+# Labels must not deceive: two labels that look the same must be the same label. Refused: control, format
+# (Cf: zero-width spaces and joiners, bidi marks, the BOM), surrogate, private-use and line/paragraph
+# separator characters, every space but U+0020, and the letters that render as nothing.
+_REFUSED_IN_LABEL = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
+_INVISIBLE_LETTERS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0")
 SAFE_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -30,13 +38,24 @@ class Photo:
     data: bytes
 
 
+def deceptive_character(text: str) -> str | None:
+    """The first character of `text` that a label may not hold (invisible, or a space that looks like
+    another), None when there is none."""
+    for c in text:
+        category = unicodedata.category(c)
+        if category in _REFUSED_IN_LABEL or (category == "Zs" and c != " ") or c in _INVISIBLE_LETTERS:
+            return c
+    return None
+
+
 def clean_label(raw: str, max_length: int = 100) -> str:
-    """Normalise a person's label (NFC, trimmed); raise InputError if unusable."""
-    # Look for control characters inside before trimming: str.strip() would drop \x1c-\x1f silently.
-    label = unicodedata.normalize("NFC", raw)
-    if _CONTROL.search(label.strip(" \t\r\n\f\v")):
-        raise InputError("BAD_LABEL", f"label {raw!r} contains control or bidi-override characters")
-    label = label.strip()
+    """Normalise a person's label (NFC, trimmed of ASCII white space); raise InputError if unusable,
+    which includes any invisible or look-alike-space character (`deceptive_character`)."""
+    label = unicodedata.normalize("NFC", raw).strip(" \t\r\n\f\v")
+    bad = deceptive_character(label)
+    if bad is not None:
+        raise InputError("BAD_LABEL", f"label {raw!r} contains U+{ord(bad):04X} ({unicodedata.name(bad, 'unnamed')}):"
+                         " control, invisible and unusual space characters are not allowed in labels")
     if not label or label in (".", ".."):
         raise InputError("BAD_LABEL", f"empty or reserved label {raw!r}")
     if "/" in label or "\\" in label:
@@ -46,14 +65,31 @@ def clean_label(raw: str, max_length: int = 100) -> str:
     return label
 
 
+def check_filename(name: str) -> str:
+    """A photo's file name as given (a multipart part's or a zip entry's) -> itself, or InputError
+    BAD_FILENAME: longer than MAX_FILENAME, or holding a character `_UNSAFE_IN_FILENAME` refuses."""
+    if not isinstance(name, str) or len(name) > MAX_FILENAME:
+        raise InputError("BAD_FILENAME", f"a file name must be at most {MAX_FILENAME} characters",
+                         {"file": str(name)[:200]})
+    bad = _UNSAFE_IN_FILENAME.search(name)
+    if bad:
+        raise InputError("BAD_FILENAME", f"file name {name[:200]!r} holds U+{ord(bad.group()):04X}, a control, "
+                         "line-separator or bidi-override character", {"file": name[:200].encode(
+                             "utf-8", "backslashreplace").decode()})
+    return name
+
+
 def label_from_path(path: str, max_length: int = 100) -> str:
-    """`alice/1.jpg` -> `alice`; `a/b/alice/1.jpg` -> `alice`. Backslashes count as slashes."""
+    """`alice/1.jpg` -> `alice`; `a/b/alice/1.jpg` -> `alice`. Backslashes count as slashes. The path is the
+    photo's file name: one the broker would refuse is refused here (BAD_FILENAME, `check_filename`)."""
     parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
     if len(parts) < 2:
         raise InputError("MISSING_LABEL",
                          f"{path!r} has no folder: name each photo '<person>/<file>' "
                          "(e.g. filename=alice/1.jpg) or zip one folder per person")
-    return clean_label(parts[-2], max_length)
+    label = clean_label(parts[-2], max_length)  # a bad folder is a bad label first
+    check_filename(path)
+    return label
 
 
 def _unsafe_reason(name: str, info: zipfile.ZipInfo) -> str | None:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from preprocessor.errors import InputError
-from preprocessor.uploads import clean_label, label_from_path, read_zip
+from preprocessor.uploads import check_filename, clean_label, deceptive_character, label_from_path, read_zip
 from test.conftest import pick_people
 
 LIMITS = dict(max_total=100 * 1024 * 1024, max_ratio=200.0, max_entries=1000)
@@ -95,7 +95,7 @@ def test_clean_label_trims_and_normalises():
 
 # Safe path components: no slashes, no C0/DEL controls, no surrogates.
 component = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",),
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Cf", "Co", "Zl", "Zp", "Zs"),
                            blacklist_characters="/\\" + "".join(map(chr, range(32)))
                            + "".join(map(chr, range(0x7f, 0xa0)))
                            + "\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"),
@@ -104,6 +104,8 @@ component = st.text(
 
 def _usable_folder(folder: str) -> bool:
     norm = unicodedata.normalize("NFC", folder).strip()
+    if deceptive_character(norm):  # e.g. U+3164 (a letter that renders as nothing)
+        return False
     return norm not in ("", ".", "..") and len(norm) <= 100
 
 
@@ -413,9 +415,10 @@ def test_arbitrary_names_never_escape(entry_names):
     try:
         photos, ignored = read_zip(io.BytesIO(data), **LIMITS)
     except InputError as exc:
-        assert exc.code in ("MISSING_LABEL", "BAD_LABEL", "UNSAFE_ARCHIVE", "BAD_ARCHIVE")
+        assert exc.code in ("MISSING_LABEL", "BAD_LABEL", "BAD_FILENAME", "UNSAFE_ARCHIVE", "BAD_ARCHIVE")
         return
     for p in photos:
+        assert check_filename(p.filename) == p.filename  # the broker takes every name the front kept
         assert p.label and "/" not in p.label and "\\" not in p.label
         assert p.label not in (".", "..")
         assert not any(ord(c) < 32 or c == "\x7f" for c in p.label)
@@ -459,3 +462,60 @@ def test_mpo_photos_are_accepted_like_jpeg(faces_dir):
         im.save(buf, "MPO", save_all=True, append_images=[im.rotate(90)])
     assert inspect_image(buf.getvalue(), 10**7) == ("MPO", 250, 250)
     assert decode_image(buf.getvalue(), 10**7).shape == (250, 250, 3)
+
+
+# --------------------------------------------------------------------------- labels that cannot deceive (issue #26)
+
+@pytest.mark.parametrize("raw", ["alice\u200b", "al\u200dice", "Tony\u200e\u200d", "\ufeffalice", "a\u00a0b",
+                                 "alice\u00a0", "a\u2003b", "a\u3000b", "a\u202fb", "a\u3164", "\u2800", "a\ue000b",
+                                 "a\u2061b", "a\u00adb"])
+def test_invisible_and_look_alike_space_characters_are_bad_labels(raw):
+    """"alice" and "alice\u200b" look the same in the console; an erasure of one would miss the other."""
+    with pytest.raises(InputError) as e:
+        clean_label(raw)
+    assert code_of(e) == "BAD_LABEL" and "U+" in e.value.message
+
+
+@given(st.text(alphabet=st.characters(whitelist_categories=("Cf",)), min_size=1, max_size=3),
+       st.sampled_from(["", "x", "al"]))
+def test_any_format_character_anywhere_is_a_bad_label(cf, tail):
+    with pytest.raises(InputError) as e:
+        clean_label(f"alice{cf}{tail}")
+    assert code_of(e) == "BAD_LABEL"
+
+
+@given(st.text(max_size=40))
+def test_a_clean_label_is_nfc_and_clean_again(raw):
+    """What clean_label returns is NFC and unchanged by cleaning again (the broker's check_label relies on it)."""
+    try:
+        label = clean_label(raw)
+    except InputError:
+        return
+    assert label == unicodedata.normalize("NFC", label) == clean_label(label)
+    assert deceptive_character(label) is None
+
+
+def test_a_zip_whose_folders_differ_by_invisible_characters_is_refused():
+    """`Tony\u200e\u200d/` and `Tony/` would build two people who look like one."""
+    data = make_zip([("Tony/1.jpg", b"a"), ("Tony\u200e\u200d/2.jpg", b"b")])
+    with pytest.raises(InputError) as e:
+        read_zip(io.BytesIO(data), **LIMITS)
+    assert code_of(e) == "BAD_LABEL"
+
+
+# ------------------------------------------------------------------- file names: the broker's rule, at the front
+
+@pytest.mark.parametrize("name", ["a/b\x01.jpg", "a/b\n.jpg", "a/b\x7f.jpg", "a/b\x85.jpg", "a/b\u202e.jpg",
+                                  "a/\udc80.jpg", "a/" + "x" * 1023 + ".jpg"])
+def test_file_names_the_broker_refuses_are_bad_filenames(name):
+    with pytest.raises(InputError) as e:
+        label_from_path(name)
+    assert code_of(e) == "BAD_FILENAME"
+    with pytest.raises(InputError):
+        check_filename(name)
+
+
+def test_a_zip_entry_with_a_control_character_is_a_bad_filename():
+    with pytest.raises(InputError) as e:
+        read_zip(io.BytesIO(make_zip([("bob/1\x1b[31m.jpg", b"a"), ("alice/1.jpg", b"b")])), **LIMITS)
+    assert code_of(e) == "BAD_FILENAME"

@@ -130,3 +130,20 @@ def test_the_licences_come_from_the_installed_packages():
     lic = licences()
     assert lic["dlib"]["licence"] == "Boost Software License" and lic["dlib"]["version"].startswith("20.")
     assert lic["models"]["licence"] == "CC0 1.0 Universal" and lic["models"]["version"] == "0.3.0"
+
+
+def test_labels_and_names_are_text_in_the_card_not_html_or_markdown():
+    """A label is the client's choice: in MODEL_CARD.md it stays text in any viewer that renders the card
+    (issue #26: `<img src=x onerror=alert(1)>` was HTML there)."""
+    evil = ["<img src=x onerror=alert(1)>", "[click](javascript:alert(1))", "**bold** _it_ `code`", "a|b\nc",
+            "<script>alert(1)</script>", "Jo & <b>Ann</b>"]
+    manifest = {"name": "<h1>x</h1> ![p](http://e/x.png)", "model_id": "m",
+                "people": [{"label": lab, "in_model": True, "photos": 1, "used": 1} for lab in evil[:4]]
+                + [{"label": lab, "in_model": False, "excluded": "<i>none</i>"} for lab in evil[4:]]}
+    card = model_card(manifest, {})
+    for raw in evil + ["<h1>", "<i>", "![p]"]:
+        assert raw not in card, raw
+    assert "<" not in card.replace("`DELETE /people/<label>`", "") and "](" not in card.replace("\\](", "")
+    assert "&lt;img src=x onerror=alert\\(1\\)&gt;" in card and "Jo &amp; &lt;b&gt;Ann&lt;/b&gt;" in card
+    assert "\\*\\*bold\\*\\* \\_it\\_ \\`code\\`" in card and "| a\\|b c |" in card
+    assert "George_W_Bush" in model_card({"people": [{"label": "George_W_Bush", "in_model": True}]}, {})

@@ -110,8 +110,8 @@ def test_a_message_is_queued_once_and_only_with_a_subscription(settings):
     store.forget("job-a")
     assert [r["job_id"] for r in store.due(time.time())] == ["job-c"]
     store.subscribe("job-d", {"url": "http://127.0.0.1:9/x", "secret": new_secret()})
-    store.enqueue("job-d", "model.failed", {"error": "Zoë Ünïcode"})
-    assert store.scrub("Zoë Ünïcode") == 1 and [r["job_id"] for r in store.due(time.time())] == ["job-c"]
+    store.enqueue("job-d", "model.failed", {"error": "Zoë Ünïcode"}, "acme")
+    assert store.forget_jobs(["job-d", "job-x"]) == 1 and [r["job_id"] for r in store.due(time.time())] == ["job-c"]
     store.close()
 
 
@@ -178,4 +178,203 @@ def test_the_sender_checks_the_allow_list_again_at_every_attempt(settings):
     Sender(strict, post_fn=lambda *a: called.append(a) or 200).deliver(store, store.due(time.time())[0])
     row = store.db.execute("SELECT * FROM deliveries").fetchone()
     assert called == [] and row["state"] == PENDING and "not allowed" in row["last_error"]
+    store.close()
+
+
+# --- issue #26: callbacks that no tenant can stop for another -------------------------------------------------
+class Dripper:
+    """A receiver that reads the request, answers a status line and headers promising 1000 bytes, then drips one
+    byte every 0.2 s until `release()` (each read is quick: only a total deadline ends the attempt)."""
+
+    def __init__(self):
+        import socket
+        import threading
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.released = threading.Event()
+        self.connected = threading.Event()
+        self.closed = threading.Event()
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def serve(self) -> None:
+        while not self.released.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connected.set()
+            try:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+                while not self.released.wait(0.2):
+                    conn.sendall(b"x")
+            except OSError:
+                pass
+            finally:
+                self.closed.set()
+                conn.close()
+
+    def release(self) -> None:
+        self.released.set()
+        self.server.close()
+
+
+def test_a_callback_url_is_normalised_at_submit():
+    """IDNA host, percent-encoded path and query (UTF-8), fragment dropped, escapes kept: all ASCII."""
+    from app.shared.callbacks import callback_for, normalise_url
+    s = Settings.from_env({"FR_WEBHOOK_ALLOW": "127.0.0.1"})
+    assert callback_for("http://127.0.0.1:9/café?q=é#frag", s)["url"] == "http://127.0.0.1:9/caf%C3%A9?q=%C3%A9"
+    assert normalise_url("HTTPS://Café.Example:443/a%2Fb/ü") == "https://xn--caf-dma.example/a%2Fb/%C3%BC"
+    assert normalise_url("http://[::1]:8080/x") == "http://[::1]:8080/x"
+    assert AllowList.parse("xn--caf-dma.example").host_allowed(split_url("http://CAFÉ.example/")[1])
+    for bad in ("http://a\u0085b/x", "http://\u2488.example/x" + "\udc80", "http://xn--a.example\ufffd/"):
+        with pytest.raises(CallbackRefused):
+            normalise_url(bad)
+
+
+@given(st.text(max_size=40), st.text(max_size=10))
+def test_any_callback_url_is_refused_or_sendable(path, host):
+    """Whatever a client writes, the URL is refused at submit or is one http.client can send (ASCII)."""
+    from app.shared.callbacks import normalise_url
+    try:
+        url = normalise_url(f"http://{host or 'h'}.example/{path}")
+    except CallbackRefused as exc:
+        assert exc.code == "BAD_CALLBACK_URL"
+        return
+    assert url.isascii() and normalise_url(url) == url
+    _, h, _, p = split_url(url)
+    (h + p).encode("ascii")
+
+
+def test_the_sender_survives_any_exception_of_one_delivery(settings):
+    """A URL stored raw by an older front (a non-ASCII path: http.client raised UnicodeEncodeError and the only
+    sender thread died) and a post that raises anything: each is that message's failed attempt, logged; the
+    other messages are delivered and the sender goes on."""
+    from logger import logger
+    said: list[str] = []
+    sink = logger.add(lambda m: said.append(m.record["message"]), format="{message}")
+    receiver = Receiver()
+    store = WebhookStore(db_path(settings))
+    try:
+        store.subscribe("raw", {"url": receiver.url("/café"), "secret": new_secret()})
+        store.enqueue("raw", "model.done", {}, "acme")
+        sender = Sender(settings)
+        sender.start()
+        receiver.wait("/caf%C3%A9", 1, timeout=30)  # normalised by the sender too
+        boom = Sender(settings, post_fn=lambda url, *a: (_ for _ in ()).throw(
+            UnicodeEncodeError("ascii", "é", 0, 1, "bad") if "boom" in url else RuntimeError("odd")))
+        store.subscribe("boom", {"url": receiver.url("/boom"), "secret": new_secret()})
+        store.enqueue("boom", "model.done", {}, "acme")
+        store.subscribe("odd", {"url": receiver.url("/odd"), "secret": new_secret()})
+        store.enqueue("odd", "model.done", {}, "globex")
+        sender.stop()
+        boom.start()
+        errors = lambda: {r["job_id"]: r["last_error"] for r in store.db.execute(  # noqa: E731
+            "SELECT * FROM deliveries WHERE attempts > 0 AND state = 'pending'")}
+        wait_until(lambda: {"boom", "odd"} <= set(errors()), 30)
+        assert errors()["boom"].startswith("UnicodeEncodeError") and errors()["odd"] == "RuntimeError: odd"
+        assert boom.is_alive() and boom.health() == {"ok": True}
+        assert any("unexpected failure of an attempt" in line for line in said)
+        boom.stop()
+    finally:
+        store.close()
+        receiver.close()
+        logger.remove(sink)
+
+
+def test_one_attempt_has_one_deadline_whatever_the_receiver_drips():
+    """A byte every 0.2 s never trips a per-read timeout of 1 s: the attempt must still end at its deadline."""
+    import threading
+
+    from app.broker.webhooks import post
+    dripper = Dripper()
+    outcome: list = []
+
+    def attempt():
+        try:
+            outcome.append(post(dripper.url("/x"), [ipaddress.ip_address("127.0.0.1")], b"{}", {}, 1.0))
+        except Exception as exc:
+            outcome.append(exc)
+    threading.Thread(target=attempt, daemon=True).start()
+    try:
+        wait_until(lambda: outcome, 30, what="the attempt to end")
+        assert isinstance(outcome[0], TimeoutError), outcome
+        assert not dripper.released.is_set()  # the receiver was still dripping: the deadline ended it
+    finally:
+        dripper.release()
+
+
+def test_a_slow_receiver_delays_only_its_own_tenant(tmp_path):
+    """Tenant a's receiver holds its connection (dripping): tenant b's message is delivered meanwhile, and a's
+    next message waits for a's first (at most one delivery in flight per tenant)."""
+    s = Settings.from_env({"FR_WEBHOOK_ALLOW": "127.0.0.1", "FR_WEBHOOK_TIMEOUT_S": "120"}, data_dir=tmp_path)
+    dripper, receiver = Dripper(), Receiver()
+    store = WebhookStore(db_path(s))
+    sender = Sender(s)
+    try:
+        for job, url, tenant in (("a1", dripper.url("/slow"), "a"), ("b1", receiver.url("/b"), "b"),
+                                 ("a2", receiver.url("/a2"), "a")):
+            store.subscribe(job, {"url": url, "secret": new_secret()})
+            store.enqueue(job, "model.done", {}, tenant)
+        sender.start()
+        receiver.wait("/b", 1, timeout=30)
+        assert dripper.connected.is_set() and not dripper.closed.is_set()  # a1 still in flight
+        states = lambda: {r["job_id"]: (r["state"], r["attempts"]) for r in store.db.execute(  # noqa: E731
+            "SELECT * FROM deliveries")}
+        wait_until(lambda: states()["b1"] == (DELIVERED, 1), 30)
+        assert states()["a1"] == (PENDING, 0) and states()["a2"] == (PENDING, 0) and receiver.at("/a2") == []
+        dripper.release()  # a1 ends (a short answer: a failed attempt), then a2 goes
+        receiver.wait("/a2", 1, timeout=30)
+    finally:
+        sender.stop()
+        dripper.release()
+        receiver.close()
+        store.close()
+
+
+class Halt(BaseException):
+    """Ends a thread the way nothing in the sender catches."""
+
+
+def test_is_alive_learns_of_a_dead_or_stuck_sender(settings, monkeypatch):
+    import threading
+
+    import app.broker.webhooks as webhooks
+    store = WebhookStore(db_path(settings))
+    store.subscribe("job-1", {"url": "http://127.0.0.1:9/x", "secret": new_secret()})
+    store.enqueue("job-1", "model.done", {}, "acme")
+    hold = threading.Event()
+    stuck = Sender(settings, post_fn=lambda *a: hold.wait(60) and 200)
+    monkeypatch.setattr(webhooks, "LATE_AFTER_S", 0.0)
+    stuck.start()
+    try:
+        report = wait_until(lambda: (h := stuck.health())["ok"] is False and h, 30)
+        assert "past its" in report["message"]
+    finally:
+        hold.set()
+        stuck.stop()
+    dead = Sender(settings)
+    monkeypatch.setattr(dead, "dispatch", lambda rows: (_ for _ in ()).throw(Halt()))
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)
+    dead.start()
+    dead.join(10)
+    assert dead.health() == {"ok": False, "message": "the callbacks' sender thread has stopped"}
+    store.close()
+
+
+def test_one_tenants_backlog_never_hides_anothers_message(settings):
+    """The sender takes the first due message of each tenant: 300 of acme's before globex's one still leave
+    globex's among those handed out."""
+    store = WebhookStore(db_path(settings))
+    for i in range(300):
+        store.subscribe(f"a{i}", {"url": "http://127.0.0.1:9/x", "secret": new_secret()})
+        store.enqueue(f"a{i}", "model.done", {}, "acme")
+    store.subscribe("g", {"url": "http://127.0.0.1:9/x", "secret": new_secret()})
+    store.enqueue("g", "model.done", {}, "globex")
+    heads = store.heads(time.time())
+    assert sorted(r["tenant"] for r in heads) == ["acme", "globex"]
+    assert {r["tenant"]: r["job_id"] for r in heads}["globex"] == "g"
     store.close()

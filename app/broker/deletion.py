@@ -1,7 +1,9 @@
 """Deleting a job: its queued tasks, row, uploads, model folder, callback and cached features, here and on
-every connected worker's host."""
+every connected worker's host; then the stores' freed pages and write-ahead logs wiped, so that nothing of
+it outlives the delete. A failed build's photos go on their own FR_FAILED_RETENTION_HOURS after it failed."""
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from app.broker.events import JobEvents
@@ -13,7 +15,10 @@ from app.broker.store import JobStore
 from app.wire import protocol as p
 from app.wire.protocol import FrontError
 from constants import Settings
+from constants.states import JobState
 from logger import logger
+
+EXPIRY_EVERY_S = 60.0  # how often failed builds' photos are looked for (more often for a retention under 10 min)
 
 
 class Deletion:
@@ -22,6 +27,7 @@ class Deletion:
         self.s = settings
         self._store = store
         self.planner, self.pool, self.records, self.sums, self.events = planner, pool, records, sums, events
+        self.next_expiry = 0.0
 
     @property
     def store(self) -> JobStore:
@@ -51,6 +57,42 @@ class Deletion:
         self.store.delete_uploads(job_id)
         logger.info("job {} deleted: {}", job_id, removed)
         return {"id": job_id, "removed": removed}
+
+    def delete_and_wipe(self, job_id: str, tenant: str | None = None) -> dict:
+        """DELETE from a front: `delete`, then no copy of the row left in the stores' write-ahead logs."""
+        answer = self.delete(job_id, tenant)
+        self.wipe_freed_pages()
+        return answer
+
+    def wipe_freed_pages(self) -> None:
+        """Deleted rows leave no bytes: secure_delete zeroes them, and the write-ahead logs (which still hold
+        the pages as they were) are folded in and truncated (retried while a reader holds the job store's)."""
+        for _ in range(40):
+            if not self.store.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+                break
+            time.sleep(0.05)
+        else:
+            logger.warning("the job store's write-ahead log could not be emptied now (a reader held it)")
+        self.events.emit("pages_wiped")
+
+    def expire_failed(self, now: float) -> list[str]:
+        """The photos (and extracted features) of builds that failed more than FR_FAILED_RETENTION_HOURS ago:
+        removed, looked for at most once a minute. The job's row and error stay for its client. -> the jobs' ids."""
+        if now < self.next_expiry:
+            return []
+        retention_s = self.s.failed_retention_hours * 3600
+        self.next_expiry = now + min(EXPIRY_EVERY_S, max(1.0, retention_s / 10))
+        cutoff = now - retention_s
+        expired = []
+        for folder in sorted(self.store.uploads_dir.iterdir()):
+            job = None if folder.name.startswith(".") else self.store.get(folder.name)
+            if job is not None and job.state == JobState.FAILED and job.updated <= cutoff:
+                self.store.delete_uploads(job.id)
+                expired.append(job.id)
+        if expired:
+            logger.info("removed the photos of {} build(s) failed over {:g} h ago", len(expired),
+                        self.s.failed_retention_hours)
+        return expired
 
     def drop_cache_entries(self, keys: list) -> int:
         """Remove this host's cache entries by key. -> how many there were."""

@@ -2,13 +2,13 @@
 
 Each such model is rebuilt without them (a derivation of it, or the same build again while it runs) and
 then deleted with everything it kept (row, bundle, manifest, card, features, uploads); the person's cached
-features go from this host and, by PURGE, from every worker's; their callback messages and the job
-store's freed pages are wiped too (SQLite secure_delete, then the write-ahead log folded in and emptied).
+features go from this host and, by PURGE, from every worker's; the callback messages of those models
+(by job id: nothing of another tenant's) and the job store's freed pages are wiped too (SQLite
+secure_delete, then the write-ahead log folded in and emptied).
 """
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -62,8 +62,8 @@ class Erasure:
             models.append(entry)
         cached = self.deletion.drop_cache_entries(sorted(keys)) + self.purge_local_cache(sorted(digests))
         self.pool.purge(sorted(digests), sorted(keys))
-        self.events.emit("erased", label)
-        self.wipe_freed_pages()
+        self.events.emit("erased", [j.id for j in held])
+        self.deletion.wipe_freed_pages()
         logger.info("erased a person from {} model(s): {} photo(s), {} cached entries", len(models), photos, cached)
         return {"label": label, "models": models,
                 "removed": {"models": len(models), "photos": photos, "cached_features": cached}}
@@ -114,14 +114,3 @@ class Erasure:
         if not digests:
             return 0
         return FeatureCache(self.s.cache_dir, self.s).purge(digests)
-
-    def wipe_freed_pages(self) -> None:
-        """Deleted rows leave no bytes: secure_delete zeroes them, and the write-ahead log (which still holds
-        the pages as they were) is folded in and truncated (retried while a reader holds it)."""
-        for _ in range(40):
-            if not self.store.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
-                break
-            time.sleep(0.05)
-        else:
-            logger.warning("the job store's write-ahead log could not be emptied now (a reader held it)")
-        self.events.emit("pages_wiped")

@@ -6,7 +6,7 @@ something is decided (`registering`) may be refused by a listener raising; any o
 is logged and the others still hear the event.
 
 Events: registering(job_id, callback), register_failed(job_id), ended(job), forget(job_id),
-deleted(job_id), moved(old_id, new_id), erased(label), pages_wiped(), task_finished(kind, outcome, seconds),
+deleted(job_id), moved(old_id, new_id), erased(job_ids), pages_wiped(), task_finished(kind, outcome, seconds),
 chunk_extracted(hits, misses).
 """
 from __future__ import annotations
@@ -104,8 +104,10 @@ class Callbacks:
     def on_moved(self, old: str, new: str) -> None:
         self.call("move", old, new)
 
-    def on_erased(self, label: str) -> None:
-        self.call("scrub", label)
+    def on_erased(self, job_ids: list[str]) -> None:
+        """A person erased from these jobs (of the caller's tenant): their messages go, by job, never by
+        matching the person's name in other messages (of any tenant)."""
+        self.call("forget_jobs", job_ids)
 
     def on_pages_wiped(self) -> None:
         self.call("checkpoint")
@@ -120,13 +122,17 @@ class Callbacks:
             # the code and message only: details may list files, and so people's names
             data["error"] = {k: view["error"][k] for k in ("code", "message")} if view["error"] else None
             event = "model.done" if job.state == JobState.DONE else "model.failed"
-            if self.call("enqueue", job.id, event, data):
+            if self.call("enqueue", job.id, event, data, job.tenant):
                 self.sender.wake()
         except (StoreUnavailable, ValueError, KeyError) as exc:
             logger.error("job {}: its callback could not be queued: {}", job.id, escape(exc))
 
     def start(self) -> None:
         self.sender.start()
+
+    def health(self) -> dict:
+        """The sender's: {"ok": True}, or {"ok": False, "message": why} (GET /is_alive says it)."""
+        return self.sender.health()
 
     def close(self) -> None:
         self.sender.stop()

@@ -30,7 +30,7 @@ class Fronts:
             p.KEYADD: lambda h: {"key": self.add_key(h)},
             p.KEYREVOKE: lambda h: {"id": h["id"], "revoked": keystore.revoke(h["id"])},
             p.KEYLIST: lambda h: {"keys": keystore.list(h.get("tenant"))},
-            p.DELETE: lambda h: deletion.delete(h["id"], h.get("tenant")),
+            p.DELETE: lambda h: deletion.delete_and_wipe(h["id"], h.get("tenant")),
         }
 
     def on_message(self, frames: list[zmq.Frame]) -> None:

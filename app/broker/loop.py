@@ -145,7 +145,7 @@ class Broker:
                 "queued": len({t.job for t in self.queue}), "tasks_queued": len(self.queue),
                 "searches": self.searches.active(),
                 "disk_free_bytes": shutil.disk_usage(self.s.data_dir).free, "disk_full": self.stalled_until is not None,
-                "store": {"ok": True}}
+                "store": {"ok": True}, "callbacks": self.callbacks.health()}
         try:
             body["builds"] = self.store.count_by_state()  # for /metrics of fronts on any host
         except StoreUnavailable as exc:
@@ -195,6 +195,7 @@ class Broker:
         self.pool.beat(self.safely)
         self.resume()
         self.searches.check_budgets()
+        self.deletion.expire_failed(time.time())
 
     def dispatch(self) -> None:
         """Hand queued tasks to idle workers (none while the disk is full)."""

@@ -15,6 +15,11 @@ name that resolves elsewhere a second later gains nothing). Redirects are not fo
 (a 3xx is a failed attempt). The service cannot be made to call into the operator's
 network by a client.
 
+A URL is normalised before anything else reads it (`split_url`): its host in IDNA (ASCII, `xn--`
+for a name with other letters), its path and query percent-encoded (UTF-8), its fragment dropped.
+What is stored, shown and called is that ASCII form; a URL that cannot be put in it is refused at
+submit (400 BAD_CALLBACK_URL). A `/café` path once reached the sender raw and killed it.
+
 Delivery (the durable queue and its sender) is the broker's: app/broker/webhooks.py.
 """
 from __future__ import annotations
@@ -23,14 +28,19 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import re
 import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from constants import Settings, webhook_allow_entries
 
+# characters kept as they are in a path or query: RFC 3986's unreserved and sub-delims, ':', '@', '/', '?' and '%'
+# (an escape already made stays one)
+_URL_SAFE = "/%:@!$&'()*+,;=-._~?"
+_HOST_NAME = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the prefix of every secret, not one)
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -79,7 +89,7 @@ class AllowList:
                 continue
             except ValueError:
                 pass
-            if entry.startswith("*."):
+            if entry.startswith("*."):  # names are ASCII (a name in other letters: its xn-- form, as split_url's)
                 suffixes.append(entry[1:])
             else:
                 names.add(entry)
@@ -128,10 +138,12 @@ def resolve(host: str, port: int) -> list[Address]:
 
 
 def split_url(url: str) -> tuple[str, str, int, str]:
-    """-> (scheme, host, port, path with query) of an http(s) URL without credentials, or CallbackRefused."""
-    if not isinstance(url, str) or not url or len(url) > 2048 or any(ord(c) < 33 or ord(c) == 127 for c in url):
+    """-> (scheme, host, port, path with query) of an http(s) URL without credentials, normalised (the host
+    lower-case in IDNA, the path and query percent-encoded: all ASCII), or CallbackRefused."""
+    if not isinstance(url, str) or not url or len(url) > 2048 or any(ord(c) < 33 or 127 <= ord(c) < 160 or
+                                                                     "\ud800" <= c <= "\udfff" for c in url):
         raise CallbackRefused("BAD_CALLBACK_URL", "callback_url must be an http or https URL of at most 2048 "
-                              "characters, without spaces")
+                              "characters, without spaces or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -142,8 +154,32 @@ def split_url(url: str) -> tuple[str, str, int, str]:
         raise CallbackRefused("BAD_CALLBACK_URL", "callback_url must be an http:// or https:// URL with a host")
     if parts.username is not None or parts.password is not None:
         raise CallbackRefused("BAD_CALLBACK_URL", "callback_url must not carry credentials (user:password@)")
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return scheme, parts.hostname.lower().rstrip("."), port or (443 if scheme == "https" else 80), path
+    path = quote(parts.path or "/", safe=_URL_SAFE) + (f"?{quote(parts.query, safe=_URL_SAFE)}" if parts.query
+                                                         else "")
+    return scheme, ascii_host(parts.hostname), port or (443 if scheme == "https" else 80), path
+
+
+def ascii_host(host: str) -> str:
+    """A URL's host, lower-case and without a trailing dot, in IDNA (`café.example` -> `xn--caf-dma.example`);
+    an IP literal as it is. CallbackRefused for a name that is not one once encoded (letters, digits, '-', '_')."""
+    host = host.lower().rstrip(".")
+    if ip_or_none(host) is not None:
+        return host
+    try:
+        encoded = host if host.isascii() else host.encode("idna").decode("ascii")
+    except UnicodeError:
+        encoded = ""
+    if not _HOST_NAME.fullmatch(encoded):
+        raise CallbackRefused("BAD_CALLBACK_URL", f"the callback host {host[:100]!r} is not a host name")
+    return encoded
+
+
+def normalise_url(url: str) -> str:
+    """The URL as the service stores, shows and calls it: `split_url`'s parts put back together."""
+    scheme, host, port, path = split_url(url)
+    shown_host = f"[{host}]" if ":" in host else host
+    default = port == (443 if scheme == "https" else 80)
+    return f"{scheme}://{shown_host}{'' if default else f':{port}'}{path}"
 
 
 def check_url(url: str, allow: AllowList, resolver: Callable[[str, int], list[Address]] = resolve
@@ -166,5 +202,6 @@ def callback_for(raw: str | None, settings: Settings) -> dict | None:
     Raises CallbackRefused."""
     if raw is None or raw == "":
         return None
-    check_url(raw, AllowList.parse(settings.webhook_allow))
-    return {"url": raw, "secret": new_secret()}
+    url = normalise_url(raw)
+    check_url(url, AllowList.parse(settings.webhook_allow))
+    return {"url": url, "secret": new_secret()}

@@ -51,6 +51,12 @@ def _number(form, name: str, default, low, high, cast=int):
     return value
 
 
+def unprintable(c: str) -> bool:
+    """A character the broker refuses in a single-line text (app/wire/protocol.text: C0 and DEL), or one
+    that cannot travel to it at all (a lone surrogate is not UTF-8)."""
+    return ord(c) < 32 or ord(c) == 127 or "\ud800" <= c <= "\udfff"
+
+
 def parse_options(form, settings: Settings) -> tuple[str | None, dict]:
     """-> (name, options {optimize, seed[, population, generations, time_budget]}) from the form fields."""
     optimize = _flag("optimize", form.get("optimize"))
@@ -66,7 +72,7 @@ def parse_options(form, settings: Settings) -> tuple[str | None, dict]:
     name = form.get("name")
     if name is not None:
         name = name.strip() or None
-        if name and (len(name) > settings.max_name_length or any(ord(c) < 32 for c in name)):
+        if name and (len(name) > settings.max_name_length or any(unprintable(c) for c in name)):
             raise ApiError(400, "BAD_PARAMETER",
                            f"name must be at most {settings.max_name_length} printable characters")
     options = {"optimize": optimize, "seed": seed}

@@ -13,8 +13,8 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/is_alive")
 def is_alive():
-    """Alive when the broker answers, at least one worker is connected, the broker can read its store
-    and its data disk has its reserve free."""
+    """Alive when the broker answers, at least one worker is connected, the broker can read its store,
+    its data disk has its reserve free and its callbacks' sender turns."""
     s = settings()
     try:
         st = client.status(s.front_endpoint, s.front_keys_dir, min(s.broker_timeout_s, 3.0))
@@ -37,6 +37,8 @@ def is_alive():
     if problem is None and st["disk_free_bytes"] < s.min_free_bytes:
         problem = ("INSUFFICIENT_STORAGE", f"{st['disk_free_bytes']} bytes free on the data disk, "
                                            f"{s.min_free_bytes} needed in reserve")
+    if problem is None and not st.get("callbacks", {"ok": True})["ok"]:  # a stuck sender: no tenant gets callbacks
+        problem = ("CALLBACKS_STUCK", st["callbacks"].get("message", "the callbacks' sender is stuck"))
     if problem is None and st["workers"] == 0:
         problem = ("NO_WORKERS", "no worker is connected to the broker")
     if problem:

@@ -326,7 +326,7 @@ def _build_paths() -> dict:
             "responses": {"202": answer("accepted", ref("BuildAccepted"),
                                         {"status": 0, "id": "0d5c0a3e-5a4b-4c1e-9d7e-2f0a7c1b9e11", "photos": 6,
                                          "people": 2}),
-                          **errors((400, "`NO_FILES`, `MISSING_LABEL`, `BAD_LABEL`, `NOT_AN_IMAGE`, "
+                          **errors((400, "`NO_FILES`, `MISSING_LABEL`, `BAD_LABEL`, `BAD_FILENAME`, `NOT_AN_IMAGE`, "
                                          "`UNSUPPORTED_FORMAT`, `CORRUPT_IMAGE`, `IMAGE_TOO_LARGE`, "
                                          "`UNSAFE_ARCHIVE`, `BAD_ARCHIVE`, `TOO_FEW_PEOPLE`, `BAD_PARAMETER` "
                                          "(every bad file listed in `details.files`)"),
@@ -493,7 +493,8 @@ def _health_path() -> dict:
             "tags": ["operations"], "summary": "Health: broker, workers, store and disk", "security": PUBLIC,
             "responses": {"200": answer("alive", ref("Alive")),
                           "503": answer("not alive: `BROKER_UNAVAILABLE`, `STORE_UNAVAILABLE`, "
-                                        "`INSUFFICIENT_STORAGE` or `NO_WORKERS` in `error.code`", ref("Alive"))}}},
+                                        "`INSUFFICIENT_STORAGE`, `CALLBACKS_STUCK` or `NO_WORKERS` in "
+                                        "`error.code`", ref("Alive"))}}},
     }
 
 

@@ -1,8 +1,10 @@
 """WSGI entry point for uWSGI (`module = app.web.wsgi:application` in app.ini)."""
-import re
 import threading
 
+from werkzeug.wsgi import get_path_info
+
 from app.web.factory import create_app
+from app.web.request_log import log_path
 from constants import Settings
 from logger import setup_logging
 
@@ -16,20 +18,11 @@ _settings = Settings.from_env()
 setup_logging("web", _settings.log_dir, _settings.log_level, _settings.log_rotation, _settings.log_retention, _slot)
 _app = create_app(_settings)
 
-# uWSGI's request log (app.ini's log-format) shows the path with a person's label replaced: erasing someone
-# (DELETE /people/<label>) must not write their name into a log the erasure cannot reach.
-_PERSON = re.compile(r"^(/people/|/models/[^/]*/people/).*$", re.DOTALL)
-
-
-def log_path(path: str) -> str:
-    """The request path as the request log shows it: a person's label -> <label>; nothing unprintable."""
-    path = _PERSON.sub(r"\1<label>", path)
-    return "".join(c if " " < c < "\x7f" else "?" for c in path)[:300]
-
 
 def application(environ, start_response):
     try:
-        uwsgi.set_logvar("fr_path", log_path(environ.get("PATH_INFO", "")))
+        # uWSGI's request log shows the path with a person's label masked (app/web/request_log.py)
+        uwsgi.set_logvar("fr_path", log_path(_app.url_map, get_path_info(environ), environ.get("REQUEST_METHOD", "")))
     except NameError:  # not under uWSGI
         pass
     return _app(environ, start_response)

@@ -55,7 +55,7 @@ import zmq
 from constants import Settings
 from constants.states import TaskKind
 from preprocessor.errors import InputError
-from preprocessor.uploads import clean_label
+from preprocessor.uploads import MAX_FILENAME, check_filename, clean_label
 
 SUBMIT, STATUS, DELETE, OK, ERR = b"SUBMIT", b"STATUS", b"DELETE", b"OK", b"ERR"
 DERIVE, ERASE = b"DERIVE", b"ERASE"
@@ -70,7 +70,6 @@ WORKER_COMMANDS = (READY, HEARTBEAT, PROGRESS, DONE, FAILED, REJECT)
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024   # a submit's header lists every photo's label and file name
 MAX_RESULT_BYTES = 1024 * 1024 * 1024  # a worker's result: features JSON or a bundle
-MAX_FILENAME = 1024
 BUNDLE_CHUNK = 1024 * 1024            # a bundle travels to a front in pieces this size: no long send blocks the broker
 MAX_BUNDLE_BYTES = 4 * 1024**3
 MAX_KNOWN = 1000                      # model ids a front may ask about at once
@@ -256,8 +255,8 @@ def check_callback(value: Any) -> dict:
     if set(callback) != {"url", "secret"}:
         raise ProtocolError("a callback takes exactly url and secret")
     url = text(callback["url"], MAX_URL, "callback url")
-    if not url.lower().startswith(("http://", "https://")):
-        raise ProtocolError("a callback url must be http or https")
+    if not url.lower().startswith(("http://", "https://")) or not url.isascii():
+        raise ProtocolError("a callback url must be http or https, normalised to ASCII by the front")
     if not isinstance(callback["secret"], str) or not _SECRET.fullmatch(callback["secret"]):
         raise ProtocolError("a callback secret must be whsec_ and base64")
     return callback
@@ -317,7 +316,10 @@ def _check_job(header: dict, blobs: list[bytes], settings: Settings, least: int)
         if set(f) != {"label", "filename"}:
             raise ProtocolError("a file needs exactly a label and a filename")
         check_label(f["label"], settings)
-        text(f["filename"], MAX_FILENAME, "filename")
+        try:  # the rule the HTTP front applied (preprocessor/uploads.py): a front that lets one through is wrong
+            check_filename(f["filename"])
+        except InputError:
+            raise ProtocolError(f"a filename must be at most {MAX_FILENAME} printable characters") from None
         if not 0 < len(blob) <= settings.max_photo_bytes:
             raise ProtocolError(f"a photo must be 1 to {settings.max_photo_bytes} bytes")
         total += len(blob)
