@@ -93,13 +93,13 @@ class _Graph:
         records the input shape of layers that build something (Dense, Rescaling); `training_arg`: the
         layer's call takes `training` (Dropout), which the functional model records as False."""
         previous = self.layers[-1]["name"]
-        layer = {"module": "keras.layers", "class_name": class_name,
-                 "config": {"name": name, "trainable": True, "dtype": _float32(), **config},
-                 "registered_name": None}
+        layer: dict = {"module": "keras.layers", "class_name": class_name,
+                       "config": {"name": name, "trainable": True, "dtype": _float32(), **config},
+                       "registered_name": None}
         if built:
             layer["build_config"] = {"input_shape": [None, self.width]}
-        tensor = {"class_name": "__keras_tensor__",
-                  "config": {"shape": [None, self.width], "dtype": "float32", "keras_history": [previous, 0, 0]}}
+        tensor: dict = {"class_name": "__keras_tensor__", "config": {"shape": [None, self.width], "dtype": "float32",
+                                                                     "keras_history": [previous, 0, 0]}}
         layer |= {"name": name, "inbound_nodes": [{"args": [tensor], "kwargs": {"training": False} if training_arg
                                                    else {}}]}
         self.layers.append(layer)
