@@ -121,7 +121,8 @@ from modelization.export import write_keras
 from modelization.keras_file import KerasFile
 from modelization.recognizer import Recognizer
 from test.test_export import SPECS, trained
-before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the imports' own (pytest's) children are not the writer's
+# after the imports: h5py's runs `uname -p` once (platform.processor()), a child that does not write the file
+before = resource.getrusage(resource.RUSAGE_CHILDREN)
 sizes = []
 for spec in SPECS:
     fit, x, n = trained(spec)
