@@ -100,17 +100,21 @@ def processes(stack: Stack, webs: list[int]) -> dict[str, float]:
 
 
 class PeakSampler(threading.Thread):
-    """The highest sum of RSS over the service's processes, sampled every `interval` s."""
+    """The highest sum of RSS over the service's processes, sampled every `interval` s, and the `phase` (set by
+    the caller: build, predictions, ...) it was seen in."""
 
     def __init__(self, stack: Stack, interval: float = 0.2):
         super().__init__(daemon=True)
         self.stack, self.interval, self.peak, self.stopped = stack, interval, 0.0, threading.Event()
         self.webs: list[int] = []
+        self.phase = self.peak_phase = "start-up and idle"
 
     def run(self) -> None:
         while not self.stopped.is_set():
             try:
-                self.peak = max(self.peak, sum(v for v in processes(self.stack, self.webs).values() if v == v))
+                total = sum(v for v in processes(self.stack, self.webs).values() if v == v)
+                if total > self.peak:
+                    self.peak, self.peak_phase = total, self.phase
             except Exception:
                 pass
             self.stopped.wait(self.interval)
@@ -199,18 +203,21 @@ def scenario(args, configs: list[tuple[str, Path, dict]]) -> None:
                 time.sleep(2)  # the last log line is written just before its thread ends
                 rows = {"idle": processes(stack, webs)}
                 cpu0 = cpu_seconds(stack, " worker")
+                sampler.phase = "build"
                 wall, model_id = build_patiently(stack, archive(paths))
                 build_cpu = cpu_seconds(stack, " worker") - cpu0
                 time.sleep(1)
                 rows["after the build"] = processes(stack, webs)
                 url = f"/models/{model_id}/predict"
                 errors = 0
+                sampler.phase = "predictions"
                 for k in range(3):  # each kind of photo in turn, every client at once
                     _, err, _ = latencies(stack, url, probes[k], args.requests // 3 + (k < args.requests % 3),
                                           args.clients)
                     errors += err
                 rows[f"after {args.requests} predictions"] = processes(stack, webs)
                 cpu0 = cpu_seconds(stack, "uwsgi")
+                sampler.phase = "one-client predictions"
                 lat, err, _ = latencies(stack, url, latency_probe, args.latency, 1)
                 predict_cpu = 1000 * (cpu_seconds(stack, "uwsgi") - cpu0) / max(1, len(lat))
                 errors += err
@@ -218,15 +225,15 @@ def scenario(args, configs: list[tuple[str, Path, dict]]) -> None:
                 sampler.join()
                 print(f"\n{label}: lfw62 build {wall:.1f} s (workers' CPU {build_cpu:.1f} s); predict 1 client p50 "
                       f"{pct(lat, .5):.1f} ms (p95 {pct(lat, .95):.1f}; web CPU {predict_cpu:.1f} ms a request); "
-                      f"{errors} errors; highest sum sampled {sampler.peak:.0f} MB; "
+                      f"{errors} errors; highest sum sampled {sampler.peak:.0f} MB (during the {sampler.peak_phase}); "
                       f"load {os.getloadavg()[0]:.1f}\n{table(rows)}", flush=True)
                 summary.append((label, wall, build_cpu, pct(lat, .5), predict_cpu,
-                                {k: sum(r.values()) for k, r in rows.items()}, sampler.peak))
+                                {k: sum(r.values()) for k, r in rows.items()}, sampler.peak, sampler.peak_phase))
     print("\n| service | lfw62 build s (workers' CPU s) | predict p50 ms (web CPU ms) | idle MB | after build MB | "
           "after predictions MB | highest MB |\n|---|---|---|---|---|---|---|")
-    for label, wall, build_cpu, p50, predict_cpu, sums, peak in summary:
+    for label, wall, build_cpu, p50, predict_cpu, sums, peak, phase in summary:
         print(f"| {label} | {wall:.1f} ({build_cpu:.0f}) | {p50:.1f} ({predict_cpu:.0f}) | "
-              + " | ".join(f"{v:.0f}" for v in sums.values()) + f" | {peak:.0f} |")
+              + " | ".join(f"{v:.0f}" for v in sums.values()) + f" | {peak:.0f} ({phase}) |")
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ WEIGHTS_FILE = "model.weights.h5"
 ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "elu", "selu", "swish", "silu", "softmax")
 
 
-def _snake(name: str) -> str:
+def snake_case(name: str) -> str:
     """Keras's naming of a layer's weights group: its class in snake case (Dense -> dense, UnitNormalization ->
     unit_normalization)."""
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
@@ -49,7 +49,7 @@ def read_steps(data: bytes) -> list[tuple] | None:
     with h5py.File(io.BytesIO(weights), "r") as h5:
         for layer in layers:
             kind, cfg = layer.get("class_name"), layer.get("config") or {}
-            group = _snake(str(kind))
+            group = snake_case(str(kind))
             k = seen.get(group, 0)
             seen[group] = k + 1
             path = f"layers/{group}" + (f"_{k}" if k else "") + "/vars"

@@ -267,7 +267,7 @@ def warm_up(settings: Settings) -> None:
 
     The ONNX embedder writes its graph (first start on a host only) and runs one chip through it; the
     TensorFlow one likewise, after importing TensorFlow (seconds). Keras is not loaded: bundles are read
-    without it, and a worker writes a bundle's model in a child process (modelization/export.py).
+    and written without it (modelization/keras_file.py, export.py).
     """
     from features.embeddings import load_model
     from preprocessor.faces import load_models

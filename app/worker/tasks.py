@@ -36,7 +36,7 @@ from modelization import lean
 from modelization.bundle import pack_bundle
 from modelization.card import model_card
 from modelization.dataset import HELD_OUT, ONE_PHOTO, Split, protocol, stratified_split
-from modelization.export import KerasWriter, library_versions
+from modelization.export import library_versions, write_keras
 from modelization.metrics import accuracy, balanced_accuracy
 from modelization.network import NetworkSpec
 from modelization.openset import (
@@ -374,7 +374,6 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
     back), the fixed default network.
     """
     started = time.time()
-    writer = KerasWriter()  # a child imports Keras meanwhile: this process never loads TensorFlow
     options = job.get("options", {})
     seed = int(options.get("seed", settings.default_seed))
     data = prepare(files, features, settings, seed)
@@ -388,7 +387,7 @@ def train_bundle(job: dict, files: list[dict], features: list[dict], settings: S
     progress(JobState.TRAINING, "refitting on every photo", 0, 1)
     kept = np.flatnonzero(y >= 0)
     refit = lean.fit(trained.spec, x[kept], y[kept], n, seed=seed, max_epochs=max(1, trained.epochs))
-    model = writer.write(trained.spec, refit.weights, x.shape[1], n)
+    model = write_keras(trained.spec, refit.weights, x.shape[1], n)  # without Keras: no TensorFlow here
     train_seconds = time.time() - t0
     mark_measured(data.people, measured["people"])
     manifest = {
