@@ -149,6 +149,9 @@ class Settings:
     max_photo_bytes: int = _bounded(32 * 1024 * 1024, 1024)   # one photo, also inside a zip
     max_files: int = _bounded(20_000, 1)
     max_image_pixels: int = _bounded(40_000_000, 1)           # decompression-bomb guard
+    # a photo to recognise (predict, verify: in the web processes) is decoded within this: a larger JPEG at
+    # 1/2, 1/4 or 1/8 of its size, another format refused (12 MP: a phone's 4000x3000 photo at full size)
+    predict_max_pixels: int = _bounded(12_000_000, 1)
     max_zip_uncompressed_bytes: int = _bounded(2 * 1024 * 1024 * 1024, 1)  # for all archive parts together
     max_zip_ratio: float = _bounded(200.0, 1.0)               # per entry and overall
     max_zip_entries: int = _bounded(50_000, 1)

@@ -97,6 +97,20 @@ def _check_layout(fileobj: IO[bytes], zf: zipfile.ZipFile, infos: list[zipfile.Z
         end = info.header_offset
 
 
+def _check_entries(fileobj: IO[bytes], zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], max_entries: int) -> None:
+    """Refuse an archive with too many entries, unsafe ones, or entries sharing bytes (`_check_layout`)."""
+    if len(infos) > max_entries:
+        raise InputError("ARCHIVE_TOO_LARGE", f"archive has {len(infos)} entries, limit {max_entries}")
+    unsafe = [f"{i.filename} ({r})" for i in infos if (r := _unsafe_reason(i.filename, i))]
+    if unsafe:
+        raise InputError("UNSAFE_ARCHIVE", "archive holds unsafe entries: " + ", ".join(unsafe[:10]),
+                         {"entries": unsafe[:100]})
+    try:
+        _check_layout(fileobj, zf, infos)
+    except (OSError, struct.error) as exc:
+        raise InputError("BAD_ARCHIVE", f"not a readable zip archive ({exc})") from None
+
+
 def _skippable(name: str) -> bool:
     """Folders, macOS resource forks and hidden files are not photos and not errors."""
     if name.endswith("/"):
@@ -137,16 +151,7 @@ def read_zip(fileobj: IO[bytes], *, max_total: int, max_ratio: float, max_entrie
         raise InputError("BAD_ARCHIVE", f"not a readable zip archive ({exc})") from None
     with zf:
         infos = zf.infolist()
-        if len(infos) > max_entries:
-            raise InputError("ARCHIVE_TOO_LARGE", f"archive has {len(infos)} entries, limit {max_entries}")
-        unsafe = [f"{i.filename} ({r})" for i in infos if (r := _unsafe_reason(i.filename, i))]
-        if unsafe:
-            raise InputError("UNSAFE_ARCHIVE", "archive holds unsafe entries: " + ", ".join(unsafe[:10]),
-                             {"entries": unsafe[:100]})
-        try:
-            _check_layout(fileobj, zf, infos)
-        except (OSError, struct.error) as exc:
-            raise InputError("BAD_ARCHIVE", f"not a readable zip archive ({exc})") from None
+        _check_entries(fileobj, zf, infos, max_entries)
         wanted, ignored = [], []
         for info in infos:
             if _skippable(info.filename):

@@ -13,6 +13,7 @@ from app.broker.store import JobStore
 from app.wire import protocol as p
 from app.wire.protocol import FrontError
 from constants import Settings
+from features.extract import scoped_digest
 from logger import logger
 
 
@@ -38,6 +39,7 @@ class Deletion:
         self.events.emit("forget", job_id)
         n_chunks = self.planner.n_chunks(job.n_new if job else 0)
         keys, digests = self.records.erase_list(job_id, n_chunks) if purge_cache else ([], [])
+        digests = [scoped_digest(d, job.tenant if job else None) for d in digests]  # the cache is per tenant
         # the row goes first: from then on the job is "not found" everywhere, never a model with files
         # half gone (a restart sweeps whatever files a crash here would leave)
         self.store.delete(job_id)
