@@ -217,16 +217,23 @@ def test_a_short_admin_key_is_refused_at_start(tmp_path):
 
 
 # --- row 7: quotas against a burst of submits ----------------------------------------------------------------
-def test_quotas_hold_against_a_burst_of_simultaneous_submits(stacks, faces_dir):
-    """12 submits at once per tenant, no worker (nothing finishes): at most FR_MAX_ACTIVE_BUILDS (4) accepted,
-    and of large uploads only as many as FR_TENANT_MAX_BYTES holds (2). Before #26 the checks counted only
-    stored jobs, not uploads still being written: the issue saw 8 of 12 accepted against a limit of 4."""
-    small = photo_files(pick_people(faces_dir, 2, 1))
-    large = photo_files(pick_people(faces_dir, 2, 20))
-    size = sum(len(d) for _, d in large)
+def noise_photo(seed: int) -> bytes:
+    """A 3 MB JPEG (1600x1600 noise): uploads large enough to be still being written when the next arrive."""
+    import numpy as np
+    pixels = np.random.default_rng(seed).integers(0, 256, (1600, 1600, 3), dtype=np.uint8)
+    return image_bytes(Image.fromarray(pixels), "JPEG")
+
+
+def test_quotas_hold_against_a_burst_of_simultaneous_submits(stacks):
+    """12 submits at once per tenant, no worker (nothing finishes): of 6 MB uploads, exactly
+    FR_MAX_ACTIVE_BUILDS (4) accepted; of 12 MB uploads, exactly as many as FR_TENANT_MAX_BYTES (6.5 times
+    the smaller upload) holds (3). Before #26 the checks counted only the jobs already stored, not the
+    uploads still being written: the issue saw 8 of 12 accepted against a limit of 4."""
+    a, b = noise_photo(1), noise_photo(2)
+    one = [("alice/1.jpg", a), ("bob/1.jpg", b)]
+    two = [("alice/1.jpg", a), ("alice/2.jpg", b), ("bob/1.jpg", b), ("bob/2.jpg", a)]
     s = stacks.start("quota", workers=0, healthy=False, warm_up=False, env={
-        "FR_MAX_ACTIVE_BUILDS": "4", "FR_TENANT_MAX_BYTES": str(int(2.5 * size))})
-    assert sum(len(d) for _, d in small) * 4 < 0.5 * size  # the premise: the small uploads meet only the count
+        "FR_MAX_ACTIVE_BUILDS": "4", "FR_TENANT_MAX_BYTES": str(int(6.5 * (len(a) + len(b))))})
     counting, filling = new_key(s, "counting", "builder"), new_key(s, "filling", "builder")
 
     def burst(key: str, files: list[tuple[str, bytes]]) -> list[tuple[int, str | None]]:
@@ -238,10 +245,10 @@ def test_quotas_hold_against_a_burst_of_simultaneous_submits(stacks, faces_dir):
             return (202, None) if r.status_code == 202 else error_code(r)
         with ThreadPoolExecutor(12) as pool:
             return list(pool.map(submit, range(12)))
-    counted = burst(counting, small)
+    counted = burst(counting, one)
     assert counted.count((202, None)) == 4 and counted.count((429, "TOO_MANY_BUILDS")) == 8, counted
-    filled = burst(filling, large)
-    assert filled.count((202, None)) == 2 and filled.count((507, "QUOTA_EXCEEDED")) == 10, filled
+    filled = burst(filling, two)
+    assert filled.count((202, None)) == 3 and filled.count((507, "QUOTA_EXCEEDED")) == 9, filled
 
 
 # --- row 5: a body dripped just above the minimum pace --------------------------------------------------------
