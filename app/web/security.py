@@ -83,7 +83,8 @@ def install(app: Flask, settings: Settings, keys: Keys) -> None:
         view = app.view_functions.get(request.endpoint or "")
         action = getattr(view, "action", None)
         if action is None or request.method == "OPTIONS":
-            request.environ.pop(CLOSE)
+            if request.endpoint is not None:  # an unknown route (404, 405) is refused before its body too
+                request.environ.pop(CLOSE)
             return  # public, unknown (404 follows) or a preflight
         if not settings.auth:
             request.environ.pop(CLOSE)
