@@ -25,7 +25,7 @@ byte) would reach most clients as a connection reset: they send their whole body
 they read, and a socket closed with unread data resets. So the guard lingers as a web
 server does: after the answer is sent it reads and discards what is still coming, for at
 most `LINGER_S`, then closes. Not for a request the key guard refused (no key, a wrong
-one, a refused origin or role, a rate limit; app/web/security.py marks it `CLOSE`): that
+one, a refused origin or role, a rate limit, no such route; app/web/security.py marks it `CLOSE`): that
 answer says `Connection: close` and the connection is closed at once, unread, so that
 clients without a usable key cannot hold a thread for the linger.
 """
