@@ -43,6 +43,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+MIN_ADMIN_KEY_LENGTH = 32  # FR_ADMIN_KEY: shorter operator keys are refused (secrets.token_urlsafe(32) has 43)
+
+
 class SettingsError(ValueError):
     """A setting that cannot be used; the message names the variable and what it accepts."""
 
@@ -146,6 +149,9 @@ class Settings:
     max_photo_bytes: int = _bounded(32 * 1024 * 1024, 1024)   # one photo, also inside a zip
     max_files: int = _bounded(20_000, 1)
     max_image_pixels: int = _bounded(40_000_000, 1)           # decompression-bomb guard
+    # a photo to recognise (predict, verify: in the web processes) is decoded within this: a larger JPEG at
+    # 1/2, 1/4 or 1/8 of its size, another format refused (12 MP: a phone's 4000x3000 photo at full size)
+    predict_max_pixels: int = _bounded(12_000_000, 1)
     max_zip_uncompressed_bytes: int = _bounded(2 * 1024 * 1024 * 1024, 1)  # for all archive parts together
     max_zip_ratio: float = _bounded(200.0, 1.0)               # per entry and overall
     max_zip_entries: int = _bounded(50_000, 1)
@@ -245,8 +251,12 @@ class Settings:
     admin_key: str = field(default="", repr=False)  # an admin key given by the operator (else var/admin.key)
     cors_origins: str = ""            # comma-separated origins whose pages may call the API (state-changing too)
     max_active_builds: int = _bounded(4, 1, 10_000)  # unfinished builds per tenant (429 beyond)
-    tenant_max_bytes: int = _bounded(0, 0)           # photos and models a tenant may store (507 beyond; 0: no cap)
+    # photos and models a tenant may store (507 beyond; 0: no cap): 10 GiB, twenty uploads of the largest size
+    tenant_max_bytes: int = _bounded(10 * 1024**3, 0)
     rate_limit_per_min: int = _bounded(600, 0)       # requests per minute per key (429 beyond; 0: no limit)
+    # failed key checks a minute per key id and per client address before 429 (0: no limit): a wrong secret for
+    # a known key id costs an scrypt check (~50 ms, 16 MiB), which nobody may spend without bound
+    auth_failures_per_min: int = _bounded(20, 0)
     tls_cert: str = ""                # HTTPS through uWSGI's own https socket: certificate ...
     tls_key: str = field(default="", repr=False)     # ... and its private key (PEM files)
 
@@ -311,6 +321,10 @@ class Settings:
                 values["search_max_budget_s"] < values["search_budget_s"]:
             raise SettingsError("FR_SEARCH_POPULATION, FR_SEARCH_GENERATIONS and FR_SEARCH_BUDGET_S must not "
                                 "exceed their FR_SEARCH_MAX_* limits")
+        if values["admin_key"] and len(values["admin_key"]) < MIN_ADMIN_KEY_LENGTH:
+            raise SettingsError(f"FR_ADMIN_KEY must be at least {MIN_ADMIN_KEY_LENGTH} characters (it has "
+                                f"{len(values['admin_key'])}): it opens every tenant's models; make one with "
+                                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
         webhook_allow_entries(values["webhook_allow"])  # SettingsError for an entry that is no host or address
         if values["broker_front_tcp"] and not values["broker_front_tcp"].startswith("tcp://"):
             raise SettingsError("FR_BROKER_FRONT_TCP must be a tcp:// endpoint, got "

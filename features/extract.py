@@ -150,8 +150,17 @@ def _salt(settings: Settings) -> str:
     return hashlib.sha256(json.dumps(pipeline_settings(settings), sort_keys=True).encode()).hexdigest()
 
 
+def scoped_digest(digest: str, scope: str | None) -> str:
+    """A photo's sha256 (hex) as the feature cache of `scope` (a tenant) knows it: the same photo has another
+    entry in each tenant's cache, so that no tenant learns from a hit (`features_cached`, a build's speed)
+    that another tenant uploaded that photo. No scope: the digest itself (jobs from before tenants)."""
+    if not scope:
+        return digest
+    return hashlib.sha256(b"tenant\0" + scope.encode() + b"\0" + bytes.fromhex(digest)).hexdigest()
+
+
 class FeatureCache:
-    """One small JSON file per (photo, settings) key under `root/<2 hex>/<key>.json`.
+    """One small JSON file per (photo, settings, tenant) key under `root/<2 hex>/<key>.json`.
 
     Bounded: past `max_bytes` the least recently used entries go first (a hit refreshes an entry's
     mtime, which is what "recently" means). The usage is counted once per process and root, then kept
@@ -162,8 +171,9 @@ class FeatureCache:
     _usage: ClassVar[dict[Path, int]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 
-    def __init__(self, root: Path, settings: Settings):
+    def __init__(self, root: Path, settings: Settings, scope: str | None = None):
         self.root = Path(root)
+        self.scope = scope  # the tenant whose entries `key` names (scoped_digest)
         self.max_bytes = settings.cache_max_bytes
         self.salt = _salt(settings)
         # A deleted job's photos are purged from what every embedder made of them: a host that
@@ -171,7 +181,7 @@ class FeatureCache:
         self._all_salts = [_salt(replace(settings, embedder=e)) for e in EMBEDDERS]
 
     def key(self, data: bytes) -> str:
-        return self.key_for_digest(hashlib.sha256(data).hexdigest())
+        return self.key_for_digest(scoped_digest(hashlib.sha256(data).hexdigest(), self.scope))
 
     def key_for_digest(self, digest: str, salt: str | None = None) -> str:
         """The entry of the photo whose bytes hash (sha256, hex) to `digest`."""
@@ -233,7 +243,8 @@ class FeatureCache:
         return total
 
     def purge(self, digests: list[str]) -> int:
-        """Forget the photos whose sha256 are `digests` (their job was deleted). -> entries removed."""
+        """Forget the photos whose digests are `digests` (their job was deleted), as `scoped_digest` gives
+        them for the job's tenant. -> entries removed."""
         keys: list[str] = []
         for digest in digests:
             try:

@@ -31,7 +31,7 @@ from modelization.openset import (
     pair_distance,
 )
 from preprocessor.faces import Box
-from preprocessor.images import decode_image
+from preprocessor.images import DECODE_SLOTS, decode_bounded
 from preprocessor.quality import assess, measure, reason, recognisable_limits
 
 
@@ -180,11 +180,17 @@ class Recognizer:
         With `mirror_probes`, a face whose one-pass score lies within `mirror_margin` of its
         candidate's threshold is embedded again from its mirror image and the two embeddings are
         averaged (`openset.needs_mirror_pass`); faces far from the threshold keep their one pass.
+        A photo given as bytes is decoded within FR_PREDICT_MAX_PIXELS (`decode_bounded`): its boxes are in
+        the photo's pixels, its quality figures those of the size it was decoded at.
         """
         s = self.settings
-        if isinstance(image, (bytes, bytearray)):
-            image = decode_image(bytes(image), s.max_image_pixels)
-        found, n_found = find_faces(image, s, max_faces)
+        if isinstance(image, (bytes, bytearray)):  # decoded within bounds, a few photos of a process at a time
+            with DECODE_SLOTS:
+                pixels, scale = decode_bounded(bytes(image), s.max_image_pixels, s.predict_max_pixels)
+                found, n_found = find_faces(pixels, s, max_faces)
+                del pixels
+        else:
+            (found, n_found), scale = find_faces(image, s, max_faces), 1.0
         chips = [f.chip for f in found]
         x = embed_chips(chips, settings=s)  # every face in one batch
         if self.mirror and chips:
@@ -198,7 +204,8 @@ class Recognizer:
                 flipped = [np.ascontiguousarray(chips[i][:, ::-1]) for i in again]
                 x[again] = (x[again] + embed_chips(flipped, settings=s)) / 2
         quality = [f.quality or measure(f.box, f.points, f.chip) for f in found]
-        return [f.box for f in found], x, [{**q, "problems": assess(q, s)} for q in quality], n_found
+        boxes = [f.box if scale == 1.0 else Box(*(round(v / scale) for v in f.box.as_list())) for f in found]
+        return boxes, x, [{**q, "problems": assess(q, s)} for q in quality], n_found
 
     def embed(self, image: bytes | np.ndarray, threshold: float | None = None,
               mirror_margin: float | None = None) -> tuple[list[Box], np.ndarray]:

@@ -48,3 +48,20 @@ def test_no_cache_when_its_bound_is_zero(tmp_path):
     cache = FeatureCache(tmp_path / "cache", Settings.from_env(data_dir=tmp_path, cache_max_bytes=0))
     cache.put(cache.key(b"x"), entry(1))
     assert cache.get(cache.key(b"x")) is None
+
+
+def test_each_tenant_has_its_own_entries_so_a_hit_says_nothing_of_another_tenant(tmp_path):
+    """Issue #26, row 8: a photo another tenant uploaded is no hit (the cache is keyed by tenant too), and a
+    purge by the scoped digest of one tenant leaves the other's entry."""
+    from features.extract import scoped_digest
+    s = Settings.from_env(data_dir=tmp_path)
+    acme, globex = FeatureCache(tmp_path / "cache", s, "acme"), FeatureCache(tmp_path / "cache", s, "globex")
+    photo = os.urandom(64)
+    acme.put(acme.key(photo), entry(1))
+    assert acme.get(acme.key(photo)) is not None
+    assert globex.get(globex.key(photo)) is None
+    globex.put(globex.key(photo), entry(2))
+    digest = hashlib.sha256(photo).hexdigest()
+    assert FeatureCache(tmp_path / "cache", s).purge([scoped_digest(digest, "acme")]) == 1
+    assert acme.get(acme.key(photo)) is None and globex.get(globex.key(photo)) is not None
+    assert scoped_digest(digest, None) == digest  # jobs from before tenants keep their entries

@@ -323,7 +323,8 @@ def test_a_build_deleted_while_extracting_leaves_nothing_in_the_cache(stack, fac
     assert r.status_code == 202
     stack.wait_state(r.json()["id"], ("extracting",), timeout=120, pred=lambda s: s["worker"] is not None)
     assert stack.delete(f"/models/{r.json()['id']}", timeout=60).status_code == 200
-    cache = FeatureCache(stack.data_dir / "var" / "cache", Settings.from_env(data_dir=stack.data_dir))
+    # the admin key's tenant's cache (the cache is per tenant)
+    cache = FeatureCache(stack.data_dir / "var" / "cache", Settings.from_env(data_dir=stack.data_dir), "admin")
     keys = [cache.key(data) for _, data in files]
     # the chunk in flight ends and its result arrives for a deleted job: the worker is free again
     wait_until(lambda: stack.get("/is_alive", timeout=10).json().get("busy") == 0, 120)

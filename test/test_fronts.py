@@ -156,7 +156,10 @@ def test_api_keys_live_on_the_broker_and_a_revocation_holds_at_the_next_request(
     assert c.get("/models", headers={"X-API-Key": made}).status_code == 200
     # the audit line is written by the front that served the change
     audit = (front_settings.audit_log_path).read_text().splitlines()
-    assert [json.loads(line)["event"] for line in audit] == ["key_create", "key_revoke"]
+    # (and the revoked key's refusal: every failed key check is audited, naming the key id, issue #26)
+    lines = [json.loads(line) for line in audit]
+    assert [line["event"] for line in lines] == ["key_create", "key_revoke", "auth_failed"]
+    assert lines[-1]["key_id"] == key_id and lines[-1]["outcome"]["status"] == 401
 
 
 def test_tenants_hold_through_a_remote_front_and_at_the_broker(front, broker_settings, front_settings):

@@ -256,3 +256,76 @@ def test_broken_exif_does_not_cost_the_photo(landscape):
     data = _save(landscape, "JPEG", exif=b"Exif\x00\x00" + b"\xde\xad\xbe\xef" * 8)
     arr = decode_image(data, LIMIT)
     assert arr.shape == (180, 250, 3)
+
+
+# --------------------------------------------------------------------------- decode_bounded (issue #26, row 6)
+
+FIT = 12_000_000
+
+
+def jpeg_of(image: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=90, **kw)
+    return buf.getvalue()
+
+
+def test_a_photo_within_the_bound_is_decoded_as_the_workers_decode_it(faces_dir):
+    """Normal photos (every wild/ photo: up to 2.8 MP, a PNG among them) are decoded at full size, to the
+    same pixels as `decode_image`: recognising them is unchanged."""
+    from preprocessor.images import decode_bounded
+    for path in sorted((faces_dir / "wild").iterdir()):
+        data = path.read_bytes()
+        pixels, scale = decode_bounded(data, LIMIT, FIT)
+        assert scale == 1.0 and np.array_equal(pixels, decode_image(data, LIMIT)), path.name
+
+
+def test_a_large_jpeg_is_decoded_at_a_fraction_and_its_face_found_where_it_is(faces_dir):
+    """obama.jpg at 4x (16.5 MP): decoded at half its size in the DCT (4.1 MP in memory), and the face found
+    there maps back onto the face found in the full-size decode."""
+    from preprocessor.faces import detect_faces
+    from preprocessor.images import decode_bounded
+    big = Image.open(faces_dir / "wild" / "obama.jpg").convert("RGB")
+    big = big.resize((big.width * 4, big.height * 4), Image.Resampling.BICUBIC)
+    data = jpeg_of(big)
+    pixels, scale = decode_bounded(data, LIMIT, FIT)
+    assert pixels.shape[0] * pixels.shape[1] <= FIT and scale == 0.5
+    full = decode_image(data, LIMIT)
+    (small_box,) = detect_faces(pixels)
+    (full_box,) = detect_faces(full)
+    mapped = np.array(small_box.as_list()) / scale
+    assert np.abs(mapped - np.array(full_box.as_list())).max() <= 0.05 * (full_box.right - full_box.left)
+
+
+def test_a_photo_far_over_the_bound_stays_within_it_in_memory():
+    """A 36 MP JPEG (a few hundred KB) needs 108 MB as an array at full size: decoded here within FIT."""
+    from preprocessor.images import decode_bounded
+    data = jpeg_of(Image.new("RGB", (6000, 6000), (120, 130, 140)))
+    tracemalloc.start()
+    try:
+        pixels, scale = decode_bounded(data, LIMIT, FIT)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert pixels.shape == (3000, 3000, 3) and scale == 0.5
+    # numpy's array and the bytes PIL hands it (traced; PIL's own buffer is not): 2 x 3 bytes a pixel, within
+    # FIT pixels. The same photo decoded whole traces 216 MB.
+    assert peak <= 2 * 3 * FIT
+
+
+def test_another_format_over_the_bound_is_refused_before_it_is_decoded():
+    """A 36 MP PNG is a few KB and 144 MB decoded: refused from its header (no DCT to decode it smaller)."""
+    from preprocessor.images import decode_bounded
+    buf = io.BytesIO()
+    Image.new("RGB", (6000, 6000), (120, 130, 140)).save(buf, "PNG")
+    tracemalloc.start()
+    try:
+        for call in (lambda: decode_bounded(buf.getvalue(), LIMIT, FIT),
+                     lambda: inspect_image(buf.getvalue(), LIMIT, FIT)):
+            with pytest.raises(InputError) as e:
+                call()
+            assert e.value.code == "IMAGE_TOO_LARGE" and "FR_PREDICT_MAX_PIXELS" in e.value.message
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10_000_000
+    assert inspect_image(buf.getvalue(), LIMIT)[1:] == (6000, 6000)  # a build's photo: the workers' limit

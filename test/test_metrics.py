@@ -17,7 +17,7 @@ from test.stack import BrokerThread, free_port
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     settings = Settings.from_env(data_dir=tmp_path_factory.mktemp("metrics"), broker_timeout_s=2.0,
-                                 admin_key="metrics-test-admin", broker_back=f"tcp://127.0.0.1:{free_port()}")
+                                 admin_key="metrics-test-admin-key-of-32-characters", broker_back=f"tcp://127.0.0.1:{free_port()}")
     JobStore(settings.db_path, settings.uploads_dir).close()  # an empty store: unknown ids are 404
     with BrokerThread(settings):
         client = create_app(settings).test_client()
@@ -58,7 +58,7 @@ def test_without_a_broker_the_scrape_still_answers_and_says_so(tmp_path):
     """The store is the broker's (fronts run on any host): without the broker, neither is up."""
     from app.wire import curve as keys
     settings = Settings.from_env(data_dir=tmp_path, broker_front="tcp://127.0.0.1:9", broker_timeout_s=0.2,
-                                 admin_key="metrics-test-admin")
+                                 admin_key="metrics-test-admin-key-of-32-characters")
     keys.prepare_broker_keys(settings.keys_dir)
     client = create_app(settings).test_client()
     client.environ_base["HTTP_X_API_KEY"] = settings.admin_key

@@ -18,7 +18,7 @@ from test.test_evolution import fake
 
 @pytest.fixture
 def service(tmp_path):
-    settings = Settings.from_env(data_dir=tmp_path, admin_key="reports-test-admin",
+    settings = Settings.from_env(data_dir=tmp_path, admin_key="reports-test-admin-key-of-32-characters",
                                  broker_back=f"tcp://127.0.0.1:{free_port()}")
     with BrokerThread(settings):
         app = create_app(settings)

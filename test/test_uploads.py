@@ -519,3 +519,59 @@ def test_a_zip_entry_with_a_control_character_is_a_bad_filename():
     with pytest.raises(InputError) as e:
         read_zip(io.BytesIO(make_zip([("bob/1\x1b[31m.jpg", b"a"), ("alice/1.jpg", b"b")])), **LIMITS)
     assert code_of(e) == "BAD_FILENAME"
+
+
+# --------------------------------------------------------------------------- zips: entries sharing bytes (issue #26)
+
+def repeat_records(raw: bytes, copies: int) -> bytes:
+    """`raw` (a zip) with every central-directory record listed `copies` times: each copy points at the same
+    local entry, so the archive declares `copies` times the bytes it holds (issue #26, row 4)."""
+    eocd = raw.rfind(b"PK\x05\x06")
+    _, cd_size, cd_off = struct.unpack("<HIL", raw[eocd + 10:eocd + 20])
+    cd, records, i = raw[cd_off:cd_off + cd_size], [], 0
+    while i < len(cd):
+        n, e, c = struct.unpack("<HHH", cd[i + 28:i + 34])
+        records.append(cd[i:i + 46 + n + e + c])
+        i += 46 + n + e + c
+    new_cd = b"".join(r for r in records for _ in range(copies))
+    end = raw[eocd:eocd + 8] + struct.pack("<HHIL", len(records) * copies, len(records) * copies, len(new_cd),
+                                           cd_off) + raw[eocd + 20:]
+    return raw[:cd_off] + new_cd + end
+
+
+def test_records_repeated_in_the_central_directory_are_refused():
+    """30 records over 2 entries of 1 MB each: every entry's ratio is modest, the archive's 15 times what
+    it holds. Refused before anything is inflated, as Python 3.12's zipfile refuses the overlap."""
+    raw = make_zip([("alice/1.jpg", bytes(1_000_000)), ("bob/1.jpg", bytes(1_000_000))])
+    bomb = repeat_records(raw, 15)
+    assert len(zipfile.ZipFile(io.BytesIO(bomb)).infolist()) == 30  # the premise: zipfile lists all 30
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError) as e:
+            read_zip(io.BytesIO(bomb), max_total=10**9, max_ratio=2000, max_entries=100)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code_of(e) == "UNSAFE_ARCHIVE" and "more than once" in e.value.message
+    assert peak < 1_000_000  # refused before one entry was inflated
+    assert len(read_zip(io.BytesIO(raw), max_total=10**9, max_ratio=2000, max_entries=100)[0]) == 2
+
+
+def test_entries_whose_data_overlap_are_refused():
+    """An entry whose compressed size runs over the next entry's local header (the overlapping zip bomb):
+    refused as unsafe, not read."""
+    raw = bytearray(make_zip([("alice/1.jpg", bytes(10_000)), ("bob/1.jpg", bytes(10_000))],
+                             zipfile.ZIP_STORED))
+    cd_off = struct.unpack("<L", raw[raw.rfind(b"PK\x05\x06") + 16:][:4])[0]
+    assert raw[cd_off:cd_off + 4] == b"PK\x01\x02"
+    raw[cd_off + 20:cd_off + 24] = struct.pack("<L", 10_000 + 30 + len("bob/1.jpg") + 10)  # alice's size
+    with pytest.raises(InputError) as e:
+        read_zip(io.BytesIO(bytes(raw)), **LIMITS)
+    assert code_of(e) == "UNSAFE_ARCHIVE" and "overlaps" in e.value.message
+
+
+def test_a_name_listed_twice_is_refused():
+    with pytest.raises(InputError) as e:
+        read_zip(io.BytesIO(make_zip([("alice/1.jpg", b"a"), ("alice/1.jpg", b"b"), ("bob/1.jpg", b"c")])),
+                 **LIMITS)
+    assert code_of(e) == "UNSAFE_ARCHIVE"

@@ -16,6 +16,7 @@ from app.wire import protocol as p
 from app.wire.protocol import FrontError
 from constants import Settings
 from constants.states import JobState
+from features.extract import scoped_digest
 from logger import logger
 
 EXPIRY_EVERY_S = 60.0  # how often failed builds' photos are looked for (more often for a retention under 10 min)
@@ -44,6 +45,7 @@ class Deletion:
         self.events.emit("forget", job_id)
         n_chunks = self.planner.n_chunks(job.n_new if job else 0)
         keys, digests = self.records.erase_list(job_id, n_chunks) if purge_cache else ([], [])
+        digests = [scoped_digest(d, job.tenant if job else None) for d in digests]  # the cache is per tenant
         # the row goes first: from then on the job is "not found" everywhere, never a model with files
         # half gone (a restart sweeps whatever files a crash here would leave)
         self.store.delete(job_id)

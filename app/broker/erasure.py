@@ -22,7 +22,7 @@ from app.broker.records import Records
 from app.broker.store import JobStore
 from constants import Settings
 from constants.states import JobState
-from features.extract import FeatureCache
+from features.extract import FeatureCache, scoped_digest
 from logger import logger
 from preprocessor.uploads import Photo
 
@@ -57,7 +57,7 @@ class Erasure:
             entry = self.erase_from(job, label)
             gone = entry.pop("gone")
             photos += len(gone)
-            digests |= {r["sha256"] for r in gone if r.get("sha256")}
+            digests |= {scoped_digest(r["sha256"], job.tenant) for r in gone if r.get("sha256")}  # per tenant
             keys |= {r["key"] for r in gone if r.get("key")}
             models.append(entry)
         cached = self.deletion.drop_cache_entries(sorted(keys)) + self.purge_local_cache(sorted(digests))

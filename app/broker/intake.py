@@ -135,13 +135,16 @@ class Intake:
                                                      f"({free} bytes free, {self.s.min_free_bytes} kept in reserve)")
 
     def check_quotas(self, tenant: str | None, size: int) -> None:
-        """A tenant's unfinished builds (FR_MAX_ACTIVE_BUILDS) and stored bytes (FR_TENANT_MAX_BYTES)."""
-        active = self.store.active_jobs(tenant)
+        """A tenant's unfinished builds (FR_MAX_ACTIVE_BUILDS) and stored bytes (FR_TENANT_MAX_BYTES), each
+        counting its uploads still being written: those have no row yet, and a burst of submits must not pass
+        the check together (the loop admits one at a time, so counting them makes the check atomic)."""
+        writing = [u.job for u in self.storing.values() if u.job.tenant == tenant]
+        active = self.store.active_jobs(tenant) + len(writing)
         if active >= self.s.max_active_builds:
-            raise FrontError("TOO_MANY_BUILDS", f"{active} builds of this tenant are still running "
+            raise FrontError("TOO_MANY_BUILDS", f"{active} builds of this tenant are still running or being stored "
                                                 f"(FR_MAX_ACTIVE_BUILDS={self.s.max_active_builds}); try again later")
         if self.s.tenant_max_bytes:
-            stored = self.store.stored_bytes(tenant, self.s.dumps_dir)
+            stored = self.store.stored_bytes(tenant, self.s.dumps_dir) + sum(job.size for job in writing)
             if stored + size > self.s.tenant_max_bytes:
                 raise FrontError("QUOTA_EXCEEDED", f"this tenant stores {stored} bytes; {size} more would pass its "
                                                    f"quota of {self.s.tenant_max_bytes} (FR_TENANT_MAX_BYTES): "

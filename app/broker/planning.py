@@ -161,6 +161,7 @@ class Planner:
         if task.kind == TaskKind.EXTRACT:
             part = index[task.chunk * self.s.chunk_photos:(task.chunk + 1) * self.s.chunk_photos]
             header["files"] = [{"label": e["label"], "filename": e["filename"]} for e in part]
+            header["tenant"] = job.tenant  # whose feature cache the photos go through (one per tenant)
             return p.pack(p.JOB, header, self.store.load_photos(task.job, part))
         inherited = self.records.inherited(task.job)  # a derivation's photos taken from its parent, first
         header["files"] = [{"label": e["label"], "filename": e["filename"]} for e in inherited + index]

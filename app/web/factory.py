@@ -47,5 +47,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     install(app, settings, broker_keys)
     install_console(app, settings)  # the web console, /docs, /openapi.json, /metrics and the request metrics
     app.before_request(note_start)  # after the key guard: a build's deadline counts from here
-    app.wsgi_app = BodyGuard(app.wsgi_app, settings.upload_grace_s, settings.min_upload_rate)  # type: ignore[method-assign]
+    app.wsgi_app = BodyGuard(app.wsgi_app, settings.upload_grace_s, settings.min_upload_rate,  # type: ignore[method-assign]
+                             settings.request_timeout_s)
     return app

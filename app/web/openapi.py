@@ -68,7 +68,8 @@ LABEL = {"name": "label", "in": "path", "required": True, "description": "a pers
 PUBLIC: list = []  # `security` of the routes that need no API key
 AUTH_ERRORS = ((401, "`UNAUTHORIZED`: no key, or an unknown or revoked one"),
                (403, "`FORBIDDEN`: the key's role may not do this, or another site's page sent it"),
-               (429, "`RATE_LIMITED` (with Retry-After)"))
+               (429, "`RATE_LIMITED`; `TOO_MANY_FAILURES` after too many failed key checks for this key id or from "
+                     "this address (both with Retry-After)"))
 
 
 def schemas() -> dict:

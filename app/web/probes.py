@@ -91,7 +91,7 @@ def decode_image_field(value: Any, settings: Settings, name: str = "image") -> b
         raise InputError("BAD_BASE64", f"{name} is empty")
     if len(data) > settings.max_photo_bytes:
         raise InputError("PHOTO_TOO_LARGE", f"{name} is over the limit of {settings.max_photo_bytes} bytes a photo")
-    inspect_image(data, settings.max_image_pixels)
+    inspect_image(data, settings.max_image_pixels, settings.predict_max_pixels)
     return data
 
 
@@ -159,7 +159,7 @@ def read_part(part, settings: Settings, name: str) -> bytes:
     data = part.stream.read(settings.max_photo_bytes + 1)
     if len(data) > settings.max_photo_bytes:
         raise InputError("PHOTO_TOO_LARGE", f"{name} is over the limit of {settings.max_photo_bytes} bytes a photo")
-    inspect_image(data, settings.max_image_pixels)
+    inspect_image(data, settings.max_image_pixels, settings.predict_max_pixels)
     return data
 
 

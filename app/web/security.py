@@ -27,8 +27,19 @@ from typing import TypeVar
 
 from flask import Flask, current_app, g, request
 
-from app.shared.api_keys import OPEN, Action, AuthError, Keys, Role, check_tenant, presented_key
+from app.shared.api_keys import (
+    OPEN,
+    Action,
+    AuthError,
+    Keys,
+    Principal,
+    Role,
+    check_tenant,
+    parse_key,
+    presented_key,
+)
 from app.web import broker_client as client
+from app.web.body_guard import CLOSE
 from app.web.errors import ApiError
 from app.wire import protocol as p
 from constants import Settings
@@ -57,29 +68,37 @@ def principal():
 
 def install(app: Flask, settings: Settings, keys: Keys) -> None:
     limiter = RateLimiter(settings.rate_limit_per_min)
+    failures = RateLimiter(settings.auth_failures_per_min, "fail:")
     allowed_origins = settings.allowed_origins
 
     @app.before_request
     def _guard() -> None:
         g.principal = None
         g.model_id = None
+        # A request refused here is refused before its body: its connection is closed, not drained
+        # (app/web/body_guard.py), so that keyless and refused clients hold no thread. Lifted once it passes.
+        request.environ[CLOSE] = True
         if request.method not in SAFE_METHODS:
             refuse_cross_origin(allowed_origins)
         view = app.view_functions.get(request.endpoint or "")
         action = getattr(view, "action", None)
         if action is None or request.method == "OPTIONS":
+            if request.endpoint is not None:  # an unknown route (404, 405) is refused before its body too
+                request.environ.pop(CLOSE)
             return  # public, unknown (404 follows) or a preflight
         if not settings.auth:
+            request.environ.pop(CLOSE)
             g.principal = OPEN
             return
-        caller = keys.authenticate(presented_key(request.headers))
+        caller = checked_key(keys, failures, presented_key(request.headers))
         g.principal = caller
         if not caller.may(action):
-            raise AuthError(403, f"a {caller.role} key may not {action} (key {caller.key_id})")
+            raise AuthError(403, f"a {caller.role} key may not {action}")
         wait = limiter.hit(caller.key_id)
         if wait is not None:
             raise ApiError(429, "RATE_LIMITED", f"more than {settings.rate_limit_per_min} requests a minute with "
                            f"this key; try again in {wait} s", headers={"Retry-After": str(wait)})
+        request.environ.pop(CLOSE)
 
     @app.after_request
     def _headers(response):
@@ -94,10 +113,37 @@ def install(app: Flask, settings: Settings, keys: Keys) -> None:
         response.headers["Referrer-Policy"] = "no-referrer"
         if request.endpoint != "static":  # models, reports and keys are for nobody's cache
             response.headers["Cache-Control"] = "no-store"
-        event = AUDITED.get(request.endpoint or "")
+        event = "auth_failed" if g.get("auth_failed") else AUDITED.get(request.endpoint or "")
         if event:
             audit(event, response)
         return response
+
+
+def checked_key(keys: Keys, failures: RateLimiter, key: str | None) -> Principal:
+    """The caller `key` names (Keys.authenticate), with its failures counted per key id and per client
+    address: past FR_AUTH_FAILURES_PER_MIN in a minute, 429 before any slow check, unless the key is one
+    this process checked already (its owner is not locked out by someone else's guesses). Every failed
+    check leaves an `auth_failed` line in the audit log (of the refusals, the first of each minute)."""
+    if key is None:
+        return keys.authenticate(None)  # 401: nothing presented, nothing slow was run
+    parsed = parse_key(key)
+    names = [f"ip:{request.remote_addr}"] + ([f"id:{parsed[0]}"] if parsed else [])
+    audit_extra = {"key_id": parsed[0] if parsed else None}
+    if any(failures.peek(name) is not None for name in names) and not keys.verified_before(key):
+        counts = [failures.add(name) for name in names]
+        if failures.per_minute + 1 in counts:  # the first refusal of this minute for that id or address
+            g.auth_failed, g.audit_extra = True, audit_extra
+        wait = failures.seconds_left()
+        raise ApiError(429, "TOO_MANY_FAILURES", f"too many failed key checks from this address or for this key "
+                       f"(FR_AUTH_FAILURES_PER_MIN={failures.per_minute}); try again in {wait} s",
+                       headers={"Retry-After": str(wait)})
+    try:
+        return keys.authenticate(key)
+    except AuthError:
+        for name in names:
+            failures.add(name)
+        g.auth_failed, g.audit_extra = True, audit_extra
+        raise
 
 
 def refuse_cross_origin(allowed: frozenset[str]) -> None:
@@ -161,11 +207,12 @@ class BrokerKeys(Keys):
 
 
 class RateLimiter:
-    """Requests per minute per key: a fixed one-minute window, shared by the web processes through
-    uWSGI's cache (app.ini `cache2`), or per process outside uWSGI."""
+    """Events per minute per name (a key's requests, failed key checks per key id or address): a fixed
+    one-minute window, shared by the web processes through uWSGI's cache (app.ini `cache2`), or per process
+    outside uWSGI. `prefix` keeps one limiter's names apart from another's in the shared cache."""
 
-    def __init__(self, per_minute: int):
-        self.per_minute = per_minute
+    def __init__(self, per_minute: int, prefix: str = ""):
+        self.per_minute, self.prefix = per_minute, prefix
         self._local: dict[str, int] = {}
         self._lock = threading.Lock()
         try:
@@ -174,23 +221,42 @@ class RateLimiter:
         except ImportError:  # not under uWSGI
             self.uwsgi = None
 
-    def hit(self, key_id: str) -> int | None:
-        """Count a request; -> seconds to wait when over the limit, else None."""
-        if self.per_minute <= 0:
-            return None
-        now = time.time()
-        window = int(now // 60)
-        name = f"{key_id}:{window}"
+    def _count(self, name: str, add: int) -> tuple[int, int]:
+        """(events of `name` this minute after adding `add`, seconds left in the minute)."""
+        window = int(time.time() // 60)
+        name = f"{self.prefix}{name}:{window}"
         if self.uwsgi is not None:
-            self.uwsgi.cache_inc(name, 1, 120, "ratelimit")
+            if add:
+                self.uwsgi.cache_inc(name, add, 120, "ratelimit")
             count = int(self.uwsgi.cache_num(name, "ratelimit") or 0)
         else:
             with self._lock:
                 self._local = {k: v for k, v in self._local.items() if k.endswith(f":{window}")}
-                count = self._local[name] = self._local.get(name, 0) + 1
-        if count > self.per_minute:
-            return max(1, int(60 - now % 60) + 1)
-        return None
+                count = self._local[name] = self._local.get(name, 0) + add
+        return count, self.seconds_left()
+
+    def hit(self, key_id: str) -> int | None:
+        """Count an event; -> seconds to wait when it is over the limit, else None."""
+        if self.per_minute <= 0:
+            return None
+        count, wait = self._count(key_id, 1)
+        return wait if count > self.per_minute else None
+
+    def add(self, name: str) -> int:
+        """Count an event; -> the events of `name` this minute."""
+        return self._count(name, 1)[0]
+
+    @staticmethod
+    def seconds_left() -> int:
+        """Until the next window (what Retry-After says)."""
+        return max(1, int(60 - time.time() % 60) + 1)
+
+    def peek(self, name: str) -> int | None:
+        """Seconds to wait when `name` has reached the limit this minute (nothing counted), else None."""
+        if self.per_minute <= 0:
+            return None
+        count, wait = self._count(name, 0)
+        return wait if count >= self.per_minute else None
 
 
 class Audit:

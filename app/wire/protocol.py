@@ -494,6 +494,7 @@ def parse_job(frames: list[bytes]) -> tuple[bytes, dict, list[bytes]]:
             raise ProtocolError("an extract task needs one photo frame per file")
         if header["task"].kind != TaskKind.EXTRACT and len(blobs) != 1:
             raise ProtocolError("evaluate and train tasks carry one features frame")
+        tenant(header.get("tenant"))  # an extract task's: whose feature cache it uses
     elif command == PURGE:
         if set(header) != {"photos", "keys"} or not all(
                 isinstance(v, list) and all(is_digest(h) for h in v) for v in header.values()):

@@ -59,13 +59,13 @@ class BuildError(Exception):
         self.code, self.message, self.details = code, message, details or {}
 
 
-def extract_chunk(photos: list[Photo], settings: Settings) -> list[dict]:
-    """Features of a slice of a job's photos, through the cache: one dict per photo.
+def extract_chunk(photos: list[Photo], settings: Settings, tenant: str | None = None) -> list[dict]:
+    """Features of a slice of a job's photos, through the cache of the job's `tenant`: one dict per photo.
 
     The faces of every photo the cache misses are embedded in one batch. Besides the features:
     `cached`, the cache `key`, and `seconds` spent on the photo (its share of the batch's embedding).
     """
-    cache = FeatureCache(settings.cache_dir, settings)
+    cache = FeatureCache(settings.cache_dir, settings, tenant)
     results = cached_photos_features([photo.data for photo in photos], settings, cache)
     out = [{**asdict(feats), "cached": cached, "key": cache.key(photo.data), "seconds": round(seconds, 4)}
            for photo, (feats, cached, seconds) in zip(photos, results)]
