@@ -26,6 +26,9 @@ MAX_FILENAME = 1024
 # separator characters, every space but U+0020, and the letters that render as nothing.
 _REFUSED_IN_LABEL = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 _INVISIBLE_LETTERS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0")
+# Variation selectors are nonspacing marks (Mn, not Cf) that render as nothing after a letter: "Tony\ufe0f"
+# looks like "Tony". (A label of an emoji with its VS16 is refused with them: names are what labels hold.)
+_VARIATION_SELECTORS = re.compile("[\u180b-\u180d\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef]")
 SAFE_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -43,7 +46,8 @@ def deceptive_character(text: str) -> str | None:
     another), None when there is none."""
     for c in text:
         category = unicodedata.category(c)
-        if category in _REFUSED_IN_LABEL or (category == "Zs" and c != " ") or c in _INVISIBLE_LETTERS:
+        if (category in _REFUSED_IN_LABEL or (category == "Zs" and c != " ") or c in _INVISIBLE_LETTERS
+                or _VARIATION_SELECTORS.match(c)):
             return c
     return None
 

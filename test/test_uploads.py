@@ -503,6 +503,18 @@ def test_a_zip_whose_folders_differ_by_invisible_characters_is_refused():
     assert code_of(e) == "BAD_LABEL"
 
 
+
+@pytest.mark.parametrize("raw", ["Tony\ufe0f", "To\ufe00ny", "Tony\U000e0100", "Tony\u180b", "\ufe0e"])
+def test_variation_selectors_are_bad_labels(raw):
+    """A variation selector (a nonspacing mark, not Cf) renders as nothing after a letter: "Tony\ufe0f" looks
+    like "Tony", and a zip with both folders built two people who look like one."""
+    with pytest.raises(InputError) as e:
+        clean_label(raw)
+    assert code_of(e) == "BAD_LABEL" and "U+" in e.value.message
+    with pytest.raises(InputError) as e:
+        read_zip(io.BytesIO(make_zip([("Tony/1.jpg", b"a"), (f"{raw}/2.jpg", b"b")])), **LIMITS)
+    assert code_of(e) == "BAD_LABEL"
+
 # ------------------------------------------------------------------- file names: the broker's rule, at the front
 
 @pytest.mark.parametrize("name", ["a/b\x01.jpg", "a/b\n.jpg", "a/b\x7f.jpg", "a/b\x85.jpg", "a/b\u202e.jpg",
