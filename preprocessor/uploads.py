@@ -52,11 +52,18 @@ def deceptive_character(text: str) -> str | None:
     return None
 
 
-def clean_label(raw: str, max_length: int = 100) -> str:
+def clean_label(raw: str, max_length: int = 100, *, enrolled: bool = False) -> str:
     """Normalise a person's label (NFC, trimmed of ASCII white space); raise InputError if unusable,
-    which includes any invisible or look-alike-space character (`deceptive_character`)."""
+    which includes any invisible or look-alike-space character (`deceptive_character`).
+    `enrolled`: the label names someone already in a model (an erasure, a removal), who may have been enrolled
+    before those characters were refused: only what labels could never hold (controls, bidi overrides, line
+    separators) is refused, so that such a person can still be erased."""
     label = unicodedata.normalize("NFC", raw).strip(" \t\r\n\f\v")
-    bad = deceptive_character(label)
+    if enrolled:
+        unsafe = _UNSAFE_IN_FILENAME.search(label)
+        bad = unsafe.group() if unsafe else None
+    else:
+        bad = deceptive_character(label)
     if bad is not None:
         raise InputError("BAD_LABEL", f"label {raw!r} contains U+{ord(bad):04X} ({unicodedata.name(bad, 'unnamed')}):"
                          " control, invisible and unusual space characters are not allowed in labels")

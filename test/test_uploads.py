@@ -495,6 +495,17 @@ def test_a_clean_label_is_nfc_and_clean_again(raw):
     assert deceptive_character(label) is None
 
 
+
+@pytest.mark.parametrize("raw", ["alice\u200b", "a\u00a0b", "Tony\ufe0f", "\ufeffalice", "a\u3164"])
+def test_an_enrolled_label_with_invisible_characters_is_still_found(raw):
+    """A person enrolled before invisible characters were refused is named as enrolled (erasure, removal, verify),
+    exactly; what no label could ever hold stays refused."""
+    assert clean_label(raw, enrolled=True) == raw == clean_label(clean_label(raw, enrolled=True), enrolled=True)
+    for bad in (raw + "\x01", raw + "\u202e", "a/" + raw, "", "..", "x" * 101):
+        with pytest.raises(InputError) as e:
+            clean_label(bad, enrolled=True)
+        assert code_of(e) == "BAD_LABEL"
+
 def test_a_zip_whose_folders_differ_by_invisible_characters_is_refused():
     """`Tony\u200e\u200d/` and `Tony/` would build two people who look like one."""
     data = make_zip([("Tony/1.jpg", b"a"), ("Tony\u200e\u200d/2.jpg", b"b")])
