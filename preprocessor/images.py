@@ -112,6 +112,8 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     _load(im)
     with contextlib.suppress(Exception):  # a broken EXIF block should not cost the photo
         im = ImageOps.exif_transpose(im)
+    if im.mode.startswith("I;16"):  # 16-bit greyscale: convert("RGB") would clip every value over 255 to white
+        im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8), "L")
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.asarray(im, dtype=np.uint8)

@@ -27,6 +27,9 @@ MAX_FILENAME = 1024
 # separator characters, every space but U+0020, and the letters that render as nothing.
 _REFUSED_IN_LABEL = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
 _INVISIBLE_LETTERS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0")
+# Variation selectors are nonspacing marks (Mn, not Cf) that render as nothing after a letter: "Tony\ufe0f"
+# looks like "Tony". (A label of an emoji with its VS16 is refused with them: names are what labels hold.)
+_VARIATION_SELECTORS = re.compile("[\u180b-\u180d\u180f\ufe00-\ufe0f\U000e0100-\U000e01ef]")
 SAFE_COMPRESSION = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -44,16 +47,24 @@ def deceptive_character(text: str) -> str | None:
     another), None when there is none."""
     for c in text:
         category = unicodedata.category(c)
-        if category in _REFUSED_IN_LABEL or (category == "Zs" and c != " ") or c in _INVISIBLE_LETTERS:
+        if (category in _REFUSED_IN_LABEL or (category == "Zs" and c != " ") or c in _INVISIBLE_LETTERS
+                or _VARIATION_SELECTORS.match(c)):
             return c
     return None
 
 
-def clean_label(raw: str, max_length: int = 100) -> str:
+def clean_label(raw: str, max_length: int = 100, *, enrolled: bool = False) -> str:
     """Normalise a person's label (NFC, trimmed of ASCII white space); raise InputError if unusable,
-    which includes any invisible or look-alike-space character (`deceptive_character`)."""
+    which includes any invisible or look-alike-space character (`deceptive_character`).
+    `enrolled`: the label names someone already in a model (an erasure, a removal), who may have been enrolled
+    before those characters were refused: only what labels could never hold (controls, bidi overrides, line
+    separators) is refused, so that such a person can still be erased."""
     label = unicodedata.normalize("NFC", raw).strip(" \t\r\n\f\v")
-    bad = deceptive_character(label)
+    if enrolled:
+        unsafe = _UNSAFE_IN_FILENAME.search(label)
+        bad = unsafe.group() if unsafe else None
+    else:
+        bad = deceptive_character(label)
     if bad is not None:
         raise InputError("BAD_LABEL", f"label {raw!r} contains U+{ord(bad):04X} ({unicodedata.name(bad, 'unnamed')}):"
                          " control, invisible and unusual space characters are not allowed in labels")

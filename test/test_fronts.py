@@ -9,6 +9,7 @@ import json
 import os
 import threading
 import time
+import unicodedata
 import uuid
 import zipfile
 from pathlib import Path
@@ -244,6 +245,23 @@ def test_an_erased_model_is_never_served_again_by_any_front_and_leaves_their_cac
     assert c2.get(f"/models/{kept}", **admin()).data == bundle  # a model without her is untouched
     assert app2.extensions["bundles"].fetches == 3  # ... and still served from the cache
 
+
+
+@pytest.mark.parametrize("label", ["alice\u200b", "a\u00a0b", "Tony\ufe0f"])
+def test_a_person_enrolled_before_invisible_characters_were_refused_can_still_be_erased(front, broker_settings,
+                                                                                        label):
+    """Labels with invisible characters are refused in new uploads (issue #26 row 13), but models built before
+    hold such labels: the erasure (and the removal of that person) must still find them, not answer BAD_LABEL
+    and leave the person's photos and embeddings in every model. Only the exact label is touched."""
+    from urllib.parse import quote
+    _, c = front
+    held, _ = labelled_model(broker_settings, "admin", [label, "bob"])
+    twin, _ = labelled_model(broker_settings, "admin", [unicodedata.normalize("NFC", "".join(
+        ch for ch in label if ch.isalnum())), "bob"])
+    r = c.delete(f"/people/{quote(label)}", **admin())
+    assert r.status_code == 200, r.json
+    assert [m["id"] for m in r.json["models"]] == [held]  # its look-alike twin is another person
+    assert c.get(f"/models/{twin}", **admin()).status_code == 200
 
 def test_an_erasure_covers_the_callers_tenant_only(front, broker_settings):
     """Two tenants both have someone labelled "pat": a builder's erasure reaches its own tenant's models; an

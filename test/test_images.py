@@ -114,6 +114,19 @@ def test_other_modes_become_rgb(jpeg_path, mode, fmt):
     assert arr.shape == (250, 250, 3) and arr.dtype == np.uint8
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_a_16_bit_greyscale_photo_keeps_its_tones(jpeg_path, fmt):
+    """A 16-bit greyscale photo (scanners, some cameras' PNG/TIFF: PIL mode I;16) decodes to the same picture as
+    its 8-bit copy, not to white: convert("RGB") clips every value over 255, and the face was lost."""
+    with Image.open(jpeg_path) as im:
+        grey = np.asarray(im.convert("L"))
+    data = _save(Image.fromarray(grey.astype(np.uint16) * 257), fmt)  # 0..255 -> 0..65535
+    assert Image.open(io.BytesIO(data)).mode.startswith("I;16")
+    arr = decode_image(data, LIMIT)
+    assert arr.shape == (250, 250, 3) and arr.dtype == np.uint8
+    assert np.array_equal(arr[..., 0], grey) and np.array_equal(arr[..., 2], grey)
+
+
 # --------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("data", [b"", b"hello, I am a text file\n" * 20, b"\x89PNG\r\n\x1a\n", b"\xff\xd8",

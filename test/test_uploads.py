@@ -495,6 +495,17 @@ def test_a_clean_label_is_nfc_and_clean_again(raw):
     assert deceptive_character(label) is None
 
 
+
+@pytest.mark.parametrize("raw", ["alice\u200b", "a\u00a0b", "Tony\ufe0f", "\ufeffalice", "a\u3164"])
+def test_an_enrolled_label_with_invisible_characters_is_still_found(raw):
+    """A person enrolled before invisible characters were refused is named as enrolled (erasure, removal, verify),
+    exactly; what no label could ever hold stays refused."""
+    assert clean_label(raw, enrolled=True) == raw == clean_label(clean_label(raw, enrolled=True), enrolled=True)
+    for bad in (raw + "\x01", raw + "\u202e", "a/" + raw, "", "..", "x" * 101):
+        with pytest.raises(InputError) as e:
+            clean_label(bad, enrolled=True)
+        assert code_of(e) == "BAD_LABEL"
+
 def test_a_zip_whose_folders_differ_by_invisible_characters_is_refused():
     """`Tony\u200e\u200d/` and `Tony/` would build two people who look like one."""
     data = make_zip([("Tony/1.jpg", b"a"), ("Tony\u200e\u200d/2.jpg", b"b")])
@@ -502,6 +513,18 @@ def test_a_zip_whose_folders_differ_by_invisible_characters_is_refused():
         read_zip(io.BytesIO(data), **LIMITS)
     assert code_of(e) == "BAD_LABEL"
 
+
+
+@pytest.mark.parametrize("raw", ["Tony\ufe0f", "To\ufe00ny", "Tony\U000e0100", "Tony\u180b", "\ufe0e"])
+def test_variation_selectors_are_bad_labels(raw):
+    """A variation selector (a nonspacing mark, not Cf) renders as nothing after a letter: "Tony\ufe0f" looks
+    like "Tony", and a zip with both folders built two people who look like one."""
+    with pytest.raises(InputError) as e:
+        clean_label(raw)
+    assert code_of(e) == "BAD_LABEL" and "U+" in e.value.message
+    with pytest.raises(InputError) as e:
+        read_zip(io.BytesIO(make_zip([("Tony/1.jpg", b"a"), (f"{raw}/2.jpg", b"b")])), **LIMITS)
+    assert code_of(e) == "BAD_LABEL"
 
 # ------------------------------------------------------------------- file names: the broker's rule, at the front
 

@@ -67,7 +67,8 @@ def test_only_listed_hosts_at_public_addresses_or_listed_ones():
 
 
 @pytest.mark.parametrize("url", ["ftp://h/x", "http://u:p@h/x", "http:///x", "h/x", "", "http://h/a b",
-                                 "http://h:99999/x", "http://h/" + "a" * 3000, "javascript:alert(1)"])
+                                 "http://h:99999/x", "http://h/" + "a" * 3000, "javascript:alert(1)",
+                                 "http://h:0/x", "https://h:00/x"])  # port 0 once became 80/443 unsaid
 def test_malformed_urls(url):
     with pytest.raises(CallbackRefused) as exc:
         split_url(url)

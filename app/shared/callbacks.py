@@ -154,6 +154,8 @@ def split_url(url: str) -> tuple[str, str, int, str]:
         raise CallbackRefused("BAD_CALLBACK_URL", "callback_url must be an http:// or https:// URL with a host")
     if parts.username is not None or parts.password is not None:
         raise CallbackRefused("BAD_CALLBACK_URL", "callback_url must not carry credentials (user:password@)")
+    if port == 0:  # not a port one can call; `port or default` below would have called 80 (443) instead
+        raise CallbackRefused("BAD_CALLBACK_URL", "callback_url's port must be 1-65535")
     path = quote(parts.path or "/", safe=_URL_SAFE) + (f"?{quote(parts.query, safe=_URL_SAFE)}" if parts.query
                                                          else "")
     return scheme, ascii_host(parts.hostname), port or (443 if scheme == "https" else 80), path

@@ -99,9 +99,10 @@ def erase_person(label: str):
 
 
 def person_label(raw: str, s: Settings) -> str:
-    """A person's label from the URL, cleaned as uploads clean it; 400 BAD_LABEL otherwise."""
+    """A person's label from the URL (someone already enrolled, perhaps before invisible characters were refused),
+    cleaned as `clean_label(enrolled=True)` cleans it; 400 BAD_LABEL otherwise."""
     try:
-        return clean_label(raw, s.max_label_length)
+        return clean_label(raw, s.max_label_length, enrolled=True)
     except InputError as exc:
         raise ApiError(400, exc.code, exc.message) from None
 

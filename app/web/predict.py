@@ -219,7 +219,7 @@ def _model_label(recognizer: Recognizer, raw: Any, s: Settings) -> str:
     """The `label` field: a person of the model (404 UNKNOWN_PERSON), or 400 BAD_LABEL."""
     if not isinstance(raw, str):
         raise ApiError(400, "BAD_LABEL", "label must be a string: the name of a person in the model")
-    label = clean_label(raw, s.max_label_length)
+    label = clean_label(raw, s.max_label_length, enrolled=True)  # a person enrolled perhaps before today's rules
     if label not in recognizer.labels:
         raise ApiError(404, "UNKNOWN_PERSON", f"{label!r} is not a person of this model", {"label": label})
     return label

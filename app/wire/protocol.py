@@ -239,10 +239,11 @@ def check_options(value: Any, settings: Settings) -> dict:
     return options
 
 
-def check_label(value: Any, settings: Settings) -> str:
-    """A person's label exactly as the HTTP front cleans it."""
+def check_label(value: Any, settings: Settings, enrolled: bool = False) -> str:
+    """A person's label exactly as the HTTP front cleans it (`enrolled`: one that names someone already in a
+    model, preprocessor.uploads.clean_label)."""
     try:
-        if clean_label(value, settings.max_label_length) != value:
+        if clean_label(value, settings.max_label_length, enrolled=enrolled) != value:
             raise ProtocolError("label is not in its clean form")
     except (InputError, TypeError, AttributeError):
         raise ProtocolError(f"bad label {escape(value, 60)}") from None
@@ -278,7 +279,7 @@ def check_derive(header: dict, blobs: list[bytes], settings: Settings) -> dict:
     if not isinstance(remove, list) or len(remove) > MAX_REMOVE:
         raise ProtocolError(f"remove must list at most {MAX_REMOVE} people")
     for label in remove:
-        check_label(label, settings)
+        check_label(label, settings, enrolled=True)
     _check_job(header, blobs, settings, least=0)
     if not header["files"] and not remove:
         raise ProtocolError("a derivation adds photos or removes people")
@@ -288,7 +289,7 @@ def check_derive(header: dict, blobs: list[bytes], settings: Settings) -> dict:
 def check_erase(header: dict, settings: Settings) -> dict:
     """An ERASE: a person's label, and the tenant whose models it covers (None: every tenant's)."""
     _fields(header, {"label", "tenant"}, {"label", "tenant"}, "erase")
-    check_label(header["label"], settings)
+    check_label(header["label"], settings, enrolled=True)
     tenant(header["tenant"])
     return header
 
