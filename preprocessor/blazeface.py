@@ -32,12 +32,13 @@ MODEL_FILE = "face_detection_full_range_sparse.tflite"
 # (strangers-more faces pasted on clutter, 25 per size): found 14/25 at 8 px, 21-22/25 at 10-14 px,
 # 24/25 at 16 px, all from 20 px. 14 px: the finest level is half the pixels of 20 px's.
 MODEL_MIN_FACE = 14.0
-# A photo larger than LARGE_SIDE (a phone photo, not a camera frame) maps min_face_px to 10 px instead: half
-# the finest level's tiles, which are most of a 12 MP photo's cost. Measured on strangers-more (bench/detect.py
-# --kinds phone_12mp_small,group_12mp, 10 photos each, seed 5): 12 MP photos' detection time 0.4x, faces found
-# 13/13 and 104/108 (at 14 px: 12/13 and 107/108). Frames keep 14 px: at 10 px a 1080p frame's faces of
-# 36-120 px were found 21/29 (14 px: 29/29).
-LARGE_SIDE, MODEL_MIN_FACE_LARGE = 2000, 10.0
+# A photo of more than LARGE_PIXELS (a phone photo of 12 MP and more) maps min_face_px to 10 px instead:
+# half the finest level's tiles, which are most of such a photo's cost. Measured on strangers-more
+# (bench/detect.py --kinds phone_12mp_small,group_12mp, 10 photos each, seed 5): 12 MP photos' detection
+# time 0.4x, faces found 13/13 and 104/108 (at 14 px: 12/13 and 107/108). Camera frames, 4K (8.3 MP)
+# included, keep 14 px: at 10 px a 1080p frame's faces of 36-120 px were found 21/29 (14 px: 29/29), and
+# 4K, 1440p and 2001x1125 frames lost a fifth to a third of their faces under 60 px.
+LARGE_PIXELS, MODEL_MIN_FACE_LARGE = 10_000_000, 10.0
 LEVEL_STEP = 2.5          # each level sees faces this many times larger than the one before
 # Which candidates are faces. Chosen on faces of strangers-more and face-less walls composed by
 # bench/compose.py (scripted in docs/detector.md): faces scored 0.74 or more on their tile in 95 of 100
@@ -151,7 +152,7 @@ def detect(image: np.ndarray, min_face_px: float = 40.0,
     finest level (default: by the photo's size, MODEL_MIN_FACE or MODEL_MIN_FACE_LARGE)."""
     h, w = image.shape[:2]
     if model_min_face is None:
-        model_min_face = MODEL_MIN_FACE_LARGE if max(w, h) > LARGE_SIDE else MODEL_MIN_FACE
+        model_min_face = MODEL_MIN_FACE_LARGE if w * h > LARGE_PIXELS else MODEL_MIN_FACE
     all_boxes, all_scores = [], []
     for s in levels(w, h, min_face_px, model_min_face):
         sw, sh = max(1, round(w * s)), max(1, round(h * s))
