@@ -27,7 +27,7 @@ def changed(f: dataclasses.Field, tmp: Path):
     """A valid value of setting `f` other than its default."""
     special = {"data_dir": tmp, "host": HOST, "broker_front": "tcp://127.0.0.1:1", "broker_back": "tcp://127.0.0.1:2",
                "front_keys": str(tmp / "keys"), "broker_front_tcp": "tcp://127.0.0.1:3", "embedder": "dlib",
-               "detector": "blazeface", "quality_policy": "skip", "webhook_allow": "example.org,10.0.0.0/8",
+               "detector": "hog", "quality_policy": "skip", "webhook_allow": "example.org,10.0.0.0/8",
                "admin_key": "fr_flags_test_admin_key_changed_0123456789",
                "cors_origins": "https://a.example", "tls_cert": "c.pem", "tls_key": "k.pem", "log_level": "DEBUG",
                "log_rotation": "1 MB", "search_population": 8, "search_generations": 2, "search_budget_s": 30.5}
