@@ -40,6 +40,7 @@ MODEL_MIN_FACE = 14.0
 # 4K, 1440p and 2001x1125 frames lost a fifth to a third of their faces under 60 px.
 LARGE_PIXELS, MODEL_MIN_FACE_LARGE = 10_000_000, 10.0
 LEVEL_STEP = 2.5          # each level sees faces this many times larger than the one before
+MODEL_MAX_FACE = MODEL_MIN_FACE * LEVEL_STEP * 1.3  # the largest face a level answers for (its tiles' overlap)
 # Which candidates are faces. Chosen on faces of strangers-more and face-less walls composed by
 # bench/compose.py (scripted in docs/detector.md): faces scored 0.74 or more on their tile in 95 of 100
 # cases, the walls' false faces 0.50-0.69 (4 of 47 over 0.7). A candidate scored SURE_SCORE on its tile is
@@ -126,15 +127,16 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
 
 
 def levels(w: int, h: int, min_face_px: float, model_min_face: float = MODEL_MIN_FACE) -> list[float]:
-    """The scales (network px per photo px) a w x h photo is scanned at, finest first."""
-    out = []
-    s = model_min_face / max(1.0, min_face_px)
-    fit = INPUT / max(w, h)  # the whole photo in one tile
-    while s > fit:
-        out.append(min(s, 1.0))  # never upscale past the photo's own pixels
-        s /= LEVEL_STEP
-    out.append(fit)
-    return sorted(set(out), reverse=True)
+    """The scales (network px per photo px) a w x h photo is scanned at, finest first: from the one at
+    which `min_face_px` is `model_min_face` px (never above the photo's own pixels), each LEVEL_STEP times
+    smaller, until a face as large as the photo's shorter side is at most `MODEL_MAX_FACE` px. The network
+    is unsure of faces much larger than that (LFW crops, whose face is ~110 of 250 px, were missed one time
+    in 25 when seen at 84 px, and found at 42 px), so even a small photo is looked at that small: a level
+    smaller than a tile is one padded tile."""
+    out = [min(model_min_face / max(1.0, min_face_px), 1.0)]
+    while out[-1] * min(w, h) > MODEL_MAX_FACE:
+        out.append(out[-1] / LEVEL_STEP)
+    return out
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:

@@ -114,9 +114,11 @@ def test_a_zip_dropped_on_the_console_builds_a_model_that_names_the_faces_of_a_p
         page.wait_for_selector("#faces-table")
         b.shot("tried")
         boxes = page.locator(".face-box")
-        assert boxes.count() == 2
-        labels = [boxes.nth(i).get_attribute("data-label") for i in range(2)]
-        assert labels == [first, "unknown"], labels
+        # the two faces pasted, largest first; the stranger's LFW crop also shows part of a second person at
+        # its edge, a smaller face that BlazeFace finds (HOG did not): unknown too, after them
+        assert boxes.count() >= 2
+        labels = [boxes.nth(i).get_attribute("data-label") for i in range(boxes.count())]
+        assert labels[:2] == [first, "unknown"] and set(labels[2:]) <= {"unknown"}, labels
         assert "known" in boxes.nth(0).get_attribute("class").split()
         assert "unknown" in boxes.nth(1).get_attribute("class").split()
         assert boxes.nth(0).inner_text().startswith(first)
