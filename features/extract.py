@@ -136,7 +136,7 @@ def _detector_settings(settings: Settings) -> dict:
                 "detect_min_face_px": settings.detect_min_face_px,
                 "detector_model": {blazeface.MODEL_FILE: file_sha256(blazeface.model_path())},
                 "detector_params": {"model_min_face": blazeface.MODEL_MIN_FACE, "level_step": blazeface.LEVEL_STEP,
-                                    "large_pixels": blazeface.LARGE_PIXELS,
+                                    "model_max_face": blazeface.MODEL_MAX_FACE, "large_pixels": blazeface.LARGE_PIXELS,
                                     "model_min_face_large": blazeface.MODEL_MIN_FACE_LARGE,
                                     "min_score": blazeface.MIN_SCORE, "sure_score": blazeface.SURE_SCORE,
                                     "confirm_score": blazeface.CONFIRM_SCORE,
