@@ -93,10 +93,9 @@ def _run(tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     MIN_SCORE.
 
     The tile is scaled straight into the interpreter's input tensor and only the kept rows are copied out of
-    its outputs: no float copy of the tile (442 KB) or of the outputs (147 KB) per tile, sizes that glibc
-    serves from a malloc arena once a photo's buffer has raised its mmap threshold, and which that arena keeps.
-    Measured: 16 threads detecting in 1080p frames left a process 8 MB larger, 17 MB with the copies
-    (bench/README.md). The outputs are the same to the bit.
+    its outputs: no contiguous copy of the tile, no float copy (442 KB), no copy of the outputs (147 KB).
+    The outputs are the same to the bit; a process keeps 2-3 MB less after 16 threads of 1080p frames
+    (bench/detector_memory.py).
     """
     it = _interpreter()
     with LOCK:
