@@ -92,20 +92,29 @@ def load_model() -> None:
 
 
 def _run(tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One 192x192 RGB uint8 tile -> (boxes (n, 4) x0, y0, x1, y1 in tile px, scores (n,)) over MIN_SCORE."""
+    """One 192x192 RGB uint8 tile (any strides) -> (boxes (n, 4) x0, y0, x1, y1 in tile px, scores (n,)) over
+    MIN_SCORE.
+
+    The tile is scaled straight into the interpreter's input tensor and only the kept rows are copied out of
+    its outputs: no contiguous copy of the tile, no float copy (442 KB), no copy of the outputs (147 KB).
+    The outputs are the same to the bit; a process keeps 2-3 MB less after 16 threads of 1080p frames
+    (bench/detector_memory.py).
+    """
     it = _interpreter()
-    x = (tile.astype(np.float32) / 127.5 - 1.0)[None]
     with LOCK:
-        inp = it.get_input_details()[0]["index"]
-        it.set_tensor(inp, x)
+        view = it.tensor(it.get_input_details()[0]["index"])()[0]
+        np.multiply(tile, 1 / 127.5, out=view, casting="unsafe")
+        view -= 1.0
+        del view  # the interpreter refuses to run while a view of its buffers is alive
         it.invoke()
-        outs = [it.get_tensor(o["index"]) for o in it.get_output_details()]
-    reg, cls = (outs[0], outs[1]) if outs[0].shape[-1] == 16 else (outs[1], outs[0])
-    logits = np.clip(cls.reshape(-1), -80, 80)
-    keep = np.flatnonzero(logits > np.log(MIN_SCORE / (1 - MIN_SCORE)))
+        outs = [it.tensor(o["index"])() for o in it.get_output_details()]
+        reg, cls = (outs[0], outs[1]) if outs[0].shape[-1] == 16 else (outs[1], outs[0])
+        logits = np.clip(cls.reshape(-1), -80, 80)  # a copy (2,304 floats)
+        keep = np.flatnonzero(logits > np.log(MIN_SCORE / (1 - MIN_SCORE)))
+        r = reg.reshape(-1, 16)[keep]  # a copy of the kept rows only
+        del outs, reg, cls
     if not len(keep):
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
-    r = reg.reshape(-1, 16)[keep]
     centre = r[:, :2] + _anchors()[keep]
     half = r[:, 2:4] / 2
     boxes = np.concatenate([centre - half, centre + half], 1)
@@ -169,7 +178,7 @@ def detect(image: np.ndarray, min_face_px: float = 40.0,
                     pad = np.zeros((INPUT, INPUT, 3), np.uint8)
                     pad[:tile.shape[0], :tile.shape[1]] = tile
                     tile = pad
-                boxes, scores = _run(np.ascontiguousarray(tile))
+                boxes, scores = _run(tile)
                 if len(boxes):
                     all_boxes.append((boxes + [x0, y0, x0, y0]) / s)
                     all_scores.append(scores)
@@ -201,7 +210,7 @@ def confirm(image: np.ndarray, box: np.ndarray) -> tuple[float, float, float, fl
     m = np.array([[s, 0, INPUT / 2 - s * cx], [0, s, INPUT / 2 - s * cy]], np.float32)
     crop = cv2.warpAffine(image, m, (INPUT, INPUT), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-    found, scores = _run(np.ascontiguousarray(crop))
+    found, scores = _run(crop)
     if not len(found):
         return None
     # the detection nearest the middle, where the candidate was put
