@@ -28,7 +28,7 @@ from preprocessor.images import decode_image
 from preprocessor.quality import measure, reason, recognisable_limits
 
 # 2: every face of a photo is embedded (up to max_faces_per_photo); 3: each face's quality figures;
-# 4: the detector is a setting (FR_DETECTOR: HOG by default, BlazeFace opt-in) and each face has a `reason`;
+# 4: the detector is a setting (FR_DETECTOR: HOG, then BlazeFace by default) and each face has a `reason`;
 # 5: 16-bit greyscale photos decoded to their tones, not white (their cached "no face" must not be reused)
 PIPELINE_VERSION = 5
 

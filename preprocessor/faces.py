@@ -1,12 +1,12 @@
 """RGB array -> face boxes -> aligned face chips (dlib 5-point landmarks).
 
 Two detectors (`detector`, FR_DETECTOR; docs/detector.md says why the default is the default):
-- "blazeface" (opt-in, experimental): MediaPipe's full-range BlazeFace over tiles of the full-size photo
+- "blazeface" (the default): MediaPipe's full-range BlazeFace over tiles of the full-size photo
   (preprocessor/blazeface.py), every face of `min_face_px` or more anywhere in the photo, turned
   faces included; its boxes are mapped to HOG's convention for the landmark model;
-- "hog" (default): dlib's frontal HOG. Photos larger than `max_side` are detected on a downscaled copy and the
-  boxes mapped back; it runs without upsampling first (upsampling costs ~4x) and retries with one
-  upsampling only when nothing was found on a photo of at most `upsample_max_side`.
+- "hog": dlib's frontal HOG, the detector before issue #25. Photos larger than `max_side` are detected on a
+  downscaled copy and the boxes mapped back; it runs without upsampling first (upsampling costs ~4x) and retries
+  with one upsampling only when nothing was found on a photo of at most `upsample_max_side`.
 Landmarks and chips always come from the full-size photo.
 """
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _shape_predictor():
 def load_models(detector: str = "hog") -> None:
     """Load `detector` and the landmark model now rather than on the first photo (HOG costs nothing to
     load, BlazeFace's LiteRT interpreter well under a second). BlazeFace is loaded only when it is the
-    detector in use: the default (HOG) process never holds its interpreter."""
+    detector in use: a process set to HOG never holds its interpreter."""
     if detector == "blazeface":
         from preprocessor import blazeface
         blazeface.load_model()
