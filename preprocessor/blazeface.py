@@ -9,7 +9,8 @@ The network sees 192x192 pixels and finds faces from about `MODEL_MIN_FACE` px; 
 a few times that, less of faces that fill much of its input. A photo is scanned at a few scales
 ("levels"): at the finest, a face of `min_face_px` in the photo is `MODEL_MIN_FACE` px in the network's
 input; each coarser level is `LEVEL_STEP` times smaller, down to the level at which a face as large as the
-photo's shorter side is `MODEL_MAX_FACE` px or less. Each level is cut into 192 px tiles that overlap by
+photo's shorter side is `MODEL_MAX_FACE` px or less, and the level at which the whole photo fills one tile.
+Each level is cut into 192 px tiles that overlap by
 the largest face that level is responsible for, so that every face lies whole in some tile. Detections
 of all tiles and levels are merged by non-maximum suppression.
 
@@ -139,14 +140,18 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
 def levels(w: int, h: int, min_face_px: float, model_min_face: float = MODEL_MIN_FACE) -> list[float]:
     """The scales (network px per photo px) a w x h photo is scanned at, finest first: from the one at
     which `min_face_px` is `model_min_face` px (never above the photo's own pixels), each LEVEL_STEP times
-    smaller, until a face as large as the photo's shorter side is at most `MODEL_MAX_FACE` px. The network
-    is unsure of faces much larger than that (LFW crops, whose face is ~110 of 250 px, were missed one time
-    in 25 when seen at 84 px, and found at 42 px), so even a small photo is looked at that small: a level
-    smaller than a tile is one padded tile."""
+    smaller, until a face as large as the photo's shorter side is at most `MODEL_MAX_FACE` px; and the
+    scale at which the whole photo fills one tile. The network is unsure of faces that fill much of its
+    input (12 of the 300 `strangers` LFW crops, a 110 px face in 250 px, had no face when seen only at 84
+    px, and were found at 42 px), yet finds some faces only there (an LFW crop of `lfw62` was found at
+    84 px and not at 38 px): both are looked at. A level smaller than a tile is one padded tile."""
     out = [min(model_min_face / max(1.0, min_face_px), 1.0)]
     while out[-1] * min(w, h) > MODEL_MAX_FACE:
         out.append(out[-1] / LEVEL_STEP)
-    return out
+    fit = INPUT / max(w, h)
+    if all(abs(fit / s - 1) > 0.01 for s in out):
+        out.append(fit)
+    return sorted(out, reverse=True)
 
 
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
