@@ -148,11 +148,16 @@ def test_group_photo_without_the_person_is_skipped_and_recorded(stack, people, f
     manifest = json.loads(zipfile.ZipFile(io.BytesIO(
         stack.get(f"/models/{r.json()['id']}", timeout=30).content)).read("manifest.json"))
     person = next(p for p in manifest["people"] if p["label"] == next(iter(people)))
-    assert person["several_faces"] == [] and person["used"] == 3
+    # the group photo is skipped, never used; an LFW crop may show a second person at its edge (BlazeFace
+    # finds them): listed, with the crop's own, largest face used
+    assert person["used"] == 3 and all(e["file"] != f"{first}/group.jpg" and e["face_used"] == 0
+                                       for e in person["several_faces"]), person["several_faces"]
     assert [(s["file"], s["reason"]) for s in person["skipped"]] == [
         (f"{next(iter(people))}/group.jpg", "no_matching_face")]
     assert "2 faces" in person["skipped"][0]["detail"]
     assert manifest["input"]["skipped_by_reason"] == {"no_matching_face": 1}
     pair = next(p for p in manifest["people"] if p["label"] == second)["several_faces"]
-    assert [(e["file"], e["faces"], e["face_used"]) for e in pair] == [(f"{second}/pair.jpg", 2, 1)]
-    assert pair[0]["box"][0] >= 340 and pair[0]["distance"] < 0.6
+    (composed,) = [e for e in pair if e["file"] == f"{second}/pair.jpg"]
+    assert composed["faces"] >= 2 and composed["face_used"] >= 1  # not the largest face: the first person's
+    assert composed["box"][0] >= 340 and composed["distance"] < 0.6
+    assert all(e["face_used"] == 0 for e in pair if e is not composed)
