@@ -25,10 +25,34 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 FACES = Path(os.environ.get("FR_FACES_DIR", ROOT.parent / "shared" / "faces"))
 VARIANTS = {"now": [], "copies": ["--copies"], "now, 1 thread": ["--one-thread"]}
+
+
+def run_with_copies(tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What `blazeface._run` computed before it wrote into the interpreter's own buffers: a float copy of the
+    tile in, copies of the outputs out -> (boxes (n, 4), scores (n,)). The `copies` variant, and
+    test_detector's reference for the tile run of today."""
+    import numpy as np
+
+    from preprocessor import blazeface as bf
+    it = bf._interpreter()
+    with bf.LOCK:
+        it.set_tensor(it.get_input_details()[0]["index"], (tile.astype(np.float32) / 127.5 - 1.0)[None])
+        it.invoke()
+        outs = [it.get_tensor(o["index"]) for o in it.get_output_details()]
+    reg, cls = (outs[0], outs[1]) if outs[0].shape[-1] == 16 else (outs[1], outs[0])
+    logits = np.clip(cls.reshape(-1), -80, 80)
+    keep = np.flatnonzero(logits > np.log(bf.MIN_SCORE / (1 - bf.MIN_SCORE)))
+    r = reg.reshape(-1, 16)[keep]
+    centre = r[:, :2] + bf._anchors()[keep]
+    return np.concatenate([centre - r[:, 2:4] / 2, centre + r[:, 2:4] / 2], 1), 1 / (1 + np.exp(-logits[keep]))
 
 
 def memory() -> tuple[float, float, float]:
@@ -63,21 +87,7 @@ def child(args: argparse.Namespace) -> None:
         one.allocate_tensors()
         setattr(bf, "_interpreter", lambda: one)  # noqa: B010  (replacing the cached builder)
     if args.copies:
-        def run_with_copies(tile):
-            tile = np.ascontiguousarray(tile)  # as detect() and confirm() did before handing a tile over
-            it = bf._interpreter()
-            with bf.LOCK:
-                it.set_tensor(it.get_input_details()[0]["index"], (tile.astype(np.float32) / 127.5 - 1.0)[None])
-                it.invoke()
-                outs = [it.get_tensor(o["index"]) for o in it.get_output_details()]
-            reg, cls = (outs[0], outs[1]) if outs[0].shape[-1] == 16 else (outs[1], outs[0])
-            logits = np.clip(cls.reshape(-1), -80, 80)
-            keep = np.flatnonzero(logits > np.log(bf.MIN_SCORE / (1 - bf.MIN_SCORE)))
-            r = reg.reshape(-1, 16)[keep]
-            centre = r[:, :2] + bf._anchors()[keep]
-            boxes = np.concatenate([centre - r[:, 2:4] / 2, centre + r[:, 2:4] / 2], 1)
-            return boxes, 1 / (1 + np.exp(-logits[keep]))
-        bf._run = run_with_copies
+        bf._run = lambda tile: run_with_copies(np.ascontiguousarray(tile))  # as detect() handed tiles over
     bf.load_model()
     step("+ BlazeFace's interpreter")
     small = decode_image((FACES / "lfw62" / "Tony_Blair" / "Tony_Blair_0001.jpg").read_bytes(), 10**8)

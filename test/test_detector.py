@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from bench.compose import Composed, clutter, compose, crowd_backs, encode, load_rgb, match, paste_face, source_photos
+from bench.detector_memory import run_with_copies
 from constants import Settings, SettingsError
 from features.embeddings import embed_chips
 from features.extract import NO_FACE, find_faces, prepare_photo
@@ -155,22 +156,6 @@ def test_the_model_card_names_the_detector_a_bundle_was_built_with(detector):
     assert (f"detect max side {SETTINGS.detect_max_side}" in line) == (detector == "hog") and "None" not in line
 
 
-def _run_with_copies(tile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """What `blazeface._run` computed before it wrote into the interpreter's own buffers: float copy in, copies out."""
-    from preprocessor import blazeface as bf
-    it = bf._interpreter()
-    with bf.LOCK:
-        it.set_tensor(it.get_input_details()[0]["index"], (tile.astype(np.float32) / 127.5 - 1.0)[None])
-        it.invoke()
-        outs = [it.get_tensor(o["index"]) for o in it.get_output_details()]
-    reg, cls = (outs[0], outs[1]) if outs[0].shape[-1] == 16 else (outs[1], outs[0])
-    logits = np.clip(cls.reshape(-1), -80, 80)
-    keep = np.flatnonzero(logits > np.log(bf.MIN_SCORE / (1 - bf.MIN_SCORE)))
-    r = reg.reshape(-1, 16)[keep]
-    centre = r[:, :2] + bf._anchors()[keep]
-    return np.concatenate([centre - r[:, 2:4] / 2, centre + r[:, 2:4] / 2], 1), 1 / (1 + np.exp(-logits[keep]))
-
-
 def test_a_tile_scaled_in_the_interpreters_buffer_gives_the_outputs_of_a_copied_one(faces_dir):
     """`_run` scales a tile straight into LiteRT's input tensor and copies out only the kept rows (memory,
     bench/README.md): the same boxes and scores, to the bit, as the float copy it replaced, for a contiguous
@@ -184,7 +169,7 @@ def test_a_tile_scaled_in_the_interpreters_buffer_gives_the_outputs_of_a_copied_
     big[100:100 + bf.INPUT, 50:50 + bf.INPUT] = tile
     strided = big[100:100 + bf.INPUT, 50:50 + bf.INPUT]
     assert not strided.flags.c_contiguous
-    want_boxes, want_scores = _run_with_copies(tile)
+    want_boxes, want_scores = run_with_copies(tile)
     assert len(want_scores) > 0  # a face is there: the comparison compares something
     for t in (tile, strided):
         boxes, scores = bf._run(t)
