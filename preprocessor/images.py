@@ -85,7 +85,7 @@ def _check_fit(im: Image.Image, fit_pixels: int) -> None:
 
 def decode_bounded(data: bytes, max_pixels: int, fit_pixels: int) -> tuple[np.ndarray, float]:
     """Decode a photo to recognise with at most about `fit_pixels` pixels in memory: a larger JPEG at the
-    smallest DCT scale (1/2, 1/4, 1/8) that keeps it at least that large, then resized to fit; another
+    least DCT reduction (1/2, 1/4, 1/8) that fits, resized to fit when even 1/8 does not; another
     format over `fit_pixels` is refused (IMAGE_TOO_LARGE). Call it within DECODE_SLOTS. -> (RGB uint8 array
     (H, W, 3), EXIF orientation honoured; its scale to the photo: 1.0 when decoded at full size)."""
     im = _open(data, max_pixels)
@@ -98,18 +98,19 @@ def decode_bounded(data: bytes, max_pixels: int, fit_pixels: int) -> tuple[np.nd
     if im.size[0] * im.size[1] > fit_pixels:  # the DCT's scales are powers of 2: the rest by resampling
         k = math.sqrt(fit_pixels / (im.size[0] * im.size[1]))
         im = im.resize((max(1, int(im.size[0] * k)), max(1, int(im.size[1] * k))), Image.Resampling.LANCZOS)
-    scale = im.size[0] / w
-    with contextlib.suppress(Exception):  # a broken EXIF block should not cost the photo
-        im = ImageOps.exif_transpose(im)
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return np.asarray(im, dtype=np.uint8), scale
+    return _upright_rgb(im), im.size[0] / w
 
 
 def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
     """Decode image bytes to an RGB uint8 array (H, W, 3), honouring EXIF orientation."""
     im = _open(data, max_pixels)
     _load(im)
+    return _upright_rgb(im)
+
+
+def _upright_rgb(im: Image.Image) -> np.ndarray:
+    """A loaded image -> RGB uint8 array (H, W, 3), turned as its EXIF orientation says. What both decoders
+    hand on, so that a photo reads the same whether a worker or a web process decodes it."""
     with contextlib.suppress(Exception):  # a broken EXIF block should not cost the photo
         im = ImageOps.exif_transpose(im)
     if im.mode.startswith("I;16"):  # 16-bit greyscale: convert("RGB") would clip every value over 255 to white

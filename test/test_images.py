@@ -14,7 +14,7 @@ from PIL import Image, ImageFile
 
 from constants import ALLOWED_IMAGE_FORMATS
 from preprocessor.errors import InputError
-from preprocessor.images import decode_image, inspect_image
+from preprocessor.images import decode_bounded, decode_image, inspect_image
 from test.conftest import pick_people
 
 LIMIT = 40_000_000
@@ -125,6 +125,9 @@ def test_a_16_bit_greyscale_photo_keeps_its_tones(jpeg_path, fmt):
     arr = decode_image(data, LIMIT)
     assert arr.shape == (250, 250, 3) and arr.dtype == np.uint8
     assert np.array_equal(arr[..., 0], grey) and np.array_equal(arr[..., 2], grey)
+    # and so for a photo to recognise (predict, verify): the web processes decode it within bounds
+    bounded, scale = decode_bounded(data, LIMIT, LIMIT)
+    assert scale == 1.0 and np.array_equal(bounded, arr)
 
 
 # --------------------------------------------------------------------------- bad input
