@@ -91,7 +91,6 @@ def test_build_poll_download_and_recognize_held_out_photos(stack, people, tmp_pa
     assert (stack.data_dir / "dumps" / job_id / "model.zip").exists()
 
     # The downloaded bundle, used offline, names photos it never saw.
-    from app.worker.tasks import release_keras
     from features.extract import photo_features
     from modelization.recognizer import load_bundle
     recognizer = load_bundle(bundle)
@@ -105,7 +104,6 @@ def test_build_poll_download_and_recognize_held_out_photos(stack, people, tmp_pa
                 truth.append(person)
                 vectors.append(feats.embedding)
     pred = [labels[i] for i in np.argmax(recognizer.probabilities(np.asarray(vectors, np.float32)), axis=1)]
-    release_keras()
     correct = sum(p == t for p, t in zip(pred, truth))
     assert len(truth) >= N_PEOPLE * N_HELD_OUT - 1
     assert correct >= len(truth) - 1, list(zip(truth, pred))

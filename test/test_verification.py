@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.worker.tasks import release_keras, train_bundle
+from app.worker.tasks import train_bundle
 from constants import Settings
 from features.extract import photo_features
 from modelization.bundle import read_manifest
@@ -62,9 +62,7 @@ def bundle(people, settings) -> bytes:
         for p in paths[:N_UPLOAD]:
             files.append({"label": name, "filename": f"{name}/{p.name}"})
             feats.append(asdict(photo_features(p.read_bytes(), settings)))
-    out = train_bundle({"id": "v1", "name": "team", "options": {"seed": 7}}, files, feats, settings, lambda *a: None)
-    release_keras()
-    return out
+    return train_bundle({"id": "v1", "name": "team", "options": {"seed": 7}}, files, feats, settings, lambda *a: None)
 
 
 def test_the_manifest_records_the_rule_and_what_it_measured(bundle, people, settings):

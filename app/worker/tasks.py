@@ -10,7 +10,6 @@ fewer than two people, ...); those fail the job with that code.
 """
 from __future__ import annotations
 
-import gc
 import json
 import platform
 import time
@@ -563,11 +562,3 @@ def software_versions() -> dict:
 
     return {"python": platform.python_version(), "dlib": dlib.__version__, **library_versions(),
             "numpy": np.__version__}
-
-
-def release_keras() -> None:
-    """Free the graph and weights of the last build so a long-lived worker stays flat in memory."""
-    from features.tf_import import keras_module
-    keras = keras_module()
-    keras.backend.clear_session()
-    gc.collect()
