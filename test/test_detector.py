@@ -99,7 +99,7 @@ def test_degenerate_photos_have_no_face_and_no_error(detector, size):
 
 def test_every_face_found_carries_its_quality_and_whether_it_can_be_named(faces_dir):
     img, _ = frame(faces_dir, [60, 120], [0, 0], seed=4, w=1280, h=720)
-    blaze = replace(SETTINGS, detector="blazeface")  # opt-in: the default (HOG) finds faces of 80 px or more
+    blaze = replace(SETTINGS, detector="blazeface")  # whatever the environment sets: HOG finds faces of 80 px or more
     faces, n = find_faces(img, blaze)
     assert n == 2 and all(f.quality and f.quality["face_px"] > 0 and f.reason is None for f in faces)
     small, _ = find_faces(img, replace(blaze, recognise_min_face_px=100))
