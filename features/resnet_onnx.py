@@ -164,11 +164,24 @@ def _session(data: bytes | str, threads: int):
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
+def graph_path(dat_path: str, cache_dir: Path) -> Path:
+    """Where `cache_dir` keeps the ONNX graph of the .dat at `dat_path` (named by the .dat's sha256)."""
+    return Path(cache_dir) / f"{Path(dat_path).stem}-{file_sha256(dat_path)[:16]}.onnx"
+
+
+def write_graph(dat_path: str, cache_dir: Path) -> Path:
+    """Convert the .dat at `dat_path` and cache its ONNX graph in `cache_dir` now; returns the file's path
+    (not written when the disk is nearly full: see _store)."""
+    path = graph_path(dat_path, cache_dir)
+    _store(path, graph(read_network(Path(dat_path).read_bytes()), file_sha256(dat_path)))
+    return path
+
+
 def cached_session(dat_path: str, cache_dir: Path, threads: int = 0):
     """An ONNX Runtime session of the network, its graph read from `cache_dir` if it was written before
     for this .dat (same sha256), else written now (and cached)."""
     sha = file_sha256(dat_path)
-    path = Path(cache_dir) / f"{Path(dat_path).stem}-{sha[:16]}.onnx"
+    path = graph_path(dat_path, cache_dir)
     if path.is_file():
         try:
             session = _session(str(path), threads)

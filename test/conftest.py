@@ -89,6 +89,16 @@ def no_uwsgi_alarms():
                     "\n".join(f"{log}: {line}" for log, line in seen[:10]))
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Stacks stopped in the background (test/stack.Stacks.close) are gone before the session ends."""
+    from test.stack import STACKS, join_stopping
+    join_stopping()
+    late = [(s.log, line) for s in STACKS for line in s.alarms()]
+    if late:  # logged while stopping, after the last test's check
+        print("\nuWSGI alarms logged while stacks stopped:\n" + "\n".join(f"{log}: {line}" for log, line in late))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def _stacks(mktemp) -> Iterator:
     from test.stack import Stacks
     factory = Stacks(mktemp)

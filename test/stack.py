@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -96,6 +97,28 @@ def alive(pids: set[int]) -> set[int]:
     return out
 
 
+_SEEDS: dict[str, Path] = {}  # the ONNX graph this session converted, by embedder weights (seed_models)
+_SEEDS_LOCK = threading.Lock()
+
+
+def seed_models(data_dir: Path) -> None:
+    """Put the ONNX graph of dlib's ResNet, converted once per test session, in a new data dir's models
+    folder, as a host that ran the service before has it: otherwise each process of every stack converts
+    the .dat again on its first start (seconds of CPU per stack, on a 2-core machine that starts dozens).
+    A copy, not a link: a test that damages its cache damages only its own."""
+    from constants import Settings
+    from features.embeddings import resnet_model_path
+    from features.resnet_onnx import graph_path, write_graph
+    dat = resnet_model_path()
+    with _SEEDS_LOCK:
+        if dat not in _SEEDS or not _SEEDS[dat].is_file():
+            _SEEDS[dat] = write_graph(dat, Path(tempfile.mkdtemp(prefix="fr-models-")))
+    target = graph_path(dat, Settings.from_env(data_dir=data_dir).models_dir)
+    if _SEEDS[dat].is_file() and not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_SEEDS[dat], target)
+
+
 class Stack:
     """`python run.py serve` on free ports with its own data dir.
 
@@ -126,6 +149,7 @@ class Stack:
     def start(self, timeout: float = 60, healthy: bool = True) -> Stack:
         """Start and wait for the workers to connect (and, with `healthy`, for /is_alive to answer 200)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        seed_models(self.data_dir)
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "run.py"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
@@ -277,8 +301,23 @@ class Stacks:
                          warm_up=warm_up).start(timeout, healthy)
 
     def close(self) -> None:
+        """Stop every stack this factory made, in the background: a stop is seconds of waiting (uWSGI buries
+        its processes), which the next test need not spend idle. Each stack's data dir and ports are its own,
+        so nothing of the next test meets it; `join_stopping` waits for them all (test/conftest.py, at the
+        end of the session), and their logs are still searched for alarms (conftest's no_uwsgi_alarms)."""
         for stack in reversed(self.made):
-            stack.stop()
+            thread = threading.Thread(target=stack.stop, name=f"stop {stack.data_dir}")
+            thread.start()
+            STOPPING.append(thread)
+
+
+STOPPING: list[threading.Thread] = []  # stops still running in the background (Stacks.close)
+
+
+def join_stopping() -> None:
+    """Wait for every stack stopped in the background (each stop ends within its own bounded waits)."""
+    while STOPPING:
+        STOPPING.pop().join()
 
 
 def gone(path: Path, timeout: float = 10) -> bool:
