@@ -536,8 +536,8 @@ def _unknown_paths() -> dict:
             "parameters": [JOB_ID, CLUSTER, FACE],
             "requestBody": {"content": {JSON: {"schema": obj(
                 to=nullable(text("a waiting group; none or null: a group of its own")))}}},
-            "responses": {"200": answer("where it is now", {"allOf": [ref("Ok"), obj(
-                unknown_id=text(), cluster=text(), **{"from": text()})]}),
+            "responses": {"200": answer("where it is now", {"allOf": [ref("Ok"), {"type": "object", "properties": {
+                "unknown_id": text(), "cluster": text(), "from": text("the group it left")}}]}),
                 **errors((400, "`BAD_PARAMETER`, `BAD_JSON`"), *GROUP_ERRORS)}}},
         "/models/{job_id}/unknown/{cluster}": {"delete": {
             "tags": ["unknown"], "summary": "Discard a group: its chips and embeddings are deleted",
