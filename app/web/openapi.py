@@ -180,7 +180,9 @@ def _use_schemas() -> dict:
         "ModelList": {"allOf": [ref("Ok"), obj(
             ["models", "total"], models={"type": "array", "items": obj(
                 id=text(format="uuid"), name=nullable(text()), state=text(), available={"enum": [0, 1]},
-                created=num(), updated=num(), photos=integer(), people=integer())},
+                created=num(), updated=num(), photos=integer(), people=integer(),
+                keep_unknown={"type": "boolean", "description": "the model keeps the faces it cannot name"},
+                unknown_waiting=integer("unknown faces kept and not named yet"))},
             total=integer(), limit=integer(), offset=integer())]},
         "Face": obj(["box", "label", "known"],
                     box={"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4,
