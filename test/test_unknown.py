@@ -90,6 +90,13 @@ def test_visitors_are_kept_grouped_named_and_then_known(stack, model_id, people)
     r = stack.delete(f"/models/{child}/unknown/{g2}", timeout=30)
     assert r.status_code == 200 and r.json()["removed"] == 2
     assert stack.get(f"/models/{child}/unknown/{g2}/faces/{ids2[0]}", timeout=30).status_code == 404
+    # erasing the person named takes the faces named as them (chips, embeddings)
+    r = stack.delete(f"/people/{made['named']['label']}", timeout=120)
+    assert r.status_code == 200 and r.json()["removed"]["unknown_faces"] == 5, r.text
+    import sqlite3
+    db = sqlite3.connect(stack.data_dir / "var" / "unknown.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM faces WHERE label = ?", (made["named"]["label"],)).fetchone()[0] == 0
+    db.close()
 
 
 def test_keep_unknown_for_one_request_merge_move_and_stale_ids(stack, model_id, people):
@@ -149,4 +156,28 @@ def test_deleting_the_model_removes_its_kept_faces(stack, people):
     import sqlite3
     db = sqlite3.connect(stack.data_dir / "var" / "unknown.sqlite")
     assert db.execute("SELECT COUNT(*) FROM faces WHERE model = ?", (model,)).fetchone()[0] == 0
+    db.close()
+
+
+def test_keep_unknown_past_the_tenants_byte_quota_keeps_nothing_and_the_prediction_stands(stacks, people):
+    """A tenant whose models fill its quota: a prediction with keep_unknown is answered, says why nothing was
+    kept (`unknown_error` QUOTA_EXCEEDED), and no face is stored."""
+    import sqlite3
+    known, visitors = people
+    first = stacks.start("quota", workers=1)
+    r = first.build(photo_files({p: paths[:3] for p, paths in known.items()}), name="full", keep_unknown="1")
+    model = r.json()["id"]
+    first.wait_state(model, ("done",))
+    first.stop()
+    stored = sum(f.stat().st_size for folder in ("dumps", "uploads") for f in (first.data_dir / folder).rglob("*")
+                 if f.is_file() and model in f.parts)
+    # room for less than one kept face (a chip alone is several KB)
+    second = stacks.start("quota-again", data_dir=first.data_dir, workers=1,
+                          env={"FR_ADMIN_KEY": first.admin_key, "FR_TENANT_MAX_BYTES": str(stored + 2000)})
+    answer = predict(second, model, sorted(visitors.values())[0][0])
+    assert answer["faces"][0]["label"] == "unknown" and "unknown_id" not in answer["faces"][0]
+    assert answer["unknown_error"]["code"] == "QUOTA_EXCEEDED", answer
+    assert second.get(f"/models/{model}/unknown", timeout=30).json()["clusters"] == []
+    db = sqlite3.connect(second.data_dir / "var" / "unknown.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == 0
     db.close()

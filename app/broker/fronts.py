@@ -66,9 +66,11 @@ class Fronts:
 
     def erase(self, header: dict) -> dict:
         """A person out of every model of a tenant, and out of the unknown faces named as them."""
-        answer = self.erasure.erase(header["label"], header["tenant"])
+        named = self.unknown.labelled(header["label"], header["tenant"]) if self.unknown is not None else 0
+        answer = self.erasure.erase(header["label"], header["tenant"])  # (deletes the models they were named into)
         if self.unknown is not None:
-            answer["removed"]["unknown_faces"] = self.unknown.erase(header["label"], header["tenant"])
+            self.unknown.erase(header["label"], header["tenant"])
+            answer["removed"]["unknown_faces"] = named
         return answer
 
     def unknown_faces(self, identity: bytes, command: bytes, header: dict, blobs: list[bytes]) -> dict | None:

@@ -382,6 +382,11 @@ class UnknownFaces:
             logger.info("model {}: {} kept unknown face(s) removed", job_id, cur.rowcount)
             self.wipe()
 
+    def labelled(self, label: str, tenant: str | None) -> int:
+        """How many kept faces were named as `label` (tenant None: in every tenant)."""
+        return int(self.db.execute("SELECT COUNT(*) FROM faces WHERE label = ? AND (? IS NULL OR tenant = ?)",
+                                   (label, tenant, tenant)).fetchone()[0])
+
     def erase(self, label: str, tenant: str | None) -> int:
         """A person erased: the faces named as them (tenant None: in every tenant). -> how many."""
         cur = self.db.execute("DELETE FROM faces WHERE label = ? AND (? IS NULL OR tenant = ?)",
