@@ -181,3 +181,50 @@ def test_keep_unknown_past_the_tenants_byte_quota_keeps_nothing_and_the_predicti
     db = sqlite3.connect(second.data_dir / "var" / "unknown.sqlite")
     assert db.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == 0
     db.close()
+
+
+def test_a_face_with_a_reason_is_not_kept(stack, model_id, people, tmp_path):
+    """Faces answered unknown because they are too small or too blurred to judge are not kept (predict_one with
+    the model's bundle, as the web process runs it); a visitor's face that could be judged is."""
+    from dataclasses import replace
+
+    from app.web.predict import predict_one
+    from app.web.probes import Probe
+    from app.web.unknown import UnknownFaces
+    from constants import Settings
+    from modelization.recognizer import load_bundle
+    _, visitors = people
+    photo = sorted(visitors.values())[0][0].read_bytes()
+    bundle = stack.get(f"/models/{model_id}", timeout=60).content
+    s = Settings.from_env(data_dir=tmp_path)
+    for limits, kept in (({}, 1), ({"recognise_min_face_px": 10_000}, 0), ({"recognise_min_sharpness": 1e9}, 0)):
+        settings = replace(s, **limits)
+        keep = UnknownFaces()
+        out = predict_one(load_bundle(bundle, settings), Probe(image=photo), None, settings, False, keep)
+        assert out["faces"][0]["label"] == "unknown"
+        assert len(keep.faces) == kept and len(keep.chips) == kept, limits
+        if kept:
+            assert keep.chips[0][:2] == b"\xff\xd8" and len(keep.faces[0]["embedding"]) == 128
+
+
+def test_a_correction_gives_kept_faces_to_a_person_in_a_new_model(stack, model_id, people):
+    """A face the model missed, kept, given to the right person (`POST /models/<id>/corrections`): a derived
+    model that names them; a face that is not kept, or an empty list, is refused and nothing is claimed."""
+    known, _ = people
+    person = sorted(known)[0]
+    # a known person's photo answered unknown at a strict threshold: a face the model missed, kept
+    face = predict(stack, model_id, known[person][N_UPLOAD + 1], keep_unknown="1", threshold="0.01")["faces"][0]
+    assert face["label"] == "unknown" and face["unknown_id"]
+    for body, status, code in (({"label": person, "faces": []}, 400, "BAD_PARAMETER"),
+                               ({"label": person, "faces": ["0123456789abcdef"]}, 404, "NOT_FOUND"),
+                               ({"label": "a/b", "faces": [face["unknown_id"]]}, 400, "BAD_LABEL")):
+        r = stack.post(f"/models/{model_id}/corrections", json=body, timeout=30)
+        assert r.status_code == status and r.json()["error"]["code"] == code, r.text
+    r = stack.post(f"/models/{model_id}/corrections", json={"label": person, "faces": [face["unknown_id"]]},
+                   timeout=60)
+    assert r.status_code == 202, r.text
+    made = r.json()
+    assert made["parent"] == model_id and made["named"] == {"cluster": None, "label": person, "faces": 1}
+    assert made["added"]["people"] == 0  # a person the model knows: more of their photos
+    stack.wait_state(made["id"], ("done",))
+    assert predict(stack, made["id"], known[person][N_UPLOAD])["faces"][0]["label"] == person

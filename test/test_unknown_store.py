@@ -175,3 +175,19 @@ def test_a_chip_that_is_not_a_jpeg_and_ids_that_are_not_ids_are_refused():
         p.check_unknown(p.UDISCARD, {"model": header["model"], "cluster": "../../etc"}, [])
     with pytest.raises(ProtocolError):
         p.check_unknown(p.UMERGE, {"model": header["model"], "clusters": ["0" * 16] * 101}, [])
+
+
+def test_a_correction_claims_exactly_the_faces_named_and_a_face_that_joins_meanwhile_stays(tmp_path, people):
+    u, _, model = make(tmp_path)
+    a = people[0]
+    kept = keep(u, model, a[:3])
+    new = "33333333-3333-4333-8333-333333333333"
+    with pytest.raises(FrontError) as unknown:
+        u.claim(model, None, "Visitor", new, [kept[0]["unknown_id"], "0123456789abcdef"])
+    assert unknown.value.code == "NOT_FOUND" and model not in u.naming  # nothing claimed
+    records = u.claim(model, None, "Visitor", new, [kept[0]["unknown_id"], kept[1]["unknown_id"]])
+    assert len(records) == 2
+    late = keep(u, model, a[3:4])  # joins the group while the correction is being registered
+    u.named(new)
+    waiting = {f for c in u.groups(model, "acme")["clusters"] for f in c["faces"]}
+    assert waiting == {kept[2]["unknown_id"], late[0]["unknown_id"]}

@@ -109,7 +109,8 @@ class Intake:
         if named is not None:  # a group of unknown faces named: their embeddings are the new records
             if self.unknown is None:
                 raise FrontError("NOT_FOUND", "this broker keeps no unknown faces")
-            claimed = self.unknown.claim(parent, named["cluster"], named["label"], header["id"])
+            claimed = self.unknown.claim(parent, named.get("cluster"), named["label"], header["id"],
+                                         named.get("faces"))
             keep = keep + claimed
         try:
             job = self.compose(header["id"], header.get("name"), options, parent, keep, photos, len(remove),
@@ -118,7 +119,7 @@ class Intake:
             self.release(header["id"])
             raise
         if named is not None:
-            job.answer["named"] = {"cluster": named["cluster"], "label": named["label"], "faces": len(claimed)}
+            job.answer["named"] = {"cluster": named.get("cluster"), "label": named["label"], "faces": len(claimed)}
         return job
 
     def compose(self, job_id: str, name: str | None, options: dict, parent: str | None, inherited: list[dict],

@@ -25,6 +25,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,16 @@ EXPIRE_EVERY_S = 60.0
 DIMENSION = 128
 
 
+@dataclass
+class Naming:
+    """A naming under way: the group named (None for a correction of single faces), the model it derives,
+    the label, and the faces claimed."""
+    group: str | None
+    model: str
+    label: str
+    faces: list[str]
+
+
 def _figures(quality: dict | None) -> dict | None:
     """A kept face's quality as a build's features carry it: the figures, not predict's list of problems."""
     return None if quality is None else {k: v for k, v in quality.items() if k != "problems"}
@@ -95,7 +106,7 @@ class UnknownFaces:
             self.db.execute(f"PRAGMA {pragma}")
         self.db.executescript(SCHEMA)
         self.path.chmod(0o600)
-        self.naming: dict[str, tuple[str, str, str]] = {}  # model -> (group, new model id, label): one at a time
+        self.naming: dict[str, Naming] = {}  # model -> the naming under way (one at a time)
         self.pending: dict[str, str] = {}  # new model id -> its parent, while that naming builds
         self._models: dict[str, tuple[float, ...]] = {}  # a model's stranger model, read once
         self.next_expiry = 0.0
@@ -235,7 +246,8 @@ class UnknownFaces:
         clusters.sort(key=lambda c: (-c["size"], -c["last_seen"]))
         naming = self.naming.get(model)
         return {"clusters": clusters, "faces": len(rows),
-                "naming": None if naming is None else {"cluster": naming[0], "model": naming[1], "label": naming[2]}}
+                "naming": None if naming is None else {"cluster": naming.group, "model": naming.model,
+                                                       "label": naming.label}}
 
     def counts(self, models: list[str], tenant: str | None = None) -> dict[str, int]:
         """How many faces wait in each of these models (of `tenant`; None: of any)."""
@@ -309,19 +321,32 @@ class UnknownFaces:
 
     def not_being_named(self, model: str, groups: list[str]) -> None:
         naming = self.naming.get(model)
-        if naming is not None and naming[0] in groups:
-            raise FrontError("CONFLICT", f"group {naming[0]} is being named (model {naming[1]}); wait for that build")
+        if naming is not None and naming.group in groups:
+            raise FrontError("CONFLICT", f"group {naming.group} is being named (model {naming.model}); wait for that "
+                                         "build")
 
     # --- naming (a derivation: app/broker/intake.py) -----------------------------------------------
-    def claim(self, model: str, group: str, label: str, new_model: str) -> list[dict]:
-        """A group to name: its faces as the records a derivation inherits. One naming per model at a time
-        (the second is refused, CONFLICT); `release` or `named` ends the claim."""
+    def claim(self, model: str, group: str | None, label: str, new_model: str,
+              faces: list[str] | None = None) -> list[dict]:
+        """A group to name (or, `faces`, kept faces to give to a person: a correction): their faces as the
+        records a derivation inherits. One naming per model at a time (the second is refused, CONFLICT);
+        `release` or `named` ends the claim. The faces are the ones claimed now: a face that joins the group
+        meanwhile is not part of it."""
         naming = self.naming.get(model)
         if naming is not None:
-            raise FrontError("CONFLICT", f"group {naming[0]} of this model is being named into model {naming[1]}; "
-                                         "name the next group on that model once it is built")
-        rows = self.group_of(model, group)
-        self.naming[model] = (group, new_model, label)
+            raise FrontError("CONFLICT", f"group {naming.group or '(a correction)'} of this model is being named into "
+                                         f"model {naming.model}; name the next one on that model once it is built")
+        if group is not None:
+            rows = self.group_of(model, group)
+        else:
+            wanted = list(dict.fromkeys(faces or []))
+            marks = ",".join("?" * len(wanted))
+            rows = self.db.execute(f"SELECT * FROM faces WHERE model = ? AND named IS NULL AND id IN ({marks}) "  # noqa: S608
+                                   "ORDER BY seen", (model, *wanted)).fetchall()
+            missing = sorted(set(wanted) - {r["id"] for r in rows})
+            if not wanted or missing:
+                raise FrontError("NOT_FOUND", f"no waiting face {missing[0] if missing else ''} in model {model}")
+        self.naming[model] = Naming(group, new_model, label, [r["id"] for r in rows])
         self.pending[new_model] = model
         return [{"label": label, "filename": f"unknown-{r['id']}.jpg", "sha256": None, "key": None,
                  "features": {"faces": 1, "box": json.loads(r["box"] or "null") or [0, 0, 1, 1],
@@ -329,13 +354,14 @@ class UnknownFaces:
                               "quality": _figures(json.loads(r["quality"] or "null"))}} for r in rows]
 
     def named(self, new_model: str) -> None:
-        """The naming's model is registered: its faces leave the waiting groups."""
+        """The naming's model is registered: its faces (those claimed) leave the waiting groups."""
         parent = self.pending.get(new_model)
         if parent is None:
             return
-        group, _, label = self.naming[parent]
-        self.db.execute("UPDATE faces SET named = ?, label = ? WHERE model = ? AND grp = ? AND named IS NULL",
-                        (new_model, label, parent, group))
+        naming = self.naming[parent]
+        marks = ",".join("?" * len(naming.faces))
+        self.db.execute(f"UPDATE faces SET named = ?, label = ? WHERE model = ? AND named IS NULL "  # noqa: S608
+                        f"AND id IN ({marks})", (new_model, naming.label, parent, *naming.faces))
 
     def release(self, new_model: str, back: bool = True) -> None:
         """The naming did not happen (refused, or its build failed): its faces wait again (`back`)."""
@@ -374,7 +400,7 @@ class UnknownFaces:
         self.release(job_id)
         parent_naming = self.naming.pop(job_id, None)
         if parent_naming is not None:
-            self.pending.pop(parent_naming[1], None)
+            self.pending.pop(parent_naming.model, None)
         self._models.pop(job_id, None)
         cur = self.db.execute("DELETE FROM faces WHERE model = ? OR named = ?", (job_id, job_id))
         self.db.execute("DELETE FROM merged WHERE model = ?", (job_id,))

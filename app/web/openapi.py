@@ -525,6 +525,19 @@ def _unknown_paths() -> dict:
             "responses": {"202": answer("accepted", ref("DeriveAccepted")),
                           **errors((400, "`BAD_LABEL`, `BAD_JSON`, `BAD_PARAMETER`, `TOO_FEW_PEOPLE`"),
                                    *GROUP_ERRORS, (429, "`TOO_MANY_BUILDS`"), (507, "`QUOTA_EXCEEDED`"))}}},
+        "/models/{job_id}/corrections": {"post": {
+            "tags": ["unknown"], "summary": "Give kept faces to a person: a new model",
+            "description": "A face the model missed (kept with keep_unknown, from any group) given to the right "
+                           "person: a new model derived from this one plus those faces, as naming a group "
+                           "derives. Faces the model named are not kept, so they cannot be corrected here.",
+            "parameters": [JOB_ID],
+            "requestBody": {"required": True, "content": {JSON: {"schema": obj(
+                ["label", "faces"], label=text("the person"),
+                faces={"type": "array", "items": text(), "minItems": 1, "description": "unknown_ids"},
+                name=text("the new model's name"))}}},
+            "responses": {"202": answer("accepted", ref("DeriveAccepted")),
+                          **errors((400, "`BAD_LABEL`, `BAD_JSON`, `BAD_PARAMETER`, `TOO_FEW_PEOPLE`"),
+                                   *GROUP_ERRORS, (429, "`TOO_MANY_BUILDS`"), (507, "`QUOTA_EXCEEDED`"))}}},
         "/models/{job_id}/unknown/merge": {"post": {
             "tags": ["unknown"], "summary": "Merge groups (the largest keeps its id)",
             "parameters": [JOB_ID],

@@ -1,5 +1,6 @@
 """Unknown faces a model keeps (issue #28): their groups, their chips, and what a person does with a group:
-name it (a derived model), merge groups, move a face out of one, discard one.
+name it (a derived model), merge groups, move a face out of one, discard one; and corrections (kept faces
+given to a person, a derived model).
 
 The front keeps none of it: the broker stores the faces (app/broker/unknown.py) and every change is a
 message to it, so two fronts acting on one group are served one after the other. `UnknownFaces` is the
@@ -127,18 +128,39 @@ def chip(job_id: str, cluster: str, face: str):
 def name(job_id: str, cluster: str):
     """Name a group: a new model, derived from this one plus the group's faces as photos of `label` (their
     embeddings: nothing is extracted again). 202 with its id and `parent`."""
-    s = settings()
     _, parent, _ = finished_job(job_id)
     group = _id(cluster, "group")
     body = _body()
-    raw = body.get("label")
+    return _derive(parent, _label(body.get("label")), {"cluster": group}, body.get("name"))
+
+
+@bp.post("/models/<job_id>/corrections")
+@requires(Action.BUILD)
+def corrections(job_id: str):
+    """Give kept faces (a face the model missed, from any group) to a person: a new derived model, as naming
+    a group derives. Body {"label": L, "faces": [unknown_id, ...]}. 202 with its id and `parent`."""
+    _, parent, _ = finished_job(job_id)
+    body = _body()
+    label = _label(body.get("label"))
+    faces = body.get("faces")
+    if not isinstance(faces, list) or not 1 <= len(faces) <= p.MAX_KEEP:
+        raise ApiError(400, "BAD_PARAMETER", f"faces must list 1 to {p.MAX_KEEP} unknown_ids")
+    return _derive(parent, label, {"faces": [_id(f, "face") for f in faces]}, body.get("name"))
+
+
+def _label(raw: Any) -> str:
+    """The person a group or faces are given to: a clean label (a new person or one the model knows), or 400."""
     if not isinstance(raw, str):
-        raise ApiError(400, "BAD_LABEL", "label must be a string: the name of the person in this group")
+        raise ApiError(400, "BAD_LABEL", "label must be a string: the name of the person")
     try:
-        label = clean_label(raw, s.max_label_length)
+        return clean_label(raw, settings().max_label_length)
     except InputError as exc:
         raise ApiError(400, exc.code, exc.message) from None
-    model_name = body.get("name")
+
+
+def _derive(parent: dict, label: str, which: dict, model_name: Any):
+    """DERIVE with `unknown` ({cluster} or {faces}, and the label): the 202 answer."""
+    s = settings()
     if model_name is not None and (not isinstance(model_name, str) or len(model_name) > s.max_name_length
                                    or any(ord(c) < 32 or ord(c) == 127 for c in model_name)):
         raise ApiError(400, "BAD_PARAMETER", f"name must be at most {s.max_name_length} printable characters")
@@ -151,9 +173,9 @@ def name(job_id: str, cluster: str):
     g.model_id, g.audit_extra = new_id, {"parent": parent["id"]}
     header = {"id": new_id, "parent": parent["id"], "tenant": caller_tenant(), "name": model_name or parent.get("name"),
               "options": options, "deadline": time.time() + s.request_timeout_s - 5.0, "remove": [], "callback": None,
-              "files": [], "unknown": {"cluster": group, "label": label}}
+              "files": [], "unknown": {**which, "label": label}}
     answer = client.derive(s.front_endpoint, s.front_keys_dir, header, [], s.broker_timeout_s)
-    logger.info("accepted job {} derived from {}: a group of unknown faces named", new_id, parent["id"])
+    logger.info("accepted job {} derived from {}: kept unknown faces named", new_id, parent["id"])
     return jsonify({"status": 0, **answer}), 202
 
 

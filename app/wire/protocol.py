@@ -19,7 +19,8 @@ Front (REQ, the HTTP app) -> broker ROUTER:
     UMERGE {model, tenant, clusters}                  -> OK {cluster, size, merged}
     UMOVE {model, tenant, cluster, face, to}          -> OK {unknown_id, cluster, from}
     UDISCARD {model, tenant, cluster}                 -> OK {cluster, removed}
-    (naming a group is a DERIVE with `unknown: {cluster, label}` and no photos)
+    (naming a group is a DERIVE with `unknown: {cluster, label}` and no photos; a correction `unknown: {faces,
+    label}`)
   read side (served by the broker's reader threads, app/broker/reader.py; a front on another host has no disk of ours):
     GETJOB {id, tenant, callback?}                    -> OK {job: row, bundle?: {sha256, size}, callback?: delivery}
                                                          | ERR NOT_FOUND
@@ -294,10 +295,17 @@ def check_derive(header: dict, blobs: list[bytes], settings: Settings) -> dict:
                       "unknown"}:
         raise ProtocolError("derive has unknown fields")
     job_id(header.get("parent"))
-    if header.get("unknown") is not None:  # a group of unknown faces named (app/broker/unknown.py)
-        _fields(mapping(header["unknown"], "unknown"), {"cluster", "label"}, {"cluster", "label"}, "unknown")
-        unknown_id(header["unknown"]["cluster"], "cluster")
-        check_label(header["unknown"]["label"], settings)
+    if header.get("unknown") is not None:  # a group of unknown faces named, or kept faces given to a person
+        named = _fields(mapping(header["unknown"], "unknown"), {"cluster", "faces", "label"}, {"label"}, "unknown")
+        if ("cluster" in named) == ("faces" in named):
+            raise ProtocolError("unknown names a cluster or lists faces")
+        if "cluster" in named:
+            unknown_id(named["cluster"], "cluster")
+        elif not isinstance(named["faces"], list) or not 1 <= len(named["faces"]) <= MAX_KEEP:
+            raise ProtocolError(f"unknown faces must list 1 to {MAX_KEEP} ids")
+        for value in named.get("faces", []):
+            unknown_id(value, "face")
+        check_label(named["label"], settings)
     remove = header.get("remove", [])
     if not isinstance(remove, list) or len(remove) > MAX_REMOVE:
         raise ProtocolError(f"remove must list at most {MAX_REMOVE} people")
