@@ -129,7 +129,8 @@ class UnknownFaces:
         return job
 
     def group_of(self, model: str, group: str) -> list[sqlite3.Row]:
-        """A waiting group's faces; GONE (merged: names the group it is part of now) or NOT_FOUND."""
+        """A waiting group's faces, oldest first; else GROUP_MERGED (naming the group it is part of now),
+        GROUP_NAMED (its faces went to a naming) or NOT_FOUND."""
         rows = self.db.execute("SELECT * FROM faces WHERE model = ? AND grp = ? AND named IS NULL ORDER BY seen",
                                (model, group)).fetchall()
         if rows:
