@@ -235,6 +235,8 @@ class Settings:
 
     keep_uploads: bool = False        # keep uploaded photos after a successful build
     failed_retention_hours: float = _bounded(24.0, 0.0, 365 * 24)  # a failed build's photos go after this long
+    # unknown faces a model keeps (keep_unknown=1, issue #28) go this many days after they were seen
+    unknown_retention_days: float = _bounded(30.0, 0.0, 3650)
     # Callbacks (app/broker/webhooks.py): the hosts a build's callback_url may name (names, *.domain, IPs, networks;
     # empty: no callbacks), the wait for a receiver, the first retry delay (it doubles) and how long to retry.
     webhook_allow: str = ""
@@ -412,6 +414,11 @@ class Settings:
     def auth_db_path(self) -> Path:
         """API keys (hashed) live apart from the jobs: every web process and `run.py keys` write them."""
         return self.var_dir / "auth.sqlite"
+
+    @property
+    def unknown_db_path(self) -> Path:
+        """Unknown faces the models keep (app/broker/unknown.py): the broker alone writes it."""
+        return self.var_dir / "unknown.sqlite"
 
     @property
     def admin_key_path(self) -> Path:

@@ -172,7 +172,7 @@ class Recognizer:
 
     def analyse(self, image: bytes | np.ndarray, threshold: float | None = None,
                 mirror_margin: float | None = None, max_faces: int | None = None,
-                ) -> tuple[list[Box], np.ndarray, list[dict], int]:
+                chips_out: list[np.ndarray] | None = None) -> tuple[list[Box], np.ndarray, list[dict], int]:
         """The `max_faces` largest faces of a photo (bytes of an image file, or an RGB array):
         (boxes, embeddings (n, 128) as this bundle compares them with its gallery, quality figures,
         how many faces the photo holds).
@@ -181,7 +181,8 @@ class Recognizer:
         candidate's threshold is embedded again from its mirror image and the two embeddings are
         averaged (`openset.needs_mirror_pass`); faces far from the threshold keep their one pass.
         A photo given as bytes is decoded within FR_PREDICT_MAX_PIXELS (`decode_bounded`): its boxes are in
-        the photo's pixels, its quality figures those of the size it was decoded at.
+        the photo's pixels, its quality figures those of the size it was decoded at. `chips_out`, when given,
+        receives each face's aligned chip (RGB, 150x150), in the same order.
         """
         s = self.settings
         if isinstance(image, (bytes, bytearray)):  # decoded within bounds, a few photos of a process at a time
@@ -192,6 +193,8 @@ class Recognizer:
         else:
             (found, n_found), scale = find_faces(image, s, max_faces), 1.0
         chips = [f.chip for f in found]
+        if chips_out is not None:
+            chips_out.extend(chips)
         x = embed_chips(chips, settings=s)  # every face in one batch
         if self.mirror and chips:
             # The second pass needs the first one's scores: the faces near their threshold (often
@@ -220,11 +223,12 @@ class Recognizer:
         return faces, found
 
     def faces_and_embeddings(self, image: bytes | np.ndarray, threshold: float | None = None,
-                             max_faces: int | None = None) -> tuple[list[FacePrediction], int, np.ndarray]:
-        """`faces`, and the embeddings (n, 128) they were named by. A face too small or too blurred to be
-        recognised (`reason`, FR_RECOGNISE_MIN_*) is answered unknown whatever its score: the recognizer
-        cannot tell people apart on it, so a name would be a guess."""
-        boxes, embeddings, quality, found = self.analyse(image, threshold, max_faces=max_faces)
+                             max_faces: int | None = None, chips_out: list[np.ndarray] | None = None
+                             ) -> tuple[list[FacePrediction], int, np.ndarray]:
+        """`faces`, and the embeddings (n, 128) they were named by (and their chips in `chips_out`, when
+        given). A face too small or too blurred to be recognised (`reason`, FR_RECOGNISE_MIN_*) is answered
+        unknown whatever its score: the recognizer cannot tell people apart on it, so a name would be a guess."""
+        boxes, embeddings, quality, found = self.analyse(image, threshold, max_faces=max_faces, chips_out=chips_out)
         faces = []
         for b, r, q in zip(boxes, self.identify(embeddings, threshold), quality):
             why = self.unrecognisable(q)

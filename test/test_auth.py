@@ -65,6 +65,9 @@ def models(stack, keys, faces_dir):
     return out
 
 
+GROUP, FACE = "0123456789abcdef", "fedcba9876543210"  # an unknown-face group and face that do not exist
+
+
 def routes(models: dict, photo: bytes, victim_key: str) -> list[tuple[str, str, str, dict]]:
     """(method, path, action, request arguments) for every route but GET /is_alive, on acme's model."""
     model = models["acme"]
@@ -87,6 +90,14 @@ def routes(models: dict, photo: bytes, victim_key: str) -> list[tuple[str, str, 
         ("POST", f"/models/{model}/people", "build", {"files": [("images", ("c/1.jpg", b"not a photo"))]}),
         ("DELETE", f"/models/{model}/people/Nobody_Here", "build", {}),
         ("DELETE", "/people/Nobody_Here", "delete", {}),
+        # unknown faces (issue #28): groups and faces that do not exist, refused after the role and tenant checks
+        ("GET", f"/models/{model}/unknown", "read", {}),
+        ("GET", f"/models/{model}/unknown/{GROUP}/faces/{FACE}", "read", {}),
+        ("POST", f"/models/{model}/unknown/{GROUP}/name", "build", {"json": {"label": "Nobody_Here"}}),
+        ("POST", f"/models/{model}/unknown/merge", "build", {"json": {"clusters": [GROUP, FACE]}}),
+        ("POST", f"/models/{model}/unknown/{GROUP}/faces/{FACE}/move", "build", {"json": {}}),
+        ("DELETE", f"/models/{model}/unknown/{GROUP}", "build", {}),
+        ("POST", f"/models/{model}/corrections", "build", {"json": {"label": "Nobody_Here", "faces": [FACE]}}),
         ("DELETE", f"/models/{uuid.uuid4()}", "delete", {}),
         ("POST", "/keys", "admin", {"json": {"tenant": "acme", "role": "user"}}),
         ("GET", "/keys", "admin", {}),
@@ -109,7 +120,8 @@ def test_every_route_of_the_app_is_in_the_table(stack, models, keys, faces_dir):
     rules = {(m, re.sub(r"<[^>]+>", "X", rule.rule)) for rule in app.url_map.iter_rules()
              for m in rule.methods - {"HEAD", "OPTIONS"} if rule.endpoint != "static"}
     photo = b"x"
-    listed = {(m, re.sub(r"[0-9a-f-]{36}|[0-9a-f]{12}|(?<=/people/)[^/]+", "X", p.split("?")[0])) for m, p, _, _ in
+    listed = {(m, re.sub(r"[0-9a-f-]{36}|[0-9a-f]{16}|[0-9a-f]{12}|(?<=/people/)[^/]+", "X", p.split("?")[0]))
+              for m, p, _, _ in
               routes(models, photo, keys["revoked"])}
     public = {("GET", "/is_alive"), ("GET", "/"), ("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/static/X")}
     assert rules - public == listed

@@ -105,6 +105,8 @@ class Erasure:
                                                    job.tenant, None))
             if job.state != JobState.DONE:  # its client still waits for the end of this build
                 self.events.emit("moved", job.id, new_id)
+            else:  # what the model kept besides its photos (unknown faces) goes to its successor
+                self.events.emit("replaced", job.id, new_id, label)
             entry.update(action="rebuilt", new_id=new_id)
         self.deletion.delete(job.id, purge_cache=False)
         return entry

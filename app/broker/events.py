@@ -6,7 +6,9 @@ something is decided (`registering`) may be refused by a listener raising; any o
 is logged and the others still hear the event.
 
 Events: registering(job_id, callback), register_failed(job_id), ended(job), forget(job_id),
-deleted(job_id), moved(old_id, new_id), erased(job_ids), pages_wiped(), task_finished(kind, outcome, seconds),
+deleted(job_id), moved(old_id, new_id),
+replaced(old_id, new_id, label) (an erasure rebuilt a model without a person), erased(job_ids), pages_wiped(),
+task_finished(kind, outcome, seconds),
 chunk_extracted(hits, misses).
 """
 from __future__ import annotations

@@ -10,6 +10,7 @@ from app.broker.deletion import Deletion
 from app.broker.erasure import Erasure
 from app.broker.intake import Intake
 from app.broker.reads import Reads
+from app.broker.unknown import UnknownFaces
 from app.shared.api_keys import KeyStore
 from app.shared.storage import StorageFull, StoreUnavailable
 from app.wire import protocol as p
@@ -23,15 +24,16 @@ class Fronts:
     def __init__(self, settings: Settings, front: zmq.Socket, auth: BrokerAuth, keystore: KeyStore, reads: Reads,
                  intake: Intake, deletion: Deletion, erasure: Erasure, status: Callable[[], dict]):
         self.s, self.front, self.auth, self.keystore = settings, front, auth, keystore
-        self.reads, self.intake = reads, intake
+        self.reads, self.intake, self.erasure = reads, intake, erasure
         self.handlers: dict[bytes, Callable[[dict], dict]] = {
-            p.ERASE: lambda h: erasure.erase(h["label"], h["tenant"]),
+            p.ERASE: self.erase,
             p.STATUS: lambda h: status(),
             p.KEYADD: lambda h: {"key": self.add_key(h)},
             p.KEYREVOKE: lambda h: {"id": h["id"], "revoked": keystore.revoke(h["id"])},
             p.KEYLIST: lambda h: {"keys": keystore.list(h.get("tenant"))},
             p.DELETE: lambda h: deletion.delete_and_wipe(h["id"], h.get("tenant")),
         }
+        self.unknown: UnknownFaces | None = None
 
     def on_message(self, frames: list[zmq.Frame]) -> None:
         if len(frames) < 3 or frames[1].bytes != b"":
@@ -58,7 +60,40 @@ class Fronts:
         if command in (p.SUBMIT, p.DERIVE):
             self.intake.begin(identity, self.intake.admit(command, header, blobs))
             return None
+        if command in p.UNKNOWN_COMMANDS:
+            return self.unknown_faces(identity, command, header, blobs)
         return self.handlers[command](header)
+
+    def erase(self, header: dict) -> dict:
+        """A person out of every model of a tenant, and out of the unknown faces named as them."""
+        named = self.unknown.labelled(header["label"], header["tenant"]) if self.unknown is not None else 0
+        answer = self.erasure.erase(header["label"], header["tenant"])  # (deletes the models they were named into)
+        if self.unknown is not None:
+            self.unknown.erase(header["label"], header["tenant"])
+            answer["removed"]["unknown_faces"] = named
+        return answer
+
+    def unknown_faces(self, identity: bytes, command: bytes, header: dict, blobs: list[bytes]) -> dict | None:
+        """The unknown-face messages (app/broker/unknown.py); a chip is answered with its bytes."""
+        u = self.unknown
+        if u is None:
+            raise FrontError("NOT_FOUND", "this broker keeps no unknown faces")
+        model, tenant = header.get("model", ""), header.get("tenant")
+        if command == p.UKEEP:
+            return u.keep(model, tenant, header.get("key"), header["source"], header["faces"], blobs)
+        if command == p.UGROUPS:
+            return u.groups(model, tenant)
+        if command == p.UCOUNT:
+            return {"counts": u.counts(header["ids"], tenant)}
+        if command == p.UMERGE:
+            return u.merge(model, tenant, header["clusters"])
+        if command == p.UMOVE:
+            return u.move(model, tenant, header["cluster"], header["face"], header.get("to"))
+        if command == p.UDISCARD:
+            return u.discard(model, tenant, header["cluster"])
+        details, chip = u.chip(model, tenant, header["cluster"], header["face"])
+        self.front.send_multipart([identity, b"", *p.pack(p.OK, details, [chip])])
+        return None
 
     def add_key(self, header: dict) -> dict:
         """A key a front made (its hash: the secret never reaches the broker)."""

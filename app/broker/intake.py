@@ -19,6 +19,7 @@ from app.broker.events import JobEvents
 from app.broker.planning import Planner
 from app.broker.records import INHERITED_FILE, Records
 from app.broker.store import JobStore
+from app.broker.unknown import UnknownFaces
 from app.broker.uploads import NewJob, Upload, UploadWriter
 from app.wire import protocol as p
 from app.wire.protocol import FrontError
@@ -38,6 +39,7 @@ class Intake:
         self.planner, self.records, self.events = planner, records, events
         self.storing: dict[str, Upload] = {}  # new jobs whose photos the upload writer is writing
         self.writer = UploadWriter(self.save, ctx)
+        self.unknown: UnknownFaces | None = None  # the kept unknown faces, a group of which a DERIVE may name
 
     @property
     def store(self) -> JobStore:
@@ -63,8 +65,17 @@ class Intake:
         else:
             job = NewJob(header["id"], header.get("name"), header.get("options", {}), None, header.get("tenant"),
                          [], photos, header.get("callback"), header.get("deadline"), {"id": header["id"]})
-        self.check_quotas(job.tenant, size)
+        try:
+            self.check_quotas(job.tenant, size)
+        except FrontError:
+            self.release(job.id)
+            raise
         return job
+
+    def release(self, job_id: str) -> None:
+        """A derivation that names a group of unknown faces was refused: the group waits again."""
+        if self.unknown is not None:
+            self.unknown.release(job_id)
 
     def begin(self, identity: bytes, job: NewJob) -> None:
         """Its photos to the writer; the front is answered once they are on disk (`on_stored`)."""
@@ -92,8 +103,24 @@ class Intake:
         keep = [r for r in records if r["label"] not in remove]
         options = {k: v for k, v in header.get("options", {}).items() if k not in DERIVED_OPTIONS}
         options.setdefault("seed", row.options.get("seed", self.s.default_seed))  # the parent's split
-        return self.compose(header["id"], header.get("name"), options, parent, keep, photos, len(remove), row.tenant,
-                            header.get("callback"), header.get("deadline"))
+        if row.options.get("keep_unknown"):  # a model that keeps unknown faces is derived into one that does
+            options.setdefault("keep_unknown", True)
+        named = header.get("unknown")
+        if named is not None:  # a group of unknown faces named: their embeddings are the new records
+            if self.unknown is None:
+                raise FrontError("NOT_FOUND", "this broker keeps no unknown faces")
+            claimed = self.unknown.claim(parent, named.get("cluster"), named["label"], header["id"],
+                                         named.get("faces"))
+            keep = keep + claimed
+        try:
+            job = self.compose(header["id"], header.get("name"), options, parent, keep, photos, len(remove),
+                               row.tenant, header.get("callback"), header.get("deadline"))
+        except FrontError:
+            self.release(header["id"])
+            raise
+        if named is not None:
+            job.answer["named"] = {"cluster": named.get("cluster"), "label": named["label"], "faces": len(claimed)}
+        return job
 
     def compose(self, job_id: str, name: str | None, options: dict, parent: str | None, inherited: list[dict],
                 photos: list[Photo], removed_people: int, tenant: str | None, callback: dict | None,
@@ -144,7 +171,8 @@ class Intake:
             raise FrontError("TOO_MANY_BUILDS", f"{active} builds of this tenant are still running or being stored "
                                                 f"(FR_MAX_ACTIVE_BUILDS={self.s.max_active_builds}); try again later")
         if self.s.tenant_max_bytes:
-            stored = self.store.stored_bytes(tenant, self.s.dumps_dir) + sum(job.size for job in writing)
+            stored = self.store.stored_bytes(tenant, self.s.dumps_dir) + sum(job.size for job in writing) + \
+                (self.unknown.bytes_of(tenant) if self.unknown is not None else 0)
             if stored + size > self.s.tenant_max_bytes:
                 raise FrontError("QUOTA_EXCEEDED", f"this tenant stores {stored} bytes; {size} more would pass its "
                                                    f"quota of {self.s.tenant_max_bytes} (FR_TENANT_MAX_BYTES): "
@@ -175,6 +203,7 @@ class Intake:
             if error is None:
                 reply(upload.identity, partial(self.register, upload.job))
             else:
+                self.release(job_id)
                 refuse(upload.identity, error)
 
     def register(self, job: NewJob) -> dict:
@@ -188,6 +217,8 @@ class Intake:
                                               "kept")
             self.events.emit("registering", job.id, job.callback)
             self.store.create(job.id, job.name, job.options, job.n_photos, len(job.labels), job.tenant)
+            if self.unknown is not None:
+                self.unknown.named(job.id)  # a named group's faces leave the waiting ones with the row
         except BaseException:
             self.store.delete_uploads(job.id)
             self.events.emit("register_failed", job.id)

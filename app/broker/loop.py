@@ -45,6 +45,7 @@ from app.broker.results import Results
 from app.broker.said import Said
 from app.broker.search import Searches
 from app.broker.store import JobStore
+from app.broker.unknown import UnknownFaces
 from app.shared.api_keys import KeyStore
 from app.shared.storage import StorageFull, StoreUnavailable
 from app.wire import protocol as p
@@ -104,7 +105,8 @@ class Broker:
         self.callbacks = Callbacks(s)
         self.fronts = Fronts(s, self.front, self.auth, self.keystore, self.reads, self.intake, self.deletion,
                              self.erasure, self.status)
-        for listener in (self.callbacks, Metrics(), self.planner, self.searches, self.records):
+        self.unknown = self.intake.unknown = self.fronts.unknown = UnknownFaces(s, store)
+        for listener in (self.callbacks, Metrics(), self.planner, self.searches, self.records, self.unknown):
             self.events.add(listener)
 
     @property
@@ -196,6 +198,7 @@ class Broker:
         self.resume()
         self.searches.check_budgets()
         self.deletion.expire_failed(time.time())
+        self.unknown.expire(time.time())
 
     def dispatch(self) -> None:
         """Hand queued tasks to idle workers (none while the disk is full)."""
@@ -248,6 +251,7 @@ class Broker:
     def close(self) -> None:
         self.callbacks.close()
         self.intake.stop()
+        self.unknown.close()
         self.reads.close()
         self.front.close(0)
         self.back.close(0)

@@ -35,4 +35,5 @@ def job_view(row: sqlite3.Row | dict) -> dict:
         "photos": row["n_photos"],
         "people": row["n_people"],
         "parent": json.loads(row["options"] or "{}").get("parent"),  # a derived model's (issue #18)
+        "keep_unknown": bool(json.loads(row["options"] or "{}").get("keep_unknown")),  # issue #28
     }

@@ -58,7 +58,8 @@ def unprintable(c: str) -> bool:
 
 
 def parse_options(form, settings: Settings) -> tuple[str | None, dict]:
-    """-> (name, options {optimize, seed[, population, generations, time_budget]}) from the form fields."""
+    """-> (name, options {optimize, seed[, population, generations, time_budget][, keep_unknown]}) from the form
+    fields."""
     optimize = _flag("optimize", form.get("optimize"))
     limits = settings.option_limits
     defaults = {"seed": settings.default_seed, "population": settings.search_population,
@@ -78,6 +79,8 @@ def parse_options(form, settings: Settings) -> tuple[str | None, dict]:
     options = {"optimize": optimize, "seed": seed}
     if optimize:
         options.update(search)
+    if _flag("keep_unknown", form.get("keep_unknown")):  # the model keeps the faces it cannot name (#28)
+        options["keep_unknown"] = True
     return name, options
 
 

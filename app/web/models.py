@@ -14,6 +14,7 @@ from app.web.context import built_model, caller_tenant, find_job, forget_model, 
 from app.web.errors import ApiError
 from app.web.forms import parse_job_id
 from app.web.security import principal, requires
+from app.web.unknown import waiting_counts
 from modelization.bundle import CARD_FILE, read_manifest
 
 bp = Blueprint("models", __name__)
@@ -41,6 +42,9 @@ def list_models():
                                    tenant or None)
     models = [{k: v for k, v in job_view(r).items() if k not in ("progress", "search", "error", "attempts", "worker")}
               for r in rows]
+    waiting = waiting_counts([m["id"] for m in models if m["state"] == "done"])
+    for m in models:  # unknown faces waiting to be named (issue #28)
+        m["unknown_waiting"] = waiting.get(m["id"], 0)
     return jsonify({"status": 0, "models": models, "total": total, "limit": limit, "offset": offset})
 
 

@@ -180,7 +180,9 @@ def _use_schemas() -> dict:
         "ModelList": {"allOf": [ref("Ok"), obj(
             ["models", "total"], models={"type": "array", "items": obj(
                 id=text(format="uuid"), name=nullable(text()), state=text(), available={"enum": [0, 1]},
-                created=num(), updated=num(), photos=integer(), people=integer())},
+                created=num(), updated=num(), photos=integer(), people=integer(),
+                keep_unknown={"type": "boolean", "description": "the model keeps the faces it cannot name"},
+                unknown_waiting=integer("unknown faces kept and not named yet"))},
             total=integer(), limit=integer(), offset=integer())]},
         "Face": obj(["box", "label", "known"],
                     box={"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4,
@@ -190,12 +192,18 @@ def _use_schemas() -> dict:
                     distance=num("the open-set score: distance to the candidate's template"),
                     threshold=num("the candidate's own threshold (known when distance <= threshold)"),
                     candidate=text("the nearest person, known or not"), quality=face_quality,
-                    reason=nullable(REASON)),
+                    reason=nullable(REASON),
+                    unknown_id=text("with keep_unknown: the id of this unknown face, kept"),
+                    cluster=text("with keep_unknown: the group of unknown faces it joined")),
         "Prediction": {"allOf": [ref("Ok"), obj(
             ["count"], id=text(format="uuid"), count=integer("faces found, or results of a batch"), threshold=num(),
             faces={"type": "array", "items": ref("Face"),
                    "description": "with return_embeddings=1 each face has its `embedding` (128 numbers)"},
             faces_found=integer("more faces than FR_MAX_FACES_PER_PREDICT: how many there were"),
+            unknown_kept=integer("with keep_unknown: how many unknown faces were kept"),
+            unknown_error={**obj(["code", "message"], code=text(), message=text()),
+                           "description": "with keep_unknown: why no face was kept (`QUOTA_EXCEEDED`, ...); the "
+                                          "prediction stands"},
             message=text(),
             results={"type": "array", "items": {"type": "object"},
                      "description": "a batch: one entry per image or embedding, in order (`index`, `status`, "
@@ -264,7 +272,9 @@ def build_form() -> dict:
         generations=integer("with optimize=1: 1-100, default 6"),
         time_budget=num("with optimize=1: seconds, 1-86400, default 300"),
         callback_url=text("POSTed the job's status when it ends, signed (Standard Webhooks); its host must be "
-                          "in FR_WEBHOOK_ALLOW"))}}
+                          "in FR_WEBHOOK_ALLOW"),
+        keep_unknown={"enum": ["0", "1", "true", "false", "yes", "no", "on", "off"],
+                      "description": "the model keeps the faces it cannot name (GET /models/{id}/unknown)"})}}
 
 
 def photo_json() -> dict:
@@ -280,7 +290,7 @@ def photo_json() -> dict:
 def operations() -> dict:
     """Every path of the API, in the order the reference shows them."""
     return {**_page_paths(), **_metrics_path(), **_build_paths(), **_view_paths(),
-            **_use_paths(), **_after_build_paths(), **_key_paths(), **_health_path()}
+            **_use_paths(), **_after_build_paths(), **_unknown_paths(), **_key_paths(), **_health_path()}
 
 
 def _page_paths() -> dict:
@@ -396,8 +406,11 @@ def _use_paths() -> dict:
                 "multipart/form-data": {"schema": obj(
                     image=text(format="binary"), images={"type": "array", "items": text(format="binary")},
                     threshold=num("one distance threshold for everybody instead of each person's own, (0, 4]"),
-                    return_embeddings={"enum": ["0", "1", "true", "false"]})},
-                JSON: {"schema": obj(**photo_json(), threshold=num("(0, 4]"))}}},
+                    return_embeddings={"enum": ["0", "1", "true", "false"]},
+                    keep_unknown={"enum": ["0", "1", "true", "false"],
+                                  "description": "keep this request's unknown faces (default: the model's "
+                                                 "keep_unknown)"})},
+                JSON: {"schema": obj(**photo_json(), threshold=num("(0, 4]"), keep_unknown={"type": "boolean"})}}},
             "responses": {"200": answer("the faces, largest first (none: count 0 and a message)",
                                         ref("Prediction")),
                           **errors(*MODEL_ERRORS, (400, "`BAD_ID`, `NO_FILES`, `BAD_PARAMETER`, `NOT_AN_IMAGE`, "
@@ -466,6 +479,89 @@ def _after_build_paths() -> dict:
     }
 
 
+CLUSTER = {"name": "cluster", "in": "path", "required": True, "description": "a group's id (16 hex digits)",
+           "schema": {"type": "string"}}
+FACE = {"name": "face", "in": "path", "required": True, "description": "a kept face's unknown_id (16 hex digits)",
+        "schema": {"type": "string"}}
+GROUP_ERRORS = ((404, "`NOT_FOUND`: no such model (or another tenant's), group or face"),
+                (409, "`NOT_READY`; `GROUP_MERGED` (the message names the group it is part of now); `GROUP_NAMED`; "
+                      "`CONFLICT`: the group is being named"), *AUTH_ERRORS,
+                (503, "`BROKER_UNAVAILABLE`, `STORE_UNAVAILABLE`"))
+
+
+def _unknown_paths() -> dict:
+    """Unknown faces a model keeps (keep_unknown), their groups, and what a person does with them."""
+    cluster = obj(["id", "size", "faces", "first_seen", "last_seen"], id=text(), size=integer(),
+                  faces={"type": "array", "items": text(), "description": "unknown_ids, oldest first"},
+                  first_seen=num("unix time"), last_seen=num("unix time"))
+    return {
+        "/models/{job_id}/unknown": {"get": {
+            "tags": ["unknown"], "summary": "The model's kept unknown faces, in groups (largest first)",
+            "description": "Faces a model answered unknown with keep_unknown, grouped as they arrive: a face joins "
+                           "the group it is closest to within the group's threshold (the model's stranger model), "
+                           "else starts one. A group's id stays as it grows. Faces go after "
+                           "FR_UNKNOWN_RETENTION_DAYS.",
+            "parameters": [JOB_ID],
+            "responses": {"200": answer("the groups", {"allOf": [ref("Ok"), obj(
+                ["clusters"], id=text(format="uuid"), clusters={"type": "array", "items": cluster},
+                faces=integer("faces waiting"),
+                naming=nullable(obj(cluster=text(), model=text(), label=text())))]}),
+                **errors(*GROUP_ERRORS)}}},
+        "/models/{job_id}/unknown/{cluster}/faces/{face}": {"get": {
+            "tags": ["unknown"], "summary": "A kept face's aligned chip",
+            "parameters": [JOB_ID, CLUSTER, FACE],
+            "responses": {"200": {"description": "the chip (150x150)",
+                                  "content": {"image/jpeg": {"schema": text(format="binary")}}},
+                          **errors(*GROUP_ERRORS)}}},
+        "/models/{job_id}/unknown/{cluster}/name": {"post": {
+            "tags": ["unknown"], "summary": "Name a group: a new model that knows them",
+            "description": "Derives a new model from this one plus the group's faces as photos of `label` (a new "
+                           "person or one the model knows); their embeddings are used as kept, nothing is "
+                           "extracted again. Once it is built, this model's other waiting groups move to it. One "
+                           "naming per model at a time.",
+            "parameters": [JOB_ID, CLUSTER],
+            "requestBody": {"required": True, "content": {JSON: {"schema": obj(
+                ["label"], label=text("the person"), name=text("the new model's name"))}}},
+            "responses": {"202": answer("accepted", ref("DeriveAccepted")),
+                          **errors((400, "`BAD_LABEL`, `BAD_JSON`, `BAD_PARAMETER`, `TOO_FEW_PEOPLE`"),
+                                   *GROUP_ERRORS, (429, "`TOO_MANY_BUILDS`"), (507, "`QUOTA_EXCEEDED`"))}}},
+        "/models/{job_id}/corrections": {"post": {
+            "tags": ["unknown"], "summary": "Give kept faces to a person: a new model",
+            "description": "A face the model missed (kept with keep_unknown, from any group) given to the right "
+                           "person: a new model derived from this one plus those faces, as naming a group "
+                           "derives. Faces the model named are not kept, so they cannot be corrected here.",
+            "parameters": [JOB_ID],
+            "requestBody": {"required": True, "content": {JSON: {"schema": obj(
+                ["label", "faces"], label=text("the person"),
+                faces={"type": "array", "items": text(), "minItems": 1, "description": "unknown_ids"},
+                name=text("the new model's name"))}}},
+            "responses": {"202": answer("accepted", ref("DeriveAccepted")),
+                          **errors((400, "`BAD_LABEL`, `BAD_JSON`, `BAD_PARAMETER`, `TOO_FEW_PEOPLE`"),
+                                   *GROUP_ERRORS, (429, "`TOO_MANY_BUILDS`"), (507, "`QUOTA_EXCEEDED`"))}}},
+        "/models/{job_id}/unknown/merge": {"post": {
+            "tags": ["unknown"], "summary": "Merge groups (the largest keeps its id)",
+            "parameters": [JOB_ID],
+            "requestBody": {"required": True, "content": {JSON: {"schema": obj(
+                ["clusters"], clusters={"type": "array", "items": text(), "minItems": 2})}}},
+            "responses": {"200": answer("the group they are now", {"allOf": [ref("Ok"), obj(
+                cluster=text(), size=integer(), merged={"type": "array", "items": text()})]}),
+                **errors((400, "`BAD_PARAMETER`, `BAD_JSON`"), *GROUP_ERRORS)}}},
+        "/models/{job_id}/unknown/{cluster}/faces/{face}/move": {"post": {
+            "tags": ["unknown"], "summary": "Move one face out of its group",
+            "parameters": [JOB_ID, CLUSTER, FACE],
+            "requestBody": {"content": {JSON: {"schema": obj(
+                to=nullable(text("a waiting group; none or null: a group of its own")))}}},
+            "responses": {"200": answer("where it is now", {"allOf": [ref("Ok"), {"type": "object", "properties": {
+                "unknown_id": text(), "cluster": text(), "from": text("the group it left")}}]}),
+                **errors((400, "`BAD_PARAMETER`, `BAD_JSON`"), *GROUP_ERRORS)}}},
+        "/models/{job_id}/unknown/{cluster}": {"delete": {
+            "tags": ["unknown"], "summary": "Discard a group: its chips and embeddings are deleted",
+            "parameters": [JOB_ID, CLUSTER],
+            "responses": {"200": answer("discarded", {"allOf": [ref("Ok"), obj(cluster=text(), removed=integer())]}),
+                          **errors(*GROUP_ERRORS)}}},
+    }
+
+
 def _key_paths() -> dict:
     return {
         "/keys": {
@@ -513,6 +609,8 @@ def document() -> dict:
         "servers": [{"url": "/"}],
         "tags": [{"name": "models", "description": "build, follow, derive, download, delete, erase a person"},
                  {"name": "use", "description": "name faces with a model, verify one against another"},
+                 {"name": "unknown",
+                  "description": "unknown faces a model keeps: groups, chips, name, merge, move, discard"},
                  {"name": "operations", "description": "health and metrics"},
                  {"name": "keys", "description": "API keys (admins)"},
                  {"name": "pages", "description": "the console and this reference"}],

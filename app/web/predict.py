@@ -26,6 +26,7 @@ from app.web.probes import (
     read_part,
 )
 from app.web.security import requires
+from app.web.unknown import UnknownFaces
 from constants import Settings
 from modelization.recognizer import FacePrediction, Recognizer
 from preprocessor.errors import InputError
@@ -57,48 +58,62 @@ def error_entry(index: int, exc: InputError | ApiError) -> dict:
 
 
 # --- predict -------------------------------------------------------------------------------------
-PREDICT_FIELDS = {"image", "images", "embedding", "embeddings", "threshold", "return_embeddings"}
+PREDICT_FIELDS = {"image", "images", "embedding", "embeddings", "threshold", "return_embeddings", "keep_unknown"}
 
 
-def predict_request(model_id: str, recognizer: Recognizer, request: Request, s: Settings) -> dict:
-    """The answer to POST /models/<id>/predict (single or batch)."""
+def predict_request(model_id: str, recognizer: Recognizer, request: Request, s: Settings,
+                    keep_default: bool = False) -> tuple[dict, UnknownFaces | None]:
+    """The answer to POST /models/<id>/predict (single or batch), and the faces to keep when unknown faces
+    are kept (`keep_unknown`: the request's, else the model's `keep_default`)."""
     if request.is_json:
         body = read_json(request, s)
         check_fields(body, PREDICT_FIELDS)
         threshold = threshold_value(body.get("threshold"))
         embeddings = flag(body.get("return_embeddings", request.args.get("return_embeddings")), "return_embeddings")
+        keep_raw = body.get("keep_unknown", request.args.get("keep_unknown"))
         probes, batch = probes_from_json(body, s)
     else:
         threshold = threshold_value(request.form.get("threshold"))
         embeddings = flag(request.form.get("return_embeddings", request.args.get("return_embeddings")),
                           "return_embeddings")
+        keep_raw = request.form.get("keep_unknown", request.args.get("keep_unknown"))
         probes, batch = probes_from_form(request, s)
+    keep = UnknownFaces() if (flag(keep_raw, "keep_unknown") if keep_raw not in (None, "") else keep_default) \
+        else None
     shown = recognizer.threshold if threshold is None else threshold
     if not batch:
-        return {"status": 0, "id": model_id, **predict_one(recognizer, probes[0], threshold, s, embeddings),
-                "threshold": shown}
+        return {"status": 0, "id": model_id, **predict_one(recognizer, probes[0], threshold, s, embeddings, keep, 0),
+                "threshold": shown}, keep
     results = []
     for i, probe in enumerate(probes):
         try:
             if probe.error is not None:
                 raise probe.error
-            results.append({"index": i, "status": 0, **predict_one(recognizer, probe, threshold, s, embeddings)})
+            results.append({"index": i, "status": 0,
+                            **predict_one(recognizer, probe, threshold, s, embeddings, keep, i)})
         except InputError as exc:
             results.append(error_entry(i, exc))
-    return {"status": 0, "id": model_id, "count": len(results), "threshold": shown, "results": results}
+    return {"status": 0, "id": model_id, "count": len(results), "threshold": shown, "results": results}, keep
 
 
 def predict_one(recognizer: Recognizer, probe: Probe, threshold: float | None, s: Settings,
-                with_embeddings: bool) -> dict:
-    """{count, faces[, faces_found, message]} for one photo or embedding. Raises InputError (bad photo)."""
+                with_embeddings: bool, keep: UnknownFaces | None = None, item: int = 0) -> dict:
+    """{count, faces[, faces_found, message]} for one photo or embedding. Raises InputError (bad photo).
+    With `keep`, the photo's faces answered unknown (without a `reason`) are added to it."""
+    chips: list[np.ndarray] = []
     if probe.embedding is not None:
         x = probe.embedding[None, :]
         faces = [FacePrediction(None, *r) for r in recognizer.identify(x, threshold)]
         found = 1
     else:
         assert probe.image is not None
-        faces, found, x = recognizer.faces_and_embeddings(probe.image, threshold, s.max_faces_per_predict)
+        faces, found, x = recognizer.faces_and_embeddings(probe.image, threshold, s.max_faces_per_predict,
+                                                          chips_out=chips if keep is not None else None)
     listed = [f.as_dict() for f in faces]
+    if keep is not None and chips:
+        for found_face, entry, v, chip in zip(faces, listed, x, chips):
+            if found_face.label is None and found_face.reason is None:
+                keep.add(entry, v, chip, found_face.quality, found_face.box, item)
     if with_embeddings:
         for face, v in zip(listed, x):
             face["embedding"] = _embedding_list(v)
@@ -231,9 +246,14 @@ bp = Blueprint("predict", __name__)
 @bp.post("/models/<job_id>/predict")
 @requires(Action.PREDICT)
 def predict(job_id: str):
-    """Every face of a photo (or several photos, or embeddings), named or unknown."""
+    """Every face of a photo (or several photos, or embeddings), named or unknown; with keep_unknown (the
+    request's or the model's), the unknown ones are kept and answered with their `unknown_id`."""
     job, path = built_model(job_id)
-    return jsonify(predict_request(job["id"], load_recognizer(job, path), request, settings()))
+    answer, keep = predict_request(job["id"], load_recognizer(job, path), request, settings(),
+                                   bool(job.get("keep_unknown")))
+    if keep is not None:
+        keep.send(job["id"], answer)
+    return jsonify(answer)
 
 
 @bp.post("/models/<job_id>/verify")

@@ -143,3 +143,12 @@ def derive(endpoint: str, keys_dir: Path, header: dict, blobs: list[bytes], time
 def erase(endpoint: str, keys_dir: Path, label: str, tenant: str | None, timeout_s: float) -> dict:
     """A person out of every model of `tenant`: {label, models: [{id, state, new_id, action}], removed}."""
     return call(endpoint, keys_dir, p.pack(p.ERASE, {"label": label, "tenant": tenant}), timeout_s)
+
+
+def unknown(endpoint: str, keys_dir: Path, command: bytes, header: dict, timeout_s: float,
+            blobs: list[bytes] | tuple = ()) -> tuple[dict, list[bytes]]:
+    """One unknown-face message (UKEEP, UGROUPS, UCOUNT, UCHIP, UMERGE, UMOVE, UDISCARD: app/wire/protocol.py)
+    -> (the answer's header, its data frames: a chip for UCHIP)."""
+    if command not in p.UNKNOWN_COMMANDS:
+        raise ValueError(f"not an unknown-face message: {command!r}")
+    return exchange(endpoint, keys_dir, p.pack(command, header, blobs), timeout_s)

@@ -10,6 +10,17 @@ Front (REQ, the HTTP app) -> broker ROUTER:
     STATUS                                            -> OK {workers, busy, idle, warming, queued, store, disk}
     DELETE {id, tenant}                               -> OK {id, removed} | ERR NOT_FOUND (another tenant's)
     ERASE {label, tenant}                             -> OK {label, models, removed}  (tenant None: every tenant)
+  unknown faces (app/broker/unknown.py; on the loop, the only writer of var/unknown.sqlite):
+    UKEEP {model, tenant, key, source, faces: [{embedding, quality, box}]} chip...
+                                                      -> OK {faces: [{unknown_id, cluster}]}
+    UGROUPS {model, tenant}                           -> OK {clusters, faces, naming}
+    UCOUNT {ids, tenant}                              -> OK {counts: {model id: faces waiting}}
+    UCHIP {model, tenant, cluster, face}              -> OK {unknown_id, cluster, seen, quality, source} jpeg
+    UMERGE {model, tenant, clusters}                  -> OK {cluster, size, merged}
+    UMOVE {model, tenant, cluster, face, to}          -> OK {unknown_id, cluster, from}
+    UDISCARD {model, tenant, cluster}                 -> OK {cluster, removed}
+    (naming a group is a DERIVE with `unknown: {cluster, label}` and no photos; a correction `unknown: {faces,
+    label}`)
   read side (served by the broker's reader threads, app/broker/reader.py; a front on another host has no disk of ours):
     GETJOB {id, tenant, callback?}                    -> OK {job: row, bundle?: {sha256, size}, callback?: delivery}
                                                          | ERR NOT_FOUND
@@ -61,11 +72,14 @@ SUBMIT, STATUS, DELETE, OK, ERR = b"SUBMIT", b"STATUS", b"DELETE", b"OK", b"ERR"
 DERIVE, ERASE = b"DERIVE", b"ERASE"
 READY, HEARTBEAT, PROGRESS, DONE, FAILED, JOB = b"READY", b"HEARTBEAT", b"PROGRESS", b"DONE", b"FAILED", b"JOB"
 REJECT, PURGE = b"REJECT", b"PURGE"
+UKEEP, UGROUPS, UCOUNT, UCHIP = b"UKEEP", b"UGROUPS", b"UCOUNT", b"UCHIP"
+UMERGE, UMOVE, UDISCARD = b"UMERGE", b"UMOVE", b"UDISCARD"
+UNKNOWN_COMMANDS = (UKEEP, UGROUPS, UCOUNT, UCHIP, UMERGE, UMOVE, UDISCARD)
 GETJOB, LIST, BUNDLE, KNOWN, SEARCH = b"GETJOB", b"LIST", b"BUNDLE", b"KNOWN", b"SEARCH"
 KEYGET, KEYLIST, KEYADD, KEYREVOKE = b"KEYGET", b"KEYLIST", b"KEYADD", b"KEYREVOKE"
 
 READ_COMMANDS = (GETJOB, LIST, BUNDLE, KNOWN, SEARCH, KEYGET)  # answered off the broker's loop
-FRONT_COMMANDS = (SUBMIT, STATUS, DELETE, DERIVE, ERASE, KEYADD, KEYREVOKE, KEYLIST, *READ_COMMANDS)
+FRONT_COMMANDS = (SUBMIT, STATUS, DELETE, DERIVE, ERASE, KEYADD, KEYREVOKE, KEYLIST, *READ_COMMANDS, *UNKNOWN_COMMANDS)
 WORKER_COMMANDS = (READY, HEARTBEAT, PROGRESS, DONE, FAILED, REJECT)
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024   # a submit's header lists every photo's label and file name
@@ -90,6 +104,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SECRET = re.compile(r"whsec_[A-Za-z0-9+/]{32,88}={0,2}")
 MAX_URL = 2048
 MAX_REMOVE = 1000      # people removed by one derivation
+MAX_KEEP = 1000        # unknown faces kept by one message
+MAX_CHIP = 256 * 1024  # a kept face's chip (JPEG of 150x150 pixels: ~10 KB)
+MAX_MERGE = 100        # groups merged at once
+_UNKNOWN_ID = re.compile(r"[0-9a-f]{16}")
 
 
 class ProtocolError(ValueError):
@@ -227,11 +245,12 @@ def check_options(value: Any, settings: Settings) -> dict:
     """A build's options as the HTTP front makes them (app/web/forms.parse_options), with its limits."""
     options = mapping(value, "options")
     limits = settings.option_limits
-    allowed = {"optimize", "seed"} | (set(limits) if options.get("optimize") else set())
+    allowed = {"optimize", "seed", "keep_unknown"} | (set(limits) if options.get("optimize") else set())
     if set(options) - allowed:
         raise ProtocolError(f"unexpected options {escape(sorted(set(options) - allowed), 80)}")
-    if not isinstance(options.get("optimize", False), bool):
-        raise ProtocolError("optimize must be true or false")
+    for name in ("optimize", "keep_unknown"):
+        if not isinstance(options.get(name, False), bool):
+            raise ProtocolError(f"{name} must be true or false")
     for name, value_ in options.items():
         if name in limits:
             low, high, cast = limits[name]
@@ -272,17 +291,29 @@ def check_submit(header: dict, blobs: list[bytes], settings: Settings) -> dict:
 
 def check_derive(header: dict, blobs: list[bytes], settings: Settings) -> dict:
     """A DERIVE: a new model from a built one (`parent`), plus photos (`files`), minus people (`remove`)."""
-    if set(header) - {"id", "parent", "tenant", "name", "options", "files", "remove", "deadline", "callback"}:
+    if set(header) - {"id", "parent", "tenant", "name", "options", "files", "remove", "deadline", "callback",
+                      "unknown"}:
         raise ProtocolError("derive has unknown fields")
     job_id(header.get("parent"))
+    if header.get("unknown") is not None:  # a group of unknown faces named, or kept faces given to a person
+        named = _fields(mapping(header["unknown"], "unknown"), {"cluster", "faces", "label"}, {"label"}, "unknown")
+        if ("cluster" in named) == ("faces" in named):
+            raise ProtocolError("unknown names a cluster or lists faces")
+        if "cluster" in named:
+            unknown_id(named["cluster"], "cluster")
+        elif not isinstance(named["faces"], list) or not 1 <= len(named["faces"]) <= MAX_KEEP:
+            raise ProtocolError(f"unknown faces must list 1 to {MAX_KEEP} ids")
+        for value in named.get("faces", []):
+            unknown_id(value, "face")
+        check_label(named["label"], settings)
     remove = header.get("remove", [])
     if not isinstance(remove, list) or len(remove) > MAX_REMOVE:
         raise ProtocolError(f"remove must list at most {MAX_REMOVE} people")
     for label in remove:
         check_label(label, settings, enrolled=True)
     _check_job(header, blobs, settings, least=0)
-    if not header["files"] and not remove:
-        raise ProtocolError("a derivation adds photos or removes people")
+    if not header["files"] and not remove and header.get("unknown") is None:
+        raise ProtocolError("a derivation adds photos, removes people or names a group of unknown faces")
     return header
 
 
@@ -396,6 +427,74 @@ def check_read(command: bytes, header: dict) -> dict:
     return header
 
 
+def is_unknown_id(value: Any) -> bool:
+    """A kept face's or a group's id: 16 lower-case hex digits."""
+    return isinstance(value, str) and _UNKNOWN_ID.fullmatch(value) is not None
+
+
+def unknown_id(value: Any, name: str = "id") -> str:
+    """A kept face's or a group's id (16 lower-case hex digits)."""
+    if not is_unknown_id(value):
+        raise ProtocolError(f"{name} is not an unknown face's or group's id: {escape(value, 40)}")
+    return value
+
+
+def check_unknown(command: bytes, header: dict, blobs: list[bytes]) -> dict:
+    """The unknown-face messages: exact fields, ids in their only forms, embeddings of 128 finite numbers,
+    one bounded JPEG per kept face."""
+    fields = {UKEEP: {"model", "tenant", "key", "source", "faces"}, UGROUPS: {"model", "tenant"},
+              UCOUNT: {"ids", "tenant"},
+              UCHIP: {"model", "tenant", "cluster", "face"}, UMERGE: {"model", "tenant", "clusters"},
+              UMOVE: {"model", "tenant", "cluster", "face", "to"}, UDISCARD: {"model", "tenant", "cluster"}}[command]
+    _fields(header, fields, fields - {"tenant", "to", "key"}, command.decode().lower())
+    tenant(header.get("tenant"))
+    if command == UCOUNT:
+        if not isinstance(header["ids"], list) or len(header["ids"]) > MAX_KNOWN:
+            raise ProtocolError(f"ids must list at most {MAX_KNOWN} job ids")
+        for value in header["ids"]:
+            job_id(value)
+    else:
+        job_id(header["model"])
+    for name in ("cluster", "face"):
+        if name in header:
+            unknown_id(header[name], name)
+    if header.get("to") is not None:
+        unknown_id(header["to"], "to")
+    if command == UMERGE:
+        if not isinstance(header["clusters"], list) or not 1 <= len(header["clusters"]) <= MAX_MERGE:
+            raise ProtocolError(f"clusters must list 1 to {MAX_MERGE} groups")
+        for value in header["clusters"]:
+            unknown_id(value, "cluster")
+    if command == UKEEP:
+        if header.get("key") is not None:
+            key_id(header["key"])
+        source = mapping(header["source"], "source")
+        if set(source) - {"kind", "request", "item", "camera"} or len(json.dumps(source)) > 1024:
+            raise ProtocolError("source takes kind, request, item and camera, in at most 1 KB")
+        faces = header["faces"]
+        if not isinstance(faces, list) or not 1 <= len(faces) <= MAX_KEEP or len(faces) != len(blobs):
+            raise ProtocolError(f"keep sends 1 to {MAX_KEEP} faces, one chip frame each")
+        for face, chip in zip(faces, blobs):
+            face = mapping(face, "face")
+            if set(face) - {"embedding", "quality", "box"}:
+                raise ProtocolError("a kept face takes embedding, quality and box")
+            vector = face.get("embedding")
+            if not (isinstance(vector, list) and len(vector) == 128 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vector)):
+                raise ProtocolError("a kept face's embedding is 128 finite numbers")
+            if face.get("quality") is not None and len(json.dumps(mapping(face["quality"], "quality"))) > 2048:
+                raise ProtocolError("a kept face's quality is too large")
+            box = face.get("box")
+            if box is not None and not (isinstance(box, list) and len(box) == 4 and all(
+                    isinstance(v, int) and not isinstance(v, bool) and abs(v) < 10**6 for v in box)):
+                raise ProtocolError("a kept face's box is 4 integers")
+            if not 0 < len(chip) <= MAX_CHIP or not chip.startswith(b"\xff\xd8"):
+                raise ProtocolError(f"a kept face's chip is a JPEG of at most {MAX_CHIP} bytes")
+    elif blobs:
+        raise ProtocolError(f"{command.decode()} takes no data frames")
+    return header
+
+
 def parse_front(frames: list[bytes], settings: Settings) -> tuple[bytes, dict, list[bytes]]:
     """A front request (after the ROUTER's identity and empty delimiter) -> (command, header, blobs)."""
     if not frames or frames[0] not in FRONT_COMMANDS:
@@ -405,6 +504,8 @@ def parse_front(frames: list[bytes], settings: Settings) -> tuple[bytes, dict, l
         return command, check_submit(header_of(frames, required=True), blobs, settings), blobs
     if command == DERIVE:
         return command, check_derive(header_of(frames, required=True), blobs, settings), blobs
+    if command in UNKNOWN_COMMANDS:
+        return command, check_unknown(command, header_of(frames, required=True), blobs), blobs
     header = header_of(frames, required=command not in (STATUS, KEYLIST))
     if blobs:
         raise ProtocolError(f"{command.decode()} takes no data frames")

@@ -71,12 +71,13 @@ async function errorOf(resp) {
   return new ApiError(resp.status, `HTTP_${resp.status}`, `the service answered ${resp.status} ${resp.statusText}`);
 }
 
-/** fetch + the key; -> parsed JSON (or the Response with raw). Throws ApiError. */
-export async function api(path, {method = "GET", body = undefined, raw = false} = {}) {
+/** fetch + the key; -> parsed JSON (or the Response with raw; `json`: the body is JSON). Throws ApiError. */
+export async function api(path, {method = "GET", body = undefined, raw = false, json = false} = {}) {
   for (;;) {
     let resp;
     try {
-      resp = await fetch(path, {method, body, headers: headers(), cache: "no-store", credentials: "omit"});
+      resp = await fetch(path, {method, body, headers: {...headers(), ...(json ? {"Content-Type": "application/json"} : {})},
+        cache: "no-store", credentials: "omit"});
     } catch (e) {
       throw new ApiError(0, "NETWORK", `the service cannot be reached (${e.message})`);
     }

@@ -4,6 +4,7 @@ import {replace} from "./dom.js";
 import {buildPage} from "./build.js";
 import {modelPage} from "./model.js";
 import {modelsPage} from "./models.js";
+import {unknownPage} from "./unknown.js";
 
 const main = document.getElementById("main");
 let leave = null; // the current page's clean-up (timers, camera)
@@ -19,6 +20,7 @@ function route() {
     a.classList.toggle("current", a.getAttribute("href") === `#/${parts[0] || ""}`);
   }
   if (parts[0] === "new") leave = buildPage(main);
+  else if (parts[0] === "model" && parts[1] && parts[2] === "unknown") leave = unknownPage(main, parts[1]);
   else if (parts[0] === "model" && parts[1]) leave = modelPage(main, parts[1], parts[2]);
   else leave = modelsPage(main);
 }

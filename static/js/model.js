@@ -54,7 +54,8 @@ export function modelPage(main, id, section) {
     h("a", {href: `#/model/${id}/search`, text: "Search"}),
     h("a", {href: `#/model/${id}/results`, text: "Figures"}),
     h("a", {href: `#/model/${id}/people`, text: "People"}),
-    h("a", {href: `#/model/${id}/try`, text: "Try it"}));
+    h("a", {href: `#/model/${id}/try`, text: "Try it"}),
+    h("a", {href: `#/model/${id}/unknown`, text: "Unknown faces"}));
   main.append(h("div", {class: "page-head"}, title, h("div", {class: "row"}, downloadButton, deleteButton)),
     meta, actionsMsg, nav, statusBox, searchBox, resultsBox, peopleBox, tryBox);
 

@@ -92,6 +92,9 @@ export function modelsPage(main) {
         {title: "Progress", class: "wide", cell: progressCell},
         {title: "People", class: "num", cell: (m) => count(m.people)},
         {title: "Photos", class: "num", cell: (m) => count(m.photos)},
+        {title: "Unknown faces", class: "num", cell: (m) => (m.unknown_waiting
+          ? h("a", {href: `#/model/${m.id}/unknown`, class: "unknown-count", text: count(m.unknown_waiting)})
+          : (m.keep_unknown ? "0" : "—"))},
         {title: "Balanced accuracy", class: "num", cell: (m) => {
           const s = summaries.get(m.id);
           return s && s.metrics ? pct(s.metrics.balanced_accuracy) : "—";
