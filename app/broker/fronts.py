@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import zmq
 
+from app.broker.cameras import Cameras
 from app.broker.deletion import Deletion
 from app.broker.erasure import Erasure
 from app.broker.intake import Intake
@@ -21,17 +22,21 @@ from logger import logger
 
 class Fronts:
     def __init__(self, settings: Settings, front: zmq.Socket, auth: BrokerAuth, keystore: KeyStore, reads: Reads,
-                 intake: Intake, deletion: Deletion, erasure: Erasure, status: Callable[[], dict]):
+                 intake: Intake, deletion: Deletion, erasure: Erasure, status: Callable[[], dict],
+                 cameras: Cameras):
         self.s, self.front, self.auth, self.keystore = settings, front, auth, keystore
         self.reads, self.intake = reads, intake
         self.handlers: dict[bytes, Callable[[dict], dict]] = {
-            p.ERASE: lambda h: erasure.erase(h["label"], h["tenant"]),
+            p.ERASE: lambda h: {**erasure.erase(h["label"], h["tenant"]),
+                                "events": cameras.erase_person(h["label"], h["tenant"])},
             p.STATUS: lambda h: status(),
             p.KEYADD: lambda h: {"key": self.add_key(h)},
             p.KEYREVOKE: lambda h: {"id": h["id"], "revoked": keystore.revoke(h["id"])},
             p.KEYLIST: lambda h: {"keys": keystore.list(h.get("tenant"))},
             p.DELETE: lambda h: deletion.delete_and_wipe(h["id"], h.get("tenant")),
+            **cameras.handlers(),
         }
+        self.cameras = cameras
 
     def on_message(self, frames: list[zmq.Frame]) -> None:
         if len(frames) < 3 or frames[1].bytes != b"":
@@ -54,6 +59,10 @@ class Fronts:
         jobs once the upload writer has stored their photos (`Intake.on_stored`)."""
         if command in p.READ_COMMANDS:
             self.reads.ask(identity, command, header)
+            return None
+        if command == p.CAMSNAP:  # answered with a data frame
+            body, data = self.cameras.snapshot(header)
+            self.front.send_multipart([identity, b"", *p.pack(p.OK, body, data)])
             return None
         if command in (p.SUBMIT, p.DERIVE):
             self.intake.begin(identity, self.intake.admit(command, header, blobs))

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import zmq
 
+from app.broker.cameras import Cameras
 from app.broker.deletion import Deletion
 from app.broker.erasure import Erasure
 from app.broker.events import Callbacks, JobEvents, Metrics
@@ -102,9 +103,11 @@ class Broker:
         self.pool.results = Results(s, store, self.planner, self.searches, self.pool, self.records, self.deletion,
                                     self.sums, self.events, self.fail, self.end, self.said)
         self.callbacks = Callbacks(s)
+        self.cameras = self.pool.cameras = Cameras(s, self.back, store, lambda: self.pool.workers,
+                                                   lambda: self.callbacks.store, self.callbacks.sender.wake)
         self.fronts = Fronts(s, self.front, self.auth, self.keystore, self.reads, self.intake, self.deletion,
-                             self.erasure, self.status)
-        for listener in (self.callbacks, Metrics(), self.planner, self.searches, self.records):
+                             self.erasure, self.status, self.cameras)
+        for listener in (self.callbacks, Metrics(), self.planner, self.searches, self.records, self.cameras):
             self.events.add(listener)
 
     @property
@@ -196,6 +199,7 @@ class Broker:
         self.resume()
         self.searches.check_budgets()
         self.deletion.expire_failed(time.time())
+        self.cameras.beat()
 
     def dispatch(self) -> None:
         """Hand queued tasks to idle workers (none while the disk is full)."""
@@ -247,6 +251,7 @@ class Broker:
 
     def close(self) -> None:
         self.callbacks.close()
+        self.cameras.close()
         self.intake.stop()
         self.reads.close()
         self.front.close(0)
