@@ -149,7 +149,8 @@ def camera_view(row: sqlite3.Row) -> dict:
     """A camera as the API shows it: its URL without credentials, never the callback's secret."""
     return {"id": row["id"], "name": row["name"], "url": redact(row["url"]), "model": row["model"],
             "fps": row["fps"], "state": row["state"], "reason": row["reason"],
-            "callback_url": row["callback_url"], "tenant": row["tenant"], "created": row["created"],
+            "callback_url": row["callback_url"], "tenant": row["tenant"], "worker": row["worker"],
+            "created": row["created"],
             "updated": row["updated"]}
 
 
