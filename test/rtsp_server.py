@@ -20,7 +20,7 @@ def main() -> None:
     server.set_service(port)
     factory = GstRtspServer.RTSPMediaFactory()
     # the clip's JPEG frames as they are (no encoder needed), paced as a live camera would send them
-    factory.set_launch(f'( filesrc location="{clip}" ! avidemux ! queue ! jpegparse ! '
+    factory.set_launch(f'( filesrc location="{clip}" ! avidemux ! queue ! jpegdec ! videoconvert ! video/x-raw,format=I420 ! jpegenc quality=90 ! '
                        'rtpjpegpay name=pay0 pt=26 )')
     factory.set_shared(True)
     if len(sys.argv) > 3:

@@ -237,7 +237,7 @@ def _cause(exc: BaseException, url: str) -> str:
 
 # --- RTSP --------------------------------------------------------------------------------------------
 def rtsp_probe(url: str, timeout: float) -> None:
-    """Ask an rtsp:// server what it serves (DESCRIBE, without credentials) so that a failure has a reason:
+    """Ask an rtsp:// server what it serves (DESCRIBE, without credentials) so that a failed open has a reason:
     no answer, not an RTSP server, credentials needed, no such stream. Raises SourceError; a 401 is fine
     when the URL carries credentials (FFmpeg answers the challenge)."""
     scheme, host, port = host_port(url)
@@ -278,13 +278,15 @@ def rtsp_probe(url: str, timeout: float) -> None:
 
 class RtspSource(Source):
     def __init__(self, url: str, timeout: float):
-        rtsp_probe(url, timeout)
         ms = int(timeout * 1000)
         os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")  # no UDP ports to open
         self.cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
                                                           cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
         if not self.cap.isOpened():
             self.cap.release()
+            # FFmpeg does not say why; ask the server ourselves, after the fact (a DESCRIBE before FFmpeg's
+            # upset GStreamer's shared media, and costs every good camera a round trip)
+            rtsp_probe(url, timeout)
             raise SourceError("the camera refused the credentials, or its stream could not be opened"
                               if has_credentials(url) else "the stream could not be opened (not a video stream?)")
 
