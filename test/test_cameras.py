@@ -288,3 +288,33 @@ def test_deleting_the_model_stops_its_cameras_and_removes_their_events(stack, pe
     assert events(stack, cam["id"]) == []
     assert not any(s.exists() for s in snaps)
     stack.delete(f"/cameras/{cam['id']}")
+
+
+def test_erasing_a_person_removes_their_events_and_the_camera_follows_the_rebuilt_model(stack, people, timeline):
+    """Last in the module: it erases a person from every model of the tenant."""
+    names = sorted(people)
+    r = stack.build(photo_files({p: paths[:N_UPLOAD] for p, paths in people.items()}), name="erase")
+    stack.wait_state(r.json()["id"], ("done",))
+    model = r.json()["id"]
+    server = MjpegServer(timeline).start()
+    try:
+        cam = add(stack, model, server.url(), name="erase").json()["camera"]
+        wait_events(stack, cam["id"], lambda ev: {names[0], names[1]} <= set(starts(ev)))
+        folder = Path(stack.data_dir) / "var" / "events" / cam["id"]
+        theirs = [folder / f"{e['id']}.jpg" for e in events(stack, cam["id"]) if e["label"] == names[0]]
+        assert theirs and all(p.exists() for p in theirs)
+        answer = stack.delete(f"/people/{names[0]}")
+        assert answer.status_code == 200, answer.text
+        left = events(stack, cam["id"])
+        assert names[0] not in {e["label"] for e in left} and names[1] in {e["label"] for e in left}
+        assert not any(p.exists() for p in theirs)
+        moved = camera(stack, cam["id"])
+        assert moved["model"] != model
+        stack.wait_state(moved["model"], ("done",))
+        wait_state(stack, cam["id"], "live")
+        last = max(e["id"] for e in events(stack, cam["id"]))
+        later = wait_events(stack, cam["id"], lambda ev: names[1] in starts(ev), after=last)
+        assert names[0] not in starts(later)
+        assert stack.delete(f"/cameras/{cam['id']}").status_code == 200
+    finally:
+        server.stop()

@@ -173,6 +173,7 @@ class Cameras:
         self.beats = 0
         self.next_sweep = 0.0
         self.mqtt = Mqtt(settings)
+        self.erasing: list[str] | None = None  # models deleted by the erasure under way
 
     @property
     def jobs(self) -> JobStore:
@@ -316,6 +317,14 @@ class Cameras:
                 if owner in load:
                     load[owner] += 1
             identity = min(load, key=lambda i: load[i])
+            job = self.jobs.get(row["model"])
+            if job is None:
+                self.stop(row, "its model was deleted")
+                continue
+            if job.state != JobState.DONE:
+                if job.final:
+                    self.stop(row, f"its model's build {job.state.value}")
+                continue  # it is being built (rebuilt after an erasure): the camera waits
             try:
                 bundle = (self.s.dumps_dir / row["model"] / BUNDLE_FILE).read_bytes()
             except OSError:
@@ -347,11 +356,40 @@ class Cameras:
 
     # --- what goes with models and people ----------------------------------------------------------------
     def on_deleted(self, job_id: str) -> None:
-        """A model deleted: its cameras stop, its events and snapshots go."""
+        """A model deleted: its cameras stop, its events and snapshots go. During an erasure the model may be
+        rebuilt under a new id: `erase_person` decides then."""
+        if self.erasing is not None:
+            self.erasing.append(job_id)
+            return
         for row in self.store.all():
             if row["model"] == job_id:
                 self.stop(row, "its model was deleted")
         self.unlink(self.store.drop_events("model = ?", (job_id,)))
+
+    def erase(self, erase: Callable[[str, str | None], dict], label: str, tenant: str | None) -> dict:
+        """ERASE: the erasure itself (`erase`), then the cameras follow it. A model rebuilt without the person
+        keeps its cameras and the others' events under its new id (its cameras wait for it to be built); a
+        model deleted stops its cameras. The person's events and snapshots go."""
+        self.erasing = []
+        try:
+            answer = erase(label, tenant)
+        finally:
+            deleted, self.erasing = self.erasing, None
+        removed = self.erase_person(label, tenant)
+        rebuilt = {m["id"]: m["new_id"] for m in answer.get("models", []) if m.get("action") == "rebuilt"}
+        for old in deleted:
+            if old not in rebuilt:
+                self.on_deleted(old)
+                continue
+            new = rebuilt[old]
+            self.store.db.execute("UPDATE events SET model = ? WHERE model = ?", (new, old))
+            for row in self.store.all():
+                if row["model"] == old:
+                    self.unwatch(row["id"])
+                    self.store.db.execute("UPDATE cameras SET model = ? WHERE id = ?", (new, row["id"]))
+                    self.store.set_state(row["id"], "connecting", "waiting for its model, rebuilt without an "
+                                         "erased person", worker="", stopped=False)
+        return {**answer, "events": removed}
 
     def erase_person(self, label: str, tenant: str | None) -> int:
         """An erased person's events (of `tenant`'s cameras; None: every tenant's) and snapshots go."""

@@ -27,8 +27,7 @@ class Fronts:
         self.s, self.front, self.auth, self.keystore = settings, front, auth, keystore
         self.reads, self.intake = reads, intake
         self.handlers: dict[bytes, Callable[[dict], dict]] = {
-            p.ERASE: lambda h: {**erasure.erase(h["label"], h["tenant"]),
-                                "events": cameras.erase_person(h["label"], h["tenant"])},
+            p.ERASE: lambda h: cameras.erase(erasure.erase, h["label"], h["tenant"]),
             p.STATUS: lambda h: status(),
             p.KEYADD: lambda h: {"key": self.add_key(h)},
             p.KEYREVOKE: lambda h: {"id": h["id"], "revoked": keystore.revoke(h["id"])},
