@@ -34,8 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from test.camera_feeds import MjpegServer, Mosquitto, Subscriber, Timeline  # noqa: E402
-from test.stack import Stack, descendants, photo_files  # noqa: E402
+from test.camera_feeds import MjpegServer, Mosquitto, Subscriber, Timeline
+from test.stack import Stack, descendants, photo_files
 
 FACES = Path(os.environ.get("FR_FACES_DIR", ROOT.parent / "shared" / "faces"))
 

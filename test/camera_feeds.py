@@ -183,7 +183,8 @@ class RtspServer:
                 return self
             except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"the RTSP server stopped: {self.proc.stdout.read().decode()[-500:]}")  # type: ignore[union-attr]
+                    said = self.proc.stdout.read().decode()[-500:]  # type: ignore[union-attr]
+                    raise RuntimeError(f"the RTSP server stopped: {said}") from None
                 time.sleep(0.2)
         raise RuntimeError("the RTSP server did not start")
 

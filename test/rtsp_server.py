@@ -19,9 +19,11 @@ def main() -> None:
     server.set_address("127.0.0.1")
     server.set_service(port)
     factory = GstRtspServer.RTSPMediaFactory()
-    # the clip's JPEG frames as they are (no encoder needed), paced as a live camera would send them
-    factory.set_launch(f'( filesrc location="{clip}" ! avidemux ! queue ! jpegdec ! videoconvert ! video/x-raw,format=I420 ! jpegenc quality=90 ! '
-                       'rtpjpegpay name=pay0 pt=26 )')
+    # the clip's frames, paced as a live camera would send them
+    # (decoded and encoded again by GStreamer's jpegenc: rtpjpegpay garbled OpenCV's JPEGs, RFC 2435 takes
+    # only some JPEG layouts)
+    factory.set_launch(f'( filesrc location="{clip}" ! avidemux ! queue ! jpegdec ! videoconvert ! '
+                       'video/x-raw,format=I420 ! jpegenc quality=90 ! rtpjpegpay name=pay0 pt=26 )')
     factory.set_shared(True)
     if len(sys.argv) > 3:
         user, password = sys.argv[3].split(":", 1)

@@ -69,7 +69,7 @@ def event(**change):
 
 def test_the_wire_checks_camera_messages():
     cam = str(uuid.uuid4())
-    command, out, blobs = p.parse_worker(p.pack(p.CAMEVENT, {"camera": cam, "event": event()}, [b"\xff\xd8jpeg"]))
+    _, out, blobs = p.parse_worker(p.pack(p.CAMEVENT, {"camera": cam, "event": event()}, [b"\xff\xd8jpeg"]))
     assert out["event"]["label"] == "Ada" and blobs == [b"\xff\xd8jpeg"]
     for bad in (event(type="middle"), event(box=[1, 2, 3]), event(boxes="x"), event(time=-1.0),
                 event(extra=1), event(confidence=2.0)):

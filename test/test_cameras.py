@@ -6,20 +6,19 @@ import json
 import os
 import signal
 import threading
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
-from test.camera_feeds import Mosquitto, MjpegServer, RtspServer, Silent, Subscriber, Timeline, rtsp_available
+from test.camera_feeds import MjpegServer, Mosquitto, RtspServer, Silent, Subscriber, Timeline, rtsp_available
 from test.conftest import pick_people
 from test.stack import photo_files
 from test.waits import wait_until
 
 N_PEOPLE, N_UPLOAD = 4, 8
-PASSWORD = "s3cret-Pa55"  # noqa: S105 (the test cameras' password, grepped for in logs and answers)
+PASSWORD = "s3cret-Pa55"
 
 
 @pytest.fixture(scope="module")
@@ -288,6 +287,33 @@ def test_deleting_the_model_stops_its_cameras_and_removes_their_events(stack, pe
     assert events(stack, cam["id"]) == []
     assert not any(s.exists() for s in snaps)
     stack.delete(f"/cameras/{cam['id']}")
+
+
+def test_run_py_watch_prints_the_people_of_a_video_file_offline(stack, model_id, people, timeline, tmp_path):
+    import subprocess
+    import sys
+
+    from test.stack import ROOT
+    names = sorted(people)
+    bundle = tmp_path / "model.zip"
+    bundle.write_bytes(stack.get(f"/models/{model_id}").content)
+    clip = timeline.write_clip(tmp_path / "clip.avi", repeat=1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FR_")}
+    out = subprocess.run([sys.executable, str(ROOT / "run.py"), "watch", "--model", str(bundle), "--fps", "5",
+                          "--snapshots", str(tmp_path / "shots"), str(clip)], capture_output=True, text=True,
+                         timeout=600, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    began = [e for e in lines if e["type"] == "start"]
+    assert [e["label"] for e in began] == [names[0], names[1]], lines
+    # the timeline's times: A from 1 s to 4 s, B from 6.5 s to 9.5 s (a start needs a second face: 0.2 s later)
+    assert 1.0 <= began[0]["first"] <= 1.5 and 6.5 <= began[1]["first"] <= 7.0, began
+    ended = {e["track"]: e for e in lines if e["type"] == "end"}
+    assert 3.6 <= ended[began[0]["track"]]["last"] <= 4.0 and 9.0 <= ended[began[1]["track"]]["last"] <= 9.5
+    assert all(Path(e["snapshot"]).read_bytes()[:2] == b"\xff\xd8" for e in lines)
+    bad = subprocess.run([sys.executable, str(ROOT / "run.py"), "watch", "--model", str(bundle),
+                          str(tmp_path / "model.zip")], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert bad.returncode == 1 and "not a video" in bad.stderr
 
 
 def test_erasing_a_person_removes_their_events_and_the_camera_follows_the_rebuilt_model(stack, people, timeline):

@@ -152,9 +152,10 @@ class Watch:
                 logger.exception("camera {}: opening failed", name)
                 reason = f"{type(exc).__name__}"
             else:
+                before = self.frames
                 try:
                     reason = self.watch(source)
-                    delay = 1.0 if self.frames else delay
+                    delay = 1.0 if self.frames > before else delay  # it gave frames: back off from 1 s again
                 finally:
                     source.close()
             if self.stopping.is_set():
@@ -193,8 +194,10 @@ class Watch:
         try:
             while not self.stopping.is_set():
                 with fresh:
+                    deadline = time.monotonic() + self.s.camera_timeout_s
                     while latest[2] == seen and failure[0] is None and not self.stopping.is_set():
-                        if not fresh.wait(timeout=self.s.camera_timeout_s):
+                        fresh.wait(timeout=0.25)  # short: a stop is seen at once
+                        if latest[2] == seen and time.monotonic() > deadline:
                             failure[0] = f"no frame within {self.s.camera_timeout_s:g} s"
                     if failure[0] is not None or self.stopping.is_set():
                         break
