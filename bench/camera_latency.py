@@ -152,7 +152,7 @@ def main() -> None:
     for key in sorted(memory.get("last", {})):
         first = memory.get("first", {}).get(key, float("nan"))
         last = memory["last"][key]
-        print(f"RSS {key}: {first:.0f} MB at 1 min, {last:.0f} MB at the end ({(last - first) / first * 100:+.1f}%)")
+        print(f"RSS {key}: {first:.1f} MB at 1 min, {last:.1f} MB at the end ({(last - first) / first * 100:+.1f}%)")
 
 
 if __name__ == "__main__":
