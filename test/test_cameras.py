@@ -32,7 +32,8 @@ def mqtt(tmp_path_factory):
 def stack(module_stacks, mqtt):
     return module_stacks.start("data", workers=2, env={
         "FR_CAMERA_ALLOW": "127.0.0.1", "FR_WEBHOOK_ALLOW": "127.0.0.1", "FR_CAMERA_TIMEOUT_S": "3",
-        "FR_CAMERA_RETRY_MAX_S": "2", "FR_MQTT_URL": f"mqtt://127.0.0.1:{mqtt.port}", "FR_MQTT_PREFIX": "frtest"})
+        "FR_CAMERA_RETRY_MAX_S": "2", "FR_MAX_CAMERAS": "6", "FR_MQTT_URL": f"mqtt://127.0.0.1:{mqtt.port}",
+        "FR_MQTT_PREFIX": "frtest"})
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +210,19 @@ def test_bad_cameras_say_why_and_hang_nothing(stack, model_id, mjpeg):
         r = add(stack, model_id, mjpeg.url("/snapshot"), name="snap", fps=2)
         wait_state(stack, r.json()["camera"]["id"], "live")
         ids.append(r.json()["camera"]["id"])
+        # FR_MAX_CAMERAS (6 here) per tenant
+        r = add(stack, model_id, mjpeg.url(), name="one too many")
+        assert r.status_code == 429 and r.json()["error"]["code"] == "TOO_MANY_CAMERAS", r.text
+        # another tenant sees none of them, nor this tenant's model
+        other = stack.post("/keys", json={"tenant": "elsewhere", "role": "builder"}).json()["key"]
+        theirs = {"X-API-Key": other}
+        assert requests.get(f"{stack.url}/cameras", headers=theirs, timeout=30).json()["cameras"] == []
+        for path in (f"/cameras/{ids[-1]}", f"/cameras/{ids[-1]}/events"):
+            assert requests.get(f"{stack.url}{path}", headers=theirs, timeout=30).status_code == 404
+        assert requests.delete(f"{stack.url}/cameras/{ids[-1]}", headers=theirs, timeout=30).status_code == 404
+        r = requests.post(f"{stack.url}/cameras", headers=theirs, timeout=30,
+                          json={"name": "x", "url": mjpeg.url(), "model": model_id, "fps": 5})
+        assert r.status_code == 404, r.text
         assert "wrong-password" not in stack.get("/cameras").text
         for camera_id in ids:
             assert stack.delete(f"/cameras/{camera_id}").status_code == 200
