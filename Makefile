@@ -6,7 +6,7 @@ PORT    ?= 8080
 WORKERS ?= 2
 DATA_DIR ?= .
 
-.PHONY: serve test test-fast lint setup setup-dev setup-tls browser bench clean
+.PHONY: serve test test-fast lint setup setup-dev setup-tls browser cameras bench clean
 
 $(VENV)/.installed: requirements.txt requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,17 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } || \
 		{ echo "make test needs Debian's chromium: sudo apt-get install chromium"; exit 1; }
 
+# The cameras' tests serve real feeds: GStreamer's RTSP server (in Debian's Python, with python3-gi) and
+# Debian's mosquitto as the MQTT broker (installed here when missing, as root).
+CAMERA_PACKAGES = mosquitto python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base \
+	gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+cameras:
+	@{ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } && /usr/bin/python3 -c "import gi; \
+		gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer" 2>/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends $(CAMERA_PACKAGES); } || \
+		{ echo "make test needs Debian's $(CAMERA_PACKAGES): sudo apt-get install them"; exit 1; }
+
 # ruff, mypy, and the import contracts between the packages (import-linter, pyproject.toml)
 lint: setup-dev
 	$(VENV)/bin/ruff check .
@@ -44,7 +55,7 @@ lint: setup-dev
 	$(VENV)/bin/lint-imports
 
 # Every test (what .ci/run calls). uWSGI with OpenSSL is built once for the HTTPS test (setup-tls).
-test: lint setup-tls browser
+test: lint setup-tls browser cameras
 	$(PY) -m pytest
 
 # The inner loop: lint and the unit tests (no service, browser or Docker; pytest.ini),

@@ -244,6 +244,19 @@ class Settings:
     webhook_retry_s: float = _bounded(5.0, 0.1, 3600)
     webhook_retry_for_s: float = _bounded(86_400.0, 600, 30 * 86_400)  # at least 10 minutes
     webhook_senders: int = _bounded(4, 1, 64)  # deliveries at once, at most one per tenant (a slow receiver holds one)
+    # Cameras (app/broker/cameras.py, app/worker/cameras.py): the private addresses a camera URL may name
+    # (addresses, networks, host names; public addresses need no listing), cameras per tenant, how long a
+    # connection or a read may wait, the longest wait between retries of a camera that dropped (it doubles
+    # from 1 s), how long event snapshots are kept, and the MQTT broker events go to (mqtt://host:port; empty:
+    # none) under a topic prefix, with Home Assistant's discovery messages (under homeassistant/).
+    camera_allow: str = ""
+    max_cameras: int = _bounded(16, 0, 10_000)
+    camera_timeout_s: float = _bounded(10.0, 0.5, 120)
+    camera_retry_max_s: float = _bounded(60.0, 1.0, 3600)
+    event_retention_days: float = _bounded(30.0, 0.0, 3650)
+    mqtt_url: str = ""
+    mqtt_prefix: str = "facial-recognition"
+    mqtt_discovery: bool = True
     warm_up: bool = True              # workers and web processes load dlib's models, the embedder and Keras at
                                       # start (in the background)
     cache_max_bytes: int = _bounded(1024**3, 0)  # feature cache bound per host, least recently used out first
@@ -328,6 +341,15 @@ class Settings:
                                 f"{len(values['admin_key'])}): it opens every tenant's models; make one with "
                                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
         webhook_allow_entries(values["webhook_allow"])  # SettingsError for an entry that is no host or address
+        try:
+            webhook_allow_entries(values["camera_allow"])
+        except SettingsError as exc:
+            raise SettingsError(str(exc).replace("FR_WEBHOOK_ALLOW", "FR_CAMERA_ALLOW")) from None
+        if values["mqtt_url"] and not re.fullmatch(r"mqtts?://[A-Za-z0-9_.\-\[\]:]+/?", values["mqtt_url"]):
+            raise SettingsError(f"FR_MQTT_URL must be mqtt://host[:port] or mqtts://host[:port], got "
+                                f"{values['mqtt_url'][:80]!r}")
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*", values["mqtt_prefix"]):
+            raise SettingsError("FR_MQTT_PREFIX must be topic levels of letters, digits, '_' and '-' separated by '/'")
         if values["broker_front_tcp"] and not values["broker_front_tcp"].startswith("tcp://"):
             raise SettingsError("FR_BROKER_FRONT_TCP must be a tcp:// endpoint, got "
                                 f"{values['broker_front_tcp'][:80]!r}")

@@ -28,6 +28,8 @@ def changed(f: dataclasses.Field, tmp: Path):
     special = {"data_dir": tmp, "host": HOST, "broker_front": "tcp://127.0.0.1:1", "broker_back": "tcp://127.0.0.1:2",
                "front_keys": str(tmp / "keys"), "broker_front_tcp": "tcp://127.0.0.1:3", "embedder": "dlib",
                "detector": "hog", "quality_policy": "skip", "webhook_allow": "example.org,10.0.0.0/8",
+               "camera_allow": "192.168.0.0/16,cam.example", "mqtt_url": "mqtt://127.0.0.1:1884",
+               "mqtt_prefix": "fr/test",
                "admin_key": "fr_flags_test_admin_key_changed_0123456789",
                "cors_origins": "https://a.example", "tls_cert": "c.pem", "tls_key": "k.pem", "log_level": "DEBUG",
                "log_rotation": "1 MB", "search_population": 8, "search_generations": 2, "search_budget_s": 30.5}

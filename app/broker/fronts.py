@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import zmq
 
+from app.broker.cameras import Cameras
 from app.broker.deletion import Deletion
 from app.broker.erasure import Erasure
 from app.broker.intake import Intake
@@ -22,18 +23,23 @@ from logger import logger
 
 class Fronts:
     def __init__(self, settings: Settings, front: zmq.Socket, auth: BrokerAuth, keystore: KeyStore, reads: Reads,
-                 intake: Intake, deletion: Deletion, erasure: Erasure, status: Callable[[], dict]):
+                 intake: Intake, deletion: Deletion, erasure: Erasure, status: Callable[[], dict],
+                 cameras: Cameras):
         self.s, self.front, self.auth, self.keystore = settings, front, auth, keystore
         self.reads, self.intake, self.erasure = reads, intake, erasure
         self.handlers: dict[bytes, Callable[[dict], dict]] = {
-            p.ERASE: self.erase,
+            # the erasure (with the unknown faces named as the person), then the cameras follow it
+            p.ERASE: lambda h: cameras.erase(lambda label, tenant: self.erase({"label": label, "tenant": tenant}),
+                                             h["label"], h["tenant"]),
             p.STATUS: lambda h: status(),
             p.KEYADD: lambda h: {"key": self.add_key(h)},
             p.KEYREVOKE: lambda h: {"id": h["id"], "revoked": keystore.revoke(h["id"])},
             p.KEYLIST: lambda h: {"keys": keystore.list(h.get("tenant"))},
             p.DELETE: lambda h: deletion.delete_and_wipe(h["id"], h.get("tenant")),
+            **cameras.handlers(),
         }
         self.unknown: UnknownFaces | None = None
+        self.cameras = cameras
 
     def on_message(self, frames: list[zmq.Frame]) -> None:
         if len(frames) < 3 or frames[1].bytes != b"":
@@ -56,6 +62,10 @@ class Fronts:
         jobs once the upload writer has stored their photos (`Intake.on_stored`)."""
         if command in p.READ_COMMANDS:
             self.reads.ask(identity, command, header)
+            return None
+        if command == p.CAMSNAP:  # answered with a data frame
+            body, data = self.cameras.snapshot(header)
+            self.front.send_multipart([identity, b"", *p.pack(p.OK, body, data)])
             return None
         if command in (p.SUBMIT, p.DERIVE):
             self.intake.begin(identity, self.intake.admit(command, header, blobs))

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import zmq
 
+from app.broker.cameras import Cameras
 from app.broker.deletion import Deletion
 from app.broker.erasure import Erasure
 from app.broker.events import Callbacks, JobEvents, Metrics
@@ -103,10 +104,13 @@ class Broker:
         self.pool.results = Results(s, store, self.planner, self.searches, self.pool, self.records, self.deletion,
                                     self.sums, self.events, self.fail, self.end, self.said)
         self.callbacks = Callbacks(s)
+        self.cameras = self.pool.cameras = Cameras(s, self.back, store, lambda: self.pool.workers,
+                                                   lambda: self.callbacks.store, self.callbacks.sender.wake)
         self.fronts = Fronts(s, self.front, self.auth, self.keystore, self.reads, self.intake, self.deletion,
-                             self.erasure, self.status)
+                             self.erasure, self.status, self.cameras)
         self.unknown = self.intake.unknown = self.fronts.unknown = UnknownFaces(s, store)
-        for listener in (self.callbacks, Metrics(), self.planner, self.searches, self.records, self.unknown):
+        for listener in (self.callbacks, Metrics(), self.planner, self.searches, self.records, self.unknown,
+                         self.cameras):
             self.events.add(listener)
 
     @property
@@ -199,6 +203,7 @@ class Broker:
         self.searches.check_budgets()
         self.deletion.expire_failed(time.time())
         self.unknown.expire(time.time())
+        self.cameras.beat()
 
     def dispatch(self) -> None:
         """Hand queued tasks to idle workers (none while the disk is full)."""
@@ -250,6 +255,7 @@ class Broker:
 
     def close(self) -> None:
         self.callbacks.close()
+        self.cameras.close()
         self.intake.stop()
         self.unknown.close()
         self.reads.close()

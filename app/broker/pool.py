@@ -26,6 +26,7 @@ from constants.states import TASK_STATE, JobState, TaskKind
 from logger import logger
 
 if TYPE_CHECKING:
+    from app.broker.cameras import Cameras
     from app.broker.planning import Planner
     from app.broker.results import Results
 
@@ -57,6 +58,7 @@ class WorkerPool:
         self.fail = fail
         self.said = said
         self.results: Results  # set by the broker once both exist
+        self.cameras: Cameras | None = None  # likewise
         self.workers: dict[bytes, WorkerState] = {}
 
     @property
@@ -111,14 +113,22 @@ class WorkerPool:
             handler(worker, header)
         elif command in (p.DONE, p.FAILED):
             self.results.on_result(worker, command, header, blobs)
+        elif command == p.CAMSTATE and self.cameras is not None:
+            self.cameras.on_state(worker, header)
+        elif command == p.CAMEVENT and self.cameras is not None:
+            self.cameras.on_event(worker, header, blobs[0])
 
     def on_ready(self, worker: WorkerState, header: dict) -> None:
         if worker.task:  # it restarted: what it was doing is lost
             self.recover(worker.task)
         worker.task = None
+        if self.cameras is not None:  # ... and the cameras it watched
+            self.cameras.lost(worker)
 
     def on_heartbeat(self, worker: WorkerState, header: dict) -> None:
         worker.warming = header["warming"]
+        if self.cameras is not None:
+            self.cameras.on_heartbeat(worker, header["cameras"])
         # Only READY/DONE/FAILED make a worker idle: a heartbeat sent before it received a task must
         # not free it again. A worker met mid-task (this broker restarted) is busy with that task.
         task: Task | None = header.get("task")
@@ -179,6 +189,8 @@ class WorkerPool:
                 logger.warning("worker {} lost ({} left)", worker.name, len(self.workers))
                 if worker.task:
                     safely(self.recover, worker.task)
+                if self.cameras is not None:
+                    safely(self.cameras.lost, worker)
             else:
                 self.back.send_multipart([identity, p.HEARTBEAT])
 

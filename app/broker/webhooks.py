@@ -168,6 +168,19 @@ class WebhookStore:
             raise
         return msg_id
 
+    def enqueue_message(self, key: str, url: str, secret: str, event: str, data: dict,
+                        tenant: str | None = None) -> str:
+        """One message of a stream (a camera's events, under the camera's id as `key`): queued as a job's
+        message is, delivered in order with the tenant's others. -> the message id."""
+        msg_id = f"msg_{uuid.uuid4().hex}"
+        now = time.time()
+        body = json.dumps({"type": event, "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+                           "data": data}, ensure_ascii=False, allow_nan=False).encode()
+        self.db.execute("INSERT INTO deliveries (id, job_id, url, secret, body, state, created, next_at, updated,"
+                        " tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (msg_id, key, url, secret, body, PENDING, now, now, now, tenant))
+        return msg_id
+
     def due(self, now: float, limit: int = 200) -> list[sqlite3.Row]:
         return self.db.execute("SELECT * FROM deliveries WHERE state = ? AND next_at <= ? ORDER BY next_at LIMIT ?",
                                (PENDING, now, limit)).fetchall()

@@ -192,6 +192,65 @@ def cmd_predict(args) -> None:
     sys.exit(1 if any("error" in r for r in results) else 0)
 
 
+def cmd_watch(args) -> None:
+    """Print the track events of a camera URL or a video file, one JSON line each, with a model bundle. No
+    service needed; a camera URL is read as a worker reads it (reconnected with backoff) until Ctrl-C."""
+    import json
+    import time
+
+    from app.worker.sources import FileSource, SourceError
+    from app.worker.watch import FrameJudge, Watch
+    from modelization.recognizer import load_bundle
+    s = Settings.from_env()
+    setup_logging("watch", None, "WARNING")
+    recognizer = load_bundle(args.model, s)
+
+    def show(event: dict, snapshot: bytes) -> None:
+        if args.snapshots:
+            folder = Path(args.snapshots)
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"{event['track']}-{event['type']}.jpg"
+            (folder / name).write_bytes(snapshot)
+            event = {**event, "snapshot": str(folder / name)}
+        print(json.dumps({**event, "label": event["label"] or "unknown"}, ensure_ascii=False), flush=True)
+
+    if "://" not in args.source:  # a video file: every 1/fps seconds of it, as fast as it decodes
+        try:
+            source = FileSource(args.source)
+        except SourceError as exc:
+            print(f"run.py watch: {exc.reason}", file=sys.stderr)
+            sys.exit(1)
+        judge, step, t, next_t, n = FrameJudge(recognizer, s, args.fps), 1.0 / args.fps, 0.0, 0.0, 0
+        rate = source.fps or 25.0
+        try:
+            while True:
+                try:
+                    frame = source.read()
+                except EOFError:
+                    break
+                t, n = n / rate, n + 1
+                if t + 1e-9 >= next_t:
+                    next_t += step
+                    for event, snapshot in judge.frame(t, frame):
+                        show(event, snapshot)
+            for event, snapshot in judge.close():
+                show(event, snapshot)
+        finally:
+            source.close()
+        return
+    camera = {"id": "00000000-0000-4000-8000-000000000000", "url": args.source, "fps": args.fps}
+
+    def state(state: str, reason: str | None) -> None:
+        print(json.dumps({"state": state, "reason": reason, "time": round(time.time(), 3)}), file=sys.stderr,
+              flush=True)
+
+    watch = Watch(camera, recognizer, s, state, show, None)
+    try:
+        watch.run()
+    except KeyboardInterrupt:
+        watch.stop()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line (also read by the tests that check deploy/ names only commands that exist)."""
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__.splitlines()[0])
@@ -274,6 +333,13 @@ def _add_tools(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, help="open-set distance threshold (default: the bundle's)")
     p.add_argument("photos", nargs="+")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("watch", help="print who a camera or a video file shows, as track events (offline)")
+    p.add_argument("--model", required=True, help="a bundle downloaded from /models/<id>")
+    p.add_argument("--fps", type=float, default=5.0, help="frames judged per second (default 5)")
+    p.add_argument("--snapshots", help="a folder to write each event's snapshot (JPEG with the boxes) to")
+    p.add_argument("source", help="rtsp://..., an http(s) MJPEG stream or snapshot URL, or a video file")
+    p.set_defaults(func=cmd_watch)
 
 
 def main(argv: list[str] | None = None) -> None:

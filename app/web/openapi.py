@@ -74,7 +74,7 @@ AUTH_ERRORS = ((401, "`UNAUTHORIZED`: no key, or an unknown or revoked one"),
 
 def schemas() -> dict:
     """The components' schemas, in the order the reference shows them."""
-    return {**_basic_schemas(), **_job_schemas(), **_use_schemas(), **_report_schemas()}
+    return {**_basic_schemas(), **_job_schemas(), **_use_schemas(), **_report_schemas(), **_camera_schemas()}
 
 
 REASON = {"enum": ["too_small", "too_blurred"],
@@ -290,7 +290,8 @@ def photo_json() -> dict:
 def operations() -> dict:
     """Every path of the API, in the order the reference shows them."""
     return {**_page_paths(), **_metrics_path(), **_build_paths(), **_view_paths(),
-            **_use_paths(), **_after_build_paths(), **_unknown_paths(), **_key_paths(), **_health_path()}
+            **_use_paths(), **_after_build_paths(), **_unknown_paths(), **_camera_paths(), **_key_paths(),
+            **_health_path()}
 
 
 def _page_paths() -> dict:
@@ -562,6 +563,86 @@ def _unknown_paths() -> dict:
     }
 
 
+CAMERA_ID = {"name": "camera_id", "in": "path", "required": True, "description": "the camera's id (a uuid4)",
+             "schema": {"type": "string", "format": "uuid"}}
+CAMERA_ERRORS = ((400, "`BAD_ID`: not a uuid4"), (404, "`NOT_FOUND`: no such camera (or another tenant's)"))
+
+
+def _camera_schemas() -> dict:
+    box = {"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4,
+           "description": "[left, top, right, bottom] in the frame's pixels"}
+    camera = obj(["id", "name", "url", "model", "fps", "state"],
+                 id=text(format="uuid"), name=text(), model=text(format="uuid"), fps=num(),
+                 url=text("the URL with its credentials replaced by *** (user:password@, and query parameters "
+                          "named like a password, token or key)"),
+                 state={"enum": ["connecting", "live", "offline"]},
+                 reason=nullable(text("why it is offline (or was, while it connects again)")),
+                 callback_url=nullable(text()), tenant=nullable(text()),
+                 worker=nullable(text("the worker that holds it")), created=num(), updated=num(),
+                 callback_secret=text("the webhook signing secret: in the answer to POST only"))
+    event = obj(["id", "camera", "type", "track", "label", "known", "time"],
+                id=integer("increasing per service: `after` and SSE's Last-Event-ID take it"),
+                camera=text(format="uuid"), camera_name=nullable(text()), model=text(format="uuid"),
+                type={"enum": ["track.start", "track.end"]}, track=integer("the track's number on this watch"),
+                label=text("the person, or `unknown`"), known={"type": "boolean"},
+                confidence=nullable(num()), time=num("seconds since the epoch: the frame's (start) or the last "
+                                                     "sighting's (end)"),
+                first=num(), last=num(), frames=integer(), box=box, boxes={"type": "array", "items": box},
+                snapshot=nullable(text("the path of the event's JPEG (the frame with the boxes drawn)")))
+    return {"Camera": camera, "CameraEvent": event}
+
+
+def _camera_paths() -> dict:
+    cam = answer("the camera", obj(["camera"], status=integer(), camera=ref("Camera")))
+    return {
+        "/cameras": {
+            "post": {"tags": ["cameras"], "summary": "Watch a live camera with a model",
+                     "description": "A worker holds the camera: it reads `fps` frames a second, names the faces "
+                                    "with the model and follows them; each person's track sends an event when it "
+                                    "starts and when it ends (webhook, SSE, MQTT). The URL is checked as callback "
+                                    "URLs are: a private address must be listed in FR_CAMERA_ALLOW.",
+                     "requestBody": {"required": True, "content": {
+                         JSON: {"schema": obj(["name", "url", "model"], name=text(),
+                                              url=text("rtsp://, rtsps://, or an http(s):// MJPEG stream or "
+                                                       "snapshot URL; credentials as user:password@"),
+                                              model=text(format="uuid"), fps=num("0.05 to 30, default 5"),
+                                              callback_url=text("signed webhooks of the events (FR_WEBHOOK_ALLOW)"))},
+                         "application/x-www-form-urlencoded": {"schema": obj(["name", "url", "model"])}}},
+                     "responses": {"201": cam, **errors(
+                         (400, "`BAD_CAMERA_URL`, `CAMERA_NOT_ALLOWED` (a private address FR_CAMERA_ALLOW does not "
+                               "list), `CAMERA_UNRESOLVABLE`, `BAD_PARAMETER`, `BAD_CALLBACK_URL`"),
+                         (404, "`NOT_FOUND`: no such model"), (409, "`NOT_READY`: the model is not built"),
+                         (429, "`TOO_MANY_CAMERAS`: the tenant has FR_MAX_CAMERAS"), *AUTH_ERRORS)}},
+            "get": {"tags": ["cameras"], "summary": "Every camera of the caller's tenant, with its state",
+                    "responses": {"200": answer("the cameras", obj(["cameras"], status=integer(), cameras={
+                        "type": "array", "items": ref("Camera")})), **errors(*AUTH_ERRORS)}}},
+        "/cameras/{camera_id}": {
+            "get": {"tags": ["cameras"], "summary": "One camera and its state", "parameters": [CAMERA_ID],
+                    "responses": {"200": cam, **errors(*CAMERA_ERRORS, *AUTH_ERRORS)}},
+            "delete": {"tags": ["cameras"], "summary": "Stop watching a camera; its events and snapshots go",
+                       "parameters": [CAMERA_ID],
+                       "responses": {"200": answer("removed"), **errors(*CAMERA_ERRORS, *AUTH_ERRORS)}}},
+        "/cameras/{camera_id}/events": {"get": {
+            "tags": ["cameras"], "summary": "A camera's events: JSON, or Server-Sent Events as they happen",
+            "description": "With `Accept: text/event-stream`, a stream: `id:` the event id, `event:` its type, "
+                           "`data:` the event as JSON; a comment line every 10 s; it ends after 15 minutes and "
+                           "EventSource reconnects with Last-Event-ID.",
+            "parameters": [CAMERA_ID, {"name": "after", "in": "query", "schema": integer(minimum=0),
+                                       "description": "only events with a larger id"},
+                           {"name": "limit", "in": "query", "schema": integer(minimum=1, maximum=1000)}],
+            "responses": {"200": {"description": "the events", "content": {
+                JSON: {"schema": obj(["events"], status=integer(), events={"type": "array",
+                                                                           "items": ref("CameraEvent")})},
+                "text/event-stream": {"schema": text()}}},
+                **errors(*CAMERA_ERRORS, (503, "`BUSY`: too many streams open on this process"), *AUTH_ERRORS)}}},
+        "/cameras/{camera_id}/events/{event}/snapshot": {"get": {
+            "tags": ["cameras"], "summary": "An event's snapshot: the frame with every face's box and name",
+            "parameters": [CAMERA_ID, {"name": "event", "in": "path", "required": True, "schema": integer()}],
+            "responses": {"200": {"description": "JPEG", "content": {"image/jpeg": {"schema": text(
+                format="binary")}}}, **errors(*CAMERA_ERRORS, *AUTH_ERRORS)}}},
+    }
+
+
 def _key_paths() -> dict:
     return {
         "/keys": {
@@ -611,6 +692,7 @@ def document() -> dict:
                  {"name": "use", "description": "name faces with a model, verify one against another"},
                  {"name": "unknown",
                   "description": "unknown faces a model keeps: groups, chips, name, merge, move, discard"},
+                 {"name": "cameras", "description": "live cameras: who they see, as events"},
                  {"name": "operations", "description": "health and metrics"},
                  {"name": "keys", "description": "API keys (admins)"},
                  {"name": "pages", "description": "the console and this reference"}],

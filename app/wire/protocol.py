@@ -33,6 +33,12 @@ Front (REQ, the HTTP app) -> broker ROUTER:
   key changes (the broker's loop writes var/auth.sqlite; the front made the hash, the secret never travels):
     KEYADD {id, tenant, role, name, salt, hash}       -> OK {key: description}
     KEYREVOKE {id}                                    -> OK {id, revoked}
+  cameras (app/broker/cameras.py, on the loop; `tenant` None: any tenant's, for admins):
+    CAMADD {id, tenant, name, url, model, fps, callback?}  -> OK {camera}  (the model must be `tenant`'s, built)
+    CAMLIST {tenant}                                  -> OK {cameras}   (URLs with their credentials redacted)
+    CAMDEL {id, tenant}                               -> OK {id, removed}
+    CAMEVENTS {id, tenant, after, limit}              -> OK {events}    (events of a camera with id > after)
+    CAMSNAP {id, event, tenant}                       -> OK {} jpeg     (an event's snapshot)
 Worker (DEALER) -> broker ROUTER:
     READY                           idle and asking for work (sent once, on start)
     HEARTBEAT {task?, warming?}     alive; the task it is running, if any; still loading its models
@@ -40,10 +46,14 @@ Worker (DEALER) -> broker ROUTER:
     DONE {task} result              result: features JSON (extract), scores JSON (evaluate) or bundle zip (train)
     FAILED {task, code, message, details}   DONE and FAILED also mean "ready for more"
     REJECT {task, busy_with}        got a task while busy: the broker takes it back
+    CAMSTATE {camera, state, reason}      a camera it watches is connecting, live or offline (why)
+    CAMEVENT {camera, event} snapshot     a track started or ended on a camera (a JPEG with the boxes drawn)
 Broker -> worker:
     JOB {task, name, options, files} photo...            task = {job, kind: extract, chunk, attempt}
     JOB {task, name, options, files} features            task = {job, kind: evaluate, genome, attempt}
     JOB {task, name, options, files, search?} features   task = {job, kind: train, attempt}
+    WATCH {camera: {id, url, name, model, fps}} bundle   hold this camera (the model's bundle zip)
+    UNWATCH {id}                    stop watching this camera
     PURGE {photos, keys}            forget cached features: of these photos (sha256 of their bytes), these keys
     HEARTBEAT
 
@@ -75,12 +85,21 @@ REJECT, PURGE = b"REJECT", b"PURGE"
 UKEEP, UGROUPS, UCOUNT, UCHIP = b"UKEEP", b"UGROUPS", b"UCOUNT", b"UCHIP"
 UMERGE, UMOVE, UDISCARD = b"UMERGE", b"UMOVE", b"UDISCARD"
 UNKNOWN_COMMANDS = (UKEEP, UGROUPS, UCOUNT, UCHIP, UMERGE, UMOVE, UDISCARD)
+CAMADD, CAMLIST, CAMDEL, CAMEVENTS, CAMSNAP = b"CAMADD", b"CAMLIST", b"CAMDEL", b"CAMEVENTS", b"CAMSNAP"
+CAMSTATE, CAMEVENT, WATCH, UNWATCH = b"CAMSTATE", b"CAMEVENT", b"WATCH", b"UNWATCH"
+CAMERA_COMMANDS = (CAMADD, CAMLIST, CAMDEL, CAMEVENTS, CAMSNAP)
+CAMERA_STATES = ("connecting", "live", "offline")
+EVENT_TYPES = ("start", "end")
+MAX_SNAPSHOT_BYTES = 8 * 1024 * 1024
+MAX_BOXES = 64
+MAX_CAMERAS_HELD = 10_000
 GETJOB, LIST, BUNDLE, KNOWN, SEARCH = b"GETJOB", b"LIST", b"BUNDLE", b"KNOWN", b"SEARCH"
 KEYGET, KEYLIST, KEYADD, KEYREVOKE = b"KEYGET", b"KEYLIST", b"KEYADD", b"KEYREVOKE"
 
 READ_COMMANDS = (GETJOB, LIST, BUNDLE, KNOWN, SEARCH, KEYGET)  # answered off the broker's loop
-FRONT_COMMANDS = (SUBMIT, STATUS, DELETE, DERIVE, ERASE, KEYADD, KEYREVOKE, KEYLIST, *READ_COMMANDS, *UNKNOWN_COMMANDS)
-WORKER_COMMANDS = (READY, HEARTBEAT, PROGRESS, DONE, FAILED, REJECT)
+FRONT_COMMANDS = (SUBMIT, STATUS, DELETE, DERIVE, ERASE, KEYADD, KEYREVOKE, KEYLIST, *READ_COMMANDS,
+                  *UNKNOWN_COMMANDS, *CAMERA_COMMANDS)
+WORKER_COMMANDS = (READY, HEARTBEAT, PROGRESS, DONE, FAILED, REJECT, CAMSTATE, CAMEVENT)
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024   # a submit's header lists every photo's label and file name
 MAX_RESULT_BYTES = 1024 * 1024 * 1024  # a worker's result: features JSON or a bundle
@@ -506,7 +525,7 @@ def parse_front(frames: list[bytes], settings: Settings) -> tuple[bytes, dict, l
         return command, check_derive(header_of(frames, required=True), blobs, settings), blobs
     if command in UNKNOWN_COMMANDS:
         return command, check_unknown(command, header_of(frames, required=True), blobs), blobs
-    header = header_of(frames, required=command not in (STATUS, KEYLIST))
+    header = header_of(frames, required=command not in (STATUS, KEYLIST, CAMLIST))
     if blobs:
         raise ProtocolError(f"{command.decode()} takes no data frames")
     if command == DELETE:
@@ -519,9 +538,66 @@ def parse_front(frames: list[bytes], settings: Settings) -> tuple[bytes, dict, l
     elif command == STATUS:
         if header:
             raise ProtocolError("status takes no header")
+    elif command in CAMERA_COMMANDS:
+        check_camera_request(command, header, settings)
     else:
         check_read(command, header)
     return command, header, blobs
+
+
+def check_camera_request(command: bytes, header: dict, settings: Settings) -> dict:
+    """The cameras' front requests: exact fields, ids in their only form, bounded numbers."""
+    if command == CAMADD:
+        _fields(header, {"id", "tenant", "name", "url", "model", "fps", "callback"},
+                {"id", "tenant", "name", "url", "model", "fps"}, "camadd")
+        job_id(header["id"])
+        job_id(header["model"])
+        text(header["name"], settings.max_name_length, "name")
+        text(header["url"], MAX_URL, "url")
+        number(header["fps"], 0.05, 30, "fps")
+        if header.get("callback") is not None:
+            check_callback(header["callback"])
+    elif command == CAMLIST:
+        _fields(header, {"tenant"}, set(), "camlist")
+    elif command == CAMDEL:
+        _fields(header, {"id", "tenant"}, {"id"}, "camdel")
+        job_id(header["id"])
+    elif command == CAMEVENTS:
+        _fields(header, {"id", "tenant", "after", "limit"}, {"id", "after", "limit"}, "camevents")
+        job_id(header["id"])
+        integer(header["after"], 0, 2**62, "after")
+        integer(header["limit"], 1, 1000, "limit")
+    elif command == CAMSNAP:
+        _fields(header, {"id", "tenant", "event"}, {"id", "event"}, "camsnap")
+        job_id(header["id"])
+        integer(header["event"], 1, 2**62, "event")
+    tenant(header.get("tenant"))
+    return header
+
+
+def check_event(value: Any) -> dict:
+    """A camera event as a worker sends it: a track's start or end."""
+    event = mapping(value, "event")
+    _fields(event, {"type", "track", "label", "confidence", "time", "first", "last", "frames", "box", "boxes"},
+            {"type", "track", "label", "time", "first", "last", "frames", "box"}, "event")
+    if event["type"] not in EVENT_TYPES:
+        raise ProtocolError(f"an event's type is one of {', '.join(EVENT_TYPES)}")
+    integer(event["track"], 0, 2**62, "track")
+    if event["label"] is not None:
+        text(event["label"], 200, "label")
+    if event.get("confidence") is not None:
+        number(event["confidence"], 0.0, 1.0, "confidence")
+    for name in ("time", "first", "last"):
+        number(event[name], 0.0, 1e11, name)
+    integer(event["frames"], 0, 10**9, "frames")
+    if not isinstance(event.get("boxes", []), list) or len(event.get("boxes", [])) > MAX_BOXES:
+        raise ProtocolError(f"boxes lists at most {MAX_BOXES} boxes")
+    for box in [event["box"], *event.get("boxes", [])]:
+        if not (isinstance(box, list) and len(box) == 4):
+            raise ProtocolError("a box is [left, top, right, bottom]")
+        for v in box:
+            integer(v, -100_000, 100_000, "box")
+    return event
 
 
 # --- worker messages --------------------------------------------------------------------------
@@ -537,7 +613,7 @@ def parse_worker(frames: list[bytes]) -> tuple[bytes, dict, list[bytes]]:
     if not frames or frames[0] not in WORKER_COMMANDS:
         raise ProtocolError(f"unknown worker command {escape(frames[0] if frames else b'', 40)}")
     command, blobs = frames[0], list(frames[2:])
-    header = header_of(frames, required=command in (PROGRESS, DONE, FAILED, REJECT))
+    header = header_of(frames, required=command in (PROGRESS, DONE, FAILED, REJECT, CAMSTATE, CAMEVENT))
     out: dict[str, Any] = {}
     if command in (PROGRESS, DONE, FAILED, REJECT) or header.get("task"):
         out["task"] = Task.from_wire(header.get("task"))
@@ -545,12 +621,30 @@ def parse_worker(frames: list[bytes]) -> tuple[bytes, dict, list[bytes]]:
         if header or blobs:
             raise ProtocolError("ready takes nothing")
     elif command == HEARTBEAT:
-        if set(header) - {"task", "warming"}:
+        if set(header) - {"task", "warming", "cameras"}:
             raise ProtocolError("heartbeat has unknown fields")
         warming = header.get("warming", False)
         if not isinstance(warming, bool):
             raise ProtocolError("warming must be true or false")
         out["warming"] = warming
+        cameras = header.get("cameras", [])
+        if not isinstance(cameras, list) or len(cameras) > MAX_CAMERAS_HELD:
+            raise ProtocolError("cameras must list camera ids")
+        out["cameras"] = [job_id(c) for c in cameras]
+    elif command == CAMSTATE:
+        _fields(header, {"camera", "state", "reason"}, {"camera", "state"}, "camstate")
+        out["camera"] = job_id(header["camera"])
+        if header["state"] not in CAMERA_STATES:
+            raise ProtocolError(f"state must be one of {', '.join(CAMERA_STATES)}")
+        out["state"] = header["state"]
+        reason = header.get("reason")
+        out["reason"] = None if reason is None else text(reason, 500, "reason")
+    elif command == CAMEVENT:
+        _fields(header, {"camera", "event"}, {"camera", "event"}, "camevent")
+        if len(blobs) != 1 or not 0 < len(blobs[0]) <= MAX_SNAPSHOT_BYTES:
+            raise ProtocolError(f"an event carries one snapshot of 1 to {MAX_SNAPSHOT_BYTES} bytes")
+        out["camera"] = job_id(header["camera"])
+        out["event"] = check_event(header["event"])
     elif command == PROGRESS:
         if set(header) != {"task", "stage", "done", "total"}:
             raise ProtocolError("progress takes task, stage, done and total")
@@ -575,14 +669,14 @@ def parse_worker(frames: list[bytes]) -> tuple[bytes, dict, list[bytes]]:
         if set(header) != {"task", "busy_with"}:
             raise ProtocolError("reject takes task and busy_with")
         out["busy_with"] = Task.from_wire(header["busy_with"])
-    if command != DONE and blobs:
+    if command not in (DONE, CAMEVENT) and blobs:
         raise ProtocolError(f"{command.decode()} takes no data frames")
     return command, out, blobs
 
 
 def parse_job(frames: list[bytes]) -> tuple[bytes, dict, list[bytes]]:
     """What a worker receives from its (authenticated) broker: JOB, PURGE or HEARTBEAT."""
-    if not frames or frames[0] not in (JOB, PURGE, HEARTBEAT):
+    if not frames or frames[0] not in (JOB, PURGE, HEARTBEAT, WATCH, UNWATCH):
         raise ProtocolError(f"unknown broker command {escape(frames[0] if frames else b'', 40)}")
     command = frames[0]
     header = header_of(frames, required=command != HEARTBEAT)
@@ -597,6 +691,19 @@ def parse_job(frames: list[bytes]) -> tuple[bytes, dict, list[bytes]]:
         if header["task"].kind != TaskKind.EXTRACT and len(blobs) != 1:
             raise ProtocolError("evaluate and train tasks carry one features frame")
         tenant(header.get("tenant"))  # an extract task's: whose feature cache it uses
+    elif command == WATCH:
+        _fields(header, {"camera"}, {"camera"}, "watch")
+        camera = mapping(header["camera"], "camera")
+        _fields(camera, {"id", "url", "name", "model", "fps", "tenant"}, {"id", "url", "model", "fps"}, "camera")
+        job_id(camera["id"])
+        job_id(camera["model"])
+        text(camera["url"], MAX_URL, "url")
+        number(camera["fps"], 0.05, 30, "fps")
+        if len(blobs) != 1:
+            raise ProtocolError("watch carries the model's bundle")
+    elif command == UNWATCH:
+        _fields(header, {"id"}, {"id"}, "unwatch")
+        job_id(header["id"])
     elif command == PURGE:
         if set(header) != {"photos", "keys"} or not all(
                 isinstance(v, list) and all(is_digest(h) for h in v) for v in header.values()):

@@ -11,6 +11,7 @@ heartbeats and gives the task to another worker.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ import time
 import traceback
 import uuid
 from pathlib import Path
+from typing import Any
 
 import zmq
 
@@ -52,6 +54,8 @@ class Worker:
         self.events = self.ctx.socket(zmq.PULL)
         self.events.bind(self.events_addr)
         self.task: Task | None = None  # the task being worked on
+        self.watches: dict[str, Any] = {}  # camera id -> its Watch (app/worker/watch.py), beside any task
+        self.recognizers: dict[str, Any] = {}  # bundle sha256 -> Recognizer, shared by the cameras of a model
         self.warming = False  # the warm-up thread is loading models (reported in heartbeats)
         self.running = True
 
@@ -86,12 +90,21 @@ class Worker:
             return
         if command == p.JOB:
             self.start(header, blobs)
+        elif command == p.WATCH:
+            self.watch(header["camera"], blobs[0])
+        elif command == p.UNWATCH:
+            watch = self.watches.pop(header["id"], None)
+            if watch is not None:
+                watch.stop()
+                logger.info("camera {}: no longer watched here", header["id"])
         elif command == p.PURGE:
             removed = self.cache.purge(header["photos"]) + self.cache.purge_keys(header["keys"])
             logger.info("forgot {} cached photo(s) of a deleted job", removed)
 
     def beat_body(self) -> dict:
         body: dict = {"task": self.task.to_wire()} if self.task else {}
+        if self.watches:
+            body["cameras"] = sorted(self.watches)
         if self.warming:
             body["warming"] = True
         return body
@@ -154,6 +167,56 @@ class Worker:
                             "message": f"{type(exc).__name__}: {exc}"[:2000]})
         finally:
             out.close()  # linger: what was posted is still delivered
+
+    def watch(self, camera: dict, bundle: bytes) -> None:
+        """Hold a camera (WATCH): a thread runs its Watch and posts its states and events to this loop."""
+        from app.shared.callbacks import AllowList
+        from app.worker.watch import Watch
+        from modelization.recognizer import load_bundle
+        camera_id = camera["id"]
+        if camera_id in self.watches:
+            return
+        digest = hashlib.sha256(bundle).hexdigest()
+        try:
+            recognizer = self.recognizers.get(digest) or load_bundle(bundle, self.s)
+        except Exception as exc:
+            why = f"its model could not be loaded ({type(exc).__name__})"
+            self.sock.send_multipart(p.pack(p.CAMSTATE, {"camera": camera_id, "state": "offline", "reason": why}))
+            return
+        self.recognizers[digest] = recognizer
+        posts: dict[str, zmq.Socket] = {}
+
+        def post(command: bytes, body: dict, blobs: tuple[bytes, ...] = ()) -> None:
+            out = posts.get("out")
+            if out is None:  # created in the watch's own thread: zmq sockets are not shared across threads
+                out = posts["out"] = self.ctx.socket(zmq.PUSH)
+                out.connect(self.events_addr)
+            if self.watches.get(camera_id) is watch:  # a camera handed away says nothing more
+                out.send_multipart(p.pack(command, body, blobs))
+
+        watch = Watch(camera, recognizer, self.s,
+                      lambda state, reason: post(p.CAMSTATE, {"camera": camera_id, "state": state, "reason": reason}),
+                      lambda event, snapshot: post(p.CAMEVENT, {"camera": camera_id, "event": event}, (snapshot,)),
+                      AllowList.parse(self.s.camera_allow))
+        self.watches[camera_id] = watch
+
+        def run() -> None:
+            try:
+                watch.run()
+            finally:
+                if "out" in posts:
+                    posts["out"].close()
+                self.forget_models()
+
+        threading.Thread(target=run, daemon=True, name=f"watch-{camera_id[:8]}").start()
+        logger.info("camera {}: watching", camera_id)
+
+    def forget_models(self) -> None:
+        """Drop the recognizers no camera uses any more."""
+        used = {id(w.r) for w in list(self.watches.values())}
+        for digest, recognizer in list(self.recognizers.items()):
+            if id(recognizer) not in used:
+                self.recognizers.pop(digest, None)
 
     def forward_events(self) -> None:
         """Pass the task thread's messages on to the broker, as they are."""
