@@ -55,7 +55,7 @@ class Fronts:
         if command in p.READ_COMMANDS:
             self.reads.ask(identity, command, header)
             return None
-        if command in (p.SUBMIT, p.DERIVE):
+        if command in (p.SUBMIT, p.DERIVE, p.VIDEO):
             self.intake.begin(identity, self.intake.admit(command, header, blobs))
             return None
         return self.handlers[command](header)

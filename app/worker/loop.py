@@ -135,6 +135,9 @@ class Worker:
             if task.kind == TaskKind.EXTRACT:
                 photos = [Photo(f["label"], f["filename"], b) for f, b in zip(header["files"], blobs)]
                 result = json.dumps(extract_chunk(photos, self.s, header.get("tenant")), allow_nan=False).encode()
+            elif task.kind == TaskKind.VIDEO:
+                from app.worker.video import run_video
+                result = run_video(header.get("options", {}), blobs[0], blobs[1], self.s, progress)
             elif task.kind == TaskKind.EVALUATE:
                 job = {"id": job_id, "options": header.get("options", {})}
                 result = json.dumps(evaluate_genome(job, header["files"], blobs[0], task.genome,
