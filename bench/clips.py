@@ -69,7 +69,7 @@ def render(appearances: list[Appearance], seconds: float, fps: float, size: tupl
 def write_clip(path: Path, appearances: list[Appearance], seconds: float, fps: float = 25.0,
                size: tuple[int, int] = (640, 360), seed: int = 0) -> Path:
     """Encode the clip to `path` (.mp4: mp4v, .avi/.mkv: MJPG). Raises RuntimeError if OpenCV cannot write."""
-    fourcc = cv2.VideoWriter_fourcc(*CODECS[Path(path).suffix])
+    fourcc = cv2.VideoWriter.fourcc(*CODECS[Path(path).suffix])
     writer = cv2.VideoWriter(str(path), fourcc, fps, size)
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {path}")

@@ -11,6 +11,7 @@ faces themselves (bench/video.py compares track naming with per-frame naming on 
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -97,7 +98,7 @@ def analyse_video(path: str, recognizer: Recognizer, fps: float = 5.0, settings:
     s = settings or recognizer.settings
     info = probe(path, s.max_video_seconds)
     state = Sampling(info)
-    total = max(1, int(info.seconds * fps) + 1) if info.seconds else 0
+    total = max(1, math.ceil(info.seconds * fps - 1e-6)) if info.seconds else 0  # samples at 0, 1/fps, ... < end
     tracker = Tracker(judge=judge_with(recognizer), naming=naming, max_gap_s=max(2.0, 3.0 / fps))
     thumbs: dict[int, tuple[FaceSeen, bytes]] = {}  # id(track) -> (the face its thumbnail shows, JPEG)
     for frame, faces in faces_in_video(path, recognizer, fps, s, state):

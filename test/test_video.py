@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import struct
 import wave
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,7 @@ def test_frames_are_sampled_at_the_rate_asked(clips, ext):
         state = Sampling(info)
         times = [f.t for f in sample(str(paths[ext]), fps, 960, None, state)]
         assert len(times) == n == state.sampled and state.decoded == 100 and not state.truncated
-        gaps = {round(b - a, 3) for a, b in zip(times, times[1:])}
+        gaps = {round(b - a, 3) for a, b in pairwise(times)}
         assert times[0] == 0 and max(gaps) <= round(1 / fps, 3) + 0.1  # (3 fps of 10: 0.3 and 0.4 s)
 
 
