@@ -3,7 +3,7 @@
 frames together beats naming each frame alone.
 
     python bench/video.py speed  [--seconds 30] [--fps 5]
-    python bench/video.py naming [--people 10] [--known 16] [--strangers 12] [--seed 5]
+    python bench/video.py naming [--people 10] [--known 16] [--strangers 12] [--seed 5] [--seeds 1]
 
 A model is built in this process the way a worker builds it (extract_chunk, train_bundle) from the first 8
 photos of `--people` people of `lfw62`; clips are composed from real faces (bench/clips.py): the model's
@@ -23,7 +23,8 @@ the same faces are followed by the same tracker and named three ways: each frame
 client calling predict on every frame gets), a track by the quality-weighted mean of its frames'
 embeddings (the service's), and a track by a vote of its frames. Printed per way: faces (or tracks) named
 right, known people named wrong, strangers named as someone, and per appearance whether a wrong name ever
-came out (what an alert on every frame would raise).
+came out (what an alert on every frame would raise). `--seeds N`: N clips (seeds `--seed`, `--seed`+1, ...),
+each with its own people's order, strangers and face sizes, the counts summed.
 """
 from __future__ import annotations
 
@@ -153,14 +154,33 @@ def naming(args) -> None:
     s = Settings.from_env(data_dir=Path(tempfile.mkdtemp(prefix="bench-video-")))
     people = people_of(args.people)
     rec = build(people, s)
+    rows = {"per frame": [0, 0, 0, 0], "track: mean embedding (the service)": [0, 0, 0, 0],
+            "track: vote of frames": [0, 0, 0, 0]}  # right, total, known named wrong, strangers named
+    alerts = {k: 0 for k in rows}
+    n_app = 0
+    for seed in range(args.seed, args.seed + args.seeds):
+        n_app += naming_clip(args, seed, people, rec, s, rows, alerts)
+    print(f"\nover {args.seeds} clip(s), {n_app} appearances:\n")
+    print("| naming | named right | known people named as someone else | strangers named as someone | "
+          "appearances where a wrong name came out |")
+    print("|---|---|---|---|---|")
+    for key, (right, total, wrong, fa) in rows.items():
+        what = "faces" if key == "per frame" else "tracks"
+        print(f"| {key} | {right}/{total} {what} ({right / max(total, 1):.1%}) | {wrong} | {fa} | "
+              f"{alerts[key]}/{n_app} |")
+
+
+def naming_clip(args, seed: int, people: dict[str, list[Path]], rec: Recognizer, s: Settings,
+                rows: dict[str, list[int]], alerts: dict[str, int]) -> int:
+    """One clip's counts added to `rows` and `alerts`; -> its appearances."""
     strangers = sorted((faces_dir() / "strangers").glob("*.jpg"))
-    rng = np.random.default_rng(args.seed)
+    rng = np.random.default_rng(seed)
     strangers = [strangers[i] for i in rng.permutation(len(strangers))[:args.strangers]]
     seconds = (args.known + args.strangers) * 3.5 / 2 + 2
     size = (1280, 720)
     timeline = walkers(people, seconds, rng, (48, 120), strangers, args.known, args.strangers, at_once=2)
     path = Path(tempfile.mkdtemp()) / "naming.mp4"
-    write_clip(path, timeline, seconds, fps=25, size=size, seed=args.seed)
+    write_clip(path, timeline, seconds, fps=25, size=size, seed=seed)
     print(f"clip: {size[0]}x{size[1]}, {seconds:.0f} s, {sum(a.label != UNKNOWN for a in timeline)} appearances of "
           f"{len(people)} known people, {sum(a.label == UNKNOWN for a in timeline)} of strangers; sampled at "
           f"{args.fps:g} fps")
@@ -171,8 +191,6 @@ def naming(args) -> None:
         tracker.update(t, faces)
     tracker.close()
     tracks = tracker.tracks()
-    rows = {"per frame": [0, 0, 0, 0], "track: mean embedding (the service)": [0, 0, 0, 0],
-            "track: vote of frames": [0, 0, 0, 0]}  # right, total, known named wrong, strangers named
     wrong_alert: dict[str, set[int]] = {k: set() for k in rows}
     unmatched = 0
     for tr in tracks:
@@ -194,16 +212,11 @@ def naming(args) -> None:
                 score(rows[key], label, truth)
                 if label not in (truth, UNKNOWN):
                     wrong_alert[key].add(owner)
-    print(f"{len(tracks)} tracks ({unmatched} on no pasted face: a second face inside an LFW photo), "
-          f"{sum(len(f) for _, f in frames)} faces in {len(frames)} frames\n")
-    print("| naming | named right | known people named as someone else | strangers named as someone | "
-          "appearances where a wrong name came out |")
-    print("|---|---|---|---|---|")
-    n_app = len(timeline)
-    for key, (right, total, wrong, fa) in rows.items():
-        what = "faces" if key == "per frame" else "tracks"
-        print(f"| {key} | {right}/{total} {what} ({right / max(total, 1):.1%}) | {wrong} | {fa} | "
-              f"{len(wrong_alert[key])}/{n_app} |")
+    print(f"seed {seed}: {len(tracks)} tracks ({unmatched} on no pasted face: a second face inside an LFW "
+          f"photo), {sum(len(f) for _, f in frames)} faces in {len(frames)} frames", flush=True)
+    for key in rows:
+        alerts[key] += len(wrong_alert[key])
+    return len(timeline)
 
 
 def score(row: list[int], label: str, truth: str) -> None:
@@ -225,6 +238,7 @@ def main() -> None:
     ap.add_argument("--known", type=int, default=16)
     ap.add_argument("--strangers", type=int, default=12)
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=1)
     args = ap.parse_args()
     speed(args) if args.what == "speed" else naming(args)
 

@@ -5,6 +5,7 @@ clear error and the worker goes on; a model's videos go with it."""
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import numpy as np
@@ -196,3 +197,37 @@ def test_deleting_a_video_and_a_model_removes_its_videos(stack, people, clip, pr
     assert error_of(stack.get(f"/videos/{video_id}", timeout=30)) == (404, "NOT_FOUND")
     assert not (stack.data_dir / "dumps" / video_id).exists()
     assert video_id not in json.dumps(stack.get("/videos", timeout=30).json())
+
+
+@pytest.mark.browser
+def test_the_console_sends_a_video_and_draws_its_tracks_on_a_timeline(stack, model_id, clip, request):
+    from test.browser import chromium
+    _, path = clip
+    with chromium(request.node.name, stack.admin_key) as b:
+        page = b.page
+        page.goto(f"{stack.url}/#/model/{model_id}/video")
+        page.wait_for_selector("#video-input")
+        page.fill("#video-fps", "5")
+        page.set_input_files("#video-input", files=[{"name": "clip.mp4", "mimeType": "video/mp4",
+                                                    "buffer": path.read_bytes()}])
+        page.wait_for_url(re.compile(r".*#/video/[0-9a-f-]{36}$"))
+        video_id = page.url.rsplit("/", 1)[1]
+        page.wait_for_selector("#tracks-table", timeout=180_000)
+        b.shot("tracks")
+        tracks = stack.get(f"/videos/{video_id}", timeout=30).json()["result"]["tracks"]
+        rows = page.locator("#tracks-table tbody tr")
+        assert rows.count() == len(tracks)
+        assert [rows.nth(i).locator("td").nth(2).inner_text() for i in range(len(tracks))] == \
+            [t["label"] for t in tracks]
+        assert page.locator("#video-timeline rect.track-bar").count() == len(tracks)
+        page.wait_for_function("document.querySelectorAll('#tracks-table img.thumb[src^=\"blob:\"]').length > 0")
+        # the file picked here plays here: a click on a track jumps to its best frame and boxes the face
+        assert page.locator("#video-player").is_visible()
+        first = tracks[0]
+        page.locator("#video-timeline rect.track-bar").first.click()
+        box = page.locator(".video-box")
+        box.wait_for()
+        assert box.inner_text().startswith(first["label"])
+        assert abs(page.evaluate("document.getElementById('video-player').currentTime") - first["best"]["t"]) < 0.05
+        b.shot("jumped")
+        assert b.csp_violations() == [] and b.errors == []
