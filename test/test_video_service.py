@@ -231,3 +231,25 @@ def test_the_console_sends_a_video_and_draws_its_tracks_on_a_timeline(stack, mod
         assert abs(page.evaluate("document.getElementById('video-player').currentTime") - first["best"]["t"]) < 0.05
         b.shot("jumped")
         assert b.csp_violations() == [] and b.errors == []
+
+
+def test_erasing_a_person_removes_the_videos_of_the_models_that_held_them(stack, people, clip):
+    """DELETE /people/<label> deletes every model holding the person (rebuilt without them under a new id),
+    and with each model its videos: their tracks name the person and their thumbnails show them."""
+    names = list(people)
+    r = stack.build(photo_files({p: people[p][:3] for p in names[1:4]}), name="to erase from")
+    assert r.status_code == 202, r.text
+    model = r.json()["id"]
+    stack.wait_state(model, ("done",))
+    r = post_video(stack, model, clip[1].read_bytes(), fps="2")
+    assert r.status_code == 202, r.text
+    video_id = r.json()["id"]
+    stack.wait_state(video_id, ("done",), timeout=180)
+    labels = [t["label"] for t in stack.get(f"/videos/{video_id}", timeout=30).json()["result"]["tracks"]]
+    assert names[2] in labels
+    r = stack.delete(f"/people/{names[2]}", timeout=120)
+    assert r.status_code == 200, r.text
+    assert model in [m["id"] for m in r.json()["models"]]
+    assert error_of(stack.get(f"/videos/{video_id}", timeout=30)) == (404, "NOT_FOUND")
+    assert error_of(stack.get(f"/videos/{video_id}/tracks/1.jpg", timeout=30)) == (404, "NOT_FOUND")
+    assert not (stack.data_dir / "dumps" / video_id).exists()

@@ -25,6 +25,7 @@ from app.wire.protocol import FrontError
 from constants import Settings
 from constants.states import JobState
 from logger import logger
+from modelization.bundle import BUNDLE_FILE
 from preprocessor.uploads import Photo
 
 DERIVED_OPTIONS = ("parent", "inherited", "removed_people")  # options the broker sets, never the front
@@ -85,7 +86,7 @@ class Intake:
             raise FrontError("NOT_FOUND", f"no model with id {model}")
         if row.state != JobState.DONE:
             raise FrontError("NOT_READY", f"model {model} is not built (state: {row.state})")
-        if not (self.s.dumps_dir / model / "model.zip").exists():
+        if not (self.s.dumps_dir / model / BUNDLE_FILE).exists():
             raise FrontError("GONE", f"the files of model {model} are missing")
         name = header.get("name") or "video"
         options = {"model": model, "fps": header["fps"], "bytes": len(data)}

@@ -21,6 +21,7 @@ from app.wire.protocol import Task
 from constants import Settings
 from constants.states import JobState, TaskKind
 from logger import logger
+from modelization.bundle import BUNDLE_FILE
 
 if TYPE_CHECKING:
     from app.broker.search import Searches
@@ -165,7 +166,7 @@ class Planner:
         if task.kind == TaskKind.VIDEO:
             model = job.options.get("model", "")
             try:
-                bundle = (self.s.dumps_dir / model / "model.zip").read_bytes()
+                bundle = (self.s.dumps_dir / model / BUNDLE_FILE).read_bytes()
             except OSError:
                 self.fail(task.job, "MODEL_GONE", f"model {model} was deleted before the video was read")
                 return None
