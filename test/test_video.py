@@ -170,3 +170,20 @@ def test_a_clip_gives_the_right_people_at_the_right_times(clips, recognizer, set
     assert len(thumbs) == len(result["tracks"]) and all(t.startswith(b"\xff\xd8\xff") for t in thumbs)
     assert [t["id"] for t in result["tracks"]] == list(range(1, len(result["tracks"]) + 1))
     assert seen[-1][0] == 50 and all(d <= n for d, n in seen)
+
+
+def test_a_worker_sweeps_only_the_temporary_videos_no_task_can_still_hold(tmp_path):
+    import os
+    import time
+
+    from app.worker.temp import TEMP_PREFIX, sweep_temp
+    s = Settings.from_env(data_dir=tmp_path, max_video_seconds=60.0)
+    s.var_dir.mkdir(parents=True)
+    old, recent, other = (s.var_dir / f"{TEMP_PREFIX}a.bin", s.var_dir / f"{TEMP_PREFIX}b.bin",
+                          s.var_dir / "jobs.sqlite")
+    for path in (old, recent, other):
+        path.write_bytes(b"x")
+    past = time.time() - 2 * 60 - 3600 - 10
+    os.utime(old, (past, past))
+    os.utime(other, (past, past))
+    assert sweep_temp(s) == 1 and not old.exists() and recent.exists() and other.exists()

@@ -99,7 +99,8 @@ def test_a_clip_gives_the_right_people_at_the_right_times(stack, processed, clip
     assert stack.status(video_id)["state"] == "done"
     assert video_id in [v["id"] for v in stack.get("/videos", timeout=30).json()["videos"]]
     assert video_id not in [m["id"] for m in stack.get("/models", timeout=30).json()["models"]]
-    # a video's id is no model
+    # a video's id is no model, and a model's id is no video
+    assert error_of(stack.get(f"/videos/{model_id}", timeout=30)) == (404, "NOT_FOUND")
     assert error_of(stack.post(f"/models/{video_id}/predict", files={"image": ("a.jpg", b"x")}, timeout=30)) == \
         (404, "NOT_FOUND")
 

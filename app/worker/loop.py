@@ -172,4 +172,7 @@ class Worker:
 
 def run_worker(settings: Settings, connect: str, keys_dir: Path) -> None:
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    from app.worker.temp import sweep_temp
+    if settings.var_dir.exists():
+        sweep_temp(settings)  # a video copied here by a worker killed mid-task
     Worker(settings, connect, keys_dir).run()

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 
 from app.worker.tasks import BuildError
+from app.worker.temp import TEMP_PREFIX
 from constants import Settings
 from modelization.recognizer import Recognizer, load_bundle
 from modelization.video import analyse_video
@@ -40,7 +41,7 @@ def run_video(options: dict, video: bytes, bundle: bytes, settings: Settings,
     fps = float(options.get("fps", 5.0))
     recognizer = recognizer_of(bundle, settings)
     settings.var_dir.mkdir(parents=True, exist_ok=True)
-    fd, path = tempfile.mkstemp(prefix=".video-", suffix=".bin", dir=settings.var_dir)
+    fd, path = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".bin", dir=settings.var_dir)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(video)
