@@ -5,7 +5,9 @@ clear error and the worker goes on; a model's videos go with it."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 
 import cv2
 import numpy as np
@@ -198,6 +200,22 @@ def test_deleting_a_video_and_a_model_removes_its_videos(stack, people, clip, pr
     assert error_of(stack.get(f"/videos/{video_id}", timeout=30)) == (404, "NOT_FOUND")
     assert not (stack.data_dir / "dumps" / video_id).exists()
     assert video_id not in json.dumps(stack.get("/videos", timeout=30).json())
+
+
+def test_a_worker_killed_mid_video_is_replaced_and_the_video_finishes(stack, model_id, clip):
+    timeline, path = clip
+    r = post_video(stack, model_id, path.read_bytes(), fps="10")
+    assert r.status_code == 202, r.text
+    video_id = r.json()["id"]
+    st = stack.wait_state(video_id, ("processing",), timeout=120,
+                          pred=lambda s: s["worker"] is not None and s["progress"]["done"] >= 2)
+    os.kill(int(st["worker"].split(":")[1]), signal.SIGKILL)
+    done = stack.wait_state(video_id, ("done",), timeout=300)
+    assert done["attempts"] >= 2, done
+    result = stack.get(f"/videos/{video_id}", timeout=30).json()["result"]
+    assert result["sampling"]["frames"] == 100
+    check_timeline(result["tracks"], timeline)
+    assert stack.wait_alive(1, timeout=60)["workers"] == 1
 
 
 @pytest.mark.browser
