@@ -187,3 +187,25 @@ def test_a_worker_sweeps_only_the_temporary_videos_no_task_can_still_hold(tmp_pa
     os.utime(old, (past, past))
     os.utime(other, (past, past))
     assert sweep_temp(s) == 1 and not old.exists() and recent.exists() and other.exists()
+
+
+def test_the_broker_checks_a_video_request_as_the_front_makes_it():
+    """VIDEO and VIDEOGET messages: exact fields, ids, fps within FR_MAX_VIDEO_FPS, one video frame within
+    FR_MAX_VIDEO_BYTES (app/wire/protocol.py); anything else is a ProtocolError, dropped before use."""
+    from app.wire import protocol as p
+    s = Settings.from_env(max_video_bytes=2000, max_video_fps=10.0)
+    ok = {"id": "0d5c0a3e-5a4b-4c1e-9d7e-2f0a7c1b9e11", "model": "1d5c0a3e-5a4b-4c1e-9d7e-2f0a7c1b9e11",
+          "tenant": "acme", "name": "clip.mp4", "fps": 5.0, "deadline": 1e9}
+    frames = lambda header, *blobs: p.pack(p.VIDEO, header, list(blobs))  # noqa: E731
+    command, header, blobs = p.parse_front(frames(ok, b"x" * 2000), s)
+    assert command == p.VIDEO and header == ok and blobs == [b"x" * 2000]
+    bad = [(ok, [b"x" * 2001]), (ok, [b""]), (ok, []), (ok, [b"x", b"y"]), ({**ok, "fps": 11}, [b"x"]),
+           ({**ok, "fps": 0}, [b"x"]), ({**ok, "model": "../etc"}, [b"x"]), ({**ok, "extra": 1}, [b"x"]),
+           ({k: v for k, v in ok.items() if k != "fps"}, [b"x"]), ({**ok, "callback": {"url": "ftp://x"}}, [b"x"])]
+    for header, blobs in bad:
+        with pytest.raises(p.ProtocolError):
+            p.parse_front(frames(header, *blobs), s)
+    assert p.parse_front(p.pack(p.VIDEOGET, {"id": ok["id"], "tenant": None, "thumb": 3}), s)[1]["thumb"] == 3
+    for header in ({"id": ok["id"], "thumb": 0}, {"id": ok["id"], "thumb": "1"}, {"id": "x"}):
+        with pytest.raises(p.ProtocolError):
+            p.parse_front(p.pack(p.VIDEOGET, header), s)
