@@ -199,7 +199,7 @@ class Settings:
     max_video_seconds: float = _bounded(3600.0, 1.0, 7 * 24 * 3600.0)
     max_video_fps: float = _bounded(30.0, 0.1, 120.0)   # the highest sampling rate a client may ask for
     # frames larger than this (their longer side, in pixels) are scaled down before faces are looked for:
-    # BlazeFace over a 1920x1080 frame's tiles costs ~3x a 960x540's (bench/video.py), and faces that
+    # a 1080p clip costs 2.6x the CPU with faces looked for in the full frame (bench/README.md), and faces that
     # matter in a video frame are far over the recogniser's 32 px at half size
     video_max_side: int = _bounded(960, 160, 8192)
 
