@@ -143,10 +143,12 @@ def test_a_video_over_the_seconds_limit_is_refused(clips):
 # --------------------------------------------------------------------------- people and times
 
 def check_timeline(tracks: list[dict], timeline: list[Appearance]) -> None:
-    """Each known person: one track with their name, starting and ending within TOLERANCE_S of the truth.
-    No track carries the name of someone who was not there at its time; the stranger is never named."""
+    """Each appearance of a known person: one track with their name at that time, starting and ending within
+    TOLERANCE_S of the truth. No track carries the name of someone who was not there at its time; the stranger
+    is never named."""
     for app in timeline:
-        named = [t for t in tracks if t["label"] == app.label]
+        named = [t for t in tracks if t["label"] == app.label and t["first"] < app.end + TOLERANCE_S
+                 and t["last"] > app.start - TOLERANCE_S]
         if app.label == "unknown":
             during = [t for t in tracks if t["first"] < app.end and t["last"] >= app.start]
             assert during and all(not t["known"] for t in during), during
@@ -157,7 +159,8 @@ def check_timeline(tracks: list[dict], timeline: list[Appearance]) -> None:
         assert app.start - TOLERANCE_S <= track["best"]["t"] <= app.end
     for t in tracks:
         if t["known"]:
-            assert any(a.label == t["label"] for a in timeline), t
+            assert any(a.label == t["label"] and t["first"] < a.end + TOLERANCE_S and t["last"] > a.start - TOLERANCE_S
+                       for a in timeline), t
 
 
 @pytest.mark.parametrize("ext", [".mp4", ".avi"])
