@@ -84,9 +84,8 @@ def thumbnail(frame_bgr: np.ndarray, box: tuple[int, int, int, int]) -> bytes:
 def track_view(track: Track) -> dict:
     """A track as the API shows it: `Track.as_dict` and how its frames were named one by one (`per_frame`:
     label -> frames, of the faces that could be named; `unjudged`: those too small or blurred to be)."""
-    votes = Counter(f.label for f in track.faces if f.judged)
-    return {**track.as_dict(), "per_frame": dict(votes.most_common()),
-            "unjudged": sum(1 for f in track.faces if not f.judged)}
+    votes = Counter(track.per_frame)
+    return {**track.as_dict(), "per_frame": dict(votes.most_common()), "unjudged": track.unjudged}
 
 
 def analyse_video(path: str, recognizer: Recognizer, fps: float = 5.0, settings: Settings | None = None,
