@@ -162,7 +162,7 @@ def test_faces_that_cannot_be_named_never_name_a_track():
     for f in blurred:
         tracker.update(f.t, [f])
     (tr,) = tracker.tracks()
-    assert tr.label == UNKNOWN and tr.frames == 6
+    assert tr.label == UNKNOWN and tr.frames == 6 and tr.unjudged == 6 and tr.per_frame == {}
     sharp = seen(rng, a, 0.05, 1.4, 100, frame=7, quality=0.1)
     tracker.update(1.4, [sharp])
     assert tr.label == "alice" and tr.best is sharp  # a judged face is a better view than any unjudged one
@@ -205,6 +205,7 @@ def test_kept_faces_are_bounded_and_time_cannot_go_back():
         tracker.update(k / 5, [seen(rng, a, 0.1, k / 5, 100, frame=k, quality=float(k % 7))])
     (tr,) = tracker.tracks()
     assert tr.frames == 50 and len(tr.faces) == 10 and min(f.quality for f in tr.faces) >= 5
+    assert tr.per_frame == {UNKNOWN: 50} and tr.unjudged == 0  # counted over every face, not the kept ones
     with pytest.raises(ValueError):
         tracker.update(1.0, [])
 
