@@ -53,12 +53,17 @@ SURE_SCORE = 0.7
 CONFIRM_FACE = 64.0       # the face's width in the input when a candidate is looked at again
 CONFIRM_SCORE = 0.7
 NMS_IOU = 0.3
+# How much smaller than min_face_px -> model_min_face the finest level may be made when that takes a row or
+# a column of its tiles off (`fitted`). Chosen on strangers-more (bench/README.md).
+GRID_SHRINK = 0.0
 # BlazeFace box (centre x, centre y, width) -> HOG box, in units of BlazeFace's width (fitted on
 # 210 strangers-more crops: the median offset and size of HOG's box (upsampled once) from BlazeFace's;
 # spread 0.03/0.05/0.09. `python bench/detect.py --fit-box` measures it again)
 HOG_FROM_BLAZE = {"dx": -0.034, "dy": -0.018, "scale": 0.948}
 
 LOCK = threading.Lock()  # one interpreter per process; its tensors are shared state
+THREADS = 2               # LiteRT's threads for one inference
+_threads: int | None = None  # set_threads' override (benchmarks)
 
 
 def model_path() -> str:
@@ -69,14 +74,26 @@ def model_path() -> str:
     return os.path.join(next(iter(spec.submodule_search_locations)), "data", MODEL_FILE)
 
 
-@lru_cache(maxsize=1)
 def _interpreter():
+    return _interpreter_of(_threads or THREADS)
+
+
+@lru_cache(maxsize=1)
+def _interpreter_of(threads: int):
     # The standalone LiteRT interpreter, not tf.lite: importing TensorFlow would put ~500 MB into every web
     # process and worker (issue #24); LiteRT alone is ~60 MB and gives the same outputs.
     from ai_edge_litert.interpreter import Interpreter
-    it = Interpreter(model_path=model_path(), num_threads=2)
+    it = Interpreter(model_path=model_path(), num_threads=threads)
     it.allocate_tensors()
     return it
+
+
+def set_threads(threads: int | None) -> None:
+    """Run the network with `threads` LiteRT threads from now on (None: THREADS); for benchmarks. The
+    interpreter is rebuilt (one is kept)."""
+    global _threads
+    with LOCK:
+        _threads = threads
 
 
 @lru_cache(maxsize=1)
@@ -154,6 +171,18 @@ def levels(w: int, h: int, min_face_px: float, model_min_face: float = MODEL_MIN
     return sorted(out, reverse=True)
 
 
+def shrink(image: np.ndarray, w: int, h: int) -> np.ndarray:
+    """`image` resized to w x h (smaller or equal), averaged over the pixels each output pixel covers: halved
+    while the half is still at least w x h (OpenCV's INTER_AREA by exactly 2 takes a fast path), then
+    INTER_AREA by the rest. The same as one INTER_AREA to within rounding, in a third to a half of its time
+    (a 1080p frame to 672x378: 7 ms instead of 13; 4032x3024 to 1008x756: 7 ms instead of 22)."""
+    while image.shape[1] // 2 >= w and image.shape[0] // 2 >= h:
+        image = cv2.resize(image, (image.shape[1] // 2, image.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    if (image.shape[1], image.shape[0]) == (w, h):
+        return image
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+
+
 def _starts(length: int, tile: int, overlap: int) -> list[int]:
     if length <= tile:
         return [0]
@@ -162,20 +191,55 @@ def _starts(length: int, tile: int, overlap: int) -> list[int]:
     return [int(round(i * (length - tile) / (n - 1))) for i in range(n)]
 
 
-def detect(image: np.ndarray, min_face_px: float = 40.0,
-           model_min_face: float | None = None) -> list[tuple[float, float, float, float, float]]:
+def _overlap(model_min_face: float) -> int:
+    """Tiles of a level overlap by the largest face that level answers for (the next, coarser level takes
+    bigger ones), so that each face lies whole in some tile."""
+    return int(min(INPUT * 0.75, model_min_face * LEVEL_STEP * 1.3))
+
+
+def tile_count(w: int, h: int, overlap: int) -> int:
+    """How many tiles cover a w x h level."""
+    return len(_starts(w, INPUT, overlap)) * len(_starts(h, INPUT, overlap))
+
+
+def fitted(w: int, h: int, scale: float, overlap: int, shrink_by: float) -> float:
+    """The finest level's scale, made up to `shrink_by` smaller when that takes a row or a column of tiles
+    off (a 1080p frame at 0.35 is 672x378 px: 5 x 3 tiles; at 0.314, 603x339: 4 x 2). The tiles of the
+    finest level are most of a photo's cost; a face of `min_face_px` is then that much smaller in the
+    network's input."""
+    best, fewest = scale, tile_count(max(1, round(w * scale)), max(1, round(h * scale)), overlap)
+    step = INPUT - overlap
+    for length in (w, h):
+        n = len(_starts(max(1, round(length * scale)), INPUT, overlap))
+        for fewer in range(n - 1, 0, -1):  # the scale at which this side needs `fewer` tiles
+            s = (INPUT + (fewer - 1) * step) / length
+            if s < scale * (1 - shrink_by):
+                break
+            count = tile_count(max(1, round(w * s)), max(1, round(h * s)), overlap)
+            if count < fewest:
+                best, fewest = s, count
+    return best
+
+
+def detect(image: np.ndarray, min_face_px: float = 40.0, model_min_face: float | None = None,
+           grid_shrink: float | None = None) -> list[tuple[float, float, float, float, float]]:
     """Faces of an RGB uint8 image at least about `min_face_px` wide: (x0, y0, x1, y1, score) in the image's
     pixels, BlazeFace's own square boxes. `model_min_face`: the input px that `min_face_px` maps to at the
-    finest level (default: by the photo's size, MODEL_MIN_FACE or MODEL_MIN_FACE_LARGE)."""
+    finest level (default: by the photo's size, MODEL_MIN_FACE or MODEL_MIN_FACE_LARGE); `grid_shrink`: how
+    much smaller the finest level may be made to need fewer tiles (`fitted`; default GRID_SHRINK)."""
     h, w = image.shape[:2]
     if model_min_face is None:
         model_min_face = MODEL_MIN_FACE_LARGE if w * h > LARGE_PIXELS else MODEL_MIN_FACE
+    shrink_by = GRID_SHRINK if grid_shrink is None else grid_shrink
+    overlap = _overlap(model_min_face)
+    scales = levels(w, h, min_face_px, model_min_face)
+    if shrink_by > 0 and scales[0] < 1.0:
+        scales[0] = fitted(w, h, scales[0], overlap, shrink_by)
     all_boxes, all_scores = [], []
-    for s in levels(w, h, min_face_px, model_min_face):
+    scaled = image
+    for s in scales:
         sw, sh = max(1, round(w * s)), max(1, round(h * s))
-        scaled = image if (sw, sh) == (w, h) else cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
-        # the largest face this level answers for (the next, coarser level takes bigger ones)
-        overlap = int(min(INPUT * 0.75, model_min_face * LEVEL_STEP * 1.3))
+        scaled = shrink(scaled, sw, sh)  # each level from the one before: a fraction of the pixels to read
         for y0 in _starts(sh, INPUT, overlap):
             for x0 in _starts(sw, INPUT, overlap):
                 tile = scaled[y0:y0 + INPUT, x0:x0 + INPUT]
