@@ -15,8 +15,7 @@ Detectors: `today` (dlib HOG on a copy shrunk to 1,600 px, upsampled once only u
 pipeline before this change), `hog_full` (dlib HOG on the full-size photo, upsampled once when its long
 side is at most 2,000 px: 1080p/720p frames), `blazeface` (preprocessor/blazeface.py, faces from 40 px),
 `blazeface60` (the same from 60 px), `blazeface_m20`, `_m14`, `_m12`, `_m10` (from 40 px, the finest level
-mapping 40 px to 20, 14, 12 or 10 px of the input whatever the photo size), `blazeface_g0`, `_g10`, `_g12`
-(the finest level made at most 0, 10 or 12% smaller when that takes a row or column of tiles off), `mmod`
+mapping 40 px to 20, 14, 12 or 10 px of the input whatever the photo size), `mmod`
 (dlib's CNN, `cnn_face_detection_model_v1`, on `--mmod` photos per kind only: it takes minutes per 12 MP
 photo on this CPU).
 """
@@ -89,18 +88,6 @@ def _blaze_m(model_min_face: float):
     return run
 
 
-def _blaze_g(grid_shrink: float):
-    """BlazeFace (its defaults) with the finest level allowed `grid_shrink` smaller to need fewer tiles
-    (preprocessor/blazeface.py `fitted`)."""
-    def run(image: np.ndarray) -> list:
-        from preprocessor import blazeface
-        from preprocessor.faces import _clipped
-        h, w = image.shape[:2]
-        return _clipped([blazeface.to_hog_box(*d[:4]) for d in blazeface.detect(image, 40, grid_shrink=grid_shrink)],
-                        w, h)
-    return run
-
-
 def detectors() -> dict:
     from preprocessor.faces import detect_faces
     return {
@@ -112,9 +99,6 @@ def detectors() -> dict:
         "blazeface_m14": _blaze_m(14.0),
         "blazeface_m12": _blaze_m(12.0),
         "blazeface_m10": _blaze_m(10.0),
-        "blazeface_g0": _blaze_g(0.0),
-        "blazeface_g10": _blaze_g(0.10),
-        "blazeface_g12": _blaze_g(0.12),
         "mmod": _mmod,
     }
 
