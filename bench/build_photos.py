@@ -15,7 +15,10 @@ face (one batch a photo): what "today's detection and embedding" cost without an
 cache. Then, for each of `--detectors`, a service (`run.py serve`, `--workers` workers, fresh data folder:
 no cached features) builds a model from the same photos: the time from the upload's answer to the job
 leaving `extracting` (every photo's faces found and embedded), and to `done` (the search and training
-too). Printed: seconds, photos per second, and the ratio of each loop to the service's extraction.
+too). Printed: seconds, photos per second, CPU milliseconds a photo (the loop's process; the workers'
+processes during extraction, from /proc), and the ratio of each loop to the service's extraction. Two
+workers can at best halve a loop's time at equal CPU a photo: the CPU figures say how far from that the
+ratio would be on an idle machine.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.compose import compose, faces_dir
-from test.stack import Stack
+from test.stack import Stack, descendants
 
 
 def photos_of(people: list[Path], per_person: int, seed: int) -> list[tuple[str, bytes]]:
@@ -59,8 +62,23 @@ def archive(photos: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
-def raw_loop(photos: list[tuple[str, bytes]], detector: str) -> tuple[float, int]:
-    """Seconds for the photos one after the other in this process, and faces embedded."""
+def workers_cpu(root: int) -> float:
+    """CPU seconds (user + system) used so far by the `run.py worker` processes below `root`, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in descendants(root):
+        try:
+            if b"worker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def raw_loop(photos: list[tuple[str, bytes]], detector: str) -> tuple[float, float, int]:
+    """Seconds and CPU seconds for the photos one after the other in this process, and faces embedded."""
     from constants import Settings
     from features.embeddings import embed_chips
     from preprocessor.faces import detect_faces, face_at, load_models
@@ -69,7 +87,7 @@ def raw_loop(photos: list[tuple[str, bytes]], detector: str) -> tuple[float, int
     load_models(detector)
     embed_chips([np.zeros((150, 150, 3), np.uint8)], settings=s)
     faces = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _, data in photos:
         image = decode_image(data, s.max_image_pixels)
         boxes = detect_faces(image, s.detect_max_side, s.upsample_max_side, detector, s.detect_min_face_px)
@@ -77,23 +95,27 @@ def raw_loop(photos: list[tuple[str, bytes]], detector: str) -> tuple[float, int
         if chips:
             embed_chips(chips, settings=s)
         faces += len(chips)
-    return time.perf_counter() - t0, faces
+    return time.perf_counter() - t0, time.process_time() - c0, faces
 
 
-def service_build(photos: list[tuple[str, bytes]], detector: str, workers: int) -> tuple[float, float, dict]:
-    """(seconds to the end of extraction, seconds to done, the job's final status) of a build in a fresh service."""
+def service_build(photos: list[tuple[str, bytes]], detector: str, workers: int) -> tuple[float, float, float]:
+    """(seconds to the end of extraction, the workers' CPU seconds meanwhile, seconds to done) of a build in a
+    fresh service."""
     with tempfile.TemporaryDirectory() as tmp:
         stack = Stack(Path(tmp), workers=workers, env={"FR_DETECTOR": detector}, warm=True).start()
         try:
             data = archive(photos)
+            assert stack.proc is not None
+            cpu0 = workers_cpu(stack.proc.pid)
             r = stack.post("/build_recognizer", files={"archive": ("a.zip", data)}, timeout=600)
             r.raise_for_status()
             t0 = time.perf_counter()
             job = r.json()["id"]
             stack.wait_state(job, ("optimizing", "training", "done"), timeout=3600)
             extracted = time.perf_counter() - t0
-            final = stack.wait_state(job, ("done",), timeout=3600)
-            return extracted, time.perf_counter() - t0, final
+            cpu = workers_cpu(stack.proc.pid) - cpu0
+            stack.wait_state(job, ("done",), timeout=3600)
+            return extracted, cpu, time.perf_counter() - t0
         finally:
             stack.stop()
 
@@ -115,15 +137,16 @@ def main() -> None:
     print(f"{n} photos of {len(people)} people, {sum(len(d) for _, d in photos) / n / 1e6:.1f} MB a photo", flush=True)
     loops = {}
     for detector in args.loops.split(","):
-        secs, faces = raw_loop(photos, detector)
+        secs, cpu, faces = raw_loop(photos, detector)
         loops[detector] = secs
-        print(f"| raw loop, 1 process, {detector} | {secs:.1f} s | {n / secs:.2f} photos/s | {faces} faces |",
-              flush=True)
+        print(f"| raw loop, 1 process, {detector} | {secs:.1f} s | {n / secs:.2f} photos/s | "
+              f"CPU {1000 * cpu / n:.0f} ms a photo | {faces} faces | load {os.getloadavg()[0]:.1f} |", flush=True)
     for detector in args.detectors.split(","):
-        extracted, done, _ = service_build(photos, detector, args.workers)
+        extracted, cpu, done = service_build(photos, detector, args.workers)
         ratios = ", ".join(f"{loops[d] / extracted:.2f}x the {d} loop" for d in loops)
         print(f"| service, {args.workers} workers, {detector} | extraction {extracted:.1f} s ({n / extracted:.2f} "
-              f"photos/s; {ratios}) | done {done:.1f} s | load {os.getloadavg()[0]:.1f} |", flush=True)
+              f"photos/s; {ratios}) | workers' CPU {1000 * cpu / n:.0f} ms a photo | done {done:.1f} s | "
+              f"load {os.getloadavg()[0]:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
