@@ -206,6 +206,11 @@ class Tracker:
         """Every confirmed track (ended or open), in order of id."""
         return sorted((tr for tr in self._done + self._open if tr.confirmed), key=lambda tr: tr.id)
 
+    def forget_ended(self) -> None:
+        """Drop the tracks that ended (their end events were handed out): a live camera runs for days, and
+        `tracks()` would otherwise keep every visitor it ever saw."""
+        self._done.clear()
+
     def open_tracks(self) -> list[Track]:
         """The confirmed tracks not ended yet."""
         return [tr for tr in self._open if tr.confirmed]
