@@ -17,9 +17,12 @@ table says which build extracted.
 
 Printed per size: people held, upload-to-available wall time, the training task's own time (manifest), the
 highest RSS of any broker, worker and web process during the build (sampled every 0.5 s), the in-process
-time of `Recognizer.identify` for one face, the bundle's size, GET /models/<id>/report (the whole manifest, people and all) answer size and time,
+time of `Recognizer.identify` for one face, the bundle's size, GET /models/<id>/report (the whole
+manifest, people and all) answer size and time,
 predict p50/p95 over `--latency` one-client requests (photos of the probes, alternating known and
-stranger), and recognition measured on every probe through POST /models/<id>/predict (return_embeddings=1):
+stranger) and, right after, the p50 of the raw dlib loop (one pass: decode, HOG, landmarks, ResNet) on the
+same photos in this process (the reference), and recognition measured on every probe through
+POST /models/<id>/predict (return_embeddings=1):
 
 - FAR: the REPORT strangers (`strangers/`, 300 people, in no model) named as someone;
 - DIR: the held-out lfw62 photos named as their person;
@@ -48,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np
 
+from bench.build_lfw import raw_pipeline
 from bench.perf import descendants, rss_mb
 from test.stack import Stack
 
@@ -221,10 +225,17 @@ def measure(stack: Stack, n: int, lfw: list[Path], probes: list[Path], report: l
             strangers.append(v)
         accepted += int(label is not None)
     # latency alone, after the recognition pass (caches warm): alternating a known and a stranger photo
-    lat = []
-    for i in range(latency):
-        lat.append(predict(stack, job_id, (probes if i % 2 else report)[i // 2 % min(len(probes), len(report))])[0])
-    lat.sort()
+    photos = [(probes if i % 2 else report)[i // 2 % min(len(probes), len(report))] for i in range(latency)]
+    lat = sorted(predict(stack, job_id, p)[0] for p in photos)
+    # the reference, right after on the same photos: the raw dlib loop's one pass per photo (decode, HOG,
+    # landmarks, chip, ResNet) in this process, as bench/perf.py times it
+    one = raw_pipeline()
+    ref = []
+    for p in photos:
+        t0 = time.perf_counter()
+        one(p)
+        ref.append(time.perf_counter() - t0)
+    ref.sort()
     return {
         "n": n, "people": len(manifest["labels"]), "wall": wall,
         "extracted": manifest["input"].get("extraction_seconds"),
@@ -232,6 +243,7 @@ def measure(stack: Stack, n: int, lfw: list[Path], probes: list[Path], report: l
         "params": manifest["network"]["params"], "bundle_mb": len(bundle) / 1e6,
         "info_kb": len(info.content) / 1e3, "info_s": info_s,
         "p50": 1000 * lat[len(lat) // 2], "p95": 1000 * lat[int(len(lat) * 0.95)],
+        "raw_p50": 1000 * ref[len(ref) // 2],
         "far": accepted / len(report), "accepted": accepted, "dir": dir_hits / len(probes),
         "nn_dir": one_nn(gx, gy, known, strangers, accepted), "probes": len(probes), "strangers": len(report),
         "peak_rss_mb": peak.by_kind(), "identify_ms": identify_ms(bundle, np.asarray([v for _, v in known]))[1],
@@ -270,13 +282,15 @@ def main() -> None:
         stack.stop()
     print(f"load average at end {os.getloadavg()[0]:.2f}")
     print("| one-photo people | people held | upload to available (s) | extraction (worker s) | training task (s) "
-          "| bundle (MB) | GET /models/<id>/report (KB, s) | predict p50 / p95 (ms) | FAR (report) | DIR "
+          "| bundle (MB) | GET /models/<id>/report (KB, s) | predict p50 / p95 (ms) | raw loop p50 (ms) "
+          "| FAR (report) | DIR "
           "| 1-NN DIR, same FAR |")
-    print("|" + "---|" * 11)
+    print("|" + "---|" * 12)
     for r in rows:
         print(f"| {r['n']} | {r['people']} | {r['wall']:.1f} | {r['extracted']} | {r['train']:.1f} "
               f"| {r['bundle_mb']:.2f} "
-              f"| {r['info_kb']:.0f}, {r['info_s']:.2f} | {r['p50']:.0f} / {r['p95']:.0f} | {r['far']:.2%} "
+              f"| {r['info_kb']:.0f}, {r['info_s']:.2f} | {r['p50']:.0f} / {r['p95']:.0f} | {r['raw_p50']:.0f} "
+              f"| {r['far']:.2%} "
               f"({r['accepted']}/{r['strangers']}) | {r['dir']:.2%} | {r['nn_dir']:.2%} |")
 
 
