@@ -330,8 +330,8 @@ export function modelPage(main, id, section) {
     if (job.state === "done" && !report) {
       try {
         report = await api(`models/${id}/report`);
+        await renderPeople(); // before the results: a page that shows the results shows its people too
         renderResults();
-        await renderPeople();
         tryBox.hidden = false;
         tryIt(tryBox, id);
         if (section) { const target = document.getElementById(section); if (target) target.scrollIntoView(); }
