@@ -4,10 +4,12 @@
     python bench/thousands.py [--sizes 10 100 500 2500] [--workers 2] [--holdout 5] [--seed 0]
                               [--data var/bench-thousands] [--latency 100]
     python bench/thousands.py --dumps [--data var/bench-thousands]
+    python bench/thousands.py --profile [--data var/bench-thousands]
 
 `--dumps`: no service; each bundle the runs left in `--data`: its size, its manifest's, the time to load it
 and the in-process time of `Recognizer.identify` for one face (the part of a prediction that grows with
-the gallery), median of 200.
+the gallery), median of 200. `--profile`: cProfile of `train_bundle` in this process on the features the
+largest model there kept (where the train task's time goes).
 
 Per size N, one build through a real `serve` stack (2 workers): lfw62 (62 people, `--holdout` photos of
 each held out as known probes, the rest uploaded) plus the first N people of `strangers-more` in a seeded
@@ -188,6 +190,30 @@ class PeakRss:
         return out
 
 
+def profile_training(data: Path) -> None:
+    """cProfile of `train_bundle` in this process on the features the largest model in `data`/dumps kept
+    (what its build's train task did, without the service)."""
+    import cProfile
+    import pstats
+
+    from app.broker.records import as_task_features
+    from app.worker.tasks import train_bundle
+    from constants import Settings
+    folder = max((data / "dumps").glob("*/features.json"), key=lambda f: f.stat().st_size).parent
+    records = json.loads((folder / "features.json").read_text())
+    files = [{"label": r["label"], "filename": r["filename"]} for r in records]
+    settings = Settings.from_env(data_dir=data / "profile")
+    profile = cProfile.Profile()
+    t0 = time.perf_counter()
+    profile.enable()
+    bundle = train_bundle({"id": folder.name, "name": None, "options": {}}, files,
+                          [as_task_features(r) for r in records], settings, lambda *a, **k: None)
+    profile.disable()
+    print(f"{len(records)} photos: train_bundle {time.perf_counter() - t0:.1f} s under the profiler, "
+          f"bundle {len(bundle) / 1e6:.2f} MB")
+    pstats.Stats(profile).sort_stats("cumulative").print_stats(25)
+
+
 def measure(stack: Stack, n: int, lfw: list[Path], probes: list[Path], report: list[Path], ones: list[Path],
             latency: int) -> dict:
     payload = archive(lfw, ones[:n])
@@ -258,12 +284,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--latency", type=int, default=100)
     ap.add_argument("--data", type=Path, default=ROOT / "var" / "bench-thousands")
+    ap.add_argument("--profile", action="store_true", help="no service: cProfile of the train task on the "
+                    "largest model's kept features in --data")
     ap.add_argument("--dumps", action="store_true", help="no service: the bundles a run left in --data, "
                     "their sizes and the in-process time of identify")
     args = ap.parse_args()
     lfw, probes = split_lfw(args.holdout, args.seed)
     if args.dumps:
         from_dumps(args.data, probes)
+        return
+    if args.profile:
+        profile_training(args.data)
         return
     report = sorted((FACES / "strangers").glob("*.jpg"))
     ones = singletons(args.seed)
