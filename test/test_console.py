@@ -107,6 +107,13 @@ def test_a_zip_dropped_on_the_console_builds_a_model_that_names_the_faces_of_a_p
         assert photos.count() == BUILD + 1
         assert "skipped: no face" in photos.filter(has_text="landscape.jpg").inner_text()
         b.shot("photos")
+        # the table is a page of GET /models/<id>/people (issue #28): its range, and the find box
+        assert page.locator("#people .page-range").inner_text().strip() == "1–3 of 3"
+        assert page.locator("#people button.next").is_disabled()
+        last = sorted(people)[-1]
+        page.fill("#people-filter", last.lower())  # any case
+        page.wait_for_selector("#people .page-range >> text=1–1 of 1")
+        assert page.locator(".people-table tbody tr td:first-child").all_inner_texts() == [last]
         assert page.locator(".page-head h1").inner_text() == "dropped zip"
         assert page.locator("#download-button").is_enabled()
 

@@ -3,7 +3,10 @@ a thread: the front asks it for everything): a running search read from the brok
 model's summary, and the same errors as the API's routes."""
 from __future__ import annotations
 
+import io
+import json
 import uuid
+import zipfile
 
 import pytest
 
@@ -11,6 +14,7 @@ from app.broker.store import JobStore
 from app.web.factory import create_app
 from constants import Settings
 from constants.states import JobState
+from modelization.bundle import BUNDLE_FILE, MANIFEST_FILE
 from optimization.evolution import Controls, Evolution
 from test.stack import BrokerThread, free_port
 from test.test_evolution import fake
@@ -98,3 +102,54 @@ def test_pages_are_public_static_files_stay_in_their_folder_and_carry_a_strict_p
     for path in ("/static/../app/web/factory.py", "/static/%2e%2e/run.py", "/static/nothing.js"):
         r = client.get(path)
         assert r.status_code == 404 and r.json["error"]["code"] == "NOT_FOUND", path
+
+
+def finished(store: JobStore, settings: Settings, people: list[dict]) -> str:
+    """A done job whose bundle in dumps/ holds a manifest with these people (nothing else is read here)."""
+    job_id = str(uuid.uuid4())
+    store.create(job_id, "many people", {}, len(people), len(people))
+    store.progress(job_id, JobState.TRAINING, JobState.TRAINING, 0, 1)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(MANIFEST_FILE, json.dumps({"model_id": job_id, "people": people}))
+    (settings.dumps_dir / job_id).mkdir(parents=True)
+    (settings.dumps_dir / job_id / BUNDLE_FILE).write_bytes(buf.getvalue())
+    assert store.finish(job_id)
+    return job_id
+
+
+def test_a_models_people_come_a_page_at_a_time(service):
+    """Issue #28: a model of thousands of people is listed page by page, filtered by a part of the label."""
+    client, store, settings = service
+    people = [{"label": f"Person_{i:04d}", "photos": 1 + i % 3, "used": 1, "in_model": True} for i in range(2500)]
+    job_id = finished(store, settings, people)
+    first = client.get(f"/models/{job_id}/people").json
+    assert first["status"] == 0 and first["total"] == first["people_total"] == 2500
+    assert first["limit"] == 100 and first["offset"] == 0 and first["people"] == people[:100]
+    seen = []
+    for offset in range(0, 2500, 500):
+        page = client.get(f"/models/{job_id}/people?limit=500&offset={offset}").json
+        seen += page["people"]
+    assert seen == people  # every person once, in the manifest's order
+    assert client.get(f"/models/{job_id}/people?offset=2500").json["people"] == []
+    found = client.get(f"/models/{job_id}/people?q=person_012&limit=5").json
+    assert found["total"] == 10 and found["people_total"] == 2500
+    assert [p["label"] for p in found["people"]] == [f"Person_{i:04d}" for i in range(120, 125)]
+    assert client.get(f"/models/{job_id}/people?q=nobody").json["total"] == 0
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=ten", "offset=-1", "q=" + "x" * 201])
+def test_a_bad_page_of_people_is_refused(service, query):
+    client, store, settings = service
+    job_id = finished(store, settings, [{"label": "a"}, {"label": "b"}])
+    r = client.get(f"/models/{job_id}/people?{query}")
+    assert r.status_code == 400 and r.json["error"]["code"] == "BAD_PARAMETER"
+
+
+def test_people_of_a_model_not_built_answer_as_the_api_does(service):
+    client, store, _ = service
+    assert client.get("/models/not-an-id/people").json["error"]["code"] == "BAD_ID"
+    assert client.get(f"/models/{uuid.uuid4()}/people").status_code == 404
+    job_id = new_job(store, optimize=False)
+    r = client.get(f"/models/{job_id}/people")
+    assert r.status_code == 409 and r.json["error"]["code"] == "NOT_READY"

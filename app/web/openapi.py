@@ -238,6 +238,12 @@ def _report_schemas() -> dict:
                          test_dir=nullable(num())),
             network=obj(hidden={"type": "array", "items": {"type": "integer"}}, params=integer()),
             optimized={"type": "boolean"}, format_version=integer())]},
+        "PeoplePage": {"allOf": [ref("Ok"), obj(
+            id=text(format="uuid"),
+            people={"type": "array", "items": {"type": "object", "description": "as the manifest's `people`: "
+                                               "label, photos, used, skipped, quality, in_model, measured figures"}},
+            total=integer("people whose label contains `q` (all of them without it)"),
+            people_total=integer("everyone in the model"), limit=integer(), offset=integer(), q=text())]},
         "Search": {"allOf": [ref("Ok"), obj(
             ["requested", "candidates"], id=text(format="uuid"), state=text(),
             requested={"type": "boolean", "description": "the build asked for a search (optimize=1)"},
@@ -539,7 +545,18 @@ def _after_build_paths() -> dict:
             "parameters": [JOB_ID],
             "responses": {"200": {"description": "MODEL_CARD.md of the bundle",
                                   "content": {"text/markdown": {"schema": text()}}}, **errors(*MODEL_ERRORS)}}},
-        "/models/{job_id}/people": {"post": {
+        "/models/{job_id}/people": {"get": {
+            "tags": ["models"], "summary": "The model's people, a page at a time",
+            "description": "In the manifest's order; `q` keeps the labels that contain it (case-insensitive). "
+                           "What the console's people table reads: a model of thousands of people need not "
+                           "send its whole manifest (`/report`) to list them.",
+            "parameters": [JOB_ID,
+                           {"name": "limit", "in": "query", "schema": integer(minimum=1, maximum=500, default=100)},
+                           {"name": "offset", "in": "query", "schema": integer(minimum=0, default=0)},
+                           {"name": "q", "in": "query", "schema": text(maxLength=200)}],
+            "responses": {"200": answer("a page of people", ref("PeoplePage")),
+                          **errors(*MODEL_ERRORS, (400, "`BAD_PARAMETER`: limit, offset or q out of range"))}},
+            "post": {
             "tags": ["models"], "summary": "Derive a new model: this one's people plus the photos sent",
             "description": "New people, or more photos of known ones, with the form of a build. The model "
                            "itself never changes: the answer names a new model (`parent`: this one), built "

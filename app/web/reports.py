@@ -1,7 +1,10 @@
-"""Views of a model for people and dashboards: a short summary, and the genetic search as it runs.
+"""Views of a model for people and dashboards: a short summary, its people page by page, and the genetic
+search as it runs.
 
 - `GET /models/<id>/summary`: the headline figures of a built model (what a list of models shows),
   a few hundred bytes instead of the whole manifest of `/report`.
+- `GET /models/<id>/people`: the model's people, a page at a time (`limit`, `offset`, `q`: a part of the
+  label): a model of thousands of people lists them without sending its whole manifest (issue #28).
 - `GET /models/<id>/search`: every network a search evaluated (with the generation it was bred for),
   the logbook, the Pareto front, the finalists and the pick; while the search runs, the broker's
   checkpoint (written after every result, atomically; asked of the broker: a front has no disk of
@@ -16,11 +19,12 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 
 from app.shared.jobs import job_view
 from app.web import broker_client as client
 from app.web.context import built_model, caller_tenant, find_row
+from app.web.errors import ApiError
 from app.web.forms import parse_job_id
 from constants import Settings
 from constants.states import JobState
@@ -82,6 +86,50 @@ def summary(job_id: str):
     job, path = built_model(job_id)
     return jsonify({"status": 0, **{k: job[k] for k in ("id", "name", "state", "created", "photos", "people")},
                     **_figures(str(path), path.stat().st_mtime)})
+
+
+@lru_cache(maxsize=16)
+def _people(path: str, mtime: float) -> tuple[dict, ...]:
+    """A built model's people entries (its manifest's `people`), kept per web process for its pages: a
+    model of 2,500 people has a manifest of megabytes, parsed once rather than at every page."""
+    return tuple(read_manifest(Path(path)).get("people") or [])
+
+
+PEOPLE_PAGE, PEOPLE_PAGE_MAX, QUERY_MAX = 100, 500, 200
+
+
+def page_arg(name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter in [low, high]; 400 BAD_PARAMETER otherwise."""
+    raw = request.args.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ApiError(400, "BAD_PARAMETER", f"{name} must be an integer in [{low}, {high}]")
+    return value
+
+
+@bp.get("/models/<job_id>/people")
+@needs("read")
+def people(job_id: str):
+    """One page of the model's people, in the manifest's order: `limit` (1-500, default 100) from `offset`,
+    only labels containing `q` (case-insensitive) when given. -> {people, total (matching), people_total,
+    limit, offset, q}."""
+    limit = page_arg("limit", PEOPLE_PAGE, 1, PEOPLE_PAGE_MAX)
+    offset = page_arg("offset", 0, 0, 10**9)
+    q = request.args.get("q", "")
+    if len(q) > QUERY_MAX:
+        raise ApiError(400, "BAD_PARAMETER", f"q must be at most {QUERY_MAX} characters")
+    job, path = built_model(job_id)
+    everyone = _people(str(path), path.stat().st_mtime)
+    wanted = q.casefold()
+    matching = [p for p in everyone if wanted in str(p.get("label", "")).casefold()] if wanted else everyone
+    return jsonify({"status": 0, "id": job["id"], "people": list(matching[offset:offset + limit]),
+                    "total": len(matching), "people_total": len(everyone), "limit": limit, "offset": offset,
+                    "q": q})
 
 
 def running_search(job_id: str) -> dict | None:

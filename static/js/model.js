@@ -242,16 +242,39 @@ export function modelPage(main, id, section) {
     return `${m.named_right}/${m.test_photos} named right, ${m.accepted_right} accepted`;
   }
 
-  function renderPeople() {
-    const people = report.manifest.people || [];
+  // The people table, a page at a time (GET /models/<id>/people): a model of thousands of people would
+  // otherwise put thousands of rows and per-person photo tables in the page (issue #28).
+  const PEOPLE_PAGE = 50;
+  let peopleQuery = "";
+  let peopleOffset = 0;
+  let peopleAsked = 0; // the latest page asked for: an older answer arriving late is dropped
+
+  async function renderPeople() {
+    const asked = ++peopleAsked;
+    let page;
+    try {
+      page = await api(`models/${id}/people?limit=${PEOPLE_PAGE}&offset=${peopleOffset}&q=${encodeURIComponent(peopleQuery)}`);
+    } catch (err) { replace(peopleBox, errorBox(err, "Cannot read the people")); peopleBox.hidden = false; return; }
+    if (asked !== peopleAsked) return;
+    const people = page.people;
     peopleBox.hidden = false;
+    const filter = h("input", {type: "search", id: "people-filter", placeholder: "find a person", value: peopleQuery,
+      on: {input: () => { clearTimeout(filter.timer); filter.timer = setTimeout(() => { peopleQuery = filter.value; peopleOffset = 0; renderPeople(); }, 250); }}});
+    const last = Math.min(page.offset + people.length, page.total);
+    const pager = h("p", {class: "pager"},
+      h("button", {type: "button", class: "prev", disabled: page.offset === 0,
+        on: {click: () => { peopleOffset = Math.max(0, peopleOffset - PEOPLE_PAGE); renderPeople(); }}, text: "Previous"}),
+      h("span", {class: "page-range", text: page.total ? ` ${page.offset + 1}–${last} of ${count(page.total)} ` : " nobody matches "}),
+      h("button", {type: "button", class: "next", disabled: last >= page.total,
+        on: {click: () => { peopleOffset += PEOPLE_PAGE; renderPeople(); }}, text: "Next"}));
     const reasons = (p) => {
       const by = {};
       for (const s of p.skipped || []) by[s.reason] = (by[s.reason] || 0) + 1;
       return Object.entries(by).map(([r, n]) => `${n} ${r.replace(/_/g, " ")}`).join(", ");
     };
     const poor = (p) => (p.quality || []).filter((q) => q.problems && q.problems.length).length;
-    replace(peopleBox, h("h2", {text: `People (${people.length})`}), table([
+    const hadFocus = document.activeElement && document.activeElement.id === "people-filter";
+    replace(peopleBox, h("h2", {text: `People (${count(page.people_total)})`}), filter, pager, table([
       {title: "Person", cell: (p) => h("a", {href: `#/model/${id}/people`, class: "person", dataset: {label: p.label}, text: p.label,
         on: {click: (e) => { e.preventDefault(); const d = peopleBox.querySelector(`details[data-label="${CSS.escape(p.label)}"]`); if (d) { d.open = true; d.scrollIntoView(); } }}})},
       {title: "Photos", class: "num", cell: (p) => p.photos},
@@ -286,6 +309,7 @@ export function modelPage(main, id, section) {
         ], rows, {class: "photos-table"});
       return details;
     }));
+    if (hadFocus) { filter.focus(); filter.setSelectionRange(filter.value.length, filter.value.length); }
   }
 
   async function poll() {
@@ -308,8 +332,8 @@ export function modelPage(main, id, section) {
     if (job.state === "done" && !report) {
       try {
         report = await api(`models/${id}/report`);
+        await renderPeople(); // before the results: a page that shows the results shows its people too
         renderResults();
-        renderPeople();
         tryBox.hidden = false;
         tryIt(tryBox, id);
         videoBox.hidden = false;

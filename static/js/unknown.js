@@ -106,12 +106,27 @@ export function unknownPage(main, id) {
       + "keep_unknown=1, or for a prediction sent with keep_unknown=1."}));
   }
 
-  (async () => {
+  // The picker's people: the first 500 of the model's people always, and as a name is typed, also those whose
+  // label holds it (a model of thousands of people is never sent whole: GET /models/<id>/people pages it;
+  // the browser itself narrows the options to what is typed).
+  let first = [];
+  let pickerAsked = 0;
+  async function offer(q) {
+    const asked = ++pickerAsked;
     try {
-      const report = await api(`models/${id}/report`);
-      replace(picker, (report.manifest.people || []).map((p) => h("option", {value: p.label})));
-    } catch { /* the picker stays empty: a new name still works */ }
-  })();
+      const page = await api(`models/${id}/people?limit=${q ? 50 : 500}&q=${encodeURIComponent(q)}`);
+      if (!q) first = page.people.map((p) => p.label);
+      const labels = [...new Set([...first, ...page.people.map((p) => p.label)])];
+      if (asked === pickerAsked) replace(picker, labels.map((label) => h("option", {value: label})));
+    } catch { /* the picker keeps what it had: a new name still works */ }
+  }
+  let typing = 0;
+  list.addEventListener("input", (e) => {
+    if (!e.target.classList.contains("name-input") || first.length < 500) return; // all of them offered already
+    clearTimeout(typing);
+    typing = setTimeout(() => offer(e.target.value.trim()), 250);
+  });
+  offer("");
   load();
   return () => { stopped = true; for (const url of urls.splice(0)) URL.revokeObjectURL(url); };
 }
