@@ -16,7 +16,7 @@ from app.shared.cameras import CameraRefused, check_camera_url
 from app.web import broker_client as client
 from app.web.context import caller_tenant, settings
 from app.web.errors import ApiError
-from app.web.forms import parse_callback, parse_job_id
+from app.web.forms import parse_callback, parse_job_id, small_json
 from app.web.security import principal, requires
 from app.wire import protocol as p
 
@@ -45,7 +45,7 @@ def _field(body: dict, name: str, default=None):
 def add_camera():
     """JSON or a form: name, url, model, fps (default 5), callback_url (optional)."""
     s = settings()
-    body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+    body = small_json(request) if request.is_json else request.form.to_dict()
     if not isinstance(body, dict):
         raise ApiError(400, "BAD_REQUEST", "send a JSON object or a form with name, url, model and fps")
     name, url, model = _field(body, "name"), _field(body, "url"), _field(body, "model")
