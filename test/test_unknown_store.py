@@ -238,3 +238,30 @@ def test_a_discarded_or_deleted_face_leaves_no_copy_on_disk(tmp_path):
     u.on_deleted(model)
     assert not on_disk(marks[1][0])
     u.close()
+
+
+def test_a_full_disk_keeps_nothing_more_and_loses_nothing_kept(tmp_path):
+    """keep_unknown flooding past the disk (SQLite's page limit stands in for it: the same SQLITE_FULL): the
+    flood is refused as StorageFull (507 INSUFFICIENT_STORAGE), the faces kept before all stay, and the
+    store works again once there is room. Before, the second ROLLBACK hid the full disk ('no transaction is
+    active': 500 INTERNAL)."""
+    from app.shared.storage import StorageFull
+    u, _, model = make(tmp_path, tenant_max_bytes=0)
+    rng = np.random.default_rng(1)
+
+    def flood(n: int) -> list:
+        faces = [{"embedding": [float(v) for v in rng.normal(size=128)], "quality": None, "box": None}
+                 for _ in range(n)]
+        chips = [b"\xff\xd8" + rng.bytes(8000) for _ in range(n)]
+        return u.keep(model, "acme", None, {"kind": "predict", "request": "r"}, faces, chips)["faces"]
+
+    kept = flood(3)
+    u.db.execute(f"PRAGMA max_page_count = {u.db.execute('PRAGMA page_count').fetchone()[0] + 5}")
+    with pytest.raises(StorageFull):
+        for _ in range(50):
+            kept += flood(5)
+    assert u.groups(model, "acme")["faces"] == len(kept) and not u.db.in_transaction
+    assert {f["unknown_id"] for f in kept} == {f for c in u.groups(model, "acme")["clusters"] for f in c["faces"]}
+    u.db.execute("PRAGMA max_page_count = 1073741823")
+    assert len(flood(1)) == 1
+    u.close()

@@ -66,7 +66,7 @@ def frame_size(data: bytes) -> tuple[int, int]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise SourceError(f"frames of more than {MAX_PIXELS} pixels are larger than this service reads") from None
     except Exception:
-        raise SourceError("not a camera stream: a frame is not a JPEG or PNG image") from None
+        raise SourceError("not a camera stream: a frame could not be decoded as a JPEG or PNG image") from None
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
