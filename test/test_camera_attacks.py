@@ -272,3 +272,34 @@ def test_no_two_tenants_nor_two_people_share_an_mqtt_topic():
         assert not any(c in topic for c in "+#\x00") and all(levels), topic
         assert len(levels) in (5, 6) and levels[0] == "facial-recognition"
     assert m.level("acme") == "acme" and m.level("a.b") == "a.b" and m.level(None) == "_"
+
+
+# --- event streams ----------------------------------------------------------------------------------------
+def test_event_streams_opened_and_dropped_give_their_slot_back(tmp_path, monkeypatch):
+    """A reader key sending HEAD (a body never started) or dropping a stream at once must not keep a slot:
+    eight HEADs took every event stream of a process for good (503 BUSY to everyone after)."""
+    import uuid
+
+    from app.web import cameras
+    from app.web.factory import create_app
+    from constants import Settings
+    key = "attack-admin-key-" + "k" * 40
+    app = create_app(Settings.from_env(environ={"FR_ADMIN_KEY": key}, data_dir=tmp_path))
+    monkeypatch.setattr(cameras, "_call", lambda command, header: {"events": []})  # the camera exists
+    monkeypatch.setattr(cameras, "_streams_sized", False)
+    client = app.test_client()
+    headers = {"X-API-Key": key, "Accept": "text/event-stream"}
+    path = f"/cameras/{uuid.uuid4()}/events"
+    for _ in range(40):  # many times the slots of any FR_WEB_THREADS
+        for method in ("HEAD", "GET"):  # the server closes each response, as uWSGI does when the client goes
+            r = client.open(path, method=method, headers=headers, buffered=False)
+            assert r.status_code == 200
+            r.close()
+    held = [client.get(path, headers=headers, buffered=False) for _ in range(64)]
+    try:
+        codes = [r.status_code for r in held]
+        assert codes[0] == 200 and 503 in codes  # bounded, and a slot was free
+    finally:
+        for r in held:
+            r.close()
+    assert client.get(path, headers=headers, buffered=False).status_code == 200

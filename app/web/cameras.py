@@ -130,38 +130,40 @@ def events(camera_id: str):
         raise ApiError(503, "BUSY", "too many event streams are open on this process; try again shortly",
                        headers={"Retry-After": "5"})
     s = settings()
-    return Response(_stream(s, camera_id, tenant, after, slots), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    response = Response(_stream(s, camera_id, tenant, after), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    # the slot goes back when the server closes the response, whether or not its body was ever read: a
+    # generator's `finally` runs only once it has started, and a HEAD request's body is never started (eight
+    # HEADs took every stream of a process for good)
+    response.call_on_close(slots.release)
+    return response
 
 
-def _stream(s, camera_id: str, tenant: str | None, after: int, slots: threading.BoundedSemaphore) -> Iterator[str]:
+def _stream(s, camera_id: str, tenant: str | None, after: int) -> Iterator[str]:
     """Each new event as `id: <event id>`, `event: track.start|track.end`, `data: <JSON>`; a comment line
     every SSE_PING_S; ends after SSE_MAX_S, or when the camera is gone (`event: gone`)."""
     from app.wire import client as wire
     from app.wire.errors import BrokerError
     end, ping = time.monotonic() + SSE_MAX_S, time.monotonic() + SSE_PING_S
-    try:
-        yield "retry: 1000\n\n"
-        while time.monotonic() < end:
-            try:
-                answer = wire.call(s.front_endpoint, s.front_keys_dir,
-                                   p.pack(p.CAMEVENTS, {"id": camera_id, "tenant": tenant, "after": after,
-                                                        "limit": 100}), s.broker_timeout_s)
-            except BrokerError as exc:
-                if getattr(exc, "code", "") == "NOT_FOUND":
-                    yield "event: gone\ndata: {}\n\n"
-                    return
-                answer = {"events": []}
-            for event in answer["events"]:
-                after = event["id"]
-                yield f"id: {after}\nevent: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
-            if time.monotonic() >= ping:
-                ping = time.monotonic() + SSE_PING_S
-                yield ": ping\n\n"
-            if not answer["events"]:
-                time.sleep(SSE_POLL_S)
-    finally:
-        slots.release()
+    yield "retry: 1000\n\n"
+    while time.monotonic() < end:
+        try:
+            answer = wire.call(s.front_endpoint, s.front_keys_dir,
+                               p.pack(p.CAMEVENTS, {"id": camera_id, "tenant": tenant, "after": after,
+                                                    "limit": 100}), s.broker_timeout_s)
+        except BrokerError as exc:
+            if getattr(exc, "code", "") == "NOT_FOUND":
+                yield "event: gone\ndata: {}\n\n"
+                return
+            answer = {"events": []}
+        for event in answer["events"]:
+            after = event["id"]
+            yield f"id: {after}\nevent: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
+        if time.monotonic() >= ping:
+            ping = time.monotonic() + SSE_PING_S
+            yield ": ping\n\n"
+        if not answer["events"]:
+            time.sleep(SSE_POLL_S)
 
 
 def _slots() -> threading.BoundedSemaphore:
