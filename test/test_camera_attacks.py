@@ -303,3 +303,28 @@ def test_event_streams_opened_and_dropped_give_their_slot_back(tmp_path, monkeyp
         for r in held:
             r.close()
     assert client.get(path, headers=headers, buffered=False).status_code == 200
+
+
+def test_a_failure_nobody_foresaw_is_logged_without_the_cameras_credentials(monkeypatch):
+    """An exception whose message quotes the URL (a library's ValueError) was logged whole, traceback and
+    message, by logger.exception: the password reached the log."""
+    from app.worker import watch as w
+    from constants import Settings
+    from logger import logger
+    url = "http://admin:s3cret-pw@127.0.0.1:9/cam?token=t0k3n-x"
+
+    def boom(*args, **kwargs):
+        raise ValueError(f"cannot parse {url}")
+
+    monkeypatch.setattr(w, "open_source", boom)
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="DEBUG")
+    watcher = w.Watch({"id": "c" * 36, "url": url, "fps": 1, "name": "x"}, None, Settings.from_env(environ={}),
+                      lambda state, reason: watcher.stop() if state == "offline" else None, lambda *a: None, None)
+    try:
+        watcher.run()
+    finally:
+        logger.remove(sink)
+    text = "".join(lines)
+    assert "opening failed" in text and "ValueError" in text
+    assert "s3cret-pw" not in text and "t0k3n-x" not in text and "admin" not in text
