@@ -34,11 +34,19 @@ JPEG = cv2.imencode(".jpg", np.full((48, 64, 3), 128, np.uint8))[1].tobytes()
     "http://[::ffff:7f00:1]/", "http://[0:0:0:0:0:ffff:a9fe:a9fe]/", "http://169.254.169.254/latest/meta-data/",
     "http://localhost/", "http://localhost./", "http://LOCALHOST/", "http://cam.example@127.0.0.1/",
     "http://cam.example:80@127.0.0.1:8080/", "rtsp://admin:pw@[fe80::1%25lo]/x", "http://[fd00::1]/",
-    "http://100.64.0.1/", "http://224.0.0.1/", "http://255.255.255.255/"])
+    "http://100.64.0.1/", "http://224.0.0.1/", "http://255.255.255.255/", "http://[::7f00:1]/",
+    "http://[64:ff9b::7f00:1]/", "http://[64:ff9b::a9fe:a9fe]/", "http://[2002:7f00:1::]/",
+    "http://[2002:c0a8:0101::1]/", "http://[::ffff:0:7f00:1]/", "http://[fec0::1]/"])
 def test_every_form_of_a_private_address_is_refused(url):
     with pytest.raises(CameraRefused) as info:
         check_camera_url(url, NONE)
     assert info.value.code in ("CAMERA_NOT_ALLOWED", "BAD_CAMERA_URL", "CAMERA_UNRESOLVABLE"), info.value.message
+
+
+@pytest.mark.parametrize("url", ["http://[64:ff9b::808:808]/", "http://[2002:808:808::1]/", "http://8.8.8.8/",
+                                 "http://[2606:4700::1111]/"])
+def test_public_addresses_in_any_form_pass(url):
+    assert check_camera_url(url, NONE)
 
 
 @pytest.mark.parametrize("url", [
