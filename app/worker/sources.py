@@ -364,8 +364,8 @@ class RtspSource(Source):
     def __init__(self, url: str, timeout: float, addresses: list[Address] | None = None):
         ms = int(timeout * 1000)
         os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")  # no UDP ports to open
-        # rtsp://: FFmpeg connects to the checked address (rtsps:// keeps the name its certificate is checked
-        # against: FFmpeg resolves it again, a window for DNS rebinding, docs/security.md)
+        # rtsp://: FFmpeg connects to the checked address (rtsps:// keeps the name, which TLS's SNI sends:
+        # FFmpeg resolves it again, a window for DNS rebinding left open, docs/security.md)
         target = pinned_url(url, addresses[0]) if addresses and url.lower().startswith("rtsp:") else url
         self.cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
                                                           cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
