@@ -55,12 +55,13 @@ lint: setup-dev
 	$(VENV)/bin/lint-imports
 
 # Every test (what .ci/run calls). uWSGI with OpenSSL is built once for the HTTPS test (setup-tls).
+# Two pytest processes: the tests that start the service one at a time in one, the others beside them
+# (test/conftest.py, SERIAL).
 test: lint setup-tls browser cameras
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 # The inner loop: lint and the unit tests (no service, browser or Docker; pytest.ini),
-# spread over the cores (at most 4 processes: each loads TensorFlow). `make test` runs one test at a time:
-# its stacks use both cores already.
+# spread over the cores (at most 4 processes: each loads TensorFlow).
 test-fast: lint
 	$(PY) -m pytest -m unit -q -n auto --maxprocesses=4
 

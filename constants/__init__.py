@@ -193,6 +193,16 @@ class Settings:
     recognise_min_face_px: int = _bounded(32, 0)         # drift p90 0.32 on strangers-more (28 px: 0.38)
     recognise_min_sharpness: float = _bounded(8.0, 0.0)  # drift p90 0.32 in [8, 10) (6-8: 0.40)
 
+    # Recorded videos (POST /models/<id>/video; modelization/video.py). The bytes are checked by the front
+    # before the body is read, the seconds by the worker from the container and again as it decodes.
+    max_video_bytes: int = _bounded(256 * 1024 * 1024, 1024)
+    max_video_seconds: float = _bounded(3600.0, 1.0, 7 * 24 * 3600.0)
+    max_video_fps: float = _bounded(30.0, 0.1, 120.0)   # the highest sampling rate a client may ask for
+    # frames larger than this (their longer side, in pixels) are scaled down before faces are looked for:
+    # a 1080p clip costs 2.6x the CPU with faces looked for in the full frame (bench/README.md), and faces that
+    # matter in a video frame are far over the recogniser's 32 px at half size
+    video_max_side: int = _bounded(960, 160, 8192)
+
     # Training.
     min_photos_per_person: int = _bounded(1, 1, 1000)  # fewer usable photos: left out (1: everyone with a face)
     epochs_without_validation: int = _bounded(40, 1, 100_000)  # when no person has a validation photo

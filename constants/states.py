@@ -17,6 +17,7 @@ class JobState(StrEnum):
     EXTRACTING = "extracting"
     OPTIMIZING = "optimizing"
     TRAINING = "training"
+    PROCESSING = "processing"  # a recorded video being read by a worker (not a build)
     DONE = "done"
     FAILED = "failed"
 
@@ -26,22 +27,26 @@ class JobState(StrEnum):
 
 
 class TaskKind(StrEnum):
-    """The three kinds of work a worker does for a build (app/worker/tasks.py)."""
+    """The kinds of work a worker does: three for a build (app/worker/tasks.py), one for a video."""
     EXTRACT = "extract"    # a chunk of photos -> their embeddings
     EVALUATE = "evaluate"  # one candidate network of the genetic search -> its validation scores
     TRAIN = "train"        # every embedding -> the model bundle
+    VIDEO = "video"        # a recorded video and a model's bundle -> its tracks (modelization/video.py)
 
 
 FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED})
-RUNNING_STATES = (JobState.EXTRACTING, JobState.OPTIMIZING, JobState.TRAINING)
+RUNNING_STATES = (JobState.EXTRACTING, JobState.OPTIMIZING, JobState.TRAINING, JobState.PROCESSING)
 
 # state -> the states it may move to. Staying in a running state (progress) is a move too.
 # QUEUED may jump past extraction: a restarted broker finds every chunk of a job already extracted.
+# A video job walks `queued -> processing -> done` (or failed).
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.EXTRACTING, JobState.OPTIMIZING, JobState.TRAINING, JobState.FAILED}),
+    JobState.QUEUED: frozenset({JobState.EXTRACTING, JobState.OPTIMIZING, JobState.TRAINING, JobState.PROCESSING,
+                                JobState.FAILED}),
     JobState.EXTRACTING: frozenset({JobState.EXTRACTING, JobState.OPTIMIZING, JobState.TRAINING, JobState.FAILED}),
     JobState.OPTIMIZING: frozenset({JobState.OPTIMIZING, JobState.TRAINING, JobState.FAILED}),
     JobState.TRAINING: frozenset({JobState.TRAINING, JobState.DONE, JobState.FAILED}),
+    JobState.PROCESSING: frozenset({JobState.PROCESSING, JobState.DONE, JobState.FAILED}),
     JobState.DONE: frozenset(),
     JobState.FAILED: frozenset(),
 }
@@ -51,6 +56,7 @@ TASK_STATE: dict[TaskKind, JobState] = {
     TaskKind.EXTRACT: JobState.EXTRACTING,
     TaskKind.EVALUATE: JobState.OPTIMIZING,
     TaskKind.TRAIN: JobState.TRAINING,
+    TaskKind.VIDEO: JobState.PROCESSING,
 }
 
 

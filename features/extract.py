@@ -140,6 +140,8 @@ def _detector_settings(settings: Settings) -> dict:
                                     "model_min_face_large": blazeface.MODEL_MIN_FACE_LARGE,
                                     "min_score": blazeface.MIN_SCORE, "sure_score": blazeface.SURE_SCORE,
                                     "confirm_score": blazeface.CONFIRM_SCORE,
+                                    "likely_score": blazeface.LIKELY_SCORE,
+                                    "recheck_faces": blazeface.RECHECK_FACES,
                                     "hog_from_blaze": blazeface.HOG_FROM_BLAZE}}
     return {"detector": "dlib HOG frontal_face_detector",
             "detect_max_side": settings.detect_max_side,

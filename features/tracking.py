@@ -66,7 +66,9 @@ class Track:
     id: increasing from 1 in order of start; label: the person, or "unknown"; confidence: the naming's;
     first, last: seconds of the first and last face; frames: how many faces joined; best: the face of the
     best frame (a judged face before an unjudged one, then the highest quality); faces: the faces kept
-    for naming (all of them up to `Tracker.keep_faces`, then the best ones); ended: no face will join.
+    for naming (all of them up to `Tracker.keep_faces`, then the best ones); ended: no face will join;
+    per_frame: how each judged face was named on its own (label -> faces, over every face that joined, kept
+    or not); unjudged: faces that joined with a `reason`.
     """
     id: int
     first: float
@@ -78,6 +80,8 @@ class Track:
     faces: list[FaceSeen] = field(default_factory=list, repr=False)
     ended: bool = False
     confirmed: bool = False
+    per_frame: dict[str, int] = field(default_factory=dict)
+    unjudged: int = 0
     # matching state: the last face's box and unit embedding, and a running mean of unit embeddings
     _box: tuple[int, int, int, int] = (0, 0, 0, 0)
     _last: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
@@ -202,6 +206,11 @@ class Tracker:
         """Every confirmed track (ended or open), in order of id."""
         return sorted((tr for tr in self._done + self._open if tr.confirmed), key=lambda tr: tr.id)
 
+    def forget_ended(self) -> None:
+        """Drop the tracks that ended (their end events were handed out): a live camera runs for days, and
+        `tracks()` would otherwise keep every visitor it ever saw."""
+        self._done.clear()
+
     def open_tracks(self) -> list[Track]:
         """The confirmed tracks not ended yet."""
         return [tr for tr in self._open if tr.confirmed]
@@ -278,6 +287,10 @@ class Tracker:
             tr._mean = _unit(m)
         tr._last, tr._box = u, tuple(int(v) for v in face.box)  # type: ignore[assignment]
         tr.frames += 1
+        if face.judged:
+            tr.per_frame[face.label] = tr.per_frame.get(face.label, 0) + 1
+        else:
+            tr.unjudged += 1
         tr.last = max(tr.last, face.t)
         if _better(face, tr.best) or tr.frames == 1:
             tr.best = face

@@ -66,6 +66,7 @@ def models(stack, keys, faces_dir):
 
 
 GROUP, FACE = "0123456789abcdef", "fedcba9876543210"  # an unknown-face group and face that do not exist
+NO_ID = str(uuid.uuid4())  # a video and a camera that do not exist
 
 
 def routes(models: dict, photo: bytes, victim_key: str) -> list[tuple[str, str, str, dict]]:
@@ -98,6 +99,19 @@ def routes(models: dict, photo: bytes, victim_key: str) -> list[tuple[str, str, 
         ("POST", f"/models/{model}/unknown/{GROUP}/faces/{FACE}/move", "build", {"json": {}}),
         ("DELETE", f"/models/{model}/unknown/{GROUP}", "build", {}),
         ("POST", f"/models/{model}/corrections", "build", {"json": {"label": "Nobody_Here", "faces": [FACE]}}),
+        # recorded videos and cameras (issue #27): a file that is not a video, a camera without a URL, and ids
+        # that do not exist, refused after the role and tenant checks
+        ("POST", f"/models/{model}/video", "predict", {"files": {"video": ("v.mp4", b"not a video")}}),
+        ("GET", "/videos", "read", {}),
+        ("GET", f"/videos/{NO_ID}", "read", {}),
+        ("GET", f"/videos/{NO_ID}/tracks/1.jpg", "read", {}),
+        ("DELETE", f"/videos/{NO_ID}", "delete", {}),
+        ("POST", "/cameras", "build", {"json": {"name": "door"}}),
+        ("GET", "/cameras", "read", {}),
+        ("GET", f"/cameras/{NO_ID}", "read", {}),
+        ("GET", f"/cameras/{NO_ID}/events", "read", {}),
+        ("GET", f"/cameras/{NO_ID}/events/1/snapshot", "read", {}),
+        ("DELETE", f"/cameras/{NO_ID}", "delete", {}),
         ("DELETE", f"/models/{uuid.uuid4()}", "delete", {}),
         ("POST", "/keys", "admin", {"json": {"tenant": "acme", "role": "user"}}),
         ("GET", "/keys", "admin", {}),
@@ -120,7 +134,8 @@ def test_every_route_of_the_app_is_in_the_table(stack, models, keys, faces_dir):
     rules = {(m, re.sub(r"<[^>]+>", "X", rule.rule)) for rule in app.url_map.iter_rules()
              for m in rule.methods - {"HEAD", "OPTIONS"} if rule.endpoint != "static"}
     photo = b"x"
-    listed = {(m, re.sub(r"[0-9a-f-]{36}|[0-9a-f]{16}|[0-9a-f]{12}|(?<=/people/)[^/]+", "X", p.split("?")[0]))
+    listed = {(m, re.sub(r"[0-9a-f-]{36}|[0-9a-f]{16}|[0-9a-f]{12}|(?<=/people/)[^/]+|(?<=/tracks/)\d+|(?<=/events/)\d+",
+                                    "X", p.split("?")[0]))
               for m, p, _, _ in
               routes(models, photo, keys["revoked"])}
     public = {("GET", "/is_alive"), ("GET", "/"), ("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/static/X")}

@@ -162,7 +162,7 @@ def test_faces_that_cannot_be_named_never_name_a_track():
     for f in blurred:
         tracker.update(f.t, [f])
     (tr,) = tracker.tracks()
-    assert tr.label == UNKNOWN and tr.frames == 6
+    assert tr.label == UNKNOWN and tr.frames == 6 and tr.unjudged == 6 and tr.per_frame == {}
     sharp = seen(rng, a, 0.05, 1.4, 100, frame=7, quality=0.1)
     tracker.update(1.4, [sharp])
     assert tr.label == "alice" and tr.best is sharp  # a judged face is a better view than any unjudged one
@@ -205,6 +205,7 @@ def test_kept_faces_are_bounded_and_time_cannot_go_back():
         tracker.update(k / 5, [seen(rng, a, 0.1, k / 5, 100, frame=k, quality=float(k % 7))])
     (tr,) = tracker.tracks()
     assert tr.frames == 50 and len(tr.faces) == 10 and min(f.quality for f in tr.faces) >= 5
+    assert tr.per_frame == {UNKNOWN: 50} and tr.unjudged == 0  # counted over every face, not the kept ones
     with pytest.raises(ValueError):
         tracker.update(1.0, [])
 
@@ -213,3 +214,19 @@ def test_iou():
     assert iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1
     assert iou((0, 0, 10, 10), (10, 0, 20, 10)) == 0
     assert iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+
+
+def test_ended_tracks_are_forgotten_when_asked_and_open_ones_stay():
+    """A live camera hands out each end event, then forgets the track (memory over days); a face still in
+    front of it keeps its track."""
+    rng = np.random.default_rng(7)
+    a, b = people(2, rng)
+    tracker = Tracker(max_gap_s=0.5)
+    ended = []
+    for k in range(10):  # a leaves after 1 s; b stays
+        faces = ([seen(rng, a, 0.1, k / 5, 100)] if k < 5 else []) + [seen(rng, b, 0.1, k / 5, 500)]
+        ended += [e.track.id for e in tracker.update(k / 5, faces) if e.kind == "end"]
+    assert len(ended) == 1 and len(tracker.tracks()) == 2
+    tracker.forget_ended()
+    assert [tr.id for tr in tracker.tracks()] == [tr.id for tr in tracker.open_tracks()] != ended
+    assert len(tracker.open_tracks()) == 1

@@ -37,10 +37,14 @@ class Deletion:
     def delete(self, job_id: str, tenant: str | None = None, purge_cache: bool = True) -> dict:
         """Erase a job: its queued tasks, row, uploads, model folder, callback and cached features (here, and
         on every connected worker's host; not with `purge_cache=False`, when an erasure purges one person's).
-        With `tenant`, only a job of that tenant."""
+        With `tenant`, only a job of that tenant. A model's videos go with it (their tracks and thumbnails name
+        and show its people: an erasure, which deletes every model holding the person, takes them too)."""
         job = self.store.get(job_id)
         if tenant is not None and job is not None and job.tenant != tenant:
             raise FrontError("NOT_FOUND", f"no model with id {job_id}")
+        videos = [] if job is None or job.is_video else self.store.videos_of(job_id)
+        for video in videos:
+            self.delete(video, purge_cache=False)
         self.planner.drop(job_id)
         self.events.emit("forget", job_id)
         n_chunks = self.planner.n_chunks(job.n_new if job else 0)
@@ -50,10 +54,12 @@ class Deletion:
         # half gone (a restart sweeps whatever files a crash here would leave)
         self.store.delete(job_id)
         self.sums.forget(job_id)
-        removed = {"job": job is not None,
+        removed: dict = {"job": job is not None,
                    "model": self.store.delete_model(self.s.dumps_dir, job_id),
                    "uploads": self.store.has_uploads(job_id),
                    "cached_features": self.drop_cache_entries(keys)}
+        if videos:
+            removed["videos"] = len(videos)
         self.pool.purge(digests, keys)
         self.events.emit("deleted", job_id)
         self.store.delete_uploads(job_id)

@@ -45,8 +45,8 @@ class Erasure:
         jobs = self.store.jobs_of(tenant)
         # as a failed job's error details name them: "label" or "label/file.jpg" (JSON, escaped or not)
         named = [q[:-1] + end for q in {json.dumps(label), json.dumps(label, ensure_ascii=False)} for end in '"/']
-        held = [j for j in jobs if label in self.records.labels_held(j) or any(n in (j.error_details or "")
-                                                                                for n in named)]
+        held = [j for j in jobs if not j.is_video and (label in self.records.labels_held(j) or any(
+            n in (j.error_details or "") for n in named))]  # a model's videos go with it (Deletion.delete)
         for upload in self.intake.storing.values():
             if (tenant is None or upload.job.tenant == tenant) and label in upload.job.labels:
                 upload.cancelled = True

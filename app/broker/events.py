@@ -124,6 +124,9 @@ class Callbacks:
             # the code and message only: details may list files, and so people's names
             data["error"] = {k: view["error"][k] for k in ("code", "message")} if view["error"] else None
             event = "model.done" if job.state == JobState.DONE else "model.failed"
+            if job.is_video:  # the video's tracks are not sent: the receiver GETs /videos/<id> (its key decides)
+                data.update(kind="video", model=job.options.get("model"), url=f"/videos/{job.id}")
+                event = "video.done" if job.state == JobState.DONE else "video.failed"
             if self.call("enqueue", job.id, event, data, job.tenant):
                 self.sender.wake()
         except (StoreUnavailable, ValueError, KeyError) as exc:

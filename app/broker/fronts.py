@@ -67,7 +67,7 @@ class Fronts:
             body, data = self.cameras.snapshot(header)
             self.front.send_multipart([identity, b"", *p.pack(p.OK, body, data)])
             return None
-        if command in (p.SUBMIT, p.DERIVE):
+        if command in (p.SUBMIT, p.DERIVE, p.VIDEO):
             self.intake.begin(identity, self.intake.admit(command, header, blobs))
             return None
         if command in p.UNKNOWN_COMMANDS:

@@ -26,9 +26,11 @@ from app.wire.protocol import FrontError
 from constants import Settings
 from constants.states import JobState
 from logger import logger
+from modelization.bundle import BUNDLE_FILE
 from preprocessor.uploads import Photo
 
 DERIVED_OPTIONS = ("parent", "inherited", "removed_people")  # options the broker sets, never the front
+VIDEO_LABEL = "video"  # the label a video job's one upload is stored under (it names nobody)
 
 
 class Intake:
@@ -59,6 +61,10 @@ class Intake:
         if header["id"] in self.storing or self.store.get(header["id"]) is not None or \
                 self.store.has_uploads(header["id"]):
             raise FrontError("CONFLICT", "a job with this id exists")
+        if command == p.VIDEO:
+            job = self.video(header, blobs[0])
+            self.check_quotas(job.tenant, size)
+            return job
         photos = [Photo(f["label"], f["filename"], b) for f, b in zip(header["files"], blobs)]
         if command == p.DERIVE:
             job = self.derivation(header, photos)
@@ -82,12 +88,29 @@ class Intake:
         self.storing[job.id] = Upload(identity, job)
         self.writer.put(job)
 
+    def video(self, header: dict, data: bytes) -> NewJob:
+        """A VIDEO's model checked (built, a model and not a video, of the caller's tenant, its bundle on disk)
+        -> the video job, which belongs to the model's tenant."""
+        model = header["model"]
+        row = self.store.get(model)
+        if row is None or row.is_video or (header.get("tenant") is not None and row.tenant != header["tenant"]):
+            raise FrontError("NOT_FOUND", f"no model with id {model}")
+        if row.state != JobState.DONE:
+            raise FrontError("NOT_READY", f"model {model} is not built (state: {row.state})")
+        if not (self.s.dumps_dir / model / BUNDLE_FILE).exists():
+            raise FrontError("GONE", f"the files of model {model} are missing")
+        name = header.get("name") or "video"
+        options = {"model": model, "fps": header["fps"], "bytes": len(data)}
+        return NewJob(header["id"], name, options, None, row.tenant, [], [Photo(VIDEO_LABEL, "video", data)],
+                      header.get("callback"), header.get("deadline"),
+                      {"id": header["id"], "model": model, "fps": header["fps"]}, kind="video")
+
     def derivation(self, header: dict, photos: list[Photo]) -> NewJob:
         """A DERIVE's parent (built, of the caller's tenant, with its photos' features kept) and the people to
         remove, checked. The new model belongs to its parent's tenant and keeps its split's seed."""
         parent = header["parent"]
         row = self.store.get(parent)
-        if row is None or (header.get("tenant") is not None and row.tenant != header["tenant"]):
+        if row is None or row.is_video or (header.get("tenant") is not None and row.tenant != header["tenant"]):
             raise FrontError("NOT_FOUND", f"no model with id {parent}")
         if row.state != JobState.DONE:
             raise FrontError("NOT_READY", f"model {parent} is not built (state: {row.state})")
@@ -216,7 +239,7 @@ class Intake:
                 raise FrontError("NOT_FOUND", f"model {job.parent} was deleted while this was stored; nothing was "
                                               "kept")
             self.events.emit("registering", job.id, job.callback)
-            self.store.create(job.id, job.name, job.options, job.n_photos, len(job.labels), job.tenant)
+            self.store.create(job.id, job.name, job.options, job.n_photos, len(job.labels), job.tenant, job.kind)
             if self.unknown is not None:
                 self.unknown.named(job.id)  # a named group's faces leave the waiting ones with the row
         except BaseException:
@@ -224,7 +247,9 @@ class Intake:
             self.events.emit("register_failed", job.id)
             raise
         self.planner.plan(job.id)
-        if job.parent is not None:
+        if job.kind == "video":
+            logger.info("video {} queued: {} bytes through model {}", job.id, job.size, job.options["model"])
+        elif job.parent is not None:
             logger.info("job {} derived from {}: {} photos inherited, {} added, {} people removed", job.id,
                         job.parent, len(job.inherited), len(job.fresh), job.answer["removed"]["people"])
         else:

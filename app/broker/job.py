@@ -30,6 +30,7 @@ class Job:
     attempts: int = 0
     worker: str | None = None
     detail: str | None = None         # JSON: what the current stage shows (the search's progress)
+    kind: str | None = None           # None: a model's build; "video": a recorded video (options: model, fps)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -41,6 +42,10 @@ class Job:
     @property
     def final(self) -> bool:
         return self.state.final
+
+    @property
+    def is_video(self) -> bool:
+        return self.kind == "video"
 
     @property
     def parent(self) -> str | None:

@@ -68,7 +68,8 @@ class Broker:
         self.front, self.back = self.ctx.socket(zmq.ROUTER), self.ctx.socket(zmq.ROUTER)
         self.auth.serve(self.front, FRONTS)
         self.auth.serve(self.back, WORKERS)
-        p.tune(self.front, settings.heartbeat_s, max(settings.max_photo_bytes, p.MAX_HEADER_BYTES))
+        p.tune(self.front, settings.heartbeat_s, max(settings.max_photo_bytes, p.MAX_HEADER_BYTES,
+                                                     settings.max_video_bytes))
         p.tune(self.back, settings.heartbeat_s, p.MAX_RESULT_BYTES)
         self.front.bind(settings.front_endpoint)
         if settings.front_endpoint.startswith("ipc://"):

@@ -1,7 +1,8 @@
 """Planning: which tasks a job still needs, in what order, and what each task message carries.
 
 A job is cut into `extract` tasks (a chunk of FR_CHUNK_PHOTOS photos each), then, with optimize=1,
-the search's `evaluate` tasks (app/broker/search.py), then one `train` task. What is done is read from
+the search's `evaluate` tasks (app/broker/search.py), then one `train` task. A video job is one `video`
+task: its video and its model's bundle to one worker, which sends back the tracks. What is done is read from
 disk (each finished chunk's features are written next to the photos), so planning a job again after a
 restart or a full disk queues only the missing work.
 """
@@ -20,6 +21,7 @@ from app.wire.protocol import Task
 from constants import Settings
 from constants.states import JobState, TaskKind
 from logger import logger
+from modelization.bundle import BUNDLE_FILE
 
 if TYPE_CHECKING:
     from app.broker.search import Searches
@@ -103,6 +105,9 @@ class Planner:
         if not self.store.has_uploads(job_id):
             self.fail(job_id, "UPLOAD_LOST", "the uploaded photos of this job are gone")
             return
+        if job.is_video:
+            self.queue.append(Task(job_id, TaskKind.VIDEO))
+            return
         missing = self.missing_chunks(job_id, job.n_new)
         if missing:
             self.queue.extend(Task(job_id, TaskKind.EXTRACT, k) for k in missing)
@@ -158,6 +163,16 @@ class Planner:
             self.fail(task.job, "UPLOAD_LOST", "the uploaded photos of this job are gone")
             return None
         header: dict[str, Any] = {"task": task.to_wire(), "name": job.name, "options": job.options}
+        if task.kind == TaskKind.VIDEO:
+            model = job.options.get("model", "")
+            try:
+                bundle = (self.s.dumps_dir / model / BUNDLE_FILE).read_bytes()
+            except OSError:
+                self.fail(task.job, "MODEL_GONE", f"model {model} was deleted before the video was read")
+                return None
+            header["files"] = [{"label": e["label"], "filename": e["filename"]} for e in index]
+            header["tenant"] = job.tenant
+            return p.pack(p.JOB, header, [*self.store.load_photos(task.job, index[:1]), bundle])
         if task.kind == TaskKind.EXTRACT:
             part = index[task.chunk * self.s.chunk_photos:(task.chunk + 1) * self.s.chunk_photos]
             header["files"] = [{"label": e["label"], "filename": e["filename"]} for e in part]

@@ -157,7 +157,9 @@ class WorkerPool:
     # --- tasks --------------------------------------------------------------------------------------
     def hand(self, worker: WorkerState, task: Task, job: Job, frames: list[bytes]) -> None:
         self.store.assign(task.job, worker.name, task.attempt)
-        if job.state == JobState.QUEUED:
+        if job.state == JobState.QUEUED and task.kind == TaskKind.VIDEO:
+            self.store.progress(task.job, JobState.PROCESSING, JobState.PROCESSING, 0, 0)
+        elif job.state == JobState.QUEUED:
             self.store.progress(task.job, JobState.EXTRACTING, JobState.EXTRACTING, 0, job.n_new)
         worker.task, worker.since = task, time.monotonic()
         self.back.send_multipart([worker.identity, *frames])

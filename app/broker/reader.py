@@ -17,7 +17,7 @@ from pathlib import Path
 
 import zmq
 
-from app.broker.store import SEARCH_CHECKPOINT, connect, list_jobs, read_job
+from app.broker.store import SEARCH_CHECKPOINT, THUMBS_DIR, VIDEO_FILE, connect, list_jobs, read_job
 from app.broker.webhooks import delivery_view
 from app.shared.api_keys import read_key
 from app.shared.storage import StoreUnavailable, store_errors
@@ -97,7 +97,8 @@ class Reader(threading.Thread):
                     body["callback"] = delivery_view(self.s, header["id"])
                 return p.pack(p.OK, body)
             if command == p.LIST:
-                rows, total = list_jobs(self.s.db_path, header["limit"], header["offset"], header.get("tenant"))
+                rows, total = list_jobs(self.s.db_path, header["limit"], header["offset"], header.get("tenant"),
+                                        header.get("kind"))
                 return p.pack(p.OK, {"jobs": [dict(r) for r in rows], "total": total})
             if command == p.BUNDLE:
                 return self.bundle(header)
@@ -105,6 +106,8 @@ class Reader(threading.Thread):
                 return p.pack(p.OK, {"done": self.known(header["ids"])})
             if command == p.SEARCH:
                 return p.pack(p.OK, {"search": self.search_view(header["id"], header.get("tenant"))})
+            if command == p.VIDEOGET:
+                return self.video(header)
             if command == p.KEYGET:
                 row = read_key(self.s.auth_db_path, header["id"])
                 if row is not None:
@@ -159,6 +162,25 @@ class Reader(threading.Thread):
         except ProtocolError as exc:
             return p.pack(p.ERR, {"code": "BAD_REQUEST", "message": escape(exc)})
         return p.pack(p.OK, {"sha256": sha, "size": size, "offset": offset}, [piece])
+
+    def video(self, header: dict) -> list[bytes]:
+        """A finished video's result, or one of its thumbnails (by track id)."""
+        job_id = header["id"]
+        row = self.row(job_id, header.get("tenant"))
+        if row.get("kind") != "video":
+            raise NotFound(f"no video with id {job_id}")
+        if row["state"] != JobState.DONE:
+            return p.pack(p.ERR, {"code": "NOT_READY", "message": f"video {job_id} is not processed yet "
+                                                                  f"(state: {row['state']})"})
+        folder = self.s.dumps_dir / job_id
+        try:
+            if header.get("thumb") is not None:
+                jpeg = (folder / THUMBS_DIR / f"{int(header['thumb'])}.jpg").read_bytes()
+                return p.pack(p.OK, {"size": len(jpeg)}, [jpeg])
+            return p.pack(p.OK, {"video": json.loads((folder / VIDEO_FILE).read_text())})
+        except FileNotFoundError:
+            raise NotFound(f"video {job_id} has no such track" if header.get("thumb") is not None
+                           else f"the result of video {job_id} is missing") from None
 
     def search_view(self, job_id: str, tenant: str | None) -> dict | None:
         """A running search as `GET /models/<id>/search` shows it, from its last checkpoint (written atomically

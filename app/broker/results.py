@@ -6,9 +6,13 @@ task elsewhere. A result for a job that ended is ignored; one for a deleted job 
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import io
 import json
+import os
+import shutil
 import time
 import zipfile
 from collections.abc import Callable
@@ -22,7 +26,7 @@ from app.broker.reader import BundleSums
 from app.broker.records import ERASE_FILE, Records
 from app.broker.said import Said
 from app.broker.search import Searches
-from app.broker.store import JobStore
+from app.broker.store import THUMBS_DIR, VIDEO_FILE, JobStore
 from app.shared.storage import disk_errors
 from app.wire import protocol as p
 from app.wire.protocol import ProtocolError, Task, escape
@@ -78,6 +82,8 @@ class Results:
                 self.on_chunk(task, job, blobs[0])
             elif task.kind == TaskKind.EVALUATE:
                 self.searches.tell(task, blobs[0])
+            elif task.kind == TaskKind.VIDEO:
+                self.on_video(task, blobs[0])
             else:
                 self.on_bundle(task, blobs[0])
         except ProtocolError as exc:
@@ -137,6 +143,62 @@ class Results:
         if not self.s.keep_uploads:
             self.store.delete_uploads(task.job)
         logger.info("job {} done", task.job)
+
+
+    def on_video(self, task: Task, result: bytes) -> None:
+        """A video's tracks and thumbnails: checked, written to dumps/<id>/ (video.json, thumbs/<track>.jpg) in
+        one folder renamed into place, then the job is done and its upload (the video) goes."""
+        body, thumbs = check_video_result(result)
+        folder = self.s.dumps_dir / task.job
+        tmp = self.s.dumps_dir / f".{task.job}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        with disk_errors(tmp):
+            (tmp / THUMBS_DIR).mkdir(parents=True)
+            for track, jpeg in zip(body["tracks"], thumbs):
+                (tmp / THUMBS_DIR / f"{track['id']}.jpg").write_bytes(jpeg)
+            (tmp / VIDEO_FILE).write_text(json.dumps(body, ensure_ascii=False))
+            shutil.rmtree(folder, ignore_errors=True)  # a result delivered again replaces the first
+            os.rename(tmp, folder)
+        self.store.finish(task.job)
+        self.end(task.job)
+        self.events.emit("forget", task.job)
+        if not self.s.keep_uploads:
+            self.store.delete_uploads(task.job)
+        logger.info("video {} done: {} track(s)", task.job, len(body["tracks"]))
+
+
+MAX_THUMB_BYTES = 1024 * 1024
+
+
+def check_video_result(result: bytes) -> tuple[dict, list[bytes]]:
+    """A video task's result -> (its JSON without the thumbnails, the thumbnails' JPEGs). ProtocolError for
+    anything else than tracks with their fields and one JPEG each."""
+    body = p.mapping(p.decode_json(result, p.MAX_RESULT_BYTES, "video result"), "video result")
+    tracks, encoded = body.pop("tracks", None), body.pop("thumbnails", None)
+    if not isinstance(tracks, list) or not isinstance(encoded, list) or len(tracks) != len(encoded) \
+            or len(tracks) > p.MAX_THUMBNAILS:
+        raise ProtocolError("a video result holds tracks and one thumbnail each")
+    thumbs, ids = [], set()
+    for track, b64 in zip(tracks, encoded):
+        track = p.mapping(track, "track")
+        p.integer(track.get("id"), 1, p.MAX_THUMBNAILS, "track id")
+        p.text(track.get("label"), 1000, "track label")
+        for name in ("first", "last", "confidence"):
+            p.number(track.get(name), 0, 1e9, f"track {name}")
+        p.integer(track.get("frames"), 1, 10**9, "track frames")
+        p.mapping(track.get("best"), "track best")
+        if track["id"] in ids:
+            raise ProtocolError("two tracks have the same id")
+        ids.add(track["id"])
+        try:
+            jpeg = base64.b64decode(p.text(b64, 2 * MAX_THUMB_BYTES, "thumbnail"), validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError("a thumbnail is not base64") from None
+        if not jpeg.startswith(b"\xff\xd8\xff") or len(jpeg) > MAX_THUMB_BYTES:
+            raise ProtocolError("a thumbnail is not a JPEG of at most 1 MiB")
+        thumbs.append(jpeg)
+    body["tracks"] = tracks
+    return body, thumbs
 
 
 def check_bundle(bundle: bytes, job_id: str) -> None:

@@ -42,13 +42,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     worker TEXT,
     detail TEXT,                    -- JSON: what the current stage shows (the search's progress)
-    tenant TEXT                     -- who owns it (the tenant of the key that built it)
+    tenant TEXT,                    -- who owns it (the tenant of the key that built it)
+    kind TEXT                       -- NULL: a model's build; "video": a recorded video through a model
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, created);
 """
 
 PACK_FILE, INDEX_FILE = "photos.pack", "index.json"
 SEARCH_CHECKPOINT = "search.json"  # in uploads/<id>/: the genetic search's last state (save_search)
+VIDEO_FILE, THUMBS_DIR = "video.json", "thumbs"  # in dumps/<id>/ of a video job: its tracks, their JPEGs
 READ_TIMEOUT_S = 2.0  # a reader waits this long for a lock, then says the store is unavailable
 
 
@@ -68,7 +70,7 @@ def connect(db_path: Path, readonly: bool = False) -> sqlite3.Connection:
             conn.execute("PRAGMA secure_delete=ON")  # a deleted row leaves no bytes behind (erasure, #18)
             conn.executescript(SCHEMA)
             columns = {r[1] for r in conn.execute("PRAGMA table_info(jobs)")}
-            for column in ("detail", "tenant"):  # stores made by earlier versions
+            for column in ("detail", "tenant", "kind"):  # stores made by earlier versions
                 if column not in columns:
                     conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
             conn.execute("CREATE INDEX IF NOT EXISTS jobs_tenant ON jobs(tenant, state)")
@@ -87,15 +89,18 @@ def read_job(db_path: Path, job_id: str) -> sqlite3.Row | None:
         conn.close()
 
 
-def list_jobs(db_path: Path, limit: int, offset: int, tenant: str | None = None) -> tuple[list[sqlite3.Row], int]:
-    """Newest first (of one tenant, or all), and the total. Raises StoreUnavailable."""
+def list_jobs(db_path: Path, limit: int, offset: int, tenant: str | None = None,
+              kind: str | None = None) -> tuple[list[sqlite3.Row], int]:
+    """Newest first (of one tenant, or all), and the total: models, or the jobs of `kind` ("video").
+    Raises StoreUnavailable."""
     conn = connect(db_path, readonly=True)
     try:
         with store_errors():
-            rows = conn.execute("SELECT * FROM jobs WHERE ? IS NULL OR tenant = ? ORDER BY created DESC "
-                                "LIMIT ? OFFSET ?", (tenant, tenant, limit, offset)).fetchall()
-            total = conn.execute("SELECT COUNT(*) FROM jobs WHERE ? IS NULL OR tenant = ?",
-                                 (tenant, tenant)).fetchone()[0]
+            rows = conn.execute("SELECT * FROM jobs WHERE (? IS NULL OR tenant = ?) AND kind IS ? "
+                                "ORDER BY created DESC LIMIT ? OFFSET ?",
+                                (tenant, tenant, kind, limit, offset)).fetchall()
+            total = conn.execute("SELECT COUNT(*) FROM jobs WHERE (? IS NULL OR tenant = ?) AND kind IS ?",
+                                 (tenant, tenant, kind)).fetchone()[0]
         return rows, total
     finally:
         conn.close()
@@ -309,13 +314,19 @@ class JobStore:
 
     # --- jobs ----------------------------------------------------------------
     def create(self, job_id: str, name: str | None, options: dict, n_photos: int, n_people: int,
-               tenant: str | None = None) -> None:
+               tenant: str | None = None, kind: str | None = None) -> None:
         now = time.time()
         self.execute(
             "INSERT INTO jobs (id, name, state, created, updated, options, n_photos, n_people, stage, done, total,"
-            " tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+            " tenant, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
             (job_id, name, JobState.QUEUED.value, now, now, json.dumps(options), n_photos, n_people,
-             JobState.QUEUED.value, n_photos, tenant))
+             JobState.QUEUED.value, n_photos, tenant, kind))
+
+    def videos_of(self, model_id: str) -> list[str]:
+        """Ids of the video jobs run through a model (they go with it)."""
+        rows = self.execute("SELECT id FROM jobs WHERE kind = 'video' AND json_extract(options, '$.model') = ?",
+                            (model_id,)).fetchall()
+        return [r["id"] for r in rows]
 
     def active_jobs(self, tenant: str | None) -> int:
         """Unfinished jobs of a tenant."""

@@ -29,9 +29,12 @@ class NewJob:
     callback: dict | None
     deadline: float | None
     answer: dict
+    kind: str | None = None  # "video": one recorded video (its only "photo"), no people
 
     @property
     def labels(self) -> set[str]:
+        if self.kind == "video":
+            return set()
         return {ph.label for ph in self.fresh} | {r["label"] for r in self.inherited}
 
     @property

@@ -36,4 +36,11 @@ def job_view(row: sqlite3.Row | dict) -> dict:
         "people": row["n_people"],
         "parent": json.loads(row["options"] or "{}").get("parent"),  # a derived model's (issue #18)
         "keep_unknown": bool(json.loads(row["options"] or "{}").get("keep_unknown")),  # issue #28
+        **(_video(row) if "kind" in row.keys() and row["kind"] == "video" else {}),
     }
+
+
+def _video(row: sqlite3.Row | dict) -> dict:
+    """What a video job adds: its kind, the model it runs through, the sampling rate, the video's bytes."""
+    options = json.loads(row["options"] or "{}")
+    return {"kind": "video", "model": options.get("model"), "fps": options.get("fps"), "bytes": options.get("bytes")}

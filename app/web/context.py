@@ -79,6 +79,8 @@ def finished_job(raw_id: str) -> tuple[dict, dict, dict | None]:
     """(the job's view, its row, its bundle's {sha256, size}) of a model that was built, or the error saying
     why there is none (404/409)."""
     row, bundle = find_row(parse_job_id(raw_id))
+    if row.get("kind") == "video":  # a video's job is no model (GET /videos/<id>)
+        raise ApiError(404, "NOT_FOUND", f"no model with id {row['id']}")
     job = job_view(row)
     if job["state"] == JobState.FAILED:
         raise ApiError(409, "BUILD_FAILED", f"model {job['id']} failed to build: {job['error']['message']}",

@@ -5,7 +5,7 @@ import threading
 
 from flask import Flask
 
-from app.web import builds, cameras, health, keys, models, people, predict, unknown
+from app.web import builds, cameras, health, keys, models, people, predict, unknown, videos
 from app.web.body_guard import BodyGuard
 from app.web.bundles import BundleCache
 from app.web.console import install as install_console
@@ -16,7 +16,8 @@ from app.web.security import Audit, BrokerKeys, install
 from constants import Settings
 
 # the API's areas (the console, its pages and the reports: app/web/console.py)
-BLUEPRINTS = (builds.bp, people.bp, models.bp, predict.bp, unknown.bp, keys.bp, health.bp, cameras.bp)
+BLUEPRINTS = (builds.bp, people.bp, models.bp, predict.bp, videos.bp, unknown.bp, keys.bp, health.bp,
+              cameras.bp)
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -74,7 +74,8 @@ AUTH_ERRORS = ((401, "`UNAUTHORIZED`: no key, or an unknown or revoked one"),
 
 def schemas() -> dict:
     """The components' schemas, in the order the reference shows them."""
-    return {**_basic_schemas(), **_job_schemas(), **_use_schemas(), **_report_schemas(), **_camera_schemas()}
+    return {**_basic_schemas(), **_job_schemas(), **_use_schemas(), **_report_schemas(), **_video_schemas(),
+            **_camera_schemas()}
 
 
 REASON = {"enum": ["too_small", "too_blurred"],
@@ -124,7 +125,8 @@ def _job_schemas() -> dict:
     job = obj(["id", "state", "available", "progress"],
               id=text(format="uuid"), name=nullable(text()),
               state={"enum": [s.value for s in JobState],
-                     "description": "queued → extracting (→ optimizing) → training → done, or failed"},
+                     "description": "queued → extracting (→ optimizing) → training → done, or failed; a "
+                                    "video: queued → processing → done, or failed"},
               available={"enum": [0, 1]},
               progress=obj(stage=text("what the job is doing, e.g. `generation 2 of 6`"), done=integer(),
                            total=integer()),
@@ -290,8 +292,8 @@ def photo_json() -> dict:
 def operations() -> dict:
     """Every path of the API, in the order the reference shows them."""
     return {**_page_paths(), **_metrics_path(), **_build_paths(), **_view_paths(),
-            **_use_paths(), **_after_build_paths(), **_unknown_paths(), **_camera_paths(), **_key_paths(),
-            **_health_path()}
+            **_use_paths(), **_video_paths(), **_after_build_paths(), **_unknown_paths(), **_camera_paths(),
+            **_key_paths(), **_health_path()}
 
 
 def _page_paths() -> dict:
@@ -437,6 +439,95 @@ def _use_paths() -> dict:
                                                         "`BAD_JSON`, `BAD_BASE64`, `BAD_DATA_URI`, `BAD_EMBEDDING`, "
                                                         "`EMPTY_BATCH`, `BAD_PARAMETER`, `NOT_AN_IMAGE`"),
                                    (413, "`PHOTO_TOO_LARGE`, `REQUEST_TOO_LARGE`, `BATCH_TOO_LARGE`"))}}},
+    }
+
+
+def _video_schemas() -> dict:
+    box = {"type": "array", "items": integer(), "minItems": 4, "maxItems": 4,
+           "description": "left, top, right, bottom in the video's pixels"}
+    track = obj(["id", "label", "known", "confidence", "first", "last", "frames", "best", "thumbnail"],
+                id=integer("1, 2, ... in order of first appearance"),
+                label=text("the person, or `unknown`: named from the track's frames together (the quality-"
+                           "weighted mean of their embeddings judged by the model); faces too small or blurred "
+                           "to be named never name a track"),
+                known={"type": "boolean"}, confidence=num("the model's confidence in that name"),
+                first=num("second of the first frame the face was seen in"),
+                last=num("second of the last frame the face was seen in"),
+                frames=integer("sampled frames the face was seen in"),
+                best=obj(t=num("second"), frame=integer("frame index in the video"), box=box,
+                         quality=num("face width in pixels, discounted for blur and a turned head")),
+                per_frame={"type": "object", "additionalProperties": integer(),
+                           "description": "how each frame alone named the face (frames per label)"},
+                unjudged=integer("frames whose face was too small or blurred to be named"),
+                thumbnail=text("URL of the best frame's face (JPEG)"))
+    result = obj(video=obj(width=integer(), height=integer(), fps=num(), frames=integer(), seconds=num()),
+                 sampling=obj(fps=num(), frames=integer("frames sampled"), decoded=integer("frames decoded"),
+                              seconds=num("the time of the last frame decoded")),
+                 truncated={"type": "boolean", "description": "the file ended before its header said (cut "
+                                                              "short): the tracks cover what could be read"},
+                 naming=text(), model=text(format="uuid"), tracks={"type": "array", "items": track})
+    return {
+        "VideoAccepted": {"allOf": [ref("Ok"), obj(
+            ["id", "model", "fps"], id=text("the video job's id", format="uuid"), model=text(format="uuid"),
+            fps=num(), bytes=integer(), poll=text("where to follow it: `/videos/{id}`"),
+            callback=obj(url=text(), secret=text("whsec_...: signs the delivery; shown once")))]},
+        "Video": {"allOf": [ref("Job"), obj(
+            kind={"enum": ["video"]}, model=text(format="uuid"), fps=num(), bytes=integer(),
+            result=nullable(result))]},
+        "VideoList": {"allOf": [ref("Ok"), obj(videos={"type": "array", "items": ref("Job")}, total=integer(),
+                                               limit=integer(), offset=integer())]},
+    }
+
+
+def _video_paths() -> dict:
+    """Recorded videos through a model."""
+    video_id = {**JOB_ID, "description": "the video job's id (a uuid4)"}
+    video_errors = ((400, "`BAD_ID`: not a uuid4"), (404, "`NOT_FOUND`: no such video (or another tenant's)"),
+                    (503, "`STORE_UNAVAILABLE`"))
+    return {
+        "/models/{job_id}/video": {"post": {
+            "tags": ["use"], "summary": "Who is seen in a recorded video, and when",
+            "description": "A video (mp4, mov, mkv, webm, avi: what OpenCV's FFmpeg decodes) as the multipart part "
+                           "`video`. Answered 202 once it is stored; a worker samples its frames at `fps`, follows "
+                           "each face across frames (box overlap and embedding distance) and names each track "
+                           "from its frames together. Poll `/videos/{id}` (or `/is_available/{id}`); "
+                           "`callback_url` is called as for builds (`video.done` / `video.failed`). A video that "
+                           "cannot be decoded, or that lasts longer than FR_MAX_VIDEO_SECONDS, ends `failed` with "
+                           "`NOT_A_VIDEO` or `VIDEO_TOO_LONG`.",
+            "parameters": [JOB_ID],
+            "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": obj(
+                ["video"], video=text(format="binary"),
+                fps=num("frames sampled per second of video, (0.1, FR_MAX_VIDEO_FPS]; default 5"),
+                callback_url=text("called when the video is processed or failed"))}}},
+            "responses": {"202": answer("accepted", ref("VideoAccepted")),
+                          **errors(*MODEL_ERRORS, (400, "`MISSING_VIDEO`, `EMPTY_FILE`, `NOT_A_VIDEO` (a photo, an "
+                                                        "audio file, anything that is no video container), "
+                                                        "`BAD_FILENAME`, `BAD_PARAMETER`, `CALLBACK_REFUSED`"),
+                                   (413, "`VIDEO_TOO_LARGE`: over FR_MAX_VIDEO_BYTES"),
+                                   (429, "`TOO_MANY_BUILDS`: the tenant's running jobs"),
+                                   (507, "`INSUFFICIENT_STORAGE`, `QUOTA_EXCEEDED`"))}}},
+        "/videos": {"get": {
+            "tags": ["use"], "summary": "Videos, newest first",
+            "parameters": [{"name": "limit", "in": "query", "schema": integer(minimum=1, maximum=1000, default=100)},
+                           {"name": "offset", "in": "query", "schema": integer(minimum=0, default=0)}],
+            "responses": {"200": answer("a page of videos", ref("VideoList")),
+                          **errors((400, "`BAD_PARAMETER`"), (503, "`STORE_UNAVAILABLE`"))}}},
+        "/videos/{job_id}": {
+            "get": {"tags": ["use"], "summary": "A video's state and progress, then its tracks",
+                    "description": "`state` walks queued → processing → done, or ends failed with `error`; "
+                                   "`progress` counts the frames sampled. Once done, `result` holds the tracks.",
+                    "parameters": [video_id], "responses": {"200": answer("the video", ref("Video")),
+                                                            **errors(*video_errors)}},
+            "delete": {"tags": ["use"], "summary": "Erase a video: its upload, tracks and thumbnails",
+                       "parameters": [video_id],
+                       "responses": {"200": answer("what was removed", ref("Deleted")),
+                                     **errors(*video_errors)}}},
+        "/videos/{job_id}/tracks/{track}.jpg": {"get": {
+            "tags": ["use"], "summary": "A track's thumbnail: the face of its best frame",
+            "parameters": [video_id, {"name": "track", "in": "path", "required": True, "schema": integer()}],
+            "responses": {"200": {"description": "a JPEG",
+                                  "content": {"image/jpeg": {"schema": text(format="binary")}}},
+                          **errors(*video_errors, (409, "`NOT_READY`: not processed yet"))}}},
     }
 
 

@@ -49,6 +49,7 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 AUDITED = {"builds.build_recognizer": "build", "models.download": "download", "models.delete_model": "delete",
+           "videos.analyse_video": "video", "videos.delete_video": "delete_video",
            "people.add_people": "derive", "people.remove_person": "derive", "people.erase_person": "erase",
            "keys.create_key": "key_create", "keys.revoke_key": "key_revoke"}
 

@@ -106,10 +106,12 @@ def get_job(endpoint: str, keys_dir: Path, job_id: str, timeout_s: float, tenant
 
 
 def list_jobs(endpoint: str, keys_dir: Path, limit: int, offset: int, timeout_s: float,
-              tenant: str | None = None) -> tuple[list[dict], int]:
-    """Newest first (of one tenant, or all): (rows, total)."""
-    answer = call(endpoint, keys_dir, p.pack(p.LIST, {"limit": limit, "offset": offset, "tenant": tenant}),
-                  timeout_s)
+              tenant: str | None = None, kind: str | None = None) -> tuple[list[dict], int]:
+    """Newest first (of one tenant, or all): (rows, total). Models, or with kind="video" the videos."""
+    header: dict = {"limit": limit, "offset": offset, "tenant": tenant}
+    if kind is not None:
+        header["kind"] = kind
+    answer = call(endpoint, keys_dir, p.pack(p.LIST, header), timeout_s)
     return answer["jobs"], answer["total"]
 
 
@@ -152,3 +154,24 @@ def unknown(endpoint: str, keys_dir: Path, command: bytes, header: dict, timeout
     if command not in p.UNKNOWN_COMMANDS:
         raise ValueError(f"not an unknown-face message: {command!r}")
     return exchange(endpoint, keys_dir, p.pack(command, header, blobs), timeout_s)
+
+
+def video(endpoint: str, keys_dir: Path, header: dict, data: bytes, timeout_s: float) -> dict:
+    """A recorded video to run through a built model (header: id, model, tenant, name, fps, deadline,
+    callback) -> {id, model, fps}, once the video is stored."""
+    return call(endpoint, keys_dir, p.pack(p.VIDEO, header, [data]), timeout_s)
+
+
+def video_result(endpoint: str, keys_dir: Path, job_id: str, timeout_s: float, tenant: str | None = None) -> dict:
+    """A finished video's result (tracks); NOT_FOUND for none, another tenant's, or one not finished."""
+    return call(endpoint, keys_dir, p.pack(p.VIDEOGET, {"id": job_id, "tenant": tenant}), timeout_s)["video"]
+
+
+def video_thumbnail(endpoint: str, keys_dir: Path, job_id: str, track: int, timeout_s: float,
+                    tenant: str | None = None) -> bytes:
+    """The JPEG of a finished video's track `track` (its best frame's face)."""
+    _, blobs = exchange(endpoint, keys_dir, p.pack(p.VIDEOGET, {"id": job_id, "tenant": tenant, "thumb": track}),
+                        timeout_s)
+    if len(blobs) != 1:
+        raise BrokerUnreadable("the job broker sent a thumbnail this front cannot read")
+    return blobs[0]

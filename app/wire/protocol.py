@@ -10,6 +10,8 @@ Front (REQ, the HTTP app) -> broker ROUTER:
     STATUS                                            -> OK {workers, busy, idle, warming, queued, store, disk}
     DELETE {id, tenant}                               -> OK {id, removed} | ERR NOT_FOUND (another tenant's)
     ERASE {label, tenant}                             -> OK {label, models, removed}  (tenant None: every tenant)
+    VIDEO {id, model, tenant, name, fps, deadline, callback?} video
+                                      -> OK {id, model, fps}  (the model must be `tenant`'s and built)
   unknown faces (app/broker/unknown.py; on the loop, the only writer of var/unknown.sqlite):
     UKEEP {model, tenant, key, source, faces: [{embedding, quality, box}]} chip...
                                                       -> OK {faces: [{unknown_id, cluster}]}
@@ -24,7 +26,9 @@ Front (REQ, the HTTP app) -> broker ROUTER:
   read side (served by the broker's reader threads, app/broker/reader.py; a front on another host has no disk of ours):
     GETJOB {id, tenant, callback?}                    -> OK {job: row, bundle?: {sha256, size}, callback?: delivery}
                                                          | ERR NOT_FOUND
-    LIST {limit, offset, tenant}                      -> OK {jobs: [row...], total}
+    LIST {limit, offset, tenant, kind?}               -> OK {jobs: [row...], total}  (kind "video": videos,
+                                                         else models)
+    VIDEOGET {id, tenant, thumb?}                     -> OK {video: the result} | OK {size} thumbnail JPEG
     BUNDLE {id, tenant, sha256, offset}               -> OK {sha256, size, offset} chunk  (at most BUNDLE_CHUNK bytes)
     KNOWN {ids}                                       -> OK {done: [ids of these that are finished models]}
     SEARCH {id, tenant}                               -> OK {search: the running search's view | null}
@@ -52,6 +56,7 @@ Broker -> worker:
     JOB {task, name, options, files} photo...            task = {job, kind: extract, chunk, attempt}
     JOB {task, name, options, files} features            task = {job, kind: evaluate, genome, attempt}
     JOB {task, name, options, files, search?} features   task = {job, kind: train, attempt}
+    JOB {task, name, options, files, tenant} video bundle  task = {job, kind: video, attempt}
     WATCH {camera: {id, url, name, model, fps}} bundle   hold this camera (the model's bundle zip)
     UNWATCH {id}                    stop watching this camera
     PURGE {photos, keys}            forget cached features: of these photos (sha256 of their bytes), these keys
@@ -79,7 +84,7 @@ from preprocessor.errors import InputError
 from preprocessor.uploads import MAX_FILENAME, check_filename, clean_label
 
 SUBMIT, STATUS, DELETE, OK, ERR = b"SUBMIT", b"STATUS", b"DELETE", b"OK", b"ERR"
-DERIVE, ERASE = b"DERIVE", b"ERASE"
+DERIVE, ERASE, VIDEO, VIDEOGET = b"DERIVE", b"ERASE", b"VIDEO", b"VIDEOGET"
 READY, HEARTBEAT, PROGRESS, DONE, FAILED, JOB = b"READY", b"HEARTBEAT", b"PROGRESS", b"DONE", b"FAILED", b"JOB"
 REJECT, PURGE = b"REJECT", b"PURGE"
 UKEEP, UGROUPS, UCOUNT, UCHIP = b"UKEEP", b"UGROUPS", b"UCOUNT", b"UCHIP"
@@ -96,8 +101,8 @@ MAX_CAMERAS_HELD = 10_000
 GETJOB, LIST, BUNDLE, KNOWN, SEARCH = b"GETJOB", b"LIST", b"BUNDLE", b"KNOWN", b"SEARCH"
 KEYGET, KEYLIST, KEYADD, KEYREVOKE = b"KEYGET", b"KEYLIST", b"KEYADD", b"KEYREVOKE"
 
-READ_COMMANDS = (GETJOB, LIST, BUNDLE, KNOWN, SEARCH, KEYGET)  # answered off the broker's loop
-FRONT_COMMANDS = (SUBMIT, STATUS, DELETE, DERIVE, ERASE, KEYADD, KEYREVOKE, KEYLIST, *READ_COMMANDS,
+READ_COMMANDS = (GETJOB, LIST, BUNDLE, KNOWN, SEARCH, KEYGET, VIDEOGET)  # answered off the broker's loop
+FRONT_COMMANDS = (SUBMIT, STATUS, DELETE, DERIVE, ERASE, VIDEO, KEYADD, KEYREVOKE, KEYLIST, *READ_COMMANDS,
                   *UNKNOWN_COMMANDS, *CAMERA_COMMANDS)
 WORKER_COMMANDS = (READY, HEARTBEAT, PROGRESS, DONE, FAILED, REJECT, CAMSTATE, CAMEVENT)
 
@@ -110,7 +115,9 @@ ROLES = ("admin", "builder", "user")
 MAX_STAGE = 200
 MAX_MESSAGE = 4000
 # The codes a worker may end a task with (app/worker/tasks.py raises the first ones; BUILD_ERROR is a crash).
-WORKER_FAILURES = frozenset({"NO_FACE_FOUND", "TOO_FEW_PEOPLE", "BUILD_ERROR", "INSUFFICIENT_STORAGE"})
+WORKER_FAILURES = frozenset({"NO_FACE_FOUND", "TOO_FEW_PEOPLE", "BUILD_ERROR", "INSUFFICIENT_STORAGE",
+                             "NOT_A_VIDEO", "VIDEO_TOO_LONG"})  # the last two: a video task's (preprocessor/video)
+MAX_THUMBNAILS = 100_000  # a video's tracks (and thumbnails) the broker takes from a worker
 
 _UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 _EVAL_KEY = re.compile(r"[0-9]{1,4}(,[0-9]{1,4}){0,63}(/[0-9]{1,4})?")
@@ -336,6 +343,24 @@ def check_derive(header: dict, blobs: list[bytes], settings: Settings) -> dict:
     return header
 
 
+def check_video(header: dict, blobs: list[bytes], settings: Settings) -> dict:
+    """A VIDEO: a recorded video to run through a built model (`model`) at `fps` frames a second."""
+    _fields(header, {"id", "model", "tenant", "name", "fps", "deadline", "callback"}, {"id", "model", "fps"}, "video")
+    job_id(header["id"])
+    job_id(header["model"])
+    tenant(header.get("tenant"))
+    if header.get("name") is not None:
+        text(header["name"], settings.max_name_length, "name")
+    number(header["fps"], 0.01, settings.max_video_fps, "fps")
+    if "deadline" in header:
+        number(header["deadline"], 0, 1e11, "deadline")
+    if header.get("callback") is not None:
+        check_callback(header["callback"])
+    if len(blobs) != 1 or not 0 < len(blobs[0]) <= settings.max_video_bytes:
+        raise ProtocolError(f"a video takes one frame of 1 to {settings.max_video_bytes} bytes")
+    return header
+
+
 def check_erase(header: dict, settings: Settings) -> dict:
     """An ERASE: a person's label, and the tenant whose models it covers (None: every tenant's)."""
     _fields(header, {"label", "tenant"}, {"label", "tenant"}, "erase")
@@ -410,9 +435,16 @@ def check_read(command: bytes, header: dict) -> dict:
         _fields(header, {"id", "tenant"}, {"id"}, "search")
         job_id(header["id"])
     elif command == LIST:
-        _fields(header, {"limit", "offset", "tenant"}, {"limit", "offset"}, "list")
+        _fields(header, {"limit", "offset", "tenant", "kind"}, {"limit", "offset"}, "list")
         integer(header["limit"], 1, 1000, "limit")
         integer(header["offset"], 0, 10**9, "offset")
+        if header.get("kind") not in (None, "video"):
+            raise ProtocolError("kind must be video or absent")
+    elif command == VIDEOGET:
+        _fields(header, {"id", "tenant", "thumb"}, {"id"}, "videoget")
+        job_id(header["id"])
+        if header.get("thumb") is not None:
+            integer(header["thumb"], 1, MAX_THUMBNAILS, "thumb")
     elif command == BUNDLE:
         _fields(header, {"id", "tenant", "sha256", "offset"}, {"id", "offset"}, "bundle")
         job_id(header["id"])
@@ -523,6 +555,8 @@ def parse_front(frames: list[bytes], settings: Settings) -> tuple[bytes, dict, l
         return command, check_submit(header_of(frames, required=True), blobs, settings), blobs
     if command == DERIVE:
         return command, check_derive(header_of(frames, required=True), blobs, settings), blobs
+    if command == VIDEO:
+        return command, check_video(header_of(frames, required=True), blobs, settings), blobs
     if command in UNKNOWN_COMMANDS:
         return command, check_unknown(command, header_of(frames, required=True), blobs), blobs
     header = header_of(frames, required=command not in (STATUS, KEYLIST, CAMLIST))
@@ -688,7 +722,10 @@ def parse_job(frames: list[bytes]) -> tuple[bytes, dict, list[bytes]]:
             raise ProtocolError("a job needs files and options")
         if header["task"].kind == TaskKind.EXTRACT and len(blobs) != len(files):
             raise ProtocolError("an extract task needs one photo frame per file")
-        if header["task"].kind != TaskKind.EXTRACT and len(blobs) != 1:
+        if header["task"].kind == TaskKind.VIDEO:
+            if len(blobs) != 2:
+                raise ProtocolError("a video task carries the video and the model's bundle")
+        elif header["task"].kind != TaskKind.EXTRACT and len(blobs) != 1:
             raise ProtocolError("evaluate and train tasks carry one features frame")
         tenant(header.get("tenant"))  # an extract task's: whose feature cache it uses
     elif command == WATCH:

@@ -148,6 +148,9 @@ class Worker:
             if task.kind == TaskKind.EXTRACT:
                 photos = [Photo(f["label"], f["filename"], b) for f, b in zip(header["files"], blobs)]
                 result = json.dumps(extract_chunk(photos, self.s, header.get("tenant")), allow_nan=False).encode()
+            elif task.kind == TaskKind.VIDEO:
+                from app.worker.video import run_video
+                result = run_video(header.get("options", {}), blobs[0], blobs[1], self.s, progress)
             elif task.kind == TaskKind.EVALUATE:
                 job = {"id": job_id, "options": header.get("options", {})}
                 result = json.dumps(evaluate_genome(job, header["files"], blobs[0], task.genome,
@@ -232,4 +235,7 @@ class Worker:
 
 def run_worker(settings: Settings, connect: str, keys_dir: Path) -> None:
     settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    from app.worker.temp import sweep_temp
+    if settings.var_dir.exists():
+        sweep_temp(settings)  # a video copied here by a worker killed mid-task
     Worker(settings, connect, keys_dir).run()

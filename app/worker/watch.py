@@ -70,7 +70,7 @@ class FrameJudge:
                          reason=f.reason, label=f.label or UNKNOWN, confidence=f.confidence, frame=self.frames)
                 for i, f in enumerate(faces) if f.box is not None]
         events = self.tracker.update(t, seen)
-        self.tracker._done.clear()  # a camera runs for days: ended tracks are reported, not kept
+        self.tracker.forget_ended()  # a camera runs for days: ended tracks are reported, not kept
         shown: bytes | None = None
 
         def snapshot() -> bytes:
@@ -105,7 +105,7 @@ class FrameJudge:
             held = self.best.pop(id(ev.track), None)
             out.append((self.event("end", ev.track, ev.track.last, [list(ev.track.best.box)]),
                         held[1] if held else b""))
-        self.tracker._done.clear()
+        self.tracker.forget_ended()
         return out
 
     @staticmethod

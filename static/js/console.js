@@ -5,6 +5,7 @@ import {buildPage} from "./build.js";
 import {modelPage} from "./model.js";
 import {modelsPage} from "./models.js";
 import {unknownPage} from "./unknown.js";
+import {videoPage, videosPage} from "./video.js";
 
 const main = document.getElementById("main");
 let leave = null; // the current page's clean-up (timers, camera)
@@ -22,6 +23,8 @@ function route() {
   if (parts[0] === "new") leave = buildPage(main);
   else if (parts[0] === "model" && parts[1] && parts[2] === "unknown") leave = unknownPage(main, parts[1]);
   else if (parts[0] === "model" && parts[1]) leave = modelPage(main, parts[1], parts[2]);
+  else if (parts[0] === "video" && parts[1]) leave = videoPage(main, parts[1]);
+  else if (parts[0] === "videos") leave = videosPage(main);
   else leave = modelsPage(main);
 }
 

@@ -6,6 +6,7 @@ import {candidatesChart, generationColour, lineChart} from "./charts.js";
 import {badge, count, fixed, h, pct, progressBar, replace, seconds, table, when} from "./dom.js";
 import {deleteModel} from "./models.js";
 import {tryIt} from "./tryit.js";
+import {videoUpload} from "./video.js";
 
 const FINAL = new Set(["done", "failed"]);
 
@@ -49,6 +50,7 @@ export function modelPage(main, id, section) {
   const resultsBox = h("section", {class: "results", id: "results", hidden: true});
   const peopleBox = h("section", {class: "people", id: "people", hidden: true});
   const tryBox = h("section", {class: "try", id: "try", hidden: true});
+  const videoBox = h("section", {class: "try", id: "video", hidden: true});
   const nav = h("nav", {class: "sections"},
     h("a", {href: `#/model/${id}`, text: "Build"}),
     h("a", {href: `#/model/${id}/search`, text: "Search"}),
@@ -57,7 +59,7 @@ export function modelPage(main, id, section) {
     h("a", {href: `#/model/${id}/try`, text: "Try it"}),
     h("a", {href: `#/model/${id}/unknown`, text: "Unknown faces"}));
   main.append(h("div", {class: "page-head"}, title, h("div", {class: "row"}, downloadButton, deleteButton)),
-    meta, actionsMsg, nav, statusBox, searchBox, resultsBox, peopleBox, tryBox);
+    meta, actionsMsg, nav, statusBox, searchBox, resultsBox, peopleBox, tryBox, videoBox);
 
   downloadButton.addEventListener("click", async () => {
     try {
@@ -310,6 +312,8 @@ export function modelPage(main, id, section) {
         renderPeople();
         tryBox.hidden = false;
         tryIt(tryBox, id);
+        videoBox.hidden = false;
+        videoUpload(videoBox, id);
         if (section) { const target = document.getElementById(section); if (target) target.scrollIntoView(); }
       } catch (err) { replace(resultsBox, errorBox(err, "Cannot read the report")); resultsBox.hidden = false; }
     }
