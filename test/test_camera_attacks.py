@@ -140,6 +140,27 @@ def test_a_pinned_camera_still_speaks_to_its_name(monkeypatch):
         server.shutdown()
 
 
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_camera_that_redirects_elsewhere_is_not_followed(status):
+    """A public camera answering 'go to http://127.0.0.1:<port>/' (the metadata service, the admin page):
+    the worker says so and goes nowhere."""
+    inner, inner_hits = serve(snapshot)
+
+    def redirect(handler):
+        handler.send_response(status)
+        handler.send_header("Location", f"http://127.0.0.1:{inner.server_port}/latest/meta-data/")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+    outer, outer_hits = serve(redirect)
+    try:
+        with pytest.raises(SourceError, match="redirect"):
+            open_source(f"http://127.0.0.1:{outer.server_port}/cam", 2.0, AllowList.parse("127.0.0.1/32"))
+        assert len(outer_hits) == 1 and inner_hits == []
+    finally:
+        outer.shutdown()
+        inner.shutdown()
+
+
 def test_an_rtsp_url_is_pinned_to_the_checked_address_with_its_credentials():
     url = "rtsp://admin:p%40ss@cam.test:8554/live/ch1?subtype=0"
     assert pinned_url(url, ipaddress.ip_address("10.0.0.5")) == "rtsp://admin:p%40ss@10.0.0.5:8554/live/ch1?subtype=0"
