@@ -357,3 +357,19 @@ def test_a_failure_nobody_foresaw_is_logged_without_the_cameras_credentials(monk
     text = "".join(lines)
     assert "opening failed" in text and "ValueError" in text
     assert "s3cret-pw" not in text and "t0k3n-x" not in text and "admin" not in text
+
+
+def test_an_event_snapshot_is_not_kept_by_any_cache(tmp_path, monkeypatch):
+    """A snapshot is a face: no cache may keep it past the erasure of its person (the route says max-age=3600;
+    the security hook's `no-store` for every answer but static files wins)."""
+    import uuid
+
+    from app.web import cameras
+    from app.web.factory import create_app
+    from constants import Settings
+    key = "attack-admin-key-" + "k" * 40
+    app = create_app(Settings.from_env(environ={"FR_ADMIN_KEY": key}, data_dir=tmp_path))
+    monkeypatch.setattr(cameras.client, "exchange", lambda *args: ({}, [JPEG]))  # the broker's answer
+    r = app.test_client().get(f"/cameras/{uuid.uuid4()}/events/1/snapshot", headers={"X-API-Key": key})
+    assert r.status_code == 200 and r.data == JPEG
+    assert r.headers["Cache-Control"] == "no-store"
