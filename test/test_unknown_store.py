@@ -191,3 +191,77 @@ def test_a_correction_claims_exactly_the_faces_named_and_a_face_that_joins_meanw
     u.named(new)
     waiting = {f for c in u.groups(model, "acme")["clusters"] for f in c["faces"]}
     assert waiting == {kept[2]["unknown_id"], late[0]["unknown_id"]}
+
+
+def test_ids_of_another_model_of_the_same_tenant_reach_nothing_there(tmp_path):
+    """A hostile client of one tenant takes a group's and a face's ids from its model A and uses them through its
+    model B: every read and act is NOT_FOUND, and A's faces stay as they were."""
+    u, store, a = make(tmp_path)
+    b = "5d3c1f0e-2a9b-4c8d-9e7f-6a5b4c3d2e1f"
+    store.create(b, "m", {}, 10, 2, "acme")
+    store.execute("UPDATE jobs SET state = ? WHERE id = ?", (JobState.DONE.value, b))
+    rng = np.random.default_rng(7)
+    kept = keep(u, a, rng.normal(size=(2, 128)).astype(np.float32))
+    mine = keep(u, b, rng.normal(size=(1, 128)).astype(np.float32))[0]
+    group, face = kept[0]["cluster"], kept[0]["unknown_id"]
+    for call in (lambda: u.chip(b, "acme", group, face), lambda: u.discard(b, "acme", group),
+                 lambda: u.merge(b, "acme", [group, mine["cluster"]]),
+                 lambda: u.move(b, "acme", group, face, None), lambda: u.move(b, "acme", mine["cluster"],
+                                                                              mine["unknown_id"], group),
+                 lambda: u.claim(b, None, "eve", "7e6d5c4b-3a29-4180-9f8e-7d6c5b4a3928", [face]),
+                 lambda: u.claim(b, group, "eve", "7e6d5c4b-3a29-4180-9f8e-7d6c5b4a3928")):
+        with pytest.raises(FrontError) as refused:
+            call()
+        assert refused.value.code == "NOT_FOUND"
+    assert u.groups(a, "acme")["faces"] == 2 and u.naming == {}
+    assert u.chip(a, "acme", group, face)[0]["unknown_id"] == face
+
+
+def test_a_discarded_or_deleted_face_leaves_no_copy_on_disk(tmp_path):
+    """secure_delete zeroes the freed pages and the write-ahead log is emptied: the chip's bytes are in no
+    file of the store once its group is discarded or its model deleted."""
+    u, _, model = make(tmp_path)
+    rng = np.random.default_rng(3)
+    marks = []
+    for i in range(2):
+        mark = b"\xff\xd8\xff\xe0" + f"CHIP-MARK-{i}-".encode() * 200
+        faces = [{"embedding": [float(v) for v in rng.normal(size=128)], "quality": None, "box": None}]
+        kept = u.keep(model, "acme", None, {"kind": "predict", "request": "r"}, faces, [mark])["faces"][0]
+        marks.append((mark, kept))
+
+    def on_disk(mark: bytes) -> bool:
+        return any(mark[4:40] in f.read_bytes() for f in tmp_path.rglob("unknown.sqlite*"))
+
+    assert on_disk(marks[0][0]) and on_disk(marks[1][0])
+    u.discard(model, "acme", marks[0][1]["cluster"])
+    assert not on_disk(marks[0][0]) and on_disk(marks[1][0])
+    u.on_deleted(model)
+    assert not on_disk(marks[1][0])
+    u.close()
+
+
+def test_a_full_disk_keeps_nothing_more_and_loses_nothing_kept(tmp_path):
+    """keep_unknown flooding past the disk (SQLite's page limit stands in for it: the same SQLITE_FULL): the
+    flood is refused as StorageFull (507 INSUFFICIENT_STORAGE), the faces kept before all stay, and the
+    store works again once there is room. Before, the second ROLLBACK hid the full disk ('no transaction is
+    active': 500 INTERNAL)."""
+    from app.shared.storage import StorageFull
+    u, _, model = make(tmp_path, tenant_max_bytes=0)
+    rng = np.random.default_rng(1)
+
+    def flood(n: int) -> list:
+        faces = [{"embedding": [float(v) for v in rng.normal(size=128)], "quality": None, "box": None}
+                 for _ in range(n)]
+        chips = [b"\xff\xd8" + rng.bytes(8000) for _ in range(n)]
+        return u.keep(model, "acme", None, {"kind": "predict", "request": "r"}, faces, chips)["faces"]
+
+    kept = flood(3)
+    u.db.execute(f"PRAGMA max_page_count = {u.db.execute('PRAGMA page_count').fetchone()[0] + 5}")
+    with pytest.raises(StorageFull):
+        for _ in range(50):
+            kept += flood(5)
+    assert u.groups(model, "acme")["faces"] == len(kept) and not u.db.in_transaction
+    assert {f["unknown_id"] for f in kept} == {f for c in u.groups(model, "acme")["clusters"] for f in c["faces"]}
+    u.db.execute("PRAGMA max_page_count = 1073741823")
+    assert len(flood(1)) == 1
+    u.close()

@@ -13,7 +13,7 @@ from app.broker.intake import Intake
 from app.broker.reads import Reads
 from app.broker.unknown import UnknownFaces
 from app.shared.api_keys import KeyStore
-from app.shared.storage import StorageFull, StoreUnavailable
+from app.shared.storage import StorageFull, StoreUnavailable, sqlite_full
 from app.wire import protocol as p
 from app.wire.curve import FRONTS, BrokerAuth
 from app.wire.protocol import FrontError, ProtocolError, escape
@@ -88,6 +88,11 @@ class Fronts:
         u = self.unknown
         if u is None:
             raise FrontError("NOT_FOUND", "this broker keeps no unknown faces")
+        with sqlite_full("the unknown faces' store"):  # a full disk: 507, and every face kept stays
+            return self.unknown_command(u, identity, command, header, blobs)
+
+    def unknown_command(self, u: UnknownFaces, identity: bytes, command: bytes, header: dict,
+                        blobs: list[bytes]) -> dict | None:
         model, tenant = header.get("model", ""), header.get("tenant")
         if command == p.UKEEP:
             return u.keep(model, tenant, header.get("key"), header["source"], header["faces"], blobs)

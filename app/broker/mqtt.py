@@ -10,12 +10,16 @@ away waits in paho's bounded queue). Topics, under FR_MQTT_PREFIX and the camera
   <prefix>/<tenant>/cameras/<camera id>/state      connecting, live or offline (retained)
   <prefix>/<tenant>/cameras/<camera id>/availability  online while live, else offline (retained)
   <prefix>/<tenant>/people/<person>/events         every event of that person, JSON (QoS 1)
+
+<tenant> and <person> are `level(text)`: the text itself when it is plain (a tenant always is), else a
+slug with a hash, so that no two tenants nor two people share a topic; no level holds '/', '+', '#' or NUL.
   homeassistant/sensor/<prefix>_<camera id>/config  discovery: a sensor per camera (retained; FR_MQTT_DISCOVERY)
 
 Nothing that names a person is retained by the MQTT broker, so an erased person leaves nothing there.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sqlite3
@@ -29,8 +33,23 @@ QUEUE_LIMIT = 1000  # messages paho keeps while the MQTT broker is away (oldest 
 
 
 def slug(text: str) -> str:
-    """A topic level from any text: no '/', '+', '#' or spaces."""
+    """A topic level from any text: no '/', '+', '#' or spaces (several texts may give the same one)."""
     return re.sub(r"[^a-z0-9_-]+", "_", text.lower()).strip("_")[:100] or "_"
+
+
+_PLAIN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,99}")
+
+
+def level(text: str | None) -> str:
+    """A topic level that names `text` and nothing else: the text itself when it is plain (lower-case letters,
+    digits, '_', '.', '-'; a tenant always is), else its slug and 8 hex digits of its hash, so that 'a.b' and
+    'a_b', 'Bob' and 'bob', or two names in other letters never share a topic (one tenant's subscriber must
+    not read another's, nor one person's another's). None (no tenant: keys off) -> '_'."""
+    if text is None:
+        return "_"
+    if _PLAIN.fullmatch(text):
+        return text
+    return f"{slug(text)[:90]}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 class Mqtt:
@@ -56,7 +75,7 @@ class Mqtt:
         self.client.loop_start()
 
     def topic(self, row: sqlite3.Row | dict, *levels: str) -> str:
-        return "/".join([self.s.mqtt_prefix, slug(row["tenant"] or "_"), "cameras", row["id"], *levels])
+        return "/".join([self.s.mqtt_prefix, level(row["tenant"]), "cameras", row["id"], *levels])
 
     def publish(self, topic: str, payload: Any, retain: bool = False, qos: int = 1) -> None:
         if self.client is None:
@@ -94,7 +113,7 @@ class Mqtt:
         self.publish(self.topic(row, "events"), view)
         self.publish(self.topic(row, "attributes"), view)
         self.publish(self.topic(row, "person"), ", ".join(sorted(set(tracks.values()))) or "none")
-        self.publish("/".join([self.s.mqtt_prefix, slug(row["tenant"] or "_"), "people", slug(view["label"]),
+        self.publish("/".join([self.s.mqtt_prefix, level(row["tenant"]), "people", level(view["label"]),
                                "events"]), view)
 
     def camera_removed(self, row: sqlite3.Row) -> None:

@@ -33,7 +33,7 @@ import numpy as np
 
 from app.broker.job import Job
 from app.broker.store import JobStore
-from app.shared.storage import disk_errors
+from app.shared.storage import sqlite_full
 from app.wire.protocol import FrontError
 from constants import Settings
 from constants.states import JobState
@@ -190,7 +190,7 @@ class UnknownFaces:
         stranger = self.stranger_model(model)
         expires = now + self.s.unknown_retention_days * 86400
         out = []
-        with disk_errors(self.path):
+        with sqlite_full("the unknown faces' store"):
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 for face, chip, size in zip(faces, chips, sizes):
@@ -213,9 +213,15 @@ class UnknownFaces:
                     out.append({"unknown_id": face_id, "cluster": groups[i]})
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                self.rollback()
                 raise
         return {"faces": out}
+
+    def rollback(self) -> None:
+        """End a failed transaction, if SQLite has not ended it already (it rolls back itself on a full disk:
+        a second ROLLBACK raised 'no transaction is active' in place of the full disk)."""
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
 
     def templates(self, model: str) -> tuple[list[str], np.ndarray, np.ndarray]:
         """A model's waiting groups: (ids, (k, 128) sums of their unit-length embeddings, (k,) sizes)."""
@@ -280,7 +286,7 @@ class UnknownFaces:
         sizes = {g: len(self.group_of(model, g)) for g in groups}
         keep = max(groups, key=lambda g: (sizes[g], -groups.index(g)))
         now = time.time()
-        with disk_errors(self.path):
+        with sqlite_full("the unknown faces' store"):
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 for g in groups:
@@ -291,7 +297,7 @@ class UnknownFaces:
                                         (g, model, keep, now))
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                self.rollback()
                 raise
         return {"cluster": keep, "size": sum(sizes.values()), "merged": [g for g in groups if g != keep]}
 

@@ -105,12 +105,35 @@ class AllowList:
         return host in self.names or any(host.endswith(s) for s in self.suffixes)
 
     def address_allowed(self, address: Address) -> bool:
-        """A public address, or one the operator listed (a private, loopback or link-local address must be)."""
+        """A public address, or one the operator listed (a private, loopback or link-local address must be).
+        An IPv6 address that carries an IPv4 one (mapped, compatible, NAT64, 6to4) is judged by that one too:
+        `64:ff9b::7f00:1` or `::7f00:1` reach 127.0.0.1 where a NAT64 gateway or an old stack translates."""
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         if self.listed(address):
             return True
+        inner = embedded_ipv4(address)
+        if inner is not None and not (self.listed(inner) or (inner.is_global and not inner.is_multicast)):
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.is_site_local:  # fec0::/10, deprecated
+            return False
         return address.is_global and not address.is_multicast
+
+
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_COMPATIBLE = (ipaddress.ip_network("::/96"), ipaddress.ip_network("::ffff:0:0:0/96"))  # RFC 4291 2.5.5.1, SIIT
+
+
+def embedded_ipv4(address: Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one carries (its last 32 bits in NAT64, IPv4-compatible and SIIT forms;
+    6to4's), or None."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if int(address) > 1 and any(address in n for n in _NAT64 + _COMPATIBLE):  # (:: and ::1 are themselves)
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 def ip_or_none(host: str) -> Address | None:

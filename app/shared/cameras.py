@@ -24,6 +24,10 @@ MAX_CAMERA_URL = 2048
 # query parameters that carry a secret in the URLs of common IP cameras (?user=admin&pwd=..., ?token=...)
 _SECRET_PARAM = re.compile(r"(pass|pwd|token|key|secret|auth|sig|user|usr|login|account|session)", re.I)
 REDACTED = "***"
+# characters that URL parsers read differently: urllib3 (which requests connects with) ends the host at a
+# backslash where urlsplit (which the check reads) does not, so `http://127.0.0.1\@8.8.8.8/` was checked as
+# 8.8.8.8 and fetched from 127.0.0.1. A camera URL needs none of them unescaped.
+_AMBIGUOUS = frozenset('\\"<>^`{|}')
 
 
 class CameraRefused(Exception):
@@ -36,9 +40,10 @@ class CameraRefused(Exception):
 
 def _parts(url: str):
     if not isinstance(url, str) or not url or len(url) > MAX_CAMERA_URL or any(
-            ord(c) < 33 or 127 <= ord(c) < 160 for c in url):
+            ord(c) < 33 or 127 <= ord(c) < 160 or c in _AMBIGUOUS for c in url):
         raise CameraRefused("BAD_CAMERA_URL", f"url must be an rtsp://, rtsps://, http:// or https:// URL of at most "
-                            f"{MAX_CAMERA_URL} characters, without spaces or control characters")
+                            f"{MAX_CAMERA_URL} characters, without spaces, control characters, backslashes or "
+                            "characters URLs must escape")
     try:
         parts = urlsplit(url)
         port = parts.port

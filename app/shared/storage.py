@@ -32,6 +32,19 @@ def store_errors() -> Iterator[None]:
         raise StoreUnavailable(f"the job store is unavailable ({type(exc).__name__}: {exc})") from None
 
 
+@contextmanager
+def sqlite_full(what: str) -> Iterator[None]:
+    """A SQLite store that cannot grow (SQLITE_FULL: the disk, or its page limit) -> StorageFull; other errors
+    as they are. Unlike `disk_errors`, nothing is removed: the store keeps what it had (its transaction
+    rolled back by its writer)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        if _disk_full(exc):
+            raise StorageFull(errno.ENOSPC, f"{what} cannot grow: the data disk is full") from None
+        raise
+
+
 def _disk_full(exc: BaseException) -> bool:
     if isinstance(exc, OSError):
         return exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -16,7 +16,7 @@ from app.shared.cameras import CameraRefused, check_camera_url
 from app.web import broker_client as client
 from app.web.context import caller_tenant, settings
 from app.web.errors import ApiError
-from app.web.forms import parse_callback, parse_job_id
+from app.web.forms import parse_callback, parse_job_id, small_json
 from app.web.security import principal, requires
 from app.wire import protocol as p
 
@@ -45,7 +45,7 @@ def _field(body: dict, name: str, default=None):
 def add_camera():
     """JSON or a form: name, url, model, fps (default 5), callback_url (optional)."""
     s = settings()
-    body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+    body = small_json(request) if request.is_json else request.form.to_dict()
     if not isinstance(body, dict):
         raise ApiError(400, "BAD_REQUEST", "send a JSON object or a form with name, url, model and fps")
     name, url, model = _field(body, "name"), _field(body, "url"), _field(body, "model")
@@ -130,38 +130,40 @@ def events(camera_id: str):
         raise ApiError(503, "BUSY", "too many event streams are open on this process; try again shortly",
                        headers={"Retry-After": "5"})
     s = settings()
-    return Response(_stream(s, camera_id, tenant, after, slots), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    response = Response(_stream(s, camera_id, tenant, after), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    # the slot goes back when the server closes the response, whether or not its body was ever read: a
+    # generator's `finally` runs only once it has started, and a HEAD request's body is never started (eight
+    # HEADs took every stream of a process for good)
+    response.call_on_close(slots.release)
+    return response
 
 
-def _stream(s, camera_id: str, tenant: str | None, after: int, slots: threading.BoundedSemaphore) -> Iterator[str]:
+def _stream(s, camera_id: str, tenant: str | None, after: int) -> Iterator[str]:
     """Each new event as `id: <event id>`, `event: track.start|track.end`, `data: <JSON>`; a comment line
     every SSE_PING_S; ends after SSE_MAX_S, or when the camera is gone (`event: gone`)."""
     from app.wire import client as wire
     from app.wire.errors import BrokerError
     end, ping = time.monotonic() + SSE_MAX_S, time.monotonic() + SSE_PING_S
-    try:
-        yield "retry: 1000\n\n"
-        while time.monotonic() < end:
-            try:
-                answer = wire.call(s.front_endpoint, s.front_keys_dir,
-                                   p.pack(p.CAMEVENTS, {"id": camera_id, "tenant": tenant, "after": after,
-                                                        "limit": 100}), s.broker_timeout_s)
-            except BrokerError as exc:
-                if getattr(exc, "code", "") == "NOT_FOUND":
-                    yield "event: gone\ndata: {}\n\n"
-                    return
-                answer = {"events": []}
-            for event in answer["events"]:
-                after = event["id"]
-                yield f"id: {after}\nevent: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
-            if time.monotonic() >= ping:
-                ping = time.monotonic() + SSE_PING_S
-                yield ": ping\n\n"
-            if not answer["events"]:
-                time.sleep(SSE_POLL_S)
-    finally:
-        slots.release()
+    yield "retry: 1000\n\n"
+    while time.monotonic() < end:
+        try:
+            answer = wire.call(s.front_endpoint, s.front_keys_dir,
+                               p.pack(p.CAMEVENTS, {"id": camera_id, "tenant": tenant, "after": after,
+                                                    "limit": 100}), s.broker_timeout_s)
+        except BrokerError as exc:
+            if getattr(exc, "code", "") == "NOT_FOUND":
+                yield "event: gone\ndata: {}\n\n"
+                return
+            answer = {"events": []}
+        for event in answer["events"]:
+            after = event["id"]
+            yield f"id: {after}\nevent: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
+        if time.monotonic() >= ping:
+            ping = time.monotonic() + SSE_PING_S
+            yield ": ping\n\n"
+        if not answer["events"]:
+            time.sleep(SSE_POLL_S)
 
 
 def _slots() -> threading.BoundedSemaphore:

@@ -1,6 +1,7 @@
 """Request -> validated (photos, options), or an ApiError/InputError naming what is wrong."""
 from __future__ import annotations
 
+import json
 import re
 import uuid
 
@@ -14,6 +15,33 @@ from preprocessor.images import inspect_image
 from preprocessor.uploads import InflateBudget, Photo, label_from_path, read_zip
 
 _UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+SMALL_JSON_BYTES = 64 * 1024  # a body of ids, a label, a name or a URL: no route of these needs more
+
+
+def small_json(request: Request, limit: int = SMALL_JSON_BYTES) -> dict:
+    """The JSON object of a small body (the unknown faces' acts, cameras, keys): 413 REQUEST_TOO_LARGE past
+    `limit` bytes (read no further), 400 BAD_JSON for anything but a JSON object, a body nested deeper than
+    Python's parser goes too (Flask's get_json let its RecursionError through: a 500)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "REQUEST_TOO_LARGE", f"this route's JSON body may hold at most {limit} bytes")
+    chunks, size = [], 0
+    while size <= limit:  # a read returns what has arrived (app/web/body_guard.py): read until the end
+        chunk = request.stream.read(min(1 << 16, limit + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
+        raise ApiError(413, "REQUEST_TOO_LARGE", f"this route's JSON body may hold at most {limit} bytes")
+    try:
+        body = json.loads(b"".join(chunks))
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "BAD_JSON", f"the body is not valid JSON ({str(exc)[:120]})") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "BAD_JSON", "send a JSON object (Content-Type: application/json)")
+    return body
 
 
 def parse_job_id(raw: str | None) -> str:

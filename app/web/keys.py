@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, g, jsonify, request
 
 from app.shared.api_keys import Action, Role
 from app.web.errors import ApiError
+from app.web.forms import small_json
 from app.web.security import principal, requires
 from logger import logger
 
@@ -23,7 +24,7 @@ def _keys():
 def create_key():
     """A new key: JSON or form fields `tenant`, `role` (admin, builder, user), `name`. The key is in this
     answer and nowhere else, ever."""
-    body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+    body = small_json(request) if request.is_json else request.form.to_dict()
     fields: dict = body if isinstance(body, dict) else {}
     tenant, role, name = fields.get("tenant"), fields.get("role"), fields.get("name")
     if not isinstance(tenant, str) or not isinstance(role, str) or role not in {r.value for r in Role} \

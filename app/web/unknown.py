@@ -21,7 +21,7 @@ from app.shared.jobs import new_job_id
 from app.web import broker_client as client
 from app.web.context import caller_tenant, finished_job, settings
 from app.web.errors import ApiError
-from app.web.forms import parse_job_id
+from app.web.forms import parse_job_id, small_json
 from app.web.security import principal, requires
 from app.wire import protocol as p
 from logger import logger
@@ -96,10 +96,7 @@ def _ask(command: bytes, header: dict) -> tuple[dict, list[bytes]]:
 
 
 def _body() -> dict:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "BAD_JSON", "send a JSON object (Content-Type: application/json)")
-    return body
+    return small_json(request)
 
 
 @bp.get("/models/<job_id>/unknown")
@@ -196,9 +193,7 @@ def merge(job_id: str):
 def move(job_id: str, cluster: str, face: str):
     """One face out of its group: into the group `to`, or (no `to`, or null) a group of its own."""
     model = parse_job_id(job_id)
-    body = request.get_json(silent=True) if request.content_length else {}
-    if not isinstance(body, dict):
-        raise ApiError(400, "BAD_JSON", "send a JSON object, or nothing")
+    body = small_json(request) if request.content_length else {}
     to = body.get("to")
     header = {"model": model, "cluster": _id(cluster, "group"), "face": _id(face, "face"),
               "to": None if to is None else _id(to, "group")}

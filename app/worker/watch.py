@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from collections.abc import Callable
 
 import cv2
@@ -149,7 +150,9 @@ class Watch:
             except SourceError as exc:
                 reason = exc.reason
             except Exception as exc:  # a failure nobody foresaw is this camera's, never the worker's
-                logger.exception("camera {}: opening failed", name)
+                # its traceback, with the URL's secrets out of every line (an exception's message may quote it)
+                trace = "".join(traceback.format_exception(exc)).rstrip()
+                logger.error("camera {}: opening failed\n{}", name, scrub(trace, self.url))
                 reason = f"{type(exc).__name__}"
             else:
                 before = self.frames
