@@ -326,47 +326,7 @@ class Settings:
                 _check_range(key, value, meta.get("low"), meta.get("high"))
             values[key] = value
         values["data_dir"] = Path(values["data_dir"]).resolve()
-        if bool(values["tls_cert"]) != bool(values["tls_key"]):
-            raise SettingsError("FR_TLS_CERT and FR_TLS_KEY go together: give both or neither")
-        if not values["auth"] and not is_loopback(values["host"]):
-            raise SettingsError(f"FR_AUTH=0 turns API keys off, which is allowed only on a loopback address; "
-                                f"FR_HOST is {values['host']!r}: anyone who reaches it could read and erase "
-                                "every model. Keep keys on, or serve on 127.0.0.1")
-        if values["quality_policy"] not in ("keep", "skip"):
-            raise SettingsError(f"FR_QUALITY_POLICY must be keep or skip, got {values['quality_policy'][:40]!r}")
-        if values["embedder"] not in EMBEDDERS:
-            raise SettingsError(f"FR_EMBEDDER must be one of {', '.join(EMBEDDERS)}, got {values['embedder'][:40]!r}")
-        if values["detector"] not in DETECTORS:
-            raise SettingsError(f"FR_DETECTOR must be one of {', '.join(DETECTORS)}, got {values['detector'][:40]!r}")
-        if values["log_level"].upper() not in ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"):
-            raise SettingsError(f"FR_LOG_LEVEL must be a loguru level (DEBUG, INFO, WARNING, ...), "
-                                f"got {values['log_level'][:40]!r}")
-        if values["search_max_population"] < values["search_population"] or \
-                values["search_max_generations"] < values["search_generations"] or \
-                values["search_max_budget_s"] < values["search_budget_s"]:
-            raise SettingsError("FR_SEARCH_POPULATION, FR_SEARCH_GENERATIONS and FR_SEARCH_BUDGET_S must not "
-                                "exceed their FR_SEARCH_MAX_* limits")
-        if values["admin_key"] and len(values["admin_key"]) < MIN_ADMIN_KEY_LENGTH:
-            raise SettingsError(f"FR_ADMIN_KEY must be at least {MIN_ADMIN_KEY_LENGTH} characters (it has "
-                                f"{len(values['admin_key'])}): it opens every tenant's models; make one with "
-                                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
-        webhook_allow_entries(values["webhook_allow"])  # SettingsError for an entry that is no host or address
-        try:
-            webhook_allow_entries(values["camera_allow"])
-        except SettingsError as exc:
-            raise SettingsError(str(exc).replace("FR_WEBHOOK_ALLOW", "FR_CAMERA_ALLOW")) from None
-        if values["mqtt_url"] and not re.fullmatch(r"mqtts?://[A-Za-z0-9_.\-\[\]:]+/?", values["mqtt_url"]):
-            raise SettingsError(f"FR_MQTT_URL must be mqtt://host[:port] or mqtts://host[:port], got "
-                                f"{values['mqtt_url'][:80]!r}")
-        if not re.fullmatch(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*", values["mqtt_prefix"]):
-            raise SettingsError("FR_MQTT_PREFIX must be topic levels of letters, digits, '_' and '-' separated by '/'")
-        if values["broker_front_tcp"] and not values["broker_front_tcp"].startswith("tcp://"):
-            raise SettingsError("FR_BROKER_FRONT_TCP must be a tcp:// endpoint, got "
-                                f"{values['broker_front_tcp'][:80]!r}")
-        for key in ("broker_front", "broker_back"):
-            endpoint = values[key]
-            if endpoint and not endpoint.startswith(("tcp://", "ipc://")):
-                raise SettingsError(f"FR_{key.upper()} must be a tcp:// or ipc:// endpoint, got {endpoint[:80]!r}")
+        _check_together(values)
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
@@ -487,3 +447,48 @@ class Settings:
             if d.stat().st_uid != os.getuid():
                 raise SettingsError(f"{d} belongs to another user: the service keeps its state to itself")
             os.chmod(d, 0o700)
+
+
+def _check_together(values: dict[str, Any]) -> None:
+    """The checks of settings read together (from_env): SettingsError naming the variable that is wrong."""
+    if bool(values["tls_cert"]) != bool(values["tls_key"]):
+        raise SettingsError("FR_TLS_CERT and FR_TLS_KEY go together: give both or neither")
+    if not values["auth"] and not is_loopback(values["host"]):
+        raise SettingsError(f"FR_AUTH=0 turns API keys off, which is allowed only on a loopback address; "
+                            f"FR_HOST is {values['host']!r}: anyone who reaches it could read and erase "
+                            "every model. Keep keys on, or serve on 127.0.0.1")
+    if values["quality_policy"] not in ("keep", "skip"):
+        raise SettingsError(f"FR_QUALITY_POLICY must be keep or skip, got {values['quality_policy'][:40]!r}")
+    if values["embedder"] not in EMBEDDERS:
+        raise SettingsError(f"FR_EMBEDDER must be one of {', '.join(EMBEDDERS)}, got {values['embedder'][:40]!r}")
+    if values["detector"] not in DETECTORS:
+        raise SettingsError(f"FR_DETECTOR must be one of {', '.join(DETECTORS)}, got {values['detector'][:40]!r}")
+    if values["log_level"].upper() not in ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"):
+        raise SettingsError(f"FR_LOG_LEVEL must be a loguru level (DEBUG, INFO, WARNING, ...), "
+                            f"got {values['log_level'][:40]!r}")
+    if values["search_max_population"] < values["search_population"] or \
+            values["search_max_generations"] < values["search_generations"] or \
+            values["search_max_budget_s"] < values["search_budget_s"]:
+        raise SettingsError("FR_SEARCH_POPULATION, FR_SEARCH_GENERATIONS and FR_SEARCH_BUDGET_S must not "
+                            "exceed their FR_SEARCH_MAX_* limits")
+    if values["admin_key"] and len(values["admin_key"]) < MIN_ADMIN_KEY_LENGTH:
+        raise SettingsError(f"FR_ADMIN_KEY must be at least {MIN_ADMIN_KEY_LENGTH} characters (it has "
+                            f"{len(values['admin_key'])}): it opens every tenant's models; make one with "
+                            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+    webhook_allow_entries(values["webhook_allow"])  # SettingsError for an entry that is no host or address
+    try:
+        webhook_allow_entries(values["camera_allow"])
+    except SettingsError as exc:
+        raise SettingsError(str(exc).replace("FR_WEBHOOK_ALLOW", "FR_CAMERA_ALLOW")) from None
+    if values["mqtt_url"] and not re.fullmatch(r"mqtts?://[A-Za-z0-9_.\-\[\]:]+/?", values["mqtt_url"]):
+        raise SettingsError(f"FR_MQTT_URL must be mqtt://host[:port] or mqtts://host[:port], got "
+                            f"{values['mqtt_url'][:80]!r}")
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*", values["mqtt_prefix"]):
+        raise SettingsError("FR_MQTT_PREFIX must be topic levels of letters, digits, '_' and '-' separated by '/'")
+    if values["broker_front_tcp"] and not values["broker_front_tcp"].startswith("tcp://"):
+        raise SettingsError("FR_BROKER_FRONT_TCP must be a tcp:// endpoint, got "
+                            f"{values['broker_front_tcp'][:80]!r}")
+    for key in ("broker_front", "broker_back"):
+        endpoint = values[key]
+        if endpoint and not endpoint.startswith(("tcp://", "ipc://")):
+            raise SettingsError(f"FR_{key.upper()} must be a tcp:// or ipc:// endpoint, got {endpoint[:80]!r}")

@@ -106,27 +106,27 @@ def test_one_naming_per_group_at_a_time_and_a_failed_naming_gives_the_faces_back
     a = people[0]
     group = keep(u, model, a[:3])[0]["cluster"]
     first, second = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
-    records = u.claim(model, group, "Visitor", first)
+    records = u.namings.claim(model, group, "Visitor", first)
     assert len(records) == 3 and all(r["label"] == "Visitor" and len(r["features"]["embedding"]) == 128
                                      for r in records)
     with pytest.raises(FrontError) as twice:
-        u.claim(model, group, "Someone", second)
+        u.namings.claim(model, group, "Someone", second)
     assert twice.value.code == "CONFLICT"
     with pytest.raises(FrontError) as busy:
         u.discard(model, "acme", group)
     assert busy.value.code == "CONFLICT"
-    u.named(first)
+    u.namings.named(first)
     assert u.groups(model, "acme")["clusters"] == []
     store.create(first, "m", {}, 10, 2, "acme")
     store.execute("UPDATE jobs SET state = 'failed' WHERE id = ?", (first,))
-    u.on_ended(store.get(first))  # the build failed: the group waits again, whole
+    u.namings.on_ended(store.get(first))  # the build failed: the group waits again, whole
     assert [c["size"] for c in u.groups(model, "acme")["clusters"]] == [3]
-    u.claim(model, group, "Visitor", second)
-    u.named(second)
+    u.namings.claim(model, group, "Visitor", second)
+    u.namings.named(second)
     store.create(second, "m", {}, 10, 2, "acme")
     store.execute("UPDATE jobs SET state = 'done' WHERE id = ?", (second,))
     rest = keep(u, model, people[1][:2])
-    u.on_ended(store.get(second))  # built: the parent's faces follow the model the client now uses
+    u.namings.on_ended(store.get(second))  # built: the parent's faces follow the model the client now uses
     assert [c["id"] for c in u.groups(second, "acme")["clusters"]] == [rest[0]["cluster"]]
     assert u.erase("Visitor", "acme") == 3  # erasing the person takes the faces named as them
     u.on_deleted(second)
@@ -183,12 +183,12 @@ def test_a_correction_claims_exactly_the_faces_named_and_a_face_that_joins_meanw
     kept = keep(u, model, a[:3])
     new = "33333333-3333-4333-8333-333333333333"
     with pytest.raises(FrontError) as unknown:
-        u.claim(model, None, "Visitor", new, [kept[0]["unknown_id"], "0123456789abcdef"])
-    assert unknown.value.code == "NOT_FOUND" and model not in u.naming  # nothing claimed
-    records = u.claim(model, None, "Visitor", new, [kept[0]["unknown_id"], kept[1]["unknown_id"]])
+        u.namings.claim(model, None, "Visitor", new, [kept[0]["unknown_id"], "0123456789abcdef"])
+    assert unknown.value.code == "NOT_FOUND" and model not in u.namings.naming  # nothing claimed
+    records = u.namings.claim(model, None, "Visitor", new, [kept[0]["unknown_id"], kept[1]["unknown_id"]])
     assert len(records) == 2
     late = keep(u, model, a[3:4])  # joins the group while the correction is being registered
-    u.named(new)
+    u.namings.named(new)
     waiting = {f for c in u.groups(model, "acme")["clusters"] for f in c["faces"]}
     assert waiting == {kept[2]["unknown_id"], late[0]["unknown_id"]}
 
@@ -208,12 +208,12 @@ def test_ids_of_another_model_of_the_same_tenant_reach_nothing_there(tmp_path):
                  lambda: u.merge(b, "acme", [group, mine["cluster"]]),
                  lambda: u.move(b, "acme", group, face, None), lambda: u.move(b, "acme", mine["cluster"],
                                                                               mine["unknown_id"], group),
-                 lambda: u.claim(b, None, "eve", "7e6d5c4b-3a29-4180-9f8e-7d6c5b4a3928", [face]),
-                 lambda: u.claim(b, group, "eve", "7e6d5c4b-3a29-4180-9f8e-7d6c5b4a3928")):
+                 lambda: u.namings.claim(b, None, "eve", "7e6d5c4b-3a29-4180-9f8e-7d6c5b4a3928", [face]),
+                 lambda: u.namings.claim(b, group, "eve", "7e6d5c4b-3a29-4180-9f8e-7d6c5b4a3928")):
         with pytest.raises(FrontError) as refused:
             call()
         assert refused.value.code == "NOT_FOUND"
-    assert u.groups(a, "acme")["faces"] == 2 and u.naming == {}
+    assert u.groups(a, "acme")["faces"] == 2 and u.namings.naming == {}
     assert u.chip(a, "acme", group, face)[0]["unknown_id"] == face
 
 

@@ -81,7 +81,7 @@ class Intake:
     def release(self, job_id: str) -> None:
         """A derivation that names a group of unknown faces was refused: the group waits again."""
         if self.unknown is not None:
-            self.unknown.release(job_id)
+            self.unknown.namings.release(job_id)
 
     def begin(self, identity: bytes, job: NewJob) -> None:
         """Its photos to the writer; the front is answered once they are on disk (`on_stored`)."""
@@ -132,7 +132,7 @@ class Intake:
         if named is not None:  # a group of unknown faces named: their embeddings are the new records
             if self.unknown is None:
                 raise FrontError("NOT_FOUND", "this broker keeps no unknown faces")
-            claimed = self.unknown.claim(parent, named.get("cluster"), named["label"], header["id"],
+            claimed = self.unknown.namings.claim(parent, named.get("cluster"), named["label"], header["id"],
                                          named.get("faces"))
             keep = keep + claimed
         try:
@@ -241,7 +241,7 @@ class Intake:
             self.events.emit("registering", job.id, job.callback)
             self.store.create(job.id, job.name, job.options, job.n_photos, len(job.labels), job.tenant, job.kind)
             if self.unknown is not None:
-                self.unknown.named(job.id)  # a named group's faces leave the waiting ones with the row
+                self.unknown.namings.named(job.id)  # a named group's faces leave the waiting ones with the row
         except BaseException:
             self.store.delete_uploads(job.id)
             self.events.emit("register_failed", job.id)

@@ -111,7 +111,7 @@ class Broker:
                              self.erasure, self.status, self.cameras)
         self.unknown = self.intake.unknown = self.fronts.unknown = UnknownFaces(s, store)
         for listener in (self.callbacks, Metrics(), self.planner, self.searches, self.records, self.unknown,
-                         self.cameras):
+                         self.unknown.namings, self.cameras):
             self.events.add(listener)
 
     @property

@@ -25,7 +25,6 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 
 from app.broker.job import Job
 from app.broker.store import JobStore
+from app.broker.unknown_naming import Namings
 from app.shared.storage import sqlite_full
 from app.wire.protocol import FrontError
 from constants import Settings
@@ -73,21 +73,6 @@ EXPIRE_EVERY_S = 60.0
 DIMENSION = 128
 
 
-@dataclass
-class Naming:
-    """A naming under way: the group named (None for a correction of single faces), the model it derives,
-    the label, and the faces claimed."""
-    group: str | None
-    model: str
-    label: str
-    faces: list[str]
-
-
-def _figures(quality: dict | None) -> dict | None:
-    """A kept face's quality as a build's features carry it: the figures, not predict's list of problems."""
-    return None if quality is None else {k: v for k, v in quality.items() if k != "problems"}
-
-
 def new_id() -> str:
     """A face's or a group's id: 16 hex digits (app/wire/protocol.is_unknown_id)."""
     return secrets.token_hex(8)
@@ -106,8 +91,7 @@ class UnknownFaces:
             self.db.execute(f"PRAGMA {pragma}")
         self.db.executescript(SCHEMA)
         self.path.chmod(0o600)
-        self.naming: dict[str, Naming] = {}  # model -> the naming under way (one at a time)
-        self.pending: dict[str, str] = {}  # new model id -> its parent, while that naming builds
+        self.namings = Namings(self.db, self.group_of)  # the groups being named (app/broker/unknown_naming.py)
         self._models: dict[str, tuple[float, ...]] = {}  # a model's stranger model, read once
         self.next_expiry = 0.0
 
@@ -251,7 +235,7 @@ class UnknownFaces:
         clusters = [{"id": g, "size": len(fs), "faces": [f["id"] for f in fs], "first_seen": fs[0]["seen"],
                      "last_seen": fs[-1]["seen"]} for g, fs in by.items()]
         clusters.sort(key=lambda c: (-c["size"], -c["last_seen"]))
-        naming = self.naming.get(model)
+        naming = self.namings.naming.get(model)
         return {"clusters": clusters, "faces": len(rows),
                 "naming": None if naming is None else {"cluster": naming.group, "model": naming.model,
                                                        "label": naming.label}}
@@ -282,7 +266,7 @@ class UnknownFaces:
         groups = list(dict.fromkeys(groups))
         if len(groups) < 2:
             raise FrontError("BAD_PARAMETER", "name at least two different groups to merge")
-        self.not_being_named(model, groups)
+        self.namings.not_being_named(model, groups)
         sizes = {g: len(self.group_of(model, g)) for g in groups}
         keep = max(groups, key=lambda g: (sizes[g], -groups.index(g)))
         now = time.time()
@@ -305,7 +289,7 @@ class UnknownFaces:
         """One face out of its group: into another waiting group `to`, or (None) a group of its own."""
         self.model_of(model, tenant)
         rows = self.group_of(model, group)
-        self.not_being_named(model, [group] + ([to] if to else []))
+        self.namings.not_being_named(model, [group] + ([to] if to else []))
         if face not in {r["id"] for r in rows}:
             raise FrontError("NOT_FOUND", f"no face {face} in group {group}")
         if to is not None:
@@ -320,82 +304,13 @@ class UnknownFaces:
         """A group's faces gone: chips, embeddings (the freed pages zeroed, the write-ahead log emptied)."""
         self.model_of(model, tenant)
         rows = self.group_of(model, group)
-        self.not_being_named(model, [group])
+        self.namings.not_being_named(model, [group])
         self.db.execute("DELETE FROM faces WHERE model = ? AND grp = ? AND named IS NULL", (model, group))
         self.db.execute("DELETE FROM merged WHERE model = ? AND into_grp = ?", (model, group))
         self.wipe()
         return {"cluster": group, "removed": len(rows)}
 
-    def not_being_named(self, model: str, groups: list[str]) -> None:
-        naming = self.naming.get(model)
-        if naming is not None and naming.group in groups:
-            raise FrontError("CONFLICT", f"group {naming.group} is being named (model {naming.model}); wait for that "
-                                         "build")
-
-    # --- naming (a derivation: app/broker/intake.py) -----------------------------------------------
-    def claim(self, model: str, group: str | None, label: str, new_model: str,
-              faces: list[str] | None = None) -> list[dict]:
-        """A group to name (or, `faces`, kept faces to give to a person: a correction): their faces as the
-        records a derivation inherits. One naming per model at a time (the second is refused, CONFLICT);
-        `release` or `named` ends the claim. The faces are the ones claimed now: a face that joins the group
-        meanwhile is not part of it."""
-        naming = self.naming.get(model)
-        if naming is not None:
-            raise FrontError("CONFLICT", f"group {naming.group or '(a correction)'} of this model is being named into "
-                                         f"model {naming.model}; name the next one on that model once it is built")
-        if group is not None:
-            rows = self.group_of(model, group)
-        else:
-            wanted = list(dict.fromkeys(faces or []))
-            marks = ",".join("?" * len(wanted))
-            rows = self.db.execute(f"SELECT * FROM faces WHERE model = ? AND named IS NULL AND id IN ({marks}) "  # noqa: S608
-                                   "ORDER BY seen", (model, *wanted)).fetchall()
-            missing = sorted(set(wanted) - {r["id"] for r in rows})
-            if not wanted or missing:
-                raise FrontError("NOT_FOUND", f"no waiting face {missing[0] if missing else ''} in model {model}")
-        self.naming[model] = Naming(group, new_model, label, [r["id"] for r in rows])
-        self.pending[new_model] = model
-        return [{"label": label, "filename": f"unknown-{r['id']}.jpg", "sha256": None, "key": None,
-                 "features": {"faces": 1, "box": json.loads(r["box"] or "null") or [0, 0, 1, 1],
-                              "embedding": [float(v) for v in np.frombuffer(r["embedding"], np.float32)],
-                              "quality": _figures(json.loads(r["quality"] or "null"))}} for r in rows]
-
-    def named(self, new_model: str) -> None:
-        """The naming's model is registered: its faces (those claimed) leave the waiting groups."""
-        parent = self.pending.get(new_model)
-        if parent is None:
-            return
-        naming = self.naming[parent]
-        marks = ",".join("?" * len(naming.faces))
-        self.db.execute(f"UPDATE faces SET named = ?, label = ? WHERE model = ? AND named IS NULL "  # noqa: S608
-                        f"AND id IN ({marks})", (new_model, naming.label, parent, *naming.faces))
-
-    def release(self, new_model: str, back: bool = True) -> None:
-        """The naming did not happen (refused, or its build failed): its faces wait again (`back`)."""
-        parent = self.pending.pop(new_model, None)
-        if parent is None:
-            return
-        self.naming.pop(parent, None)
-        if back:
-            self.db.execute("UPDATE faces SET named = NULL, label = NULL WHERE named = ?", (new_model,))
-
     # --- job events (app/broker/events.py) ---------------------------------------------------------
-    def on_register_failed(self, job_id: str) -> None:
-        self.release(job_id)
-
-    def on_ended(self, job: Job) -> None:
-        """A naming's build ended: built, every face of its parent moves to it (the model the client uses
-        from now on; the groups keep their ids); failed, the faces wait again."""
-        parent = self.pending.get(job.id)
-        if parent is None:
-            return
-        if job.state == JobState.DONE:
-            self.release(job.id, back=False)
-            self.db.execute("UPDATE faces SET model = ? WHERE model = ?", (job.id, parent))
-            self.db.execute("UPDATE merged SET model = ? WHERE model = ?", (job.id, parent))
-        else:
-            self.release(job.id)
-
     def on_replaced(self, old: str, new: str, label: str) -> None:
         """An erasure rebuilt a model without `label`: the faces it kept, but those named as that person, go
         to the rebuilt model (the person's go with the old model, `on_deleted`)."""
@@ -404,10 +319,7 @@ class UnknownFaces:
 
     def on_deleted(self, job_id: str) -> None:
         """A model deleted (or erased): every face it kept, and those named into it, go."""
-        self.release(job_id)
-        parent_naming = self.naming.pop(job_id, None)
-        if parent_naming is not None:
-            self.pending.pop(parent_naming.model, None)
+        self.namings.forget(job_id)
         self._models.pop(job_id, None)
         cur = self.db.execute("DELETE FROM faces WHERE model = ? OR named = ?", (job_id, job_id))
         self.db.execute("DELETE FROM merged WHERE model = ?", (job_id,))
@@ -434,9 +346,10 @@ class UnknownFaces:
             return 0
         self.next_expiry = now + EXPIRE_EVERY_S
         sql = "DELETE FROM faces WHERE expires <= ?"
-        if self.pending:  # a naming being built keeps its faces until it ends
-            sql += f" AND (named IS NULL OR named NOT IN ({','.join('?' * len(self.pending))}))"
-        cur = self.db.execute(sql, (now, *self.pending))
+        building = self.namings.pending  # a naming being built keeps its faces until it ends
+        if building:
+            sql += f" AND (named IS NULL OR named NOT IN ({','.join('?' * len(building))}))"
+        cur = self.db.execute(sql, (now, *building))
         if cur.rowcount:
             logger.info("{} kept unknown face(s) expired (FR_UNKNOWN_RETENTION_DAYS={:g})", cur.rowcount,
                         self.s.unknown_retention_days)

@@ -622,6 +622,13 @@ def _unknown_paths() -> dict:
             "responses": {"200": {"description": "the chip (150x150)",
                                   "content": {"image/jpeg": {"schema": text(format="binary")}}},
                           **errors(*GROUP_ERRORS)}}},
+        **_naming_paths(),
+    }
+
+
+def _naming_paths() -> dict:
+    """Acting on kept unknown faces: naming a group, correcting, merging, moving, discarding."""
+    return {
         "/models/{job_id}/unknown/{cluster}/name": {"post": {
             "tags": ["unknown"], "summary": "Name a group: a new model that knows them",
             "description": "Derives a new model from this one plus the group's faces as photos of `label` (a new "

@@ -654,31 +654,8 @@ def parse_worker(frames: list[bytes]) -> tuple[bytes, dict, list[bytes]]:
     if command == READY:
         if header or blobs:
             raise ProtocolError("ready takes nothing")
-    elif command == HEARTBEAT:
-        if set(header) - {"task", "warming", "cameras"}:
-            raise ProtocolError("heartbeat has unknown fields")
-        warming = header.get("warming", False)
-        if not isinstance(warming, bool):
-            raise ProtocolError("warming must be true or false")
-        out["warming"] = warming
-        cameras = header.get("cameras", [])
-        if not isinstance(cameras, list) or len(cameras) > MAX_CAMERAS_HELD:
-            raise ProtocolError("cameras must list camera ids")
-        out["cameras"] = [job_id(c) for c in cameras]
-    elif command == CAMSTATE:
-        _fields(header, {"camera", "state", "reason"}, {"camera", "state"}, "camstate")
-        out["camera"] = job_id(header["camera"])
-        if header["state"] not in CAMERA_STATES:
-            raise ProtocolError(f"state must be one of {', '.join(CAMERA_STATES)}")
-        out["state"] = header["state"]
-        reason = header.get("reason")
-        out["reason"] = None if reason is None else text(reason, 500, "reason")
-    elif command == CAMEVENT:
-        _fields(header, {"camera", "event"}, {"camera", "event"}, "camevent")
-        if len(blobs) != 1 or not 0 < len(blobs[0]) <= MAX_SNAPSHOT_BYTES:
-            raise ProtocolError(f"an event carries one snapshot of 1 to {MAX_SNAPSHOT_BYTES} bytes")
-        out["camera"] = job_id(header["camera"])
-        out["event"] = check_event(header["event"])
+    elif command in (HEARTBEAT, CAMSTATE, CAMEVENT):
+        out.update(_check_beat_or_camera(command, header, blobs))
     elif command == PROGRESS:
         if set(header) != {"task", "stage", "done", "total"}:
             raise ProtocolError("progress takes task, stage, done and total")
@@ -706,6 +683,38 @@ def parse_worker(frames: list[bytes]) -> tuple[bytes, dict, list[bytes]]:
     if command not in (DONE, CAMEVENT) and blobs:
         raise ProtocolError(f"{command.decode()} takes no data frames")
     return command, out, blobs
+
+
+def _check_beat_or_camera(command: bytes, header: dict, blobs: list[bytes]) -> dict[str, Any]:
+    """A worker's HEARTBEAT (what it is warming and which cameras it holds), CAMSTATE or CAMEVENT -> its
+    checked fields."""
+    out: dict[str, Any] = {}
+    if command == HEARTBEAT:
+        if set(header) - {"task", "warming", "cameras"}:
+            raise ProtocolError("heartbeat has unknown fields")
+        warming = header.get("warming", False)
+        if not isinstance(warming, bool):
+            raise ProtocolError("warming must be true or false")
+        out["warming"] = warming
+        cameras = header.get("cameras", [])
+        if not isinstance(cameras, list) or len(cameras) > MAX_CAMERAS_HELD:
+            raise ProtocolError("cameras must list camera ids")
+        out["cameras"] = [job_id(c) for c in cameras]
+    elif command == CAMSTATE:
+        _fields(header, {"camera", "state", "reason"}, {"camera", "state"}, "camstate")
+        out["camera"] = job_id(header["camera"])
+        if header["state"] not in CAMERA_STATES:
+            raise ProtocolError(f"state must be one of {', '.join(CAMERA_STATES)}")
+        out["state"] = header["state"]
+        reason = header.get("reason")
+        out["reason"] = None if reason is None else text(reason, 500, "reason")
+    elif command == CAMEVENT:
+        _fields(header, {"camera", "event"}, {"camera", "event"}, "camevent")
+        if len(blobs) != 1 or not 0 < len(blobs[0]) <= MAX_SNAPSHOT_BYTES:
+            raise ProtocolError(f"an event carries one snapshot of 1 to {MAX_SNAPSHOT_BYTES} bytes")
+        out["camera"] = job_id(header["camera"])
+        out["event"] = check_event(header["event"])
+    return out
 
 
 def parse_job(frames: list[bytes]) -> tuple[bytes, dict, list[bytes]]:
