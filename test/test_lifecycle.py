@@ -222,7 +222,11 @@ def test_model_card_beside_the_manifest(stack, grown, names):
 # --- erasure ---------------------------------------------------------------------------------------
 def file_contents(path: Path, data: bytes | None = None, depth: int = 0):
     """(where, bytes) of a file and, for a zip (a bundle, its gallery.npz), of every member, recursively."""
-    data = path.read_bytes() if data is None else data
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # removed while the search ran (a build that ended takes its uploads along)
+            return
     yield str(path), data
     if depth < 3 and data[:2] == b"PK":
         try:
