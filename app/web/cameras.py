@@ -16,7 +16,7 @@ from app.shared.cameras import CameraRefused, check_camera_url
 from app.web import broker_client as client
 from app.web.context import caller_tenant, settings
 from app.web.errors import ApiError
-from app.web.forms import parse_callback, parse_job_id, small_json
+from app.web.forms import parse_callback, parse_job_id, query_int, small_json
 from app.web.security import principal, requires
 from app.wire import protocol as p
 
@@ -121,7 +121,7 @@ def events(camera_id: str):
     tenant = caller_tenant()
     after = _after()
     if "text/event-stream" not in request.headers.get("Accept", ""):
-        limit = _int_arg("limit", 100, 1, 1000)
+        limit = query_int(request, "limit", 100, 1, 1000)
         answer = _call(p.CAMEVENTS, {"id": camera_id, "tenant": tenant, "after": after, "limit": limit})
         return jsonify({"status": 0, "events": answer["events"]})
     _call(p.CAMEVENTS, {"id": camera_id, "tenant": tenant, "after": after, "limit": 1})  # 404 before streaming
@@ -184,17 +184,4 @@ def _after() -> int:
         value = -1
     if not 0 <= value <= 2**62:
         raise ApiError(400, "BAD_PARAMETER", "after (or Last-Event-ID) must be an event id, 0 or more")
-    return value
-
-
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise ApiError(400, "BAD_PARAMETER", f"{name} must be an integer in [{low}, {high}]")
     return value

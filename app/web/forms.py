@@ -44,6 +44,21 @@ def small_json(request: Request, limit: int = SMALL_JSON_BYTES) -> dict:
     return body
 
 
+def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """The integer query parameter `name` of `request` in [low, high] (`default` when absent);
+    400 BAD_PARAMETER otherwise."""
+    raw = request.args.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        raise ApiError(400, "BAD_PARAMETER", f"{name} must be an integer in [{low}, {high}]")
+    return value
+
+
 def parse_job_id(raw: str | None) -> str:
     """A canonical lower-case uuid4, or 400 BAD_ID."""
     if not raw:
@@ -63,7 +78,7 @@ def _flag(name: str, raw: str | None) -> bool:
         raise ApiError(400, "BAD_PARAMETER", str(exc), {"field": name}) from None
 
 
-def _number(form, name: str, default, low, high, cast=int):
+def form_number(form, name: str, default, low, high, cast=int):
     """A numeric form field within [low, high], its default when absent, or 400 BAD_PARAMETER."""
     raw = form.get(name)
     if raw in (None, ""):
@@ -92,8 +107,8 @@ def parse_options(form, settings: Settings) -> tuple[str | None, dict]:
     limits = settings.option_limits
     defaults = {"seed": settings.default_seed, "population": settings.search_population,
                 "generations": settings.search_generations, "time_budget": settings.search_budget_s}
-    seed = _number(form, "seed", defaults["seed"], *limits["seed"])
-    search = {name: _number(form, name, defaults[name], *limits[name])
+    seed = form_number(form, "seed", defaults["seed"], *limits["seed"])
+    search = {name: form_number(form, name, defaults[name], *limits[name])
               for name in ("population", "generations", "time_budget")}
     given = [k for k in search if form.get(k) not in (None, "")]
     if given and not optimize:

@@ -12,7 +12,7 @@ from app.shared.jobs import job_view
 from app.web import broker_client as client
 from app.web.context import built_model, caller_tenant, find_job, forget_model, settings
 from app.web.errors import ApiError
-from app.web.forms import parse_job_id
+from app.web.forms import parse_job_id, query_int
 from app.web.security import principal, requires
 from app.web.unknown import waiting_counts
 from modelization.bundle import CARD_FILE, read_manifest
@@ -31,8 +31,8 @@ def download(job_id: str):
 @bp.get("/models")
 @requires(Action.READ)
 def list_models():
-    limit = _int_arg("limit", 100, 1, 1000)
-    offset = _int_arg("offset", 0, 0, 10**9)
+    limit = query_int(request, "limit", 100, 1, 1000)
+    offset = query_int(request, "offset", 0, 0, 10**9)
     caller = principal()
     tenant = request.args.get("tenant") if caller.may(Action.ADMIN) else caller.tenant  # admins filter at will
     if tenant and not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", tenant):
@@ -78,16 +78,3 @@ def delete_model(job_id: str):
     answer = client.delete(s.front_endpoint, s.front_keys_dir, job["id"], s.broker_timeout_s, caller_tenant())
     forget_model(job["id"])  # this host's copy; other fronts drop theirs at their next request for it or sweep
     return jsonify({"status": 0, **answer})
-
-
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise ApiError(400, "BAD_PARAMETER", f"{name} must be an integer in [{low}, {high}]")
-    return value

@@ -25,7 +25,7 @@ from app.shared.jobs import job_view
 from app.web import broker_client as client
 from app.web.context import built_model, caller_tenant, find_row
 from app.web.errors import ApiError
-from app.web.forms import parse_job_id
+from app.web.forms import parse_job_id, query_int
 from constants import Settings
 from constants.states import JobState
 from modelization.bundle import read_manifest
@@ -98,18 +98,6 @@ def _people(path: str, mtime: float) -> tuple[dict, ...]:
 PEOPLE_PAGE, PEOPLE_PAGE_MAX, QUERY_MAX = 100, 500, 200
 
 
-def page_arg(name: str, default: int, low: int, high: int) -> int:
-    """An integer query parameter in [low, high]; 400 BAD_PARAMETER otherwise."""
-    raw = request.args.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        raise ApiError(400, "BAD_PARAMETER", f"{name} must be an integer in [{low}, {high}]")
-    return value
 
 
 @bp.get("/models/<job_id>/people")
@@ -118,8 +106,8 @@ def people(job_id: str):
     """One page of the model's people, in the manifest's order: `limit` (1-500, default 100) from `offset`,
     only labels containing `q` (case-insensitive) when given. -> {people, total (matching), people_total,
     limit, offset, q}."""
-    limit = page_arg("limit", PEOPLE_PAGE, 1, PEOPLE_PAGE_MAX)
-    offset = page_arg("offset", 0, 0, 10**9)
+    limit = query_int(request, "limit", PEOPLE_PAGE, 1, PEOPLE_PAGE_MAX)
+    offset = query_int(request, "offset", 0, 0, 10**9)
     q = request.args.get("q", "")
     if len(q) > QUERY_MAX:
         raise ApiError(400, "BAD_PARAMETER", f"q must be at most {QUERY_MAX} characters")

@@ -16,7 +16,7 @@ from app.shared.jobs import job_view, new_job_id
 from app.web import broker_client as client
 from app.web.context import caller_tenant, finished_job, job_answer, settings
 from app.web.errors import ApiError
-from app.web.forms import _number, parse_callback, parse_job_id
+from app.web.forms import form_number, parse_callback, parse_job_id, query_int
 from app.web.security import principal, requires
 from logger import logger
 from preprocessor.errors import InputError
@@ -37,7 +37,7 @@ def analyse_video(job_id: str):
         raise ApiError(413, "VIDEO_TOO_LARGE", f"the video is larger than the limit of {s.max_video_bytes} bytes "
                        "(FR_MAX_VIDEO_BYTES)", {"limit": s.max_video_bytes})
     job, _, _ = finished_job(job_id)
-    fps = _number(request.form, "fps", 5.0, 0.1, s.max_video_fps, float)
+    fps = form_number(request.form, "fps", 5.0, 0.1, s.max_video_fps, float)
     callback = parse_callback(request.form.get("callback_url"), s)
     part = request.files.get("video")
     if part is None:
@@ -124,8 +124,7 @@ def thumbnail(job_id: str, track: int):
 @requires(Action.READ)
 def list_videos():
     """The caller's videos, newest first (`limit`, `offset`)."""
-    from app.web.models import _int_arg
-    limit, offset = _int_arg("limit", 100, 1, 1000), _int_arg("offset", 0, 0, 10**9)
+    limit, offset = query_int(request, "limit", 100, 1, 1000), query_int(request, "offset", 0, 0, 10**9)
     s = settings()
     rows, total = client.list_jobs(s.front_endpoint, s.front_keys_dir, limit, offset, s.broker_timeout_s,
                                    caller_tenant(), kind="video")
