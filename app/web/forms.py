@@ -20,23 +20,30 @@ _UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0
 SMALL_JSON_BYTES = 64 * 1024  # a body of ids, a label, a name or a URL: no route of these needs more
 
 
+def read_at_most(request: Request, most: int, chunk: int) -> bytes:
+    """The request's body up to `most` bytes (read no further), `chunk` bytes a read: a read returns what has
+    arrived (app/web/body_guard.py), so this reads until the end or `most`."""
+    chunks, size = [], 0
+    while size < most:
+        data = request.stream.read(min(chunk, most - size))
+        if not data:
+            break
+        chunks.append(data)
+        size += len(data)
+    return b"".join(chunks)
+
+
 def small_json(request: Request, limit: int = SMALL_JSON_BYTES) -> dict:
     """The JSON object of a small body (the unknown faces' acts, cameras, keys): 413 REQUEST_TOO_LARGE past
     `limit` bytes (read no further), 400 BAD_JSON for anything but a JSON object, a body nested deeper than
     Python's parser goes too (Flask's get_json let its RecursionError through: a 500)."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "REQUEST_TOO_LARGE", f"this route's JSON body may hold at most {limit} bytes")
-    chunks, size = [], 0
-    while size <= limit:  # a read returns what has arrived (app/web/body_guard.py): read until the end
-        chunk = request.stream.read(min(1 << 16, limit + 1 - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    if size > limit:
+    raw = read_at_most(request, limit + 1, 1 << 16)
+    if len(raw) > limit:
         raise ApiError(413, "REQUEST_TOO_LARGE", f"this route's JSON body may hold at most {limit} bytes")
     try:
-        body = json.loads(b"".join(chunks))
+        body = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "BAD_JSON", f"the body is not valid JSON ({str(exc)[:120]})") from None
     if not isinstance(body, dict):

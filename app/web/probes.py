@@ -23,6 +23,7 @@ import numpy as np
 from flask import Request
 
 from app.web.errors import ApiError
+from app.web.forms import read_at_most
 from constants import Settings, parse_bool
 from features.embeddings import EMBEDDING_SIZE
 from preprocessor.errors import InputError
@@ -47,14 +48,7 @@ def read_json(request: Request, settings: Settings) -> dict:
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "REQUEST_TOO_LARGE", f"a JSON body may hold at most {limit} bytes (FR_MAX_JSON_BYTES); "
                        "send large photos as multipart parts")
-    chunks, size = [], 0
-    while size <= limit:  # a read returns what has arrived (app/web/body_guard.py): read until the end
-        chunk = request.stream.read(min(1 << 20, limit + 1 - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    raw = b"".join(chunks)
+    raw = read_at_most(request, limit + 1, 1 << 20)
     if len(raw) > limit:
         raise ApiError(413, "REQUEST_TOO_LARGE", f"a JSON body may hold at most {limit} bytes (FR_MAX_JSON_BYTES)")
     try:
