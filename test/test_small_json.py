@@ -12,7 +12,8 @@ from app.web.errors import ApiError
 from app.web.forms import SMALL_JSON_BYTES, small_json
 
 K = "attack-admin-key-" + "k" * 40
-M = uuid.uuid4()
+# a model that does not exist; fixed, not random: test ids must be the same in every xdist process
+M = uuid.UUID("6f1c2d3e-4b5a-4c6d-8e7f-90a1b2c3d4e5")
 DEEP = b"[" * 60_000  # under the 64 KB limit, far past the parser's depth
 BODIES = {"deep": (DEEP, 400, "BAD_JSON"), "deep-object": (b'{"a":' * 10_000, 400, "BAD_JSON"),
           "large": (b'{"clusters": "' + b"a" * (SMALL_JSON_BYTES + 10) + b'"}', 413, "REQUEST_TOO_LARGE"),
