@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+import cv2
+import numpy as np
 import pytest
 
 from test.browser import chromium
@@ -73,8 +75,13 @@ def test_a_camera_added_in_the_console_shows_live_its_events_frame_and_timeline(
         by_id = {e["id"]: e["label"] for e in stored}
         assert shown and all(by_id[i] == label for i, label in shown), (shown, stored)
         assert {e["label"] for e in stored if e["type"] == "track.start"} <= {person, "unknown"}, stored
+        # the frame shown is the latest event's snapshot, with the person's box drawn by the service (green: a
+        # known face); a track's end shows its best frame, not the empty frame it ended on
         framed = int(page.get_attribute("#camera-frame", "data-event"))
-        assert stack.get(f"/cameras/{camera_id}/events?after={framed - 1}&limit=1").json()["events"][0]["snapshot"]
+        snap = stack.get(f"/cameras/{camera_id}/events/{framed}/snapshot", timeout=30)
+        image = cv2.imdecode(np.frombuffer(snap.content, np.uint8), cv2.IMREAD_COLOR)
+        b_, g, r_ = (image[:, :, i].astype(int) for i in range(3))
+        assert ((g > 170) & (b_ < 110) & (r_ < 110)).sum() > 200, "no box drawn on the frame shown"
         # the list: live, then deleted after the confirmation
         page.click("a.button[href='#/cameras']")
         row = page.locator(f"#cameras-table tr:has(a[data-id='{camera_id}'])")
