@@ -16,7 +16,6 @@ from test.browser import chromium
 from test.camera_feeds import MjpegServer, Timeline
 from test.conftest import pick_people
 from test.stack import photo_files
-from test.waits import wait_until
 
 N_UPLOAD = 6
 STACK = {"workers": 1, "env": {"FR_CAMERA_ALLOW": "127.0.0.1", "FR_CAMERA_TIMEOUT_S": "3",
@@ -71,7 +70,8 @@ def test_a_camera_added_in_the_console_shows_live_its_events_frame_and_timeline(
         page.wait_for_selector(f"#camera-timeline rect.track-bar[data-label='{person}']:not(.open)", timeout=90_000)
         b.shot("camera")
         stored = stack.get(f"/cameras/{camera_id}/events", timeout=30).json()["events"]
-        shown = page.eval_on_selector_all("#camera-events-table tbody tr", "rows => rows.map(r => [Number(r.dataset.event), r.dataset.label])")
+        shown = page.eval_on_selector_all("#camera-events-table tbody tr",
+                                          "rows => rows.map(r => [Number(r.dataset.event), r.dataset.label])")
         by_id = {e["id"]: e["label"] for e in stored}
         assert shown and all(by_id[i] == label for i, label in shown), (shown, stored)
         assert {e["label"] for e in stored if e["type"] == "track.start"} <= {person, "unknown"}, stored
