@@ -69,9 +69,9 @@ def test_a_camera_added_in_the_console_shows_live_its_events_frame_and_timeline(
         # the visit ends (its person left the frame): a closed bar on the person's row
         page.wait_for_selector(f"#camera-timeline rect.track-bar[data-label='{person}']:not(.open)", timeout=90_000)
         b.shot("camera")
-        stored = stack.get(f"/cameras/{camera_id}/events", timeout=30).json()["events"]
         shown = page.eval_on_selector_all("#camera-events-table tbody tr",
                                           "rows => rows.map(r => [Number(r.dataset.event), r.dataset.label])")
+        stored = stack.get(f"/cameras/{camera_id}/events", timeout=30).json()["events"]  # after: holds all shown
         by_id = {e["id"]: e["label"] for e in stored}
         assert shown and all(by_id[i] == label for i, label in shown), (shown, stored)
         assert {e["label"] for e in stored if e["type"] == "track.start"} <= {person, "unknown"}, stored
