@@ -81,7 +81,9 @@ class FrameJudge:
                 shown = draw(frame, [(list(f.box), labels.get(k, f.label)) for k, f in named.items()])
             return shown
 
-        for tr in self.tracker.open_tracks():  # keep the frame of each track's best face, for its end
+        # keep the frame of each track's best face, for its end: of every open track, confirmed or not (a best
+        # face seen before the track was confirmed was never kept, and its end showed the empty frame instead)
+        for tr in self.tracker._open:
             held = self.best.get(id(tr))
             if held is None or held[0] is not tr.best:
                 if tr.best.t == t:

@@ -2,6 +2,7 @@
 import {apiKey, askKey, setApiKey} from "./api.js";
 import {replace} from "./dom.js";
 import {buildPage} from "./build.js";
+import {cameraPage, camerasPage} from "./cameras.js";
 import {modelPage} from "./model.js";
 import {modelsPage} from "./models.js";
 import {unknownPage} from "./unknown.js";
@@ -25,6 +26,8 @@ function route() {
   else if (parts[0] === "model" && parts[1]) leave = modelPage(main, parts[1], parts[2]);
   else if (parts[0] === "video" && parts[1]) leave = videoPage(main, parts[1]);
   else if (parts[0] === "videos") leave = videosPage(main);
+  else if (parts[0] === "camera" && parts[1]) leave = cameraPage(main, parts[1]);
+  else if (parts[0] === "cameras") leave = camerasPage(main);
   else leave = modelsPage(main);
 }
 
