@@ -319,3 +319,27 @@ def test_frames_claiming_a_huge_size_fail_in_bounded_memory(tmp_path, first):
     shapes, peak_mb = out.stdout.rsplit(" ", 1)
     assert "20000" not in shapes and int(peak_mb) < 400, out.stdout
     assert shapes == ("NOT_A_VIDEO" if first else "[(16, 16, 3)]"), out.stdout
+
+
+@pytest.mark.parametrize("step_ms", [-100, 0, 1500])
+def test_timestamps_that_run_backwards_stand_still_or_leap_are_read_in_frame_order(tmp_path, step_ms):
+    """A matroska video (OpenCV-written, MJPEG, 10 frames a second) whose blocks' timestamps are rewritten to
+    run backwards, stand still or leap 1.5 s a frame: every frame is decoded once, samples keep their order
+    and their times come from the stream's frame rate; nothing loops or hangs."""
+    path = tmp_path / "t.mkv"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (16, 16))
+    for i in range(20):
+        writer.write(np.full((16, 16, 3), i * 10, np.uint8))
+    writer.release()
+    data, at, blocks = bytearray(path.read_bytes()), 0, []
+    while (at := data.find(b"\xa3", at + 1)) > 0:  # SimpleBlock: id, size (vint), track 1 (0x81), int16 time
+        size_len = next((n for n in range(1, 9) if data[at + 1] & (0x80 >> (n - 1))), 9)
+        if size_len <= 8 and data[at + 1 + size_len] == 0x81:
+            blocks.append(at + 2 + size_len)
+    assert len(blocks) >= 20
+    for k, block in enumerate(blocks[-20:]):
+        struct.pack_into(">h", data, block, step_ms * k)
+    path.write_bytes(bytes(data))
+    state = Sampling(probe(str(path)))
+    times = [f.t for f in sample(str(path), 5, 960, max_seconds=60, sampling=state)]
+    assert state.decoded == 20 and times == sorted(times) and len(times) == 10

@@ -174,6 +174,24 @@ def test_hostile_requests_get_a_clear_json_error_and_store_nothing(stack, model_
     assert stack.get("/videos", timeout=30).json()["total"] == before
 
 
+def test_a_video_deleted_while_it_waits_or_runs_leaves_nothing(stack, model_id, clip, processed):
+    """DELETE while the video is queued or being read: 200 at once; the worker's late result is dropped, and
+    once the one worker has taken the next video nothing of the first is on disk (row, upload, dumps, the
+    worker's temporary copy)."""
+    good = clip[1].read_bytes()
+    r = post_video(stack, model_id, good, fps="30")
+    assert r.status_code == 202, r.text
+    doomed = r.json()["id"]
+    assert stack.delete(f"/videos/{doomed}", timeout=30).status_code == 200
+    r = post_video(stack, model_id, good, fps="1")
+    assert r.status_code == 202, r.text
+    stack.wait_state(r.json()["id"], ("done",), timeout=180)  # one worker: it is past the deleted one
+    assert error_of(stack.get(f"/videos/{doomed}", timeout=30)) == (404, "NOT_FOUND")
+    var = stack.data_dir / "var"
+    assert not (stack.data_dir / "dumps" / doomed).exists() and not (var / "uploads" / doomed).exists()
+    assert not list(var.glob(".video-*"))
+
+
 def test_videos_that_cannot_be_read_fail_with_a_reason_and_the_worker_goes_on(stack, model_id, people, tmp_path):
     """A cut mp4 and a file that only looks like one fail NOT_A_VIDEO, a video over FR_MAX_VIDEO_SECONDS fails
     VIDEO_TOO_LONG; a cut avi gives the tracks of what it holds, marked truncated; the one worker takes every
