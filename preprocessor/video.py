@@ -8,7 +8,10 @@ but converting only the sampled ones. VideoError carries the code the API answer
 """
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import cv2
@@ -18,6 +21,28 @@ NOT_A_VIDEO, VIDEO_TOO_LONG = "NOT_A_VIDEO", "VIDEO_TOO_LONG"
 CONTAINERS = ("mp4", "mov", "mkv", "webm", "avi")
 # FFmpeg's own time limits for opening and reading (they matter for streams; a file never waits on them)
 _TIMEOUTS = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 15000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 15000]
+# FFmpeg's demuxer for each container sniff knows: an upload is opened by that demuxer and no other, so FFmpeg
+# cannot take it for a playlist (HLS, ffconcat) that names local files or URLs to read
+_DEMUXERS = {"mp4": "mov", "matroska": "matroska", "avi": "avi"}
+MAX_FPS = 1000.0  # no video this service reads runs faster: a frame's time is at least its index / MAX_FPS
+OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_options_lock = threading.Lock()
+
+
+@contextmanager
+def ffmpeg_options(options: str) -> Iterator[None]:
+    """FFmpeg's options ("key;value|key;value") for the VideoCapture opened inside. OpenCV reads them from the
+    environment at each open, so the opens of one process (a video task, a camera's reconnection) take turns."""
+    with _options_lock:
+        before = os.environ.get(OPTIONS_ENV)
+        os.environ[OPTIONS_ENV] = options
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop(OPTIONS_ENV, None)
+            else:
+                os.environ[OPTIONS_ENV] = before
 
 
 class VideoError(Exception):
@@ -77,7 +102,12 @@ class VideoInfo:
 
 
 def _open(path: str) -> cv2.VideoCapture:
-    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, _TIMEOUTS)
+    """The video at `path`, opened only if sniff knows its container, by that container's demuxer, reading
+    nothing but the local file (FFmpeg's protocol whitelist)."""
+    with open(path, "rb") as fh:
+        container = sniff(fh.read(64))
+    with ffmpeg_options(f"protocol_whitelist;file|input_format;{_DEMUXERS[container]}"):
+        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, _TIMEOUTS)
     if not cap.isOpened():
         cap.release()
         raise VideoError(NOT_A_VIDEO, "the video cannot be decoded: it is cut short, damaged, or holds no video "
@@ -88,7 +118,7 @@ def _open(path: str) -> cv2.VideoCapture:
 def _info(cap: cv2.VideoCapture) -> VideoInfo:
     width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-    if not np.isfinite(fps) or not 0.1 <= fps <= 1000:
+    if not np.isfinite(fps) or not 0.1 <= fps <= MAX_FPS:
         fps = 0.0  # unknown: times come from the frames' timestamps
     frames = max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0))
     return VideoInfo(width, height, fps, frames, frames / fps if fps else 0.0)
@@ -155,6 +185,8 @@ def sample(path: str, fps: float, max_side: int, max_seconds: float | None = Non
         while cap.grab():
             index += 1
             t = index / info.fps if info.fps else float(cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0) / 1000.0
+            # timestamps that stand still or run backwards cannot make the frames decoded unbounded
+            t = max(t, index / MAX_FPS)
             state.decoded, state.last_t = index + 1, t
             if max_seconds is not None and t > max_seconds:
                 raise VideoError(VIDEO_TOO_LONG, f"the video runs past {max_seconds:g} s (FR_MAX_VIDEO_SECONDS)")

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 import wave
+import zipfile
 from itertools import pairwise
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from app.worker.tasks import extract_chunk, train_bundle
@@ -212,3 +217,129 @@ def test_the_broker_checks_a_video_request_as_the_front_makes_it():
     for header in ({"id": ok["id"], "thumb": 0}, {"id": ok["id"], "thumb": "1"}, {"id": "x"}):
         with pytest.raises(p.ProtocolError):
             p.parse_front(p.pack(p.VIDEOGET, header), s)
+
+
+# --------------------------------------------------------------------------- hostile files (docs/security.md)
+
+def mjpeg_avi(path: Path, frames: int, size: tuple[int, int] = (16, 16), rate: int | None = None,
+              side: int | None = None) -> Path:
+    """A small MJPEG avi written by OpenCV, then lied about: `rate` frames a second in its headers (avih,
+    strh), and/or every frame's JPEG claiming `side` x `side` pixels (its SOF0 patched; the data stays small)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
+    for i in range(frames):
+        writer.write(np.full((size[1], size[0], 3), 40 + i % 100, np.uint8))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    if rate is not None:
+        at = data.index(b"avih")
+        struct.pack_into("<I", data, at + 8, max(1, 1_000_000 // rate) if rate else 0)
+        at = data.index(b"strh")
+        struct.pack_into("<II", data, at + 28, 1, rate)  # dwScale, dwRate
+    if side is not None:
+        for at in [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xC0]:
+            struct.pack_into(">HH", data, at + 5, side, side)
+    path.write_bytes(data)
+    return path
+
+
+def test_playlists_and_other_files_are_never_opened_as_videos(tmp_path, faces_dir):
+    """An HLS playlist or an ffconcat list names files or URLs for FFmpeg to read (a local file read, or a
+    request from the worker: SSRF); a GIF is a video to FFmpeg. The worker opens an upload only if sniff knows
+    its container, and then by that container's demuxer alone: each is NOT_A_VIDEO, nothing it names read."""
+    secret = mjpeg_avi(tmp_path / "secret.avi", 20)
+    gif = tmp_path / "g.gif"
+    gif.write_bytes(b"GIF89a" + bytes(64))
+    zipped = tmp_path / "z.zip"
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.write(secret, "clip.mp4")
+    hls = f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:2,\nfile:{secret}\n#EXT-X-ENDLIST\n"
+    bodies = {"hls.mp4": hls.encode(), "plain.m3u8": hls.replace("file:", "").encode(),
+              "http.mp4": hls.replace(f"file:{secret}", "http://127.0.0.1:9/x.ts").encode(),
+              "list.mp4": f"ffconcat version 1.0\nfile '{secret}'\n".encode(),
+              "photo.mp4": jpeg_bytes(faces_dir),
+              "png.mp4": cv2.imencode(".png", np.zeros((8, 8, 3), np.uint8))[1].tobytes(),
+              "gif.mp4": gif.read_bytes(), "zip.mp4": zipped.read_bytes()}
+    for name, body in bodies.items():
+        path = tmp_path / name
+        path.write_bytes(body)
+        for read in (lambda p: probe(p), lambda p: list(sample(p, 5, 960))):
+            with pytest.raises(VideoError) as err:
+                read(str(path))
+            assert err.value.code == NOT_A_VIDEO, name
+    # an mp4's header on a playlist: FFmpeg's mov demuxer, which finds no movie in it
+    path = tmp_path / "ftyp.mp4"
+    path.write_bytes(b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + hls.encode())
+    with pytest.raises(VideoError):
+        list(sample(str(path), 5, 960))
+
+
+def test_timestamps_that_stand_still_cannot_make_a_worker_decode_without_end(tmp_path):
+    """A header claiming a million frames a second (out of range: the time of a frame is then its timestamp,
+    here a microsecond apart) over 3000 frames: FR_MAX_VIDEO_SECONDS counts at least index / MAX_FPS per frame,
+    so the frames decoded stay bounded by the limit whatever the timestamps say."""
+    path = mjpeg_avi(tmp_path / "fast.avi", 3000, rate=1_000_000)
+    with pytest.raises(VideoError) as err:
+        list(sample(str(path), 5, 960, max_seconds=1.0))
+    assert err.value.code == VIDEO_TOO_LONG
+    state = Sampling(probe(str(path)))
+    frames = list(sample(str(path), 5, 960, max_seconds=10.0, sampling=state))
+    assert state.decoded == 3000 and [f.index for f in frames][:3] == [0, 200, 400]
+
+
+def test_odd_but_honest_headers_are_read(tmp_path):
+    """A one-frame video gives its frame; a header with 0 frames a second is read at FFmpeg's default rate."""
+    one = mjpeg_avi(tmp_path / "one.avi", 1)
+    assert [f.index for f in sample(str(one), 5, 960)] == [0]
+    zero = mjpeg_avi(tmp_path / "zero.avi", 30, rate=0)
+    state = Sampling(probe(str(zero)))
+    assert len(list(sample(str(zero), 5, 960, max_seconds=60, sampling=state))) >= 1 and state.decoded == 30
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_frames_claiming_a_huge_size_fail_in_bounded_memory(tmp_path, first):
+    """JPEG frames claiming 20000 x 20000 pixels (1.2 GB as BGR) in a 2 KB file, from the first frame or from
+    the second on: no frame decoded at that size, the worker's peak memory far under it (a child process)."""
+    path = mjpeg_avi(tmp_path / "huge.avi", 3, side=20000)
+    if not first:  # the first frame honest, the others lying
+        honest = mjpeg_avi(tmp_path / "honest.avi", 3)
+        data, lie = bytearray(honest.read_bytes()), path.read_bytes()
+        at = data.index(b"\xff\xc0")
+        data[at:at + 9] = honest.read_bytes()[at:at + 9]
+        rest = [i for i in range(len(lie) - 1) if lie[i] == 0xFF and lie[i + 1] == 0xC0][1:]
+        for i in rest:
+            data[i:i + 9] = lie[i:i + 9]
+        path.write_bytes(bytes(data))
+    code = ("import resource, sys\nfrom preprocessor.video import sample, VideoError\n"
+            "try:\n    shapes = [f.full_bgr.shape for f in sample(sys.argv[1], 10, 960)]\n"
+            "except VideoError as e:\n    shapes = e.code\n"
+            "print(shapes, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0, out.stderr
+    shapes, peak_mb = out.stdout.rsplit(" ", 1)
+    assert "20000" not in shapes and int(peak_mb) < 400, out.stdout
+    assert shapes == ("NOT_A_VIDEO" if first else "[(16, 16, 3)]"), out.stdout
+
+
+@pytest.mark.parametrize("step_ms", [-100, 0, 1500])
+def test_timestamps_that_run_backwards_stand_still_or_leap_are_read_in_frame_order(tmp_path, step_ms):
+    """A matroska video (OpenCV-written, MJPEG, 10 frames a second) whose blocks' timestamps are rewritten to
+    run backwards, stand still or leap 1.5 s a frame: every frame is decoded once, samples keep their order
+    and their times come from the stream's frame rate; nothing loops or hangs."""
+    path = tmp_path / "t.mkv"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (16, 16))
+    for i in range(20):
+        writer.write(np.full((16, 16, 3), i * 10, np.uint8))
+    writer.release()
+    data, at, blocks = bytearray(path.read_bytes()), 0, []
+    while (at := data.find(b"\xa3", at + 1)) > 0:  # SimpleBlock: id, size (vint), track 1 (0x81), int16 time
+        size_len = next((n for n in range(1, 9) if data[at + 1] & (0x80 >> (n - 1))), 9)
+        if size_len <= 8 and data[at + 1 + size_len] == 0x81:
+            blocks.append(at + 2 + size_len)
+    assert len(blocks) >= 20
+    for k, block in enumerate(blocks[-20:]):
+        struct.pack_into(">h", data, block, step_ms * k)
+    path.write_bytes(bytes(data))
+    state = Sampling(probe(str(path)))
+    times = [f.t for f in sample(str(path), 5, 960, max_seconds=60, sampling=state)]
+    assert state.decoded == 20 and times == sorted(times) and len(times) == 10

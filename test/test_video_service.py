@@ -148,6 +148,50 @@ def test_bad_videos_are_refused_at_once(stack, model_id, clip, faces_dir):
     assert stack.get("/videos", timeout=30).json()["total"] == before  # none of them was stored
 
 
+def test_hostile_requests_get_a_clear_json_error_and_store_nothing(stack, model_id, clip, processed, tmp_path):
+    """Two `video` parts, fps that is no usable number, a playlist named .mp4 (FFmpeg would follow the files it
+    names), track numbers and ids of the wrong shape or another kind: each a JSON error, nothing stored, no
+    model touched (docs/security.md, "Recorded videos")."""
+    video_id, _ = processed
+    good = clip[1].read_bytes()
+    before = stack.get("/videos", timeout=30).json()["total"]
+    r = stack.post(f"/models/{model_id}/video", files=[("video", ("a.mp4", good, "video/mp4")),
+                                                       ("video", ("b.mp4", good, "video/mp4"))], timeout=120)
+    assert error_of(r) == (400, "BAD_PARAMETER") and "one video" in r.json()["error"]["message"], r.text
+    for fps in ("-1", "nan", "inf", "-inf", "1e308", "31", "5 5", "0x10"):
+        assert error_of(post_video(stack, model_id, good, fps=fps)) == (400, "BAD_PARAMETER"), fps
+    playlist = f"#EXTM3U\n#EXTINF:2,\nfile:{stack.data_dir / 'var' / 'jobs.sqlite'}\n#EXT-X-ENDLIST\n".encode()
+    for body in (playlist, b"ffconcat version 1.0\nfile '/etc/passwd'\n"):
+        assert error_of(post_video(stack, model_id, body, name="clip.mp4")) == (400, "NOT_A_VIDEO")
+    for track in ("0", "-1", "100001", "99", "1.5", "abc", "%2e%2e"):
+        r = stack.get(f"/videos/{video_id}/tracks/{track}.jpg", timeout=30)
+        assert r.status_code == 404 and r.json()["error"]["code"], (track, r.text)
+    for bad in ("abc", "..%2F..%2Fetc", video_id.upper() + "x", model_id):
+        for r in (stack.get(f"/videos/{bad}", timeout=30), stack.get(f"/videos/{bad}/tracks/1.jpg", timeout=30),
+                  stack.delete(f"/videos/{bad}", timeout=30)):
+            assert r.status_code in (400, 404) and r.json()["error"]["code"], (bad, r.text)
+    assert stack.get(f"/models/{model_id}", timeout=30).status_code == 200  # DELETE /videos/<model> took nothing
+    assert stack.get("/videos", timeout=30).json()["total"] == before
+
+
+def test_a_video_deleted_while_it_waits_or_runs_leaves_nothing(stack, model_id, clip, processed):
+    """DELETE while the video is queued or being read: 200 at once; the worker's late result is dropped, and
+    once the one worker has taken the next video nothing of the first is on disk (row, upload, dumps, the
+    worker's temporary copy)."""
+    good = clip[1].read_bytes()
+    r = post_video(stack, model_id, good, fps="30")
+    assert r.status_code == 202, r.text
+    doomed = r.json()["id"]
+    assert stack.delete(f"/videos/{doomed}", timeout=30).status_code == 200
+    r = post_video(stack, model_id, good, fps="1")
+    assert r.status_code == 202, r.text
+    stack.wait_state(r.json()["id"], ("done",), timeout=180)  # one worker: it is past the deleted one
+    assert error_of(stack.get(f"/videos/{doomed}", timeout=30)) == (404, "NOT_FOUND")
+    var = stack.data_dir / "var"
+    assert not (stack.data_dir / "dumps" / doomed).exists() and not (var / "uploads" / doomed).exists()
+    assert not list(var.glob(".video-*"))
+
+
 def test_videos_that_cannot_be_read_fail_with_a_reason_and_the_worker_goes_on(stack, model_id, people, tmp_path):
     """A cut mp4 and a file that only looks like one fail NOT_A_VIDEO, a video over FR_MAX_VIDEO_SECONDS fails
     VIDEO_TOO_LONG; a cut avi gives the tracks of what it holds, marked truncated; the one worker takes every
@@ -200,6 +244,10 @@ def test_deleting_a_video_and_a_model_removes_its_videos(stack, people, clip, pr
     assert error_of(stack.get(f"/videos/{video_id}", timeout=30)) == (404, "NOT_FOUND")
     assert not (stack.data_dir / "dumps" / video_id).exists()
     assert video_id not in json.dumps(stack.get("/videos", timeout=30).json())
+    # nothing of either left on disk: no upload, no temporary copy a worker decoded from
+    var = stack.data_dir / "var"
+    assert not (var / "uploads" / video_id).exists() and not (var / "uploads" / doomed).exists()
+    assert not list(var.glob(".video-*"))
 
 
 def test_a_worker_killed_mid_video_is_replaced_and_the_video_finishes(stack, model_id, clip, tmp_path):

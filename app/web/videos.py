@@ -39,9 +39,13 @@ def analyse_video(job_id: str):
     job, _, _ = finished_job(job_id)
     fps = form_number(request.form, "fps", 5.0, 0.1, s.max_video_fps, float)
     callback = parse_callback(request.form.get("callback_url"), s)
-    part = request.files.get("video")
-    if part is None:
+    parts = request.files.getlist("video")
+    if not parts:
         raise ApiError(400, "MISSING_VIDEO", "send the video as the multipart part `video`")
+    if len(parts) > 1:  # which one the client meant is not ours to guess
+        raise ApiError(400, "BAD_PARAMETER", f"send one video: the request holds {len(parts)} parts named `video`",
+                       {"field": "video"})
+    part = parts[0]
     try:
         name = check_filename(part.filename or "video")
     except InputError as exc:

@@ -23,6 +23,7 @@ import numpy as np
 
 from app.shared.callbacks import Address, AllowList
 from app.shared.cameras import CameraRefused, check_camera_url, has_credentials, host_port, scrub
+from preprocessor.video import OPTIONS_ENV, ffmpeg_options
 
 MAX_FRAME_BYTES = 16 * 1024 * 1024   # one JPEG of an MJPEG stream or a snapshot
 MAX_HEADER_BYTES = 16 * 1024          # one part's headers in an MJPEG stream
@@ -30,6 +31,9 @@ MAX_PIXELS = 8192 * 8192
 FRAME_FORMATS = ("JPEG", "PNG")  # what MJPEG streams and snapshot URLs send; their size is read before decoding
 # FFmpeg prints what it meets to stderr; quiet, it cannot print a URL there
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+# a camera's FFmpeg options (the operator's, or TCP: no UDP ports to open), set at its open only: a video task
+# of the same worker opens its upload with its own (preprocessor/video.ffmpeg_options takes turns)
+CAMERA_OPTIONS = os.environ.get(OPTIONS_ENV) or "rtsp_transport;tcp"
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 
@@ -363,12 +367,12 @@ def rtsp_probe(url: str, timeout: float, addresses: list[Address] | None = None)
 class RtspSource(Source):
     def __init__(self, url: str, timeout: float, addresses: list[Address] | None = None):
         ms = int(timeout * 1000)
-        os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")  # no UDP ports to open
         # rtsp://: FFmpeg connects to the checked address (rtsps:// keeps the name, which TLS's SNI sends:
         # FFmpeg resolves it again, a window for DNS rebinding left open, docs/security.md)
         target = pinned_url(url, addresses[0]) if addresses and url.lower().startswith("rtsp:") else url
-        self.cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
-                                                          cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+        with ffmpeg_options(CAMERA_OPTIONS):
+            self.cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
+                                                              cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
         if not self.cap.isOpened():
             self.cap.release()
             # FFmpeg does not say why; ask the server ourselves, after the fact (a DESCRIBE before FFmpeg's
