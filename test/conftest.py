@@ -91,8 +91,9 @@ def no_uwsgi_alarms():
 
 def pytest_sessionfinish(session, exitstatus):
     """Stacks stopped in the background (test/stack.Stacks.close) are gone before the session ends."""
-    from test.stack import STACKS, join_stopping
+    from test.stack import STACKS, forget_seeds, join_stopping
     join_stopping()
+    forget_seeds()
     late = [(s.log, line) for s in STACKS for line in s.alarms()]
     if late:  # logged while stopping, after the last test's check
         print("\nuWSGI alarms logged while stacks stopped:\n" + "\n".join(f"{log}: {line}" for log, line in late))

@@ -105,18 +105,30 @@ def seed_models(data_dir: Path) -> None:
     """Put the ONNX graph of dlib's ResNet, converted once per test session, in a new data dir's models
     folder, as a host that ran the service before has it: otherwise each process of every stack converts
     the .dat again on its first start (seconds of CPU per stack, on a 2-core machine that starts dozens).
-    A copy, not a link: a test that damages its cache damages only its own."""
+    A copy, not a link: a test that damages its cache damages only its own. Not on a disk where the service
+    would not have cached it either (less free than the graph plus CACHE_KEEPS_FREE: the small-disk tests,
+    whose 40 MB it would have half filled)."""
     from constants import Settings
     from features.embeddings import resnet_model_path
-    from features.resnet_onnx import graph_path, write_graph
+    from features.resnet_onnx import CACHE_KEEPS_FREE, graph_path, write_graph
     dat = resnet_model_path()
     with _SEEDS_LOCK:
         if dat not in _SEEDS or not _SEEDS[dat].is_file():
             _SEEDS[dat] = write_graph(dat, Path(tempfile.mkdtemp(prefix="fr-models-")))
-    target = graph_path(dat, Settings.from_env(data_dir=data_dir).models_dir)
-    if _SEEDS[dat].is_file() and not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(_SEEDS[dat], target)
+    seed, target = _SEEDS[dat], graph_path(dat, Settings.from_env(data_dir=data_dir).models_dir)
+    if not seed.is_file() or target.exists() or \
+            shutil.disk_usage(data_dir).free < seed.stat().st_size + CACHE_KEEPS_FREE:
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(seed, target)
+
+
+def forget_seeds() -> None:
+    """Remove the session's converted graph (seed_models) at its end."""
+    with _SEEDS_LOCK:
+        for seed in _SEEDS.values():
+            shutil.rmtree(seed.parent, ignore_errors=True)
+        _SEEDS.clear()
 
 
 class Stack:
