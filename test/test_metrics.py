@@ -94,7 +94,21 @@ if sys.argv[1] == "full":
     def no_room(*args):
         raise OSError(28, "No space left on device")
     os.posix_fallocate = no_room
-metrics.request_done("/models/<job_id>", "GET", 200, 0.1)
+if sys.argv[1] == "threads":  # 16 request threads meet the first use at once, the files slow to make
+    import threading, time
+    real, barrier = os.posix_fallocate, threading.Barrier(16)
+    def slow(*args):
+        time.sleep(0.05)
+        return real(*args)
+    os.posix_fallocate = slow
+    def one():
+        barrier.wait()
+        metrics.request_done("/models/<job_id>", "GET", 200, 0.1)
+    threads = [threading.Thread(target=one) for _ in range(16)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+else:
+    metrics.request_done("/models/<job_id>", "GET", 200, 0.1)
 metrics.task_done("extract", "done", 1.0)
 print(os.getpid())
 """
@@ -130,3 +144,15 @@ def test_each_process_s_files_are_allocated_before_use_so_a_full_disk_cannot_kil
 def test_a_process_without_room_for_its_files_counts_nothing_and_goes_on(tmp_path):
     record_in_a_process(tmp_path, "full")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_threads_that_count_first_at_once_all_reach_the_files(tmp_path):
+    """A web process's threads meeting the metrics' first use at once: every request is counted (unlocked,
+    one thread's failed O_EXCL removed the files and turned the whole process's metrics off)."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+    record_in_a_process(tmp_path, "threads")
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, str(tmp_path))
+    assert registry.get_sample_value("fr_http_requests_total", {"route": "/models/<job_id>", "method": "GET",
+                                                                "status": "200"}) == 16

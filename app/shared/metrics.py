@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -43,6 +44,10 @@ FILE_KINDS = ("counter", "histogram")  # the kinds of metric this module makes (
 
 _metrics: SimpleNamespace | None = None
 _disabled = False  # this process could not allocate its files: it counts nothing rather than crash
+# A web process's 16 threads meet `_m` at once on its first requests: unlocked, two made the files together,
+# the second's O_EXCL failed, it removed the file and disabled the metrics of the whole process (seen as a
+# web process whose requests never reached /metrics).
+_init_lock = threading.Lock()
 
 
 def folder(settings: Settings) -> Path:
@@ -100,6 +105,14 @@ def preallocate(path: Path, pid: int) -> bool:
 def _m() -> SimpleNamespace | None:
     """The metric objects, made on first use (after the mode is known); None if this process cannot
     keep them."""
+    if _metrics is not None or _disabled:
+        return _metrics
+    with _init_lock:
+        return _make()
+
+
+def _make() -> SimpleNamespace | None:
+    """`_m`'s first call, under its lock."""
     global _metrics, _disabled
     if _disabled:
         return None
