@@ -55,10 +55,9 @@ lint: setup-dev
 	$(VENV)/bin/lint-imports
 
 # Every test (what .ci/run calls). uWSGI with OpenSSL is built once for the HTTPS test (setup-tls).
-# Two pytest processes: the tests that start the service one at a time in one, the others beside them
-# (test/conftest.py, SERIAL).
+# Two pytest processes, each taking whole test files (a file's tests share its stack, in order: test/conftest.py).
 test: lint setup-tls browser cameras
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # The inner loop: lint and the unit tests (no service, browser or Docker; pytest.ini),
 # spread over the cores (at most 4 processes: each loads TensorFlow).

@@ -144,12 +144,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.stack)
         if not any(item.get_closest_marker(kind) for kind in KINDS):
             item.add_marker(pytest.mark.unit)
-        if any(item.get_closest_marker(kind) for kind in SERIAL):
-            item.add_marker(pytest.mark.xdist_group("stacks"))
 
 
-# `make test` runs two pytest processes (xdist, --dist loadgroup): the tests that start the service run one at
-# a time in one of them, in their file order (a stack already keeps both cores busy at times, and some tests
-# watch a stack's processes), while the other runs the tests that need no service, whose CPU fills the time
-# the stacks spend waiting (on ZeroMQ, HTTP polls, their own processes' start and stop).
-SERIAL = ("stack", "browser", "docker")
+# `make test` runs two pytest processes (xdist, --dist loadfile): the tests of one file run together in one
+# process, in their file order (they share the module's stack, and a later test may count on what an earlier
+# one did to it); two files run at once, and one's CPU fills the time the other's stack spends waiting (on
+# ZeroMQ, HTTP polls, its processes' start and stop).
