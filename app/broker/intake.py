@@ -16,6 +16,7 @@ from functools import partial
 import zmq
 
 from app.broker.events import JobEvents
+from app.broker.job import built_model
 from app.broker.planning import Planner
 from app.broker.records import INHERITED_FILE, Records
 from app.broker.store import JobStore
@@ -24,7 +25,6 @@ from app.broker.uploads import NewJob, Upload, UploadWriter
 from app.wire import protocol as p
 from app.wire.protocol import FrontError
 from constants import Settings
-from constants.states import JobState
 from logger import logger
 from modelization.bundle import BUNDLE_FILE
 from preprocessor.uploads import Photo
@@ -92,11 +92,7 @@ class Intake:
         """A VIDEO's model checked (built, a model and not a video, of the caller's tenant, its bundle on disk)
         -> the video job, which belongs to the model's tenant."""
         model = header["model"]
-        row = self.store.get(model)
-        if row is None or row.is_video or (header.get("tenant") is not None and row.tenant != header["tenant"]):
-            raise FrontError("NOT_FOUND", f"no model with id {model}")
-        if row.state != JobState.DONE:
-            raise FrontError("NOT_READY", f"model {model} is not built (state: {row.state})")
+        row = built_model(self.store, model, header.get("tenant"))
         if not (self.s.dumps_dir / model / BUNDLE_FILE).exists():
             raise FrontError("GONE", f"the files of model {model} are missing")
         name = header.get("name") or "video"
@@ -109,11 +105,7 @@ class Intake:
         """A DERIVE's parent (built, of the caller's tenant, with its photos' features kept) and the people to
         remove, checked. The new model belongs to its parent's tenant and keeps its split's seed."""
         parent = header["parent"]
-        row = self.store.get(parent)
-        if row is None or row.is_video or (header.get("tenant") is not None and row.tenant != header["tenant"]):
-            raise FrontError("NOT_FOUND", f"no model with id {parent}")
-        if row.state != JobState.DONE:
-            raise FrontError("NOT_READY", f"model {parent} is not built (state: {row.state})")
+        row = built_model(self.store, parent, header.get("tenant"))
         records = self.records.of_model(parent)
         if records is None:
             raise FrontError("NOT_DERIVABLE", f"model {parent} was built before models kept their photos' features: "

@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from app.wire.protocol import FrontError
 from constants.states import JobState
 
 
@@ -60,3 +61,18 @@ class Job:
     def as_row(self) -> dict[str, Any]:
         """The row as the store keeps it (options as JSON), as app/shared/jobs.py job_view reads it."""
         return {**self.__dict__, "state": self.state.value, "options": json.dumps(self.options)}
+
+
+class _Rows(Protocol):
+    def get(self, job_id: str) -> Job | None: ...
+
+
+def built_model(store: _Rows, model: str, tenant: str | None) -> Job:
+    """A built model (not a video) of `tenant` (None: any) -> its row; NOT_FOUND for none, a video or another
+    tenant's (as for an id that never was), NOT_READY while it builds. What every use of a model checks first."""
+    row = store.get(model)
+    if row is None or row.is_video or (tenant is not None and row.tenant != tenant):
+        raise FrontError("NOT_FOUND", f"no model with id {model}")
+    if row.state != JobState.DONE:
+        raise FrontError("NOT_READY", f"model {model} is not built (state: {row.state})")
+    return row

@@ -30,13 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from app.broker.job import Job
+from app.broker.job import Job, built_model
 from app.broker.store import JobStore
 from app.broker.unknown_naming import Namings
 from app.shared.storage import sqlite_full
 from app.wire.protocol import FrontError
 from constants import Settings
-from constants.states import JobState
 from logger import logger
 from modelization.grouping import GROUPING_FAR, best_group
 from modelization.openset import STRANGER_MODEL, unit
@@ -104,13 +103,8 @@ class UnknownFaces:
 
     # --- checks ------------------------------------------------------------------------------
     def model_of(self, model: str, tenant: str | None) -> Job:
-        """A built model of `tenant` (None: any), or NOT_FOUND (another tenant's too) / NOT_READY."""
-        job = self.store.get(model)
-        if job is None or (tenant is not None and job.tenant != tenant):
-            raise FrontError("NOT_FOUND", f"no model with id {model}")
-        if job.state != JobState.DONE:
-            raise FrontError("NOT_READY", f"model {model} is not built (state: {job.state})")
-        return job
+        """A built model of `tenant` (None: any), or NOT_FOUND (a video, another tenant's too) / NOT_READY."""
+        return built_model(self.store, model, tenant)
 
     def group_of(self, model: str, group: str) -> list[sqlite3.Row]:
         """A waiting group's faces, oldest first; else GROUP_MERGED (naming the group it is part of now),
